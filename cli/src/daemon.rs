@@ -1,0 +1,270 @@
+//! The daemon: opens the store, mounts, serves the control socket, unmounts on a signal.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fybrk_fs::{fuse::FuseFs, Fs, FsConfig};
+use fybrk_store::{Store, StoreError, StoreOptions};
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+
+use crate::control::{self, Request};
+use crate::mounts;
+use crate::state::StateDir;
+
+/// How often the daemon frees chunks nothing references any more.
+const GC_INTERVAL: Duration = Duration::from_secs(600);
+
+/// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
+/// the terminal), starts the daemon as a detached child, and returns once it has mounted.
+pub fn spawn(state: &StateDir, mnt: &Path) -> Result<()> {
+    preflight(state, mnt)?;
+    state.create()?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(state.log())
+        .with_context(|| format!("cannot open {}", state.log().display()))?;
+    let exe = std::env::current_exe().context("cannot find the fybrk executable")?;
+    let mut child = Command::new(exe)
+        .arg("--state")
+        .arg(&state.root)
+        .arg("mount")
+        .arg(mnt)
+        .arg("--foreground")
+        .arg("--notify-ready")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        // Its own process group: Ctrl-C in this terminal must not reach the daemon.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the daemon")?;
+    let out = child.stdout.take().ok_or_else(|| anyhow!("daemon has no stdout pipe"))?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    match line.trim_end() {
+        "ready" => {
+            println!("fybrk: mounted {} (daemon pid {}, state {})", mnt.display(), child.id(), state.root.display());
+            Ok(())
+        }
+        other => {
+            let _ = child.wait();
+            let msg = other.strip_prefix("error: ").unwrap_or(other);
+            if msg.is_empty() {
+                bail!("the daemon exited before mounting; see {}", state.log().display());
+            }
+            bail!("{msg}")
+        }
+    }
+}
+
+fn preflight(state: &StateDir, mnt: &Path) -> Result<()> {
+    mounts::check_fuse()?;
+    mounts::check_mount_point(mnt)?;
+    if state.socket().exists() {
+        if let Ok(s) = control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(5))) {
+            bail!(
+                "the state dir {} is locked by a running fybrk daemon (mounted at {}). Unmount it first or use another --state dir",
+                state.root.display(),
+                s["mount_point"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Turns a store error at start-up into advice.
+fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
+    if e.is_disk_full() {
+        return anyhow!("the disk holding {} is full: free some space and mount again", state.root.display());
+    }
+    match e {
+        StoreError::WrongKey => anyhow!(
+            "{} does not belong to the store in {}: restore the right key file",
+            state.key().display(),
+            state.db().display()
+        ),
+        other => anyhow!("cannot open the store in {}: {other}", state.db().display()),
+    }
+}
+
+/// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
+/// first line on stdout tells the parent `ready` or `error: ...`.
+pub fn run(state: &StateDir, mnt: &Path, notify_ready: bool) -> Result<()> {
+    // Block the shutdown signals before any thread starts, so only the signal thread gets them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("cannot block signals")?;
+
+    let started = start(state, mnt);
+    if notify_ready {
+        let mut out = std::io::stdout().lock();
+        let line = match &started {
+            Ok(_) => "ready".to_string(),
+            Err(e) => format!("error: {e:#}"),
+        };
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        drop(out);
+        // The parent stops reading after the first line; later prints must not hit a closed pipe.
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(&null);
+        }
+    }
+    let daemon = started?;
+    tracing::info!(mount = %mnt.display(), "mounted");
+    daemon.serve(signals)
+}
+
+struct Daemon {
+    state: StateDir,
+    mount_point: PathBuf,
+    store: Store,
+    fs: Arc<Fs>,
+    session: fuser::Session<FuseFs>,
+    _lock: std::fs::File,
+}
+
+fn start(state: &StateDir, mnt: &Path) -> Result<Daemon> {
+    preflight(state, mnt)?;
+    state.create()?;
+    let lock = state.lock()?;
+    // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
+    // lives in staging/.
+    let key = state.load_or_create_key()?;
+    let store = Store::open(&state.db(), &key, StoreOptions::default()).map_err(|e| explain_store_error(e, state))?;
+    std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
+    match store.gc() {
+        Ok(r) if r.freed_chunks > 0 => tracing::info!(chunks = r.freed_chunks, bytes = r.freed_bytes, "freed unreferenced chunks"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+    }
+    let cfg = FsConfig {
+        staging_dir: state.staging(),
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    };
+    let fs = Arc::new(Fs::new(store.clone(), cfg));
+    let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
+        .map_err(|e| explain_mount_error(e, mnt))?;
+    Ok(Daemon { state: state.clone(), mount_point: mnt.to_path_buf(), store, fs, session, _lock: lock })
+}
+
+fn explain_mount_error(e: std::io::Error, mnt: &Path) -> anyhow::Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => anyhow!(
+            "not allowed to mount at {} ({e}): run as root, or install fuse3 so fusermount3 can mount for you",
+            mnt.display()
+        ),
+        Some(libc::ENODEV) => anyhow!("the kernel has no FUSE support ({e}): `sudo modprobe fuse`"),
+        _ => anyhow!("cannot mount at {}: {e}", mnt.display()),
+    }
+}
+
+impl Daemon {
+    fn serve(mut self, signals: SigSet) -> Result<()> {
+        let unmounter = Arc::new(Mutex::new(self.session.unmount_callable()));
+        let mnt = self.mount_point.clone();
+        let unmount = {
+            let unmounter = unmounter.clone();
+            let mnt = mnt.clone();
+            move || {
+                let result = unmounter.lock().map_err(|_| anyhow!("unmounter poisoned"))?.unmount();
+                if let Err(e) = result {
+                    // Busy (an app still has files open): detach now, the kernel finishes later.
+                    tracing::warn!(error = %e, "unmount busy; detaching lazily");
+                    mounts::lazy_unmount(&mnt)?;
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        };
+        let unmount = Arc::new(unmount);
+
+        {
+            let unmount = unmount.clone();
+            std::thread::Builder::new().name("signals".into()).spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    tracing::info!(signal = ?sig, "unmounting");
+                    if let Err(e) = unmount() {
+                        tracing::error!(error = %e, "unmount failed");
+                    }
+                }
+            })?;
+        }
+
+        let _ = std::fs::remove_file(self.state.socket());
+        let listener = UnixListener::bind(self.state.socket())
+            .with_context(|| format!("cannot listen on {}", self.state.socket().display()))?;
+        std::fs::set_permissions(self.state.socket(), std::fs::Permissions::from_mode(0o600))?;
+        {
+            let store = self.store.clone();
+            let mnt = mnt.clone();
+            let unmount = unmount.clone();
+            std::thread::Builder::new().name("control".into()).spawn(move || {
+                control::serve(listener, move |req| handle(req, &store, &mnt, &unmount));
+            })?;
+        }
+        {
+            let store = self.store.clone();
+            std::thread::Builder::new().name("gc".into()).spawn(move || loop {
+                std::thread::sleep(GC_INTERVAL);
+                if let Err(e) = store.gc() {
+                    tracing::warn!(error = %e, "garbage collection failed");
+                }
+            })?;
+        }
+
+        let result = self.session.run();
+        // `destroy` committed open files; make sure everything is on disk before we go.
+        if let Err(e) = self.fs.flush_all() {
+            tracing::error!(error = %e, "could not commit every open file");
+        }
+        let _ = std::fs::remove_file(self.state.socket());
+        let _ = std::fs::remove_file(self.state.pid());
+        tracing::info!("unmounted; daemon exits");
+        result.context("the FUSE session failed")
+    }
+}
+
+fn handle(req: Request, store: &Store, mnt: &Path, unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>) -> Result<serde_json::Value> {
+    match req {
+        Request::Status => Ok(status_json(store, mnt)),
+        Request::Verify => Ok(serde_json::to_value(store.verify()?)?),
+        Request::Gc => Ok(serde_json::to_value(store.gc()?)?),
+        Request::Unmount => {
+            let unmount = unmount.clone();
+            // Reply first; the process exits once the unmount completes.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                if let Err(e) = unmount() {
+                    tracing::error!(error = %e, "unmount failed");
+                }
+            });
+            Ok(json!({ "pid": std::process::id(), "mount_point": mnt }))
+        }
+    }
+}
+
+pub fn status_json(store: &Store, mnt: &Path) -> serde_json::Value {
+    let s = store.stats();
+    let ratio = if s.stored_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.stored_bytes as f64 };
+    json!({
+        "mount_point": mnt,
+        "pid": std::process::id(),
+        "files": s.files,
+        "dirs": s.dirs,
+        "symlinks": s.symlinks,
+        "logical_bytes": s.logical_bytes,
+        "stored_bytes": s.stored_bytes,
+        "chunks": s.chunks,
+        "dedup_ratio": ratio,
+        "sequence": store.sequence(),
+    })
+}

@@ -1,0 +1,202 @@
+//! `fybrk`: the command line and the daemon.
+
+mod control;
+mod daemon;
+mod mounts;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use fybrk_store::{Store, StoreOptions};
+use serde_json::Value;
+
+use crate::control::Request;
+use crate::state::StateDir;
+
+/// fybrk: an encrypted, deduplicating folder that syncs between your devices.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// State directory (database, key, socket, log). Default: $XDG_DATA_HOME/fybrk.
+    #[arg(long, global = true, env = "FYBRK_STATE", value_name = "DIR")]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the folder at DIR and leave a daemon serving it.
+    Mount {
+        /// An existing, empty directory.
+        dir: PathBuf,
+        /// Stay attached; Ctrl-C or SIGTERM unmounts.
+        #[arg(long)]
+        foreground: bool,
+        /// Internal: report readiness on stdout (used when daemonizing).
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Unmount DIR and stop its daemon.
+    Unmount {
+        /// The mount point.
+        dir: PathBuf,
+    },
+    /// Show the folder: mount point, files, sizes, dedup ratio.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read, decrypt and re-hash every chunk; check every record. Exits 2 on damage.
+    Verify {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free chunks that no file references any more.
+    Gc,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.command);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cmd: &Cmd) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. }) { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let state = StateDir::resolve(cli.state)?;
+    match cli.command {
+        Cmd::Mount { dir, foreground, notify_ready } => {
+            let mnt = mounts::absolute(&dir)?;
+            if foreground {
+                daemon::run(&state, &mnt, notify_ready)?;
+            } else {
+                daemon::spawn(&state, &mnt)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unmount { dir } => {
+            unmount(&state, &mounts::absolute(&dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => {
+            let s = control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(10)))?;
+            if json {
+                println!("{s}");
+            } else {
+                print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { json } => {
+            let report = match control::call(&state.socket(), &Request::Verify, None) {
+                Ok(v) => v,
+                Err(_) if !state.socket().exists() => with_offline_store(&state, |s| Ok(serde_json::to_value(s.verify()?)?))?,
+                Err(e) => return Err(e),
+            };
+            let problems: Vec<&str> = report["problems"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            if json {
+                println!("{report}");
+            } else {
+                for p in &problems {
+                    println!("damaged: {p}");
+                }
+                println!(
+                    "checked {} chunks and {} records: {}",
+                    report["chunks_checked"],
+                    report["records_checked"],
+                    if problems.is_empty() { "all intact".to_string() } else { format!("{} problems", problems.len()) }
+                );
+            }
+            Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Cmd::Gc => {
+            let r = match control::call(&state.socket(), &Request::Gc, None) {
+                Ok(v) => v,
+                Err(_) if !state.socket().exists() => with_offline_store(&state, |s| Ok(serde_json::to_value(s.gc()?)?))?,
+                Err(e) => return Err(e),
+            };
+            println!("freed {} chunks ({} bytes)", r["freed_chunks"], r["freed_bytes"]);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens the store directly when no daemon runs (taking the state lock, so none can start).
+fn with_offline_store(state: &StateDir, f: impl FnOnce(&Store) -> Result<Value>) -> Result<Value> {
+    let _lock = state.lock()?;
+    let key = state.existing_key()?;
+    let store = Store::open(&state.db(), &key, StoreOptions::default())
+        .with_context(|| format!("cannot open the store in {}", state.db().display()))?;
+    f(&store)
+}
+
+fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
+    match control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(10))) {
+        Ok(s) => {
+            let served = s["mount_point"].as_str().unwrap_or_default();
+            if Path::new(served) != mnt {
+                bail!("the daemon of state dir {} serves {served}, not {}", state.root.display(), mnt.display());
+            }
+            let pid = s["pid"].as_u64().unwrap_or(0) as i32;
+            // The reply may be cut short when the daemon exits quickly; what counts is below.
+            let _ = control::call(&state.socket(), &Request::Unmount, Some(Duration::from_secs(10)));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+                if !alive && mounts::mount_at(mnt).is_none() {
+                    println!("fybrk: unmounted {}", mnt.display());
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bail!("the daemon (pid {pid}) did not stop within 60 s; see {}", state.log().display())
+        }
+        Err(_) => match mounts::mount_at(mnt) {
+            Some(m) if m.fs_type.contains("fybrk") => {
+                mounts::lazy_unmount(mnt)?;
+                println!("fybrk: removed a stale mount at {} (its daemon was gone)", mnt.display());
+                Ok(())
+            }
+            _ => bail!("{} is not mounted by fybrk (state dir {})", mnt.display(), state.root.display()),
+        },
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn print_status(s: &Value) {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    println!("mount point   {}", s["mount_point"].as_str().unwrap_or("?"));
+    println!("daemon pid    {}", n("pid"));
+    println!("files         {} (directories {}, symlinks {})", n("files"), n("dirs"), n("symlinks"));
+    println!("logical size  {}", human_bytes(n("logical_bytes")));
+    println!("stored size   {} in {} chunks (encrypted, deduplicated)", human_bytes(n("stored_bytes")), n("chunks"));
+    println!("dedup ratio   {:.2}x", s["dedup_ratio"].as_f64().unwrap_or(1.0));
+}

@@ -1,0 +1,126 @@
+//! The state directory: where a daemon keeps its database, key, socket, log and lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fybrk_store::FolderKey;
+
+/// Paths inside one state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    /// `--state`/`FYBRK_STATE` if given, else `$XDG_DATA_HOME/fybrk` (`~/.local/share/fybrk`).
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<StateDir> {
+        let root = match explicit {
+            Some(p) => p,
+            None => match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+                Some(x) => PathBuf::from(x).join("fybrk"),
+                None => {
+                    let home = std::env::var_os("HOME").context("neither --state, XDG_DATA_HOME nor HOME is set")?;
+                    PathBuf::from(home).join(".local/share/fybrk")
+                }
+            },
+        };
+        let root = std::path::absolute(&root).with_context(|| format!("bad state dir {}", root.display()))?;
+        Ok(StateDir { root })
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("folder.key")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join("daemon.log")
+    }
+    pub fn pid(&self) -> PathBuf {
+        self.root.join("daemon.pid")
+    }
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// Creates the directory tree (private to the user).
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(self.staging())
+            .with_context(|| format!("cannot create the state dir {}", self.root.display()))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// Takes the state dir's lock for the life of the returned file, or explains who holds it.
+    pub fn lock(&self) -> Result<File> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(self.pid()).unwrap_or_default();
+                bail!(
+                    "the state dir {} is locked by another fybrk daemon (pid {}). Unmount it first \
+                     (`fybrk --state {} unmount DIR`), or use another --state dir",
+                    self.root.display(),
+                    pid.trim(),
+                    self.root.display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the state dir"),
+        }
+    }
+
+    /// The folder key, created (random, mode 0600) on first use.
+    pub fn load_or_create_key(&self) -> Result<FolderKey> {
+        let path = self.key();
+        match File::open(&path) {
+            Ok(mut f) => {
+                let mut raw = Vec::new();
+                f.read_to_end(&mut raw)?;
+                let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
+                    anyhow::anyhow!("{} holds {} bytes, expected 32: the key file is damaged", path.display(), v.len())
+                })?;
+                Ok(FolderKey::from_bytes(bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.db().exists() {
+                    bail!(
+                        "{} is missing but a store exists in {}: restore the key from your backup \
+                         (without it the data cannot be read)",
+                        path.display(),
+                        self.db().display()
+                    );
+                }
+                let key = FolderKey::generate();
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                f.write_all(key.as_bytes())?;
+                f.sync_all()?;
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// The key if it exists (for commands that must not create a folder).
+    pub fn existing_key(&self) -> Result<FolderKey> {
+        if !self.key().exists() {
+            bail!("no fybrk folder in {} (run `fybrk mount DIR` first)", self.root.display());
+        }
+        self.load_or_create_key()
+    }
+}
+
+/// True if `p` is a directory with no entries.
+pub fn is_empty_dir(p: &Path) -> std::io::Result<bool> {
+    Ok(fs::read_dir(p)?.next().is_none())
+}

@@ -1,0 +1,459 @@
+//! The content of an open file: the committed version (a chunk list) plus uncommitted writes.
+//!
+//! Writes land in a sparse staging area with the same offsets as the file: memory for small
+//! files, an unnamed temporary file (`O_TMPFILE`) past [`MEM_STAGING_LIMIT`], so a file larger
+//! than RAM never sits in memory. A range set remembers which bytes were written. Reading merges
+//! the three sources: written bytes from staging, the rest from the committed chunks, zeros past
+//! the committed content (holes, or after a truncation).
+//!
+//! Commit re-chunks only what changed: chunks that end before the first change are kept as they
+//! are (FastCDC cut points depend only on the bytes since the previous cut), and after the last
+//! change the chunker stops as soon as one of its cuts lands on an old chunk boundary, keeping the
+//! old tail. Appending to a 4 GiB file therefore reads back one chunk, not 4 GiB.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use fybrk_store::{chunker, ChunkRef, ChunkWriter, Store};
+
+use crate::error::FsResult;
+
+/// Staging stays in memory up to this file offset; past it, writes go to a temporary file.
+const MEM_STAGING_LIMIT: u64 = 1 << 20;
+
+/// A committed chunk list with its start offsets, for binary search.
+#[derive(Debug, Default)]
+pub struct Layout {
+    pub chunks: Vec<ChunkRef>,
+    /// `starts[i]` is the file offset of `chunks[i]`; one extra entry holds the total length.
+    starts: Vec<u64>,
+}
+
+impl Layout {
+    pub fn new(chunks: Vec<ChunkRef>) -> Layout {
+        let mut starts = Vec::with_capacity(chunks.len() + 1);
+        let mut pos = 0u64;
+        for c in &chunks {
+            starts.push(pos);
+            pos += u64::from(c.len);
+        }
+        starts.push(pos);
+        Layout { chunks, starts }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// Index of the chunk holding byte `offset` (`chunks.len()` at or past the end).
+    fn index_of(&self, offset: u64) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i.min(self.chunks.len()),
+            Err(i) => i - 1,
+        }
+    }
+
+    /// Copies committed bytes `[offset, offset + buf.len())` (must lie within the layout).
+    pub fn read_at(&self, store: &Store, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let mut done = 0;
+        let mut i = self.index_of(offset);
+        while done < buf.len() {
+            let chunk = store.read_chunk(&self.chunks[i].id)?;
+            let from = (offset + done as u64 - self.starts[i]) as usize;
+            let n = (chunk.len() - from).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&chunk[from..from + n]);
+            done += n;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Sorted, disjoint, non-adjacent byte ranges.
+#[derive(Debug, Default)]
+pub struct RangeSet(BTreeMap<u64, u64>);
+
+impl RangeSet {
+    pub fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // Merge with every range that overlaps or touches [start, end).
+        let touching: Vec<(u64, u64)> = self
+            .0
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.0.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Forgets everything at or after `offset`.
+    pub fn truncate(&mut self, offset: u64) {
+        let tail: Vec<u64> = self.0.range(offset..).map(|(&s, _)| s).collect();
+        for s in tail {
+            self.0.remove(&s);
+        }
+        if let Some((_, e)) = self.0.range_mut(..offset).next_back() {
+            *e = (*e).min(offset);
+        }
+    }
+
+    pub fn first(&self) -> Option<u64> {
+        self.0.keys().next().copied()
+    }
+
+    pub fn last_end(&self) -> Option<u64> {
+        self.0.values().next_back().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Splits `[start, end)` into pieces, each wholly inside or outside the set.
+    pub fn pieces(&self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
+        let mut out = Vec::new();
+        let mut pos = start;
+        let first = self.0.range(..=start).next_back().map(|(&s, &e)| (s, e));
+        let rest = self.0.range(start + 1..end).map(|(&s, &e)| (s, e));
+        for (s, e) in first.into_iter().chain(rest) {
+            if e <= pos || s >= end {
+                continue;
+            }
+            if s > pos {
+                out.push((pos, s, false));
+            }
+            let stop = e.min(end);
+            out.push((pos.max(s), stop, true));
+            pos = stop;
+        }
+        if pos < end {
+            out.push((pos, end, false));
+        }
+        out
+    }
+}
+
+/// Where uncommitted bytes live.
+enum Staging {
+    Mem(Vec<u8>),
+    File(File),
+}
+
+impl Staging {
+    fn write_at(&mut self, dir: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if let Staging::Mem(buf) = self {
+            if end <= MEM_STAGING_LIMIT {
+                if buf.len() < end as usize {
+                    buf.resize(end as usize, 0);
+                }
+                buf[offset as usize..end as usize].copy_from_slice(data);
+                return Ok(());
+            }
+            // Spill: an unnamed file in the staging dir, gone by itself when closed or on crash.
+            let file = File::options().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir)?;
+            file.write_all_at(buf, 0)?;
+            *self = Staging::File(file);
+        }
+        match self {
+            Staging::File(f) => f.write_all_at(data, offset),
+            Staging::Mem(_) => unreachable!("memory staging spilled above"),
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Staging::Mem(m) => {
+                let start = offset as usize;
+                buf.copy_from_slice(&m[start..start + buf.len()]);
+                Ok(())
+            }
+            Staging::File(f) => f.read_exact_at(buf, offset),
+        }
+    }
+}
+
+/// One open file's state, shared by all handles on the inode (so two descriptors see each
+/// other's writes, as POSIX wants).
+pub struct OpenFile {
+    pub base: Arc<Layout>,
+    staging: Option<Staging>,
+    dirty: RangeSet,
+    /// Committed bytes at or past this offset no longer belong to the file (truncated).
+    base_valid: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Something changed since the last commit.
+    pub modified: bool,
+    pub handles: u32,
+    /// Keeps the committed version's chunks alive while the file is open.
+    _pins: fybrk_store::Pins,
+}
+
+impl OpenFile {
+    pub fn new(store: &Store, chunks: Vec<ChunkRef>, mtime_ns: i64) -> OpenFile {
+        let pins = store.pin(chunks.iter().map(|c| c.id));
+        let base = Arc::new(Layout::new(chunks));
+        let size = base.len();
+        OpenFile {
+            base_valid: size,
+            base,
+            staging: None,
+            dirty: RangeSet::default(),
+            size,
+            mtime_ns,
+            modified: false,
+            handles: 0,
+            _pins: pins,
+        }
+    }
+
+    /// True when reads can go straight to the committed chunks.
+    pub fn is_clean(&self) -> bool {
+        self.dirty.is_empty() && self.base_valid == self.base.len() && self.size == self.base.len()
+    }
+
+    pub fn write(&mut self, staging_dir: &Path, offset: u64, data: &[u8], now_ns: i64) -> FsResult<()> {
+        let staging = self.staging.get_or_insert_with(|| Staging::Mem(Vec::new()));
+        staging.write_at(staging_dir, offset, data)?;
+        let end = offset + data.len() as u64;
+        self.dirty.insert(offset, end);
+        self.size = self.size.max(end);
+        self.mtime_ns = now_ns;
+        self.modified = true;
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, size: u64, now_ns: i64) {
+        if size < self.size {
+            self.dirty.truncate(size);
+            self.base_valid = self.base_valid.min(size);
+        }
+        self.size = size;
+        self.mtime_ns = now_ns;
+        self.modified = true;
+    }
+
+    /// Reads up to `len` bytes at `offset` of the current (uncommitted) content.
+    pub fn read(&self, store: &Store, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let end = (offset + len as u64).min(self.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        self.read_into(store, offset, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_into(&self, store: &Store, offset: u64, out: &mut [u8]) -> FsResult<()> {
+        let end = offset + out.len() as u64;
+        for (s, e, written) in self.dirty.pieces(offset, end) {
+            let dst = &mut out[(s - offset) as usize..(e - offset) as usize];
+            if written {
+                if let Some(st) = &self.staging {
+                    st.read_at(s, dst)?;
+                }
+            } else if s < self.base_valid {
+                let stop = e.min(self.base_valid);
+                self.base.read_at(store, s, &mut dst[..(stop - s) as usize])?;
+                dst[(stop - s) as usize..].fill(0);
+            } else {
+                dst.fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks the current content and stores its new chunks; returns the new chunk list and the
+    /// writer holding the not yet committed chunks. Only changed regions are re-chunked.
+    pub fn rechunk(&self, store: &Store) -> FsResult<(Vec<ChunkRef>, ChunkWriter)> {
+        let base = &self.base;
+        let mut writer = store.writer();
+        // First byte that may differ from the committed content.
+        let mut lo = self.dirty.first().unwrap_or(u64::MAX).min(self.base_valid);
+        if self.size != base.len() {
+            lo = lo.min(self.size.min(base.len()));
+        }
+        // Restart at the chunk holding `lo`. The last committed chunk was cut by the end of the
+        // file, not by content, so it is never a safe place to continue after.
+        let keep = base.index_of(lo).min(base.chunks.len().saturating_sub(1));
+        let mut chunks: Vec<ChunkRef> = base.chunks[..keep].to_vec();
+        writer.reuse(&chunks);
+        let restart = base.starts[keep];
+        // Past `resync_from` the content equals the committed one at the same offsets, so a cut
+        // that lands on an old boundary means the rest of the old chunks are still right.
+        let resync_from = if self.size == base.len() && self.base_valid == base.len() {
+            self.dirty.last_end().unwrap_or(0)
+        } else {
+            u64::MAX
+        };
+
+        let reader = ContentReader { file: self, store, pos: restart, end: self.size };
+        for piece in chunker::chunks(reader) {
+            let piece = piece?;
+            chunks.push(writer.add(&piece.data)?);
+            let cut = restart + piece.offset + piece.length as u64;
+            if cut >= resync_from && cut < self.size {
+                if let Ok(j) = base.starts.binary_search(&cut) {
+                    let tail = &base.chunks[j..];
+                    writer.reuse(tail);
+                    chunks.extend_from_slice(tail);
+                    break;
+                }
+            }
+        }
+        Ok((chunks, writer))
+    }
+
+    /// After a commit: the new chunk list is the committed version and staging is empty.
+    pub fn committed(&mut self, store: &Store, chunks: Vec<ChunkRef>) {
+        self._pins = store.pin(chunks.iter().map(|c| c.id));
+        self.base = Arc::new(Layout::new(chunks));
+        self.base_valid = self.base.len();
+        self.size = self.base.len();
+        self.staging = None;
+        self.dirty = RangeSet::default();
+        self.modified = false;
+    }
+}
+
+/// `Read` over an open file's current content, for the chunker.
+struct ContentReader<'a> {
+    file: &'a OpenFile,
+    store: &'a Store,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ContentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min((self.end - self.pos) as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file
+            .read_into(self.store, self.pos, &mut buf[..n])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fybrk_store::{FolderKey, StoreOptions};
+    use proptest::prelude::*;
+
+    #[test]
+    fn range_set_merges_and_splits() {
+        let mut r = RangeSet::default();
+        r.insert(10, 20);
+        r.insert(30, 40);
+        r.insert(20, 25);
+        assert_eq!(r.0.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(10, 25), (30, 40)]);
+        assert_eq!(r.pieces(0, 50), vec![(0, 10, false), (10, 25, true), (25, 30, false), (30, 40, true), (40, 50, false)]);
+        assert_eq!(r.pieces(12, 13), vec![(12, 13, true)]);
+        r.insert(5, 35);
+        assert_eq!(r.0.len(), 1);
+        r.truncate(20);
+        assert_eq!(r.pieces(0, 30), vec![(0, 5, false), (5, 20, true), (20, 30, false)]);
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), &FolderKey::from_bytes([4; 32]), StoreOptions::default()).unwrap();
+        (dir, s)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u32, Vec<u8>),
+        Truncate(u32),
+        Commit,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..600_000, proptest::collection::vec(any::<u8>(), 1..70_000)).prop_map(|(o, d)| Op::Write(o, d)),
+            1 => (0u32..700_000).prop_map(Op::Truncate),
+            1 => Just(Op::Commit),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Random writes, truncations and commits against a plain Vec model: reads and
+        /// committed chunk lists always give the model's bytes.
+        #[test]
+        fn open_file_matches_a_byte_vector(ops in proptest::collection::vec(op(), 1..25)) {
+            let (dir, store) = store();
+            let mut f = OpenFile::new(&store, Vec::new(), 0);
+            let mut model: Vec<u8> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Write(off, data) => {
+                        f.write(dir.path(), u64::from(off), &data, 1).unwrap();
+                        let end = off as usize + data.len();
+                        if model.len() < end { model.resize(end, 0); }
+                        model[off as usize..end].copy_from_slice(&data);
+                    }
+                    Op::Truncate(n) => { f.truncate(u64::from(n), 1); model.resize(n as usize, 0); }
+                    Op::Commit => {
+                        let (chunks, w) = f.rechunk(&store).unwrap();
+                        let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
+                        r.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+                        prop_assert_eq!(r.size, model.len() as u64);
+                        r.chunks = chunks.clone();
+                        store.commit(vec![r], Some(w), false).unwrap();
+                        f.committed(&store, chunks);
+                    }
+                }
+                prop_assert_eq!(f.size, model.len() as u64);
+                let got = f.read(&store, 0, model.len() + 10).unwrap();
+                prop_assert_eq!(&got, &model);
+            }
+            prop_assert!(store.verify().unwrap().is_ok());
+        }
+    }
+
+    #[test]
+    fn small_edit_rechunks_little() {
+        let (dir, store) = store();
+        let mut data = vec![0u8; 8 << 20];
+        let mut x = 1u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut f = OpenFile::new(&store, Vec::new(), 0);
+        f.write(dir.path(), 0, &data, 1).unwrap();
+        let (chunks, w) = f.rechunk(&store).unwrap();
+        let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
+        r.size = data.len() as u64;
+        r.chunks = chunks.clone();
+        store.commit(vec![r], Some(w), false).unwrap();
+        f.committed(&store, chunks.clone());
+
+        f.write(dir.path(), 4 << 20, b"an edit in the middle", 2).unwrap();
+        let (after, _w) = f.rechunk(&store).unwrap();
+        let changed = after.iter().filter(|c| !chunks.contains(c)).count();
+        assert!(changed <= 2, "{changed} chunks changed");
+        assert_eq!(after.len(), chunks.len());
+
+    }
+}

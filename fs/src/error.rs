@@ -1,0 +1,68 @@
+//! Filesystem errors and the one table that turns them into errno values.
+
+use fybrk_store::StoreError;
+
+/// What an operation on the filesystem can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such file, directory or handle target.
+    #[error("no such file or directory")]
+    NotFound,
+    /// The name is taken.
+    #[error("file exists")]
+    Exists,
+    /// A directory was expected.
+    #[error("not a directory")]
+    NotDir,
+    /// A non-directory was expected.
+    #[error("is a directory")]
+    IsDir,
+    /// The directory has entries.
+    #[error("directory not empty")]
+    NotEmpty,
+    /// An argument makes no sense (moving a directory into itself, a bad offset, ...).
+    #[error("invalid argument")]
+    Invalid,
+    /// A name longer than 255 bytes.
+    #[error("file name too long")]
+    NameTooLong,
+    /// A name that is not UTF-8 (names must sync to every platform).
+    #[error("file name is not valid UTF-8")]
+    IllegalName,
+    /// A feature fybrk does not offer (hard links, extended attributes, ownership changes).
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// The handle is unknown or not open for this operation.
+    #[error("bad file handle")]
+    BadHandle,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Staging I/O failed.
+    #[error("staging I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand used throughout the crate.
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno the kernel should return to the application.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::IllegalName => libc::EILSEQ,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
+            FsError::Store(_) => libc::EIO,
+            FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}

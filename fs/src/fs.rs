@@ -1,0 +1,692 @@
+//! The filesystem core: plain methods on inode numbers and handles, callable without a mount.
+//!
+//! Lock order (outer to inner): an [`OpenFile`]'s mutex, then `ns`, then `inodes`. The slow
+//! part of a commit (chunking, encryption) runs under the file's own lock only; `ns` is held
+//! just for the short read-modify-write of records, so a rename never interleaves with the
+//! record update of a commit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fybrk_store::record::{join, split_parent};
+use fybrk_store::{FileRecord, Kind, Store};
+
+use crate::content::OpenFile;
+use crate::error::{FsError, FsResult};
+use crate::inodes::{Inodes, ROOT};
+
+/// Settings of a filesystem instance.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Where large uncommitted writes are staged (on the same disk as the store).
+    pub staging_dir: PathBuf,
+    /// Owner reported for every file (the mounting user).
+    pub uid: u32,
+    /// Group reported for every file.
+    pub gid: u32,
+}
+
+/// Attributes of one inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number (local to this mount).
+    pub ino: u64,
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Link count: 1 for files, 2 + subdirectories for directories.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// Attribute changes requested by `setattr` (chmod, chown, truncate, utimens).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner (only a no-op change is allowed).
+    pub uid: Option<u32>,
+    /// New group (only a no-op change is allowed).
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New modification time.
+    pub mtime_ns: Option<i64>,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Name within the directory.
+    pub name: String,
+    /// What it is.
+    pub kind: Kind,
+}
+
+/// Filesystem usage, from the disk holding the store.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Files in the folder.
+    pub files: u64,
+    /// Free inodes (no real limit).
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+}
+
+/// How a file was opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    /// Writes allowed.
+    pub write: bool,
+    /// Every write goes to the end (O_APPEND).
+    pub append: bool,
+    /// Truncate on open (O_TRUNC).
+    pub truncate: bool,
+    /// Fail if the file exists (O_EXCL, for create).
+    pub exclusive: bool,
+}
+
+impl OpenMode {
+    /// From `open(2)` flags.
+    pub fn from_flags(flags: i32) -> OpenMode {
+        let acc = flags & libc::O_ACCMODE;
+        OpenMode {
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+            exclusive: flags & libc::O_EXCL != 0,
+        }
+    }
+}
+
+struct Handle {
+    ino: u64,
+    mode: OpenMode,
+}
+
+/// The filesystem.
+pub struct Fs {
+    store: Store,
+    cfg: FsConfig,
+    mounted_at_ns: i64,
+    ns: Mutex<()>,
+    inodes: Mutex<Inodes>,
+    open_files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dir_handles: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning only means another request panicked; the guarded maps stay consistent because
+    // every update is a single insert/remove.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Checks a name from the kernel: UTF-8, not `.`/`..`, at most 255 bytes.
+fn check_name(name: &std::ffi::OsStr) -> FsResult<&str> {
+    let name = name.to_str().ok_or(FsError::IllegalName)?;
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::Invalid);
+    }
+    Ok(name)
+}
+
+fn live(r: Option<FileRecord>) -> Option<FileRecord> {
+    r.filter(FileRecord::is_live)
+}
+
+impl Fs {
+    /// A filesystem over `store`.
+    pub fn new(store: Store, cfg: FsConfig) -> Fs {
+        Fs {
+            store,
+            cfg,
+            mounted_at_ns: now_ns(),
+            ns: Mutex::new(()),
+            inodes: Mutex::new(Inodes::new()),
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        lock(&self.inodes).path(ino).map(str::to_owned).ok_or(FsError::NotFound)
+    }
+
+    fn child_path(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<String> {
+        let name = check_name(name)?;
+        Ok(join(&self.path_of(parent)?, name))
+    }
+
+    /// The live record at `path`; the root is synthesized.
+    fn record(&self, path: &str) -> FsResult<FileRecord> {
+        if path.is_empty() {
+            let mut root = FileRecord::new("", Kind::Dir, 0o755, self.mounted_at_ns);
+            root.size = 4096;
+            return Ok(root);
+        }
+        live(self.store.get(path)?).ok_or(FsError::NotFound)
+    }
+
+    fn attr(&self, ino: u64, r: &FileRecord) -> FsResult<Attr> {
+        let mut size = r.size;
+        let mut mtime_ns = r.mtime_ns;
+        if r.kind == Kind::File {
+            if let Some(f) = self.open_file(ino) {
+                let f = lock(&f);
+                size = f.size;
+                mtime_ns = f.mtime_ns;
+            }
+        }
+        let nlink = match r.kind {
+            Kind::Dir => 2 + self.store.count_subdirs(&r.path)?.min(u64::from(u32::MAX - 2)) as u32,
+            _ => 1,
+        };
+        let size = if r.kind == Kind::Dir { 4096 } else { size };
+        Ok(Attr { ino, kind: r.kind, size, perm: (r.mode & 0o7777) as u16, mtime_ns, nlink, uid: self.cfg.uid, gid: self.cfg.gid })
+    }
+
+    fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
+        lock(&self.open_files).get(&ino).cloned()
+    }
+
+    /// Resolves `name` in `parent` and counts a kernel reference.
+    pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        let r = self.record(&path)?;
+        let ino = lock(&self.inodes).get_or_insert(&path, true);
+        self.attr(ino, &r)
+    }
+
+    /// Drops kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let path = self.path_of(ino);
+        let r = match path {
+            Ok(p) => self.record(&p)?,
+            // An unlinked file that is still open keeps its attributes.
+            Err(_) => match self.open_file(ino) {
+                Some(f) => {
+                    let f = lock(&f);
+                    let mut r = FileRecord::new("", Kind::File, 0o644, f.mtime_ns);
+                    r.size = f.size;
+                    r
+                }
+                None => return Err(FsError::NotFound),
+            },
+        };
+        self.attr(ino, &r)
+    }
+
+    /// chmod, chown (no-op only), truncate and utimens.
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid) {
+            return Err(FsError::NotPermitted);
+        }
+        let path = self.path_of(ino)?;
+        if path.is_empty() {
+            return self.getattr(ino);
+        }
+        let r = self.record(&path)?;
+        if set.size.is_some() && r.kind != Kind::File {
+            return Err(if r.kind == Kind::Dir { FsError::IsDir } else { FsError::Invalid });
+        }
+        let edit = |rec: &mut FileRecord| {
+            if let Some(m) = set.mode {
+                rec.mode = m & 0o7777;
+            }
+            if let Some(t) = set.mtime_ns {
+                rec.mtime_ns = t;
+            }
+        };
+        if r.kind == Kind::File && (set.size.is_some() || self.open_file(ino).is_some()) {
+            self.with_open_file(ino, &r, |f| {
+                if let Some(size) = set.size {
+                    f.truncate(size, now_ns());
+                }
+                if let Some(t) = set.mtime_ns {
+                    f.mtime_ns = t;
+                }
+                self.commit_file(ino, Some(f), false, edit)
+            })?;
+        } else {
+            self.commit_file(ino, None, false, edit)?;
+        }
+        self.getattr(ino)
+    }
+
+    /// Runs `op` on the open state of `ino`, opening it for the duration if no handle has it.
+    fn with_open_file<T>(&self, ino: u64, r: &FileRecord, op: impl FnOnce(&mut OpenFile) -> FsResult<T>) -> FsResult<T> {
+        let f = match self.open_file(ino) {
+            Some(f) => f,
+            None => Arc::new(Mutex::new(OpenFile::new(&self.store, r.chunks.clone(), r.mtime_ns))),
+        };
+        let mut f = lock(&f);
+        op(&mut f)
+    }
+
+    /// Commits `ino`: the open file's new content if it changed, plus `edit` on the record.
+    /// A file that was unlinked meanwhile is not brought back.
+    fn commit_file(
+        &self,
+        ino: u64,
+        f: Option<&mut OpenFile>,
+        sync: bool,
+        edit: impl FnOnce(&mut FileRecord),
+    ) -> FsResult<()> {
+        let (content, f) = match f {
+            Some(f) if f.modified => {
+                let (chunks, writer) = f.rechunk(&self.store)?;
+                (Some((chunks, writer)), Some(f))
+            }
+            other => (None, other),
+        };
+        let _ns = lock(&self.ns);
+        let Some(path) = lock(&self.inodes).path(ino).map(str::to_owned) else {
+            return Ok(());
+        };
+        let Some(mut rec) = live(self.store.get(&path)?) else { return Ok(()) };
+        rec.version = Default::default();
+        let (writer, new_chunks) = match content {
+            Some((chunks, writer)) => {
+                rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+                rec.chunks = chunks.clone();
+                (Some(writer), Some(chunks))
+            }
+            None => (None, None),
+        };
+        if let Some(f) = &f {
+            rec.mtime_ns = f.mtime_ns;
+        }
+        edit(&mut rec);
+        let mtime = rec.mtime_ns;
+        self.store.commit(vec![rec], writer, sync)?;
+        if let Some(f) = f {
+            if let Some(chunks) = new_chunks {
+                f.committed(&self.store, chunks);
+            }
+            f.mtime_ns = mtime;
+        }
+        Ok(())
+    }
+
+    fn new_handle(&self, ino: u64, mode: OpenMode) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, mode });
+        fh
+    }
+
+    /// Opens a regular file.
+    pub fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let r = self.record(&path)?;
+        match r.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::Symlink => return Err(FsError::Invalid),
+        }
+        let f = {
+            let mut files = lock(&self.open_files);
+            files
+                .entry(ino)
+                .or_insert_with(|| Arc::new(Mutex::new(OpenFile::new(&self.store, r.chunks.clone(), r.mtime_ns))))
+                .clone()
+        };
+        {
+            let mut f = lock(&f);
+            f.handles += 1;
+            if mode.truncate && mode.write && f.size > 0 {
+                f.truncate(0, now_ns());
+            }
+        }
+        lock(&self.inodes).opened(ino);
+        Ok(self.new_handle(ino, mode))
+    }
+
+    /// Creates and opens a file (or opens an existing one unless `exclusive`).
+    pub fn create(&self, parent: u64, name: &std::ffi::OsStr, perm: u32, mode: OpenMode) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        {
+            let _ns = lock(&self.ns);
+            self.require_dir(parent)?;
+            match live(self.store.get(&path)?) {
+                Some(_) if mode.exclusive => return Err(FsError::Exists),
+                Some(r) if r.kind == Kind::Dir => return Err(FsError::IsDir),
+                Some(_) => {}
+                None => {
+                    let rec = FileRecord::new(&path, Kind::File, perm & 0o7777, now_ns());
+                    self.store.commit(vec![rec], None, false)?;
+                }
+            }
+        }
+        let ino = lock(&self.inodes).get_or_insert(&path, true);
+        let fh = self.open(ino, mode)?;
+        Ok((self.getattr(ino)?, fh))
+    }
+
+    fn require_dir(&self, ino: u64) -> FsResult<()> {
+        match self.record(&self.path_of(ino)?)?.kind {
+            Kind::Dir => Ok(()),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(u64, OpenMode, Arc<Mutex<OpenFile>>)> {
+        let (ino, mode) = {
+            let handles = lock(&self.handles);
+            let h = handles.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.mode)
+        };
+        let f = self.open_file(ino).ok_or(FsError::BadHandle)?;
+        Ok((ino, mode, f))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let (_, _, f) = self.handle(fh)?;
+        let f = lock(&f);
+        if !f.is_clean() {
+            return f.read(&self.store, offset, size as usize);
+        }
+        // Committed content only: read the chunks without holding the file lock.
+        let base = f.base.clone();
+        drop(f);
+        let end = (offset + u64::from(size)).min(base.len());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        base.read_at(&self.store, offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` (at the end for O_APPEND handles). Buffered until flush.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (_, mode, f) = self.handle(fh)?;
+        if !mode.write {
+            return Err(FsError::BadHandle);
+        }
+        let mut f = lock(&f);
+        let at = if mode.append { f.size } else { offset };
+        f.write(&self.cfg.staging_dir, at, data, now_ns())?;
+        Ok(data.len() as u32)
+    }
+
+    /// Commits buffered writes (on every `close`).
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        self.commit_handle(fh, false)
+    }
+
+    /// Commits buffered writes and makes them durable.
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.commit_handle(fh, true)?;
+        Ok(self.store.sync()?)
+    }
+
+    fn commit_handle(&self, fh: u64, sync: bool) -> FsResult<()> {
+        let (ino, _, f) = self.handle(fh)?;
+        let mut f = lock(&f);
+        if f.modified {
+            self.commit_file(ino, Some(&mut f), sync, |_| {})?;
+        }
+        Ok(())
+    }
+
+    /// Closes a handle: commits what is left and drops the open state with the last handle.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let result = self.commit_handle(fh, false);
+        let Some(h) = lock(&self.handles).remove(&fh) else { return result };
+        let mut files = lock(&self.open_files);
+        if let Some(f) = files.get(&h.ino).cloned() {
+            let mut f = lock(&f);
+            f.handles = f.handles.saturating_sub(1);
+            if f.handles == 0 && !f.modified {
+                files.remove(&h.ino);
+            }
+        }
+        drop(files);
+        lock(&self.inodes).closed(h.ino);
+        result
+    }
+
+    /// Commits every open file with pending writes (before unmount).
+    pub fn flush_all(&self) -> FsResult<()> {
+        let files: Vec<(u64, Arc<Mutex<OpenFile>>)> =
+            lock(&self.open_files).iter().map(|(&i, f)| (i, f.clone())).collect();
+        for (ino, f) in files {
+            let mut f = lock(&f);
+            if f.modified {
+                self.commit_file(ino, Some(&mut f), false, |_| {})?;
+            }
+        }
+        Ok(self.store.sync()?)
+    }
+
+    /// Target of a symlink.
+    pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        let r = self.record(&self.path_of(ino)?)?;
+        r.target.filter(|_| r.kind == Kind::Symlink).ok_or(FsError::Invalid)
+    }
+
+    fn make(&self, parent: u64, name: &std::ffi::OsStr, rec: impl FnOnce(&str) -> FileRecord) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        let r = {
+            let _ns = lock(&self.ns);
+            self.require_dir(parent)?;
+            if live(self.store.get(&path)?).is_some() {
+                return Err(FsError::Exists);
+            }
+            self.store.commit(vec![rec(&path)], None, false)?.remove(0)
+        };
+        let ino = lock(&self.inodes).get_or_insert(&path, true);
+        self.attr(ino, &r)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, perm: u32) -> FsResult<Attr> {
+        self.make(parent, name, |p| FileRecord::new(p, Kind::Dir, perm & 0o7777, now_ns()))
+    }
+
+    /// Creates a symbolic link.
+    pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path) -> FsResult<Attr> {
+        let target = target.to_str().ok_or(FsError::IllegalName)?.to_owned();
+        self.make(parent, name, |p| {
+            let mut r = FileRecord::new(p, Kind::Symlink, 0o777, now_ns());
+            r.size = target.len() as u64;
+            r.target = Some(target);
+            r
+        })
+    }
+
+    /// Removes a file or symlink.
+    pub fn unlink(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let _ns = lock(&self.ns);
+        let mut r = live(self.store.get(&path)?).ok_or(FsError::NotFound)?;
+        match (dir, r.kind == Kind::Dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if self.store.has_children(&path)? => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        r.deleted = true;
+        r.version = Default::default();
+        r.mtime_ns = now_ns();
+        self.store.commit(vec![r], None, false)?;
+        lock(&self.inodes).unlink(&path);
+        Ok(())
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent`, replacing a file or an empty
+    /// directory there. A directory moves with everything below it, in one atomic commit, and
+    /// no chunk is copied: the new records reuse the old chunks.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        new_parent: u64,
+        new_name: &std::ffi::OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let _ns = lock(&self.ns);
+        self.require_dir(new_parent)?;
+        let src = live(self.store.get(&from)?).ok_or(FsError::NotFound)?;
+        if from == to {
+            return Ok(());
+        }
+        if src.kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid);
+        }
+        if let Some(dst) = live(self.store.get(&to)?) {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if self.store.has_children(&to)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+        }
+        let mut moved = vec![src];
+        let mut i = 0;
+        while i < moved.len() {
+            if moved[i].kind == Kind::Dir {
+                let children = self.store.list_dir(&moved[i].path)?;
+                moved.extend(children);
+            }
+            i += 1;
+        }
+        let now = now_ns();
+        let mut changes = Vec::with_capacity(moved.len() * 2);
+        for old in moved {
+            let mut gone = old.clone();
+            gone.deleted = true;
+            gone.version = Default::default();
+            gone.mtime_ns = now;
+            let mut new = old;
+            new.path = format!("{to}{}", &new.path[from.len()..]);
+            new.version = Default::default();
+            changes.push(gone);
+            changes.push(new);
+        }
+        self.store.commit(changes, None, false)?;
+        lock(&self.inodes).rename(&from, &to);
+        Ok(())
+    }
+
+    /// Opens a directory: snapshots its entries for `readdir`.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let r = self.record(&path)?;
+        if r.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let children = self.store.list_dir(&path)?;
+        let parent_ino = {
+            let mut inodes = lock(&self.inodes);
+            if path.is_empty() { ROOT } else { inodes.get_or_insert(split_parent(&path).0, false) }
+        };
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        entries.push(DirEntry { ino, name: ".".into(), kind: Kind::Dir });
+        entries.push(DirEntry { ino: parent_ino, name: "..".into(), kind: Kind::Dir });
+        {
+            let mut inodes = lock(&self.inodes);
+            for c in children {
+                let ino = inodes.get_or_insert(&c.path, false);
+                let name = split_parent(&c.path).1.to_owned();
+                entries.push(DirEntry { ino, name, kind: c.kind });
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dir_handles).insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Calls `add(entry, next_offset)` for entries from `offset` until it returns true (full).
+    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(&DirEntry, u64) -> bool) -> FsResult<()> {
+        let handles = lock(&self.dir_handles);
+        let entries = handles.get(&fh).ok_or(FsError::BadHandle)?;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if add(e, i as u64 + 1) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a directory handle; inodes only this listing created are dropped again.
+    pub fn releasedir(&self, fh: u64) {
+        if let Some(entries) = lock(&self.dir_handles).remove(&fh) {
+            let mut inodes = lock(&self.inodes);
+            for e in entries.iter().skip(2) {
+                inodes.maybe_free(e.ino);
+            }
+        }
+    }
+
+    /// Usage of the disk under the store.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let v = nix::sys::statvfs::statvfs(&self.cfg.staging_dir).map_err(|e| FsError::Io(e.into()))?;
+        let stats = self.store.stats();
+        let frsize = v.fragment_size().max(1);
+        Ok(StatFs {
+            blocks: v.blocks() * frsize / 4096,
+            bfree: v.blocks_free() * frsize / 4096,
+            bavail: v.blocks_available() * frsize / 4096,
+            files: stats.files + stats.dirs + stats.symlinks,
+            ffree: u64::from(u32::MAX),
+            bsize: 4096,
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Inode numbers: local to this mount, mapped to the paths the store is keyed by.
+
+use std::collections::HashMap;
+
+/// The root directory's inode number (FUSE's convention).
+pub const ROOT: u64 = 1;
+
+struct Node {
+    /// Current path; `None` once unlinked (open handles may still use the inode).
+    path: Option<String>,
+    /// Kernel references (lookups minus forgets).
+    lookups: u64,
+    /// Open handles on this inode.
+    opens: u64,
+}
+
+/// Bidirectional map inode <-> path with kernel lookup counting.
+pub(crate) struct Inodes {
+    by_ino: HashMap<u64, Node>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        let mut by_ino = HashMap::new();
+        by_ino.insert(ROOT, Node { path: Some(String::new()), lookups: 1, opens: 0 });
+        let mut by_path = HashMap::new();
+        by_path.insert(String::new(), ROOT);
+        Inodes { by_ino, by_path, next: ROOT + 1 }
+    }
+
+    /// The path of `ino`, or `None` for an unknown or unlinked inode.
+    pub fn path(&self, ino: u64) -> Option<&str> {
+        self.by_ino.get(&ino)?.path.as_deref()
+    }
+
+    /// The inode of `path`, creating one if needed; counts a kernel lookup when `lookup`.
+    pub fn get_or_insert(&mut self, path: &str, lookup: bool) -> u64 {
+        let ino = match self.by_path.get(path) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_ino.insert(ino, Node { path: Some(path.to_owned()), lookups: 0, opens: 0 });
+                self.by_path.insert(path.to_owned(), ino);
+                ino
+            }
+        };
+        if lookup {
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.lookups += 1;
+            }
+        }
+        ino
+    }
+
+    /// Drops `n` kernel references; frees the inode when nothing uses it any more.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        self.maybe_free(ino);
+    }
+
+    /// Frees an inode nobody references (used for inodes handed out in directory listings).
+    pub fn maybe_free(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.by_ino.get(&ino) else { return };
+        if node.lookups == 0 && node.opens == 0 {
+            if let Some(p) = &node.path {
+                self.by_path.remove(p);
+            }
+            self.by_ino.remove(&ino);
+        }
+    }
+
+    pub fn opened(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.opens += 1;
+        }
+    }
+
+    pub fn closed(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        self.maybe_free(ino);
+    }
+
+    /// The path was deleted: the inode lives on for its handles but has no name.
+    pub fn unlink(&mut self, path: &str) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.path = None;
+            }
+            self.maybe_free(ino);
+        }
+    }
+
+    /// `from` (and, for a directory, everything below it) is now at `to`.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        self.unlink(to);
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == from || p.starts_with(&prefix))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let new = format!("{to}{}", &old[from.len()..]);
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.path = Some(new.clone());
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_moves_descendants_and_replaces_target() {
+        let mut t = Inodes::new();
+        let d = t.get_or_insert("d", true);
+        let f = t.get_or_insert("d/f", true);
+        let other = t.get_or_insert("dd", true);
+        let victim = t.get_or_insert("e", true);
+        t.opened(victim);
+        t.rename("d", "e");
+        assert_eq!(t.path(d), Some("e"));
+        assert_eq!(t.path(f), Some("e/f"));
+        assert_eq!(t.path(other), Some("dd"));
+        assert_eq!(t.path(victim), None);
+        assert_eq!(t.by_path.get("e"), Some(&d));
+        t.closed(victim);
+        t.forget(victim, 1);
+        assert!(t.by_ino.get(&victim).is_none());
+    }
+}

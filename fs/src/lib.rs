@@ -1,0 +1,23 @@
+//! fybrk's filesystem.
+//!
+//! [`Fs`] is the filesystem as plain methods on inode numbers and handles (lookup, create,
+//! read, write, rename, ...): tests call it without a mount. [`fuse`] is a thin `fuser` adapter
+//! that only translates requests and errno values. Content handling of open files (write
+//! buffering, staging to disk, incremental re-chunking) lives in `content`.
+//!
+//! Semantics worth knowing: writes are buffered per open file and committed on `flush` (every
+//! `close`), `fsync` and `release`; `fsync` also makes them durable. Hard links are refused with
+//! `EPERM`, extended attributes with `ENOTSUP`, `chown` to another owner with `EPERM`, and names
+//! must be UTF-8 (`EILSEQ` otherwise). POSIX locks are handled by the kernel.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod content;
+mod error;
+mod fs;
+pub mod fuse;
+mod inodes;
+
+pub use error::{FsError, FsResult};
+pub use fs::{Attr, DirEntry, Fs, FsConfig, OpenMode, SetAttr, StatFs};
+pub use inodes::ROOT;

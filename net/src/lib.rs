@@ -1,0 +1,1 @@
+//! Device identity, transport and replication (arrives with the sync issue).

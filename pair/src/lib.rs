@@ -1,0 +1,1 @@
+//! Invitations and the pairing handshake (arrives with the sync issue).

@@ -1,0 +1,88 @@
+//! Content-defined chunking (FastCDC 2020).
+//!
+//! Cut points depend only on the bytes since the previous cut point, so an edit in the middle of
+//! a file changes the chunks around the edit and leaves the others (and their ids) intact. That
+//! is what makes both deduplication and small re-syncs work.
+
+use std::io::Read;
+
+use fastcdc::v2020::{ChunkData, StreamCDC};
+
+/// Smallest chunk FastCDC will cut (except at end of file).
+pub const MIN_CHUNK: u32 = 16 * 1024;
+/// Target average chunk size: small enough that an edit re-sends little, large enough that a
+/// 4 GiB file is ~65k chunks (index entries stay cheap).
+pub const AVG_CHUNK: u32 = 64 * 1024;
+/// Largest chunk; bounds the memory one chunk needs in flight.
+pub const MAX_CHUNK: u32 = 256 * 1024;
+
+/// Splits a byte stream into chunks with fybrk's parameters.
+pub fn chunks<R: Read>(source: R) -> impl Iterator<Item = std::io::Result<ChunkData>> {
+    StreamCDC::new(source, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).map(|r| {
+        r.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{RngCore, SeedableRng};
+    use std::collections::HashSet;
+
+    fn lens(data: &[u8]) -> Vec<(u64, usize)> {
+        chunks(data).map(|c| c.unwrap()).map(|c| (c.offset, c.length)).collect()
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    #[test]
+    fn chunks_cover_the_input_within_bounds() {
+        let data = random(3 << 20, 1);
+        let cuts = lens(&data);
+        let mut pos = 0;
+        for (i, (off, len)) in cuts.iter().enumerate() {
+            assert_eq!(*off, pos);
+            assert!(*len <= MAX_CHUNK as usize);
+            if i + 1 < cuts.len() {
+                assert!(*len >= MIN_CHUNK as usize);
+            }
+            pos += *len as u64;
+        }
+        assert_eq!(pos, data.len() as u64);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Inserting bytes in the middle of a file keeps most chunks: all but a few around the
+        /// insertion point are found again.
+        #[test]
+        fn boundaries_survive_an_insertion(
+            seed in any::<u64>(),
+            at_frac in 0.1f64..0.9,
+            insert_len in 1usize..100_000,
+        ) {
+            let data = random(4 << 20, seed);
+            let at = (data.len() as f64 * at_frac) as usize;
+            let mut edited = data[..at].to_vec();
+            edited.extend(random(insert_len, seed ^ 0xabc));
+            edited.extend_from_slice(&data[at..]);
+
+            let chunk_set = |d: &[u8]| -> HashSet<Vec<u8>> {
+                chunks(d).map(|c| c.unwrap().data).collect()
+            };
+            let before = chunk_set(&data);
+            let after = chunk_set(&edited);
+            let lost = before.difference(&after).count();
+            // The insertion touches one chunk, maybe two, plus FastCDC's resync window.
+            prop_assert!(lost <= 4, "{} of {} chunks changed", lost, before.len());
+        }
+    }
+}

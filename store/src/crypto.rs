@@ -1,0 +1,192 @@
+//! Keys, chunk ids and chunk encryption.
+//!
+//! A folder has one random 256-bit [`FolderKey`]. HKDF-SHA256 derives two independent keys from
+//! it: `id_key` for keyed BLAKE3 chunk ids (so ids reveal nothing to someone without the key,
+//! not even whether two folders hold the same file) and `enc_key` for AES-256-GCM. A sealed chunk
+//! is `nonce (12) || ciphertext || tag (16)` with the chunk id as associated data, so a valid
+//! ciphertext cannot be moved under another id.
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::{Result, StoreError};
+
+/// Bytes a sealed chunk adds to its plaintext: the nonce and the GCM tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+const NONCE_LEN: usize = 12;
+
+/// The random secret of one folder. Whoever holds it can read the folder.
+#[derive(Clone)]
+pub struct FolderKey([u8; 32]);
+
+impl FolderKey {
+    /// A fresh random key from the OS generator.
+    pub fn generate() -> FolderKey {
+        let mut key = [0u8; 32];
+        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut key);
+        FolderKey(key)
+    }
+
+    /// A key from its 32 raw bytes (as stored in `folder.key`).
+    pub fn from_bytes(bytes: [u8; 32]) -> FolderKey {
+        FolderKey(bytes)
+    }
+
+    /// The raw bytes, for saving to the key file.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FolderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FolderKey(..)")
+    }
+}
+
+/// A chunk's name: keyed BLAKE3 of its plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({self})")
+    }
+}
+
+/// The derived keys of one folder: hashing and sealing of chunks.
+pub struct Crypto {
+    id_key: [u8; 32],
+    cipher: Aes256Gcm,
+    /// A fixed id of the key itself, stored in the database so opening a store with the wrong
+    /// key fails at once instead of on the first read.
+    check: [u8; 32],
+}
+
+impl Crypto {
+    /// Derives the chunk-id and encryption keys from the folder key.
+    pub fn new(key: &FolderKey) -> Crypto {
+        let hk = Hkdf::<Sha256>::new(Some(b"fybrk folder v1"), &key.0);
+        let mut id_key = [0u8; 32];
+        let mut enc_key = [0u8; 32];
+        let mut check = [0u8; 32];
+        // HKDF-SHA256 can expand up to 255 * 32 bytes; 32 always fits.
+        hk.expand(b"chunk id", &mut id_key).expect("32 bytes is a valid HKDF length");
+        hk.expand(b"chunk encryption", &mut enc_key).expect("32 bytes is a valid HKDF length");
+        hk.expand(b"key check", &mut check).expect("32 bytes is a valid HKDF length");
+        let cipher = Aes256Gcm::new(&enc_key.into());
+        Crypto { id_key, cipher, check }
+    }
+
+    /// The id of a plaintext chunk.
+    pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// Encrypts a chunk under a fresh random nonce: `nonce || ciphertext || tag`.
+    pub fn seal(&self, id: &ChunkId, plaintext: &[u8]) -> Vec<u8> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        let ct = self
+            .cipher
+            .encrypt(&nonce, Payload { msg: plaintext, aad: &id.0 })
+            // aes-gcm only fails for messages over 64 GiB; chunks are at most 256 KiB.
+            .expect("chunk is far below the AES-GCM message limit");
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Decrypts a sealed chunk and checks that it is the plaintext of `id`. A flipped bit
+    /// anywhere is an error, never wrong data.
+    pub fn open(&self, id: &ChunkId, sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(StoreError::CorruptChunk(*id, "too short"));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let plain = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &id.0 })
+            .map_err(|_| StoreError::CorruptChunk(*id, "authentication failed"))?;
+        if self.chunk_id(&plain) != *id {
+            return Err(StoreError::CorruptChunk(*id, "content does not match its id"));
+        }
+        Ok(plain)
+    }
+
+    /// The key check value stored alongside the data.
+    pub(crate) fn key_check(&self) -> &[u8; 32] {
+        &self.check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_depend_on_the_key() {
+        let a = Crypto::new(&FolderKey::generate());
+        let b = Crypto::new(&FolderKey::generate());
+        assert_ne!(a.chunk_id(b"hello"), b.chunk_id(b"hello"));
+        assert_eq!(a.chunk_id(b"hello"), a.chunk_id(b"hello"));
+    }
+
+    #[test]
+    fn wrong_key_cannot_open() {
+        let a = Crypto::new(&FolderKey::generate());
+        let b = Crypto::new(&FolderKey::generate());
+        let id = a.chunk_id(b"secret");
+        let sealed = a.seal(&id, b"secret");
+        assert!(b.open(&id, &sealed).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let c = Crypto::new(&FolderKey::from_bytes([7; 32]));
+            let id = c.chunk_id(&data);
+            let sealed = c.seal(&id, &data);
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(c.open(&id, &sealed).unwrap(), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_detected(
+            data in proptest::collection::vec(any::<u8>(), 1..2048),
+            pos in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let c = Crypto::new(&FolderKey::from_bytes([9; 32]));
+            let id = c.chunk_id(&data);
+            let mut sealed = c.seal(&id, &data);
+            let i = pos.index(sealed.len());
+            sealed[i] ^= 1 << bit;
+            prop_assert!(c.open(&id, &sealed).is_err());
+        }
+
+        #[test]
+        fn sealed_chunk_cannot_move_to_another_id(data in proptest::collection::vec(any::<u8>(), 1..512)) {
+            let c = Crypto::new(&FolderKey::from_bytes([3; 32]));
+            let id = c.chunk_id(&data);
+            let sealed = c.seal(&id, &data);
+            let other = c.chunk_id(b"other");
+            prop_assert!(c.open(&other, &sealed).is_err());
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! RocksDB layout and tuning.
+//!
+//! | column family | key | value |
+//! | --- | --- | --- |
+//! | `chunks` | chunk id | sealed chunk (blob files) |
+//! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length |
+//! | `orphans` | chunk id | empty: the chunk's count reached 0, GC should look at it |
+//! | `records` | [`crate::record::path_key`] | postcard [`crate::FileRecord`] |
+//! | `log` | local sequence number (big endian) | path key of the record it changed |
+//! | `meta` | name | folder id, device id, key check, sequence, stats |
+
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+
+use crate::Result;
+
+pub(crate) const CHUNKS: &str = "chunks";
+pub(crate) const REFS: &str = "refs";
+pub(crate) const ORPHANS: &str = "orphans";
+pub(crate) const RECORDS: &str = "records";
+pub(crate) const LOG: &str = "log";
+pub(crate) const META: &str = "meta";
+
+/// Per-chunk bookkeeping: how many record slots use it and how many bytes it takes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RefEntry {
+    pub count: u64,
+    pub sealed_len: u32,
+}
+
+impl RefEntry {
+    pub fn encode(&self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out[..8].copy_from_slice(&self.count.to_le_bytes());
+        out[8..].copy_from_slice(&self.sealed_len.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<RefEntry> {
+        let count = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let sealed_len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+        Some(RefEntry { count, sealed_len })
+    }
+}
+
+/// Opens (or creates) the database with memory bounded for a desktop daemon: the chunk
+/// memtables hold whole chunk values until they are flushed to blob files, so they are kept small.
+pub(crate) fn open(dir: &Path) -> Result<DB> {
+    let cache = Cache::new_lru_cache(8 << 20);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+
+    let small = |write_buffer: usize| {
+        let mut o = Options::default();
+        o.set_write_buffer_size(write_buffer);
+        o.set_max_write_buffer_number(2);
+        o.set_block_based_table_factory(&table);
+        o
+    };
+    let mut chunks = small(16 << 20);
+    // Chunks are tens of KiB: integrated blob files keep them out of LSM compaction, which would
+    // otherwise rewrite every chunk several times. Blob GC reclaims space of deleted chunks.
+    chunks.set_enable_blob_files(true);
+    chunks.set_min_blob_size(4096);
+    chunks.set_blob_file_size(128 << 20);
+    chunks.set_enable_blob_gc(true);
+    chunks.set_blob_gc_age_cutoff(0.5);
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(REFS, small(4 << 20)),
+        ColumnFamilyDescriptor::new(ORPHANS, small(1 << 20)),
+        ColumnFamilyDescriptor::new(RECORDS, small(8 << 20)),
+        ColumnFamilyDescriptor::new(LOG, small(2 << 20)),
+        ColumnFamilyDescriptor::new(META, small(1 << 20)),
+    ];
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_db_write_buffer_size(48 << 20);
+    db_opts.set_max_total_wal_size(96 << 20);
+    db_opts.set_keep_log_file_num(3);
+    Ok(DB::open_cf_descriptors(&db_opts, dir, cfs)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_entry_round_trip() {
+        let e = RefEntry { count: 7, sealed_len: 65_564 };
+        assert_eq!(RefEntry::decode(&e.encode()), Some(e));
+        assert_eq!(RefEntry::decode(&[1, 2]), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! Garbage collection and the `verify` pass.
+
+use std::collections::HashMap;
+
+use rocksdb::{IteratorMode, WriteBatch};
+use serde::Serialize;
+
+use crate::db::{RefEntry, CHUNKS, LOG, ORPHANS, RECORDS, REFS};
+use crate::store::{decode_record, Store};
+use crate::{ChunkId, Kind, Result};
+
+/// What a GC pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Chunks freed.
+    pub freed_chunks: u64,
+    /// Sealed bytes freed.
+    pub freed_bytes: u64,
+    /// Unreferenced chunks kept because a writer or an open file still pins them.
+    pub pinned: u64,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Chunks read, decrypted and re-hashed.
+    pub chunks_checked: u64,
+    /// Records decoded and checked.
+    pub records_checked: u64,
+    /// Every problem, in words a user can act on.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Store {
+    /// Frees every chunk that no record references and nobody pins.
+    pub fn gc(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        self.with_write_lock(|stats| {
+            let db = &self.inner.db;
+            // Hold the pin table across the deletes: a writer pins before it checks whether a
+            // chunk exists, so it either sees the chunk gone or keeps it alive.
+            let pins = self.inner.pins.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = WriteBatch::default();
+            for item in db.iterator_cf(self.cf(ORPHANS), IteratorMode::Start) {
+                let (key, _) = item?;
+                let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
+                    batch.delete_cf(self.cf(ORPHANS), &key);
+                    continue;
+                };
+                let id = ChunkId(raw);
+                let entry = db.get_pinned_cf(self.cf(REFS), raw)?.and_then(|v| RefEntry::decode(&v));
+                match entry {
+                    Some(e) if e.count > 0 => batch.delete_cf(self.cf(ORPHANS), raw),
+                    _ if pins.contains_key(&id) => report.pinned += 1,
+                    e => {
+                        let sealed_len = e.map_or(0, |e| u64::from(e.sealed_len));
+                        batch.delete_cf(self.cf(CHUNKS), raw);
+                        batch.delete_cf(self.cf(REFS), raw);
+                        batch.delete_cf(self.cf(ORPHANS), raw);
+                        report.freed_chunks += 1;
+                        report.freed_bytes += sealed_len;
+                        if e.is_some() {
+                            stats.chunks = stats.chunks.saturating_sub(1);
+                            stats.stored_bytes = stats.stored_bytes.saturating_sub(sealed_len);
+                        }
+                    }
+                }
+            }
+            batch.put_cf(self.cf(crate::db::META), b"stats", postcard::to_allocvec(stats).unwrap_or_default());
+            db.write(batch)?;
+            Ok(())
+        })?;
+        if report.freed_chunks > 0 {
+            // Let RocksDB drop the deleted blobs' space now rather than at some later compaction.
+            self.inner.db.compact_range_cf(self.cf(CHUNKS), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(report)
+    }
+
+    /// Re-reads, decrypts and re-hashes every chunk, and checks that every record points at
+    /// chunks the store has, that sizes add up, that reference counts match the records and that
+    /// the change log and the records agree. Works on a consistent snapshot while the store is
+    /// in use.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let db = &self.inner.db;
+        let snap = db.snapshot();
+        let mut report = VerifyReport::default();
+        let mut stored: HashMap<ChunkId, u64> = HashMap::new();
+        for item in snap.iterator_cf(self.cf(CHUNKS), IteratorMode::Start) {
+            let (key, sealed) = item?;
+            report.chunks_checked += 1;
+            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
+                report.problems.push(format!("chunk key of {} bytes is malformed", key.len()));
+                continue;
+            };
+            let id = ChunkId(raw);
+            if let Err(e) = self.inner.crypto.open(&id, &sealed) {
+                report.problems.push(e.to_string());
+            }
+            stored.insert(id, 0);
+        }
+        for item in snap.iterator_cf(self.cf(RECORDS), IteratorMode::Start) {
+            let (key, value) = item?;
+            report.records_checked += 1;
+            let record = match decode_record(&key, &value) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            match snap.get_cf(self.cf(LOG), record.seq.to_be_bytes())? {
+                Some(k) if k.as_slice() == &key[..] => {}
+                _ => report.problems.push(format!("{}: change log entry {} is missing", record.path, record.seq)),
+            }
+            if record.kind != Kind::File || record.deleted {
+                continue;
+            }
+            let total: u64 = record.chunks.iter().map(|c| u64::from(c.len)).sum();
+            if total != record.size {
+                report.problems.push(format!(
+                    "{}: chunks hold {total} bytes but the size is {}",
+                    record.path, record.size
+                ));
+            }
+            for c in &record.chunks {
+                match stored.get_mut(&c.id) {
+                    Some(n) => *n += 1,
+                    None => report.problems.push(format!("{}: chunk {} is missing", record.path, c.id)),
+                }
+            }
+        }
+        for item in snap.iterator_cf(self.cf(REFS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else { continue };
+            let id = ChunkId(raw);
+            let Some(entry) = RefEntry::decode(&value) else {
+                report.problems.push(format!("chunk {id}: reference entry is malformed"));
+                continue;
+            };
+            match stored.get(&id) {
+                None => report.problems.push(format!("chunk {id}: counted but not stored")),
+                Some(&used) if used != entry.count => report.problems.push(format!(
+                    "chunk {id}: reference count {} but {used} uses",
+                    entry.count
+                )),
+                Some(_) => {}
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,31 @@
+//! fybrk's storage: content-defined chunks, encrypted and stored once, and the folder index.
+//!
+//! This crate owns everything fybrk keeps on disk for one folder, in one RocksDB database:
+//!
+//! - [`chunker`]: FastCDC cut points (16 / 64 / 256 KiB).
+//! - [`crypto`]: the folder key, keyed-BLAKE3 chunk ids and AES-256-GCM sealing.
+//! - [`record`]: file records with version vectors, and how paths become keys.
+//! - [`Store`]: the chunk store (one copy per distinct chunk), the path index, the local change
+//!   log, reference counts, garbage collection and `verify`.
+//!
+//! A record, its new chunks, its reference counts and its change-log entry commit in one write
+//! batch ([`Store::commit`]), so a crash leaves the old version or the new one, never a mix.
+//! The store knows nothing of FUSE or the network.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod cache;
+pub mod chunker;
+pub mod crypto;
+mod db;
+mod error;
+mod gc;
+pub mod record;
+mod store;
+
+pub use crypto::{ChunkId, Crypto, FolderKey};
+pub use error::{Result, StoreError};
+pub use gc::{GcReport, VerifyReport};
+pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
+pub use store::{ChunkWriter, Pins, Stats, Store, StoreOptions};
+#[cfg(test)] mod tests;

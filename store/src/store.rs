@@ -1,0 +1,563 @@
+//! The [`Store`]: chunks, records, change log and their bookkeeping, committed atomically.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::ChunkCache;
+use crate::db::{self, RefEntry, CHUNKS, LOG, META, ORPHANS, RECORDS, REFS};
+use crate::record::{children_prefix, path_key, peek_live_dir, Kind, ShortId};
+use crate::{ChunkId, ChunkRef, Crypto, FileRecord, FolderKey, Result, StoreError};
+
+/// New chunks are written to the database in batches of about this many bytes, so a file larger
+/// than memory streams through instead of piling up in one write batch.
+const CHUNK_BATCH_BYTES: usize = 8 << 20;
+
+/// Tuning knobs of a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of decrypted chunks kept in the read cache.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_bytes: 16 << 20 }
+    }
+}
+
+/// Totals over the live folder, kept up to date by every commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Live regular files.
+    pub files: u64,
+    /// Live directories (the root not counted).
+    pub dirs: u64,
+    /// Live symbolic links.
+    pub symlinks: u64,
+    /// Sum of live file sizes.
+    pub logical_bytes: u64,
+    /// Distinct chunks stored.
+    pub chunks: u64,
+    /// Bytes of sealed chunks stored (ciphertext + nonce + tag).
+    pub stored_bytes: u64,
+}
+
+impl Stats {
+    fn count(&mut self, r: &FileRecord, sign: i64) {
+        if r.deleted {
+            return;
+        }
+        let add = |v: &mut u64, d: u64| {
+            *v = if sign > 0 { v.saturating_add(d) } else { v.saturating_sub(d) };
+        };
+        match r.kind {
+            Kind::File => {
+                add(&mut self.files, 1);
+                add(&mut self.logical_bytes, r.size);
+            }
+            Kind::Dir => add(&mut self.dirs, 1),
+            Kind::Symlink => add(&mut self.symlinks, 1),
+        }
+    }
+}
+
+/// Mutable state changed only under the write lock.
+struct WriteState {
+    /// The last local sequence number handed out.
+    seq: u64,
+    stats: Stats,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: DB,
+    pub(crate) crypto: Crypto,
+    device: ShortId,
+    folder_id: [u8; 16],
+    /// Serialises every write that reads before it writes (refcounts, records, sequence).
+    write: Mutex<WriteState>,
+    pub(crate) pins: Arc<PinTable>,
+    cache: ChunkCache,
+}
+
+/// A handle to an open folder store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, never a half-applied database
+    // write (those are atomic batches), so continuing with the inner value is sound.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut out);
+    out
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it on first use. Fails with [`StoreError::WrongKey`]
+    /// when `key` is not the key the store was created with.
+    pub fn open(dir: &Path, key: &FolderKey, options: StoreOptions) -> Result<Store> {
+        let db = db::open(dir)?;
+        let crypto = Crypto::new(key);
+        let meta = db.cf_handle(META).expect("meta column family is created at open");
+        match db.get_cf(meta, b"key_check")? {
+            Some(check) if check.as_slice() != crypto.key_check() => return Err(StoreError::WrongKey),
+            Some(_) => {}
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(meta, b"key_check", crypto.key_check());
+                b.put_cf(meta, b"device", random_bytes::<8>());
+                b.put_cf(meta, b"folder_id", random_bytes::<16>());
+                db.write(b)?;
+            }
+        }
+        let read_meta = |name: &str| -> Result<Vec<u8>> {
+            db.get_cf(meta, name)?.ok_or_else(|| StoreError::CorruptRecord {
+                key: format!("meta/{name}"),
+                reason: "missing".into(),
+            })
+        };
+        let fixed = |name: &str, v: Vec<u8>| StoreError::CorruptRecord {
+            key: format!("meta/{name}"),
+            reason: format!("expected a fixed-size value, got {} bytes", v.len()),
+        };
+        let device = read_meta("device")?;
+        let device = u64::from_le_bytes(device.try_into().map_err(|v| fixed("device", v))?);
+        let folder_id = read_meta("folder_id")?.try_into().map_err(|v| fixed("folder_id", v))?;
+        let seq = match db.get_cf(meta, b"seq")? {
+            Some(v) => u64::from_le_bytes(v.try_into().map_err(|v| fixed("seq", v))?),
+            None => 0,
+        };
+        let stats = match db.get_cf(meta, b"stats")? {
+            Some(v) => postcard::from_bytes(&v).map_err(|e| StoreError::CorruptRecord {
+                key: "meta/stats".into(),
+                reason: e.to_string(),
+            })?,
+            None => Stats::default(),
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                crypto,
+                device,
+                folder_id,
+                write: Mutex::new(WriteState { seq, stats }),
+                pins: Arc::new(PinTable::default()),
+                cache: ChunkCache::new(options.cache_bytes),
+            }),
+        })
+    }
+
+    /// This device's short id, used in version vectors.
+    pub fn device(&self) -> ShortId {
+        self.inner.device
+    }
+
+    /// The folder's random id.
+    pub fn folder_id(&self) -> [u8; 16] {
+        self.inner.folder_id
+    }
+
+    /// Hashing and sealing of chunks under this folder's key.
+    pub fn crypto(&self) -> &Crypto {
+        &self.inner.crypto
+    }
+
+    /// Current totals.
+    pub fn stats(&self) -> Stats {
+        lock(&self.inner.write).stats
+    }
+
+    /// The last local sequence number.
+    pub fn sequence(&self) -> u64 {
+        lock(&self.inner.write).seq
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.inner.db.cf_handle(name).expect("all column families are created at open")
+    }
+
+    /// The record at `path`, tombstones included.
+    pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
+        let key = path_key(path);
+        match self.inner.db.get_pinned_cf(self.cf(RECORDS), &key)? {
+            Some(v) => Ok(Some(decode_record(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The live entries directly inside `dir` ("" is the root), in key order.
+    pub fn list_dir(&self, dir: &str) -> Result<Vec<FileRecord>> {
+        let prefix = children_prefix(dir);
+        let mut out = Vec::new();
+        for item in self.prefix_iter(&prefix) {
+            let (key, value) = item?;
+            let r = decode_record(&key, &value)?;
+            if r.is_live() {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of live subdirectories of `dir` (for a directory's `st_nlink`).
+    pub fn count_subdirs(&self, dir: &str) -> Result<u64> {
+        let mut n = 0;
+        for item in self.prefix_iter(&children_prefix(dir)) {
+            let (_, value) = item?;
+            n += u64::from(peek_live_dir(&value));
+        }
+        Ok(n)
+    }
+
+    /// True when `dir` has at least one live entry.
+    pub fn has_children(&self, dir: &str) -> Result<bool> {
+        for item in self.prefix_iter(&children_prefix(dir)) {
+            let (key, value) = item?;
+            if decode_record(&key, &value)?.is_live() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn prefix_iter<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        self.inner
+            .db
+            .iterator_cf(self.cf(RECORDS), IteratorMode::From(prefix, Direction::Forward))
+            .take_while(move |item| match item {
+                Ok((k, _)) => k.starts_with(prefix),
+                Err(_) => true,
+            })
+            .map(|item| item.map_err(StoreError::from))
+    }
+
+    /// Every record changed after local sequence number `since`, oldest first: what a peer that
+    /// has seen up to `since` is missing.
+    pub fn changes_since(&self, since: u64) -> Result<Vec<FileRecord>> {
+        let start = (since + 1).to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self.inner.db.iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (_, key) = item?;
+            let value = self.inner.db.get_pinned_cf(self.cf(RECORDS), &key)?.ok_or_else(|| {
+                StoreError::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "change log points at a missing record".into(),
+                }
+            })?;
+            out.push(decode_record(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The plaintext of a chunk, through the cache. Every read from disk decrypts and
+    /// re-hashes the chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        if let Some(hit) = self.inner.cache.get(id) {
+            return Ok(hit);
+        }
+        let sealed = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CHUNKS), id.0)?
+            .ok_or(StoreError::MissingChunk(*id))?;
+        let plain: Arc<[u8]> = self.inner.crypto.open(id, &sealed)?.into();
+        self.inner.cache.insert(*id, plain.clone());
+        Ok(plain)
+    }
+
+    /// True when the store holds chunk `id`.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())
+    }
+
+    /// Keeps `ids` from being garbage collected while the returned guard lives (for example the
+    /// chunks of a version an open file handle still reads).
+    pub fn pin(&self, ids: impl IntoIterator<Item = ChunkId>) -> Pins {
+        let mut pins = Pins { table: self.inner.pins.clone(), ids: Vec::new() };
+        pins.extend(ids);
+        pins
+    }
+
+    /// Starts writing new content: chunks added to the writer are deduplicated, sealed, pinned
+    /// and streamed to the database; [`Store::commit`] then publishes the records using them.
+    pub fn writer(&self) -> ChunkWriter {
+        ChunkWriter {
+            store: self.clone(),
+            pins: self.pin([]),
+            pending: Vec::new(),
+            pending_ids: HashSet::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Atomically publishes new versions of `records` together with the new chunks buffered in
+    /// `writer`: in one RocksDB write batch the records, their change-log entries, the chunk
+    /// reference counts and the remaining chunks land, or nothing does. Each record gets the
+    /// next local sequence number and its version vector is the previous version's bumped for
+    /// this device. `sync` makes the write durable before returning (fsync).
+    ///
+    /// Returns the committed records (with `seq` and `version` filled in).
+    pub fn commit(
+        &self,
+        records: Vec<FileRecord>,
+        writer: Option<ChunkWriter>,
+        sync: bool,
+    ) -> Result<Vec<FileRecord>> {
+        let db = &self.inner.db;
+        let mut st = lock(&self.inner.write);
+        let mut batch = WriteBatch::default();
+        let mut refs: HashMap<ChunkId, RefEntry> = HashMap::new();
+        let mut stats = st.stats;
+        let mut seq = st.seq;
+        // Keep the writer (and its pins) alive until the batch is written.
+        let _writer_pins = match writer {
+            Some(mut w) => {
+                let pending = std::mem::take(&mut w.pending);
+                self.stage_chunks(&mut batch, &mut refs, &mut stats, pending)?;
+                Some(w)
+            }
+            None => None,
+        };
+
+        let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
+        let mut out = Vec::with_capacity(records.len());
+        for mut record in records {
+            let key = path_key(&record.path);
+            let old = match touched.get(&key) {
+                Some(r) => Some(r.clone()),
+                None => self.get(&record.path)?,
+            };
+            seq += 1;
+            let mut version = old.as_ref().map(|o| o.version.clone()).unwrap_or_default();
+            version.merge(&record.version);
+            version.bump(self.inner.device, seq);
+            record.version = version;
+            record.seq = seq;
+            if record.deleted || record.kind != Kind::File {
+                record.chunks.clear();
+            }
+
+            let mut delta: HashMap<ChunkId, i64> = HashMap::new();
+            if let Some(old) = &old {
+                batch.delete_cf(self.cf(LOG), old.seq.to_be_bytes());
+                stats.count(old, -1);
+                for c in &old.chunks {
+                    *delta.entry(c.id).or_default() -= 1;
+                }
+            }
+            for c in &record.chunks {
+                *delta.entry(c.id).or_default() += 1;
+            }
+            for (id, d) in delta {
+                if d != 0 {
+                    self.apply_ref_delta(&mut batch, &mut refs, &id, d)?;
+                }
+            }
+            stats.count(&record, 1);
+            let encoded = postcard::to_allocvec(&record).map_err(|e| StoreError::CorruptRecord {
+                key: record.path.clone(),
+                reason: format!("cannot encode: {e}"),
+            })?;
+            batch.put_cf(self.cf(RECORDS), &key, encoded);
+            batch.put_cf(self.cf(LOG), seq.to_be_bytes(), &key);
+            touched.insert(key, record.clone());
+            out.push(record);
+        }
+        batch.put_cf(self.cf(META), b"seq", seq.to_le_bytes());
+        batch.put_cf(self.cf(META), b"stats", postcard::to_allocvec(&stats).unwrap_or_default());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        db.write_opt(batch, &opts)?;
+        st.seq = seq;
+        st.stats = stats;
+        Ok(out)
+    }
+
+    /// Makes everything written so far durable (fsync of the write-ahead log).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.inner.db.flush_wal(true)?)
+    }
+
+    /// Adds new chunks to `batch` unless the store already has them. Caller holds the write lock.
+    fn stage_chunks(
+        &self,
+        batch: &mut WriteBatch,
+        refs: &mut HashMap<ChunkId, RefEntry>,
+        stats: &mut Stats,
+        chunks: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<()> {
+        for (id, sealed) in chunks {
+            if refs.contains_key(&id) || self.has_chunk(&id)? {
+                continue;
+            }
+            let entry = RefEntry { count: 0, sealed_len: sealed.len() as u32 };
+            stats.chunks += 1;
+            stats.stored_bytes += sealed.len() as u64;
+            batch.put_cf(self.cf(CHUNKS), id.0, sealed);
+            batch.put_cf(self.cf(REFS), id.0, entry.encode());
+            // Unreferenced until a record commits: if we crash before that, GC finds it here.
+            batch.put_cf(self.cf(ORPHANS), id.0, []);
+            refs.insert(id, entry);
+        }
+        Ok(())
+    }
+
+    fn apply_ref_delta(
+        &self,
+        batch: &mut WriteBatch,
+        refs: &mut HashMap<ChunkId, RefEntry>,
+        id: &ChunkId,
+        delta: i64,
+    ) -> Result<()> {
+        let mut entry = match refs.get(id) {
+            Some(e) => *e,
+            None => match self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? {
+                Some(v) => RefEntry::decode(&v).ok_or_else(|| StoreError::CorruptRecord {
+                    key: format!("refs/{id}"),
+                    reason: "bad reference entry".into(),
+                })?,
+                None => return Err(StoreError::MissingChunk(*id)),
+            },
+        };
+        let count = entry.count as i64 + delta;
+        if count < 0 {
+            tracing::error!(chunk = %id, count, "reference count went negative; clamping to 0");
+        }
+        entry.count = count.max(0) as u64;
+        batch.put_cf(self.cf(REFS), id.0, entry.encode());
+        if entry.count == 0 {
+            batch.put_cf(self.cf(ORPHANS), id.0, []);
+        } else if count - delta <= 0 {
+            batch.delete_cf(self.cf(ORPHANS), id.0);
+        }
+        refs.insert(*id, entry);
+        Ok(())
+    }
+
+    /// Flushes a writer's buffered chunks on their own (used when a writer's buffer is full).
+    fn flush_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+        let mut st = lock(&self.inner.write);
+        let mut batch = WriteBatch::default();
+        let mut stats = st.stats;
+        self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
+        batch.put_cf(self.cf(META), b"stats", postcard::to_allocvec(&stats).unwrap_or_default());
+        self.inner.db.write(batch)?;
+        st.stats = stats;
+        Ok(())
+    }
+
+    /// Runs `f` with the write lock held (garbage collection needs the counts not to move).
+    pub(crate) fn with_write_lock<T>(&self, f: impl FnOnce(&mut Stats) -> Result<T>) -> Result<T> {
+        let mut st = lock(&self.inner.write);
+        let mut stats = st.stats;
+        let out = f(&mut stats)?;
+        st.stats = stats;
+        Ok(out)
+    }
+}
+
+pub(crate) fn decode_record(key: &[u8], value: &[u8]) -> Result<FileRecord> {
+    postcard::from_bytes(value).map_err(|e| StoreError::CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+/// Streams new content into the store: deduplicates, seals and writes chunks in bounded
+/// batches, and pins every chunk it hands out so garbage collection cannot free them before
+/// the record that uses them commits.
+pub struct ChunkWriter {
+    store: Store,
+    pins: Pins,
+    pending: Vec<(ChunkId, Vec<u8>)>,
+    pending_ids: HashSet<ChunkId>,
+    pending_bytes: usize,
+}
+
+impl ChunkWriter {
+    /// Adds one chunk of plaintext and returns its reference.
+    pub fn add(&mut self, plaintext: &[u8]) -> Result<ChunkRef> {
+        let crypto = self.store.crypto();
+        let id = crypto.chunk_id(plaintext);
+        let len = plaintext.len() as u32;
+        // Pin first, then look: GC checks pins under the same lock it deletes with, so a chunk
+        // seen here stays until the pin goes.
+        self.pins.extend([id]);
+        if !self.pending_ids.contains(&id) && !self.store.has_chunk(&id)? {
+            let sealed = crypto.seal(&id, plaintext);
+            self.pending_bytes += sealed.len();
+            self.pending.push((id, sealed));
+            self.pending_ids.insert(id);
+            if self.pending_bytes >= CHUNK_BATCH_BYTES {
+                self.flush()?;
+            }
+        }
+        Ok(ChunkRef { id, len })
+    }
+
+    /// Pins chunks the new version reuses from an old one.
+    pub fn reuse(&mut self, chunks: &[ChunkRef]) {
+        self.pins.extend(chunks.iter().map(|c| c.id));
+    }
+
+    /// Writes the buffered chunks now (they stay unreferenced until a commit uses them).
+    pub fn flush(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_ids.clear();
+        self.pending_bytes = 0;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.store.flush_chunks(pending)
+    }
+}
+
+/// Pin counts per chunk id; GC never frees a pinned chunk.
+#[derive(Default)]
+pub(crate) struct PinTable {
+    pub(crate) counts: Mutex<HashMap<ChunkId, u32>>,
+}
+
+/// A set of pinned chunks, released on drop.
+pub struct Pins {
+    table: Arc<PinTable>,
+    ids: Vec<ChunkId>,
+}
+
+impl Pins {
+    /// Pins more chunks under this guard.
+    pub fn extend(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
+        let mut counts = lock(&self.table.counts);
+        for id in ids {
+            *counts.entry(id).or_default() += 1;
+            self.ids.push(id);
+        }
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.table.counts);
+        for id in &self.ids {
+            if let Some(n) = counts.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(id);
+                }
+            }
+        }
+    }
+}
