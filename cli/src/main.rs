@@ -170,7 +170,7 @@ fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
             bail!("the daemon (pid {pid}) did not stop within 60 s; see {}", state.log().display())
         }
         Err(_) => match mounts::mount_at(mnt) {
-            Some(m) if m.fs_type.contains("fybrk") => {
+            Some(m) if m.is_fybrk() => {
                 mounts::lazy_unmount(mnt)?;
                 println!("fybrk: removed a stale mount at {} (its daemon was gone)", mnt.display());
                 Ok(())

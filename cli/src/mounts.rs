@@ -10,6 +10,14 @@ use anyhow::{bail, Context, Result};
 pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fs_type: String,
+    pub source: String,
+}
+
+impl MountEntry {
+    /// A fybrk mount: type `fuse.fybrk` (via fusermount3) or `fuse` with source `fybrk` (mount(2)).
+    pub fn is_fybrk(&self) -> bool {
+        self.fs_type.contains("fybrk") || (self.fs_type.starts_with("fuse") && self.source == "fybrk")
+    }
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -40,6 +48,7 @@ pub fn mounts() -> Vec<MountEntry> {
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fs_type: fields.get(dash + 1)?.to_string(),
+                source: unescape(fields.get(dash + 2)?),
             })
         })
         .collect()
@@ -87,10 +96,10 @@ pub fn absolute(dir: &Path) -> Result<PathBuf> {
 pub fn check_mount_point(mnt: &Path) -> Result<()> {
     if let Some(m) = mount_at(mnt) {
         let stale = matches!(std::fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-        if stale && m.fs_type.contains("fybrk") {
+        if stale && m.is_fybrk() {
             tracing::warn!(mount = %mnt.display(), "clearing a stale fybrk mount left by a dead daemon");
             lazy_unmount(mnt)?;
-        } else if m.fs_type.contains("fybrk") {
+        } else if m.is_fybrk() {
             bail!(
                 "{} is already mounted by fybrk. See `fybrk status`, or `fybrk unmount {}` first",
                 mnt.display(),
