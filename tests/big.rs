@@ -44,7 +44,11 @@ impl RssSampler {
             }
             samples
         });
-        RssSampler { stop, peak, thread: Some(thread) }
+        RssSampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
     }
 
     /// Stops sampling; returns (peak bytes, number of samples).
@@ -87,16 +91,34 @@ fn four_and_a_half_gib_file_with_bounded_daemon_memory() {
         want.update(&block);
         m.ok(f.write_all(&block), format!("write block {i}"));
         if i % 512 == 511 {
-            eprintln!("wrote {} MiB in {:?}, daemon rss peak {} MiB", i + 1, t.elapsed(), sampler.peak() >> 20);
+            eprintln!(
+                "wrote {} MiB in {:?}, daemon rss peak {} MiB",
+                i + 1,
+                t.elapsed(),
+                sampler.peak() >> 20
+            );
         }
     }
     m.ok(f.sync_all(), "fsync big.bin");
     drop(f);
     let (write_peak, samples) = sampler.finish();
     let want = want.finalize();
-    eprintln!("wrote + closed {} GiB in {:?}; daemon rss peak {} MiB over {samples} samples", total as f64 / GIB as f64, t.elapsed(), write_peak >> 20);
-    m.check(samples > 10, || format!("only {samples} RSS samples of pid {}", m.pid()));
-    m.check(write_peak < RSS_LIMIT, || format!("daemon RSS peaked at {} MiB while writing (limit {} MiB)", write_peak >> 20, RSS_LIMIT >> 20));
+    eprintln!(
+        "wrote + closed {} GiB in {:?}; daemon rss peak {} MiB over {samples} samples",
+        total as f64 / GIB as f64,
+        t.elapsed(),
+        write_peak >> 20
+    );
+    m.check(samples > 10, || {
+        format!("only {samples} RSS samples of pid {}", m.pid())
+    });
+    m.check(write_peak < RSS_LIMIT, || {
+        format!(
+            "daemon RSS peaked at {} MiB while writing (limit {} MiB)",
+            write_peak >> 20,
+            RSS_LIMIT >> 20
+        )
+    });
 
     let size = m.ok(fs::metadata(&p), "stat").len();
     m.check(size == total, || format!("st_size {size}, want {total}"));
@@ -104,7 +126,9 @@ fn four_and_a_half_gib_file_with_bounded_daemon_memory() {
     // Read back through a fresh mount, so the kernel's page cache cannot answer for the daemon.
     m.remount();
     let size = m.ok(fs::metadata(&p), "stat after remount").len();
-    m.check(size == total, || format!("st_size after remount {size}, want {total}"));
+    m.check(size == total, || {
+        format!("st_size after remount {size}, want {total}")
+    });
     let sampler = RssSampler::start(m.pid());
     let t = Instant::now();
     let mut f = m.ok(File::open(&p), "open big.bin");
@@ -119,10 +143,22 @@ fn four_and_a_half_gib_file_with_bounded_daemon_memory() {
         read += n as u64;
     }
     let (read_peak, _) = sampler.finish();
-    eprintln!("read {read} bytes in {:?}; daemon rss peak {} MiB", t.elapsed(), read_peak >> 20);
+    eprintln!(
+        "read {read} bytes in {:?}; daemon rss peak {} MiB",
+        t.elapsed(),
+        read_peak >> 20
+    );
     m.check(read == total, || format!("read {read} bytes, want {total}"));
-    m.check(got.finalize() == want, || "checksum of the data read back differs from what was written".into());
-    m.check(read_peak < RSS_LIMIT, || format!("daemon RSS peaked at {} MiB while reading (limit {} MiB)", read_peak >> 20, RSS_LIMIT >> 20));
+    m.check(got.finalize() == want, || {
+        "checksum of the data read back differs from what was written".into()
+    });
+    m.check(read_peak < RSS_LIMIT, || {
+        format!(
+            "daemon RSS peaked at {} MiB while reading (limit {} MiB)",
+            read_peak >> 20,
+            RSS_LIMIT >> 20
+        )
+    });
 }
 
 #[test]
@@ -136,35 +172,75 @@ fn five_gib_sparse_file_reads_zeros_in_holes() {
 
     let sampler = RssSampler::start(m.pid());
     let t = Instant::now();
-    let mut f = m.ok(OpenOptions::new().write(true).create_new(true).open(&p), "create");
+    let mut f = m.ok(
+        OpenOptions::new().write(true).create_new(true).open(&p),
+        "create",
+    );
     m.ok(f.seek(SeekFrom::Start(size - MIB)), "seek to 5 GiB - 1 MiB");
     m.ok(f.write_all(&tail), "write the last MiB");
     m.ok(f.sync_all(), "fsync");
     drop(f);
     let (peak, _) = sampler.finish();
-    eprintln!("sparse file written and closed in {:?}; daemon rss peak {} MiB", t.elapsed(), peak >> 20);
-    m.check(peak < RSS_LIMIT, || format!("daemon RSS peaked at {} MiB for a sparse file (limit {} MiB)", peak >> 20, RSS_LIMIT >> 20));
+    eprintln!(
+        "sparse file written and closed in {:?}; daemon rss peak {} MiB",
+        t.elapsed(),
+        peak >> 20
+    );
+    m.check(peak < RSS_LIMIT, || {
+        format!(
+            "daemon RSS peaked at {} MiB for a sparse file (limit {} MiB)",
+            peak >> 20,
+            RSS_LIMIT >> 20
+        )
+    });
 
     let check = |m: &Mount, when: &str| {
         let md = m.ok(fs::metadata(&p), "stat");
-        m.check(md.len() == size, || format!("{when}: st_size {}, want {size}", md.len()));
+        m.check(md.len() == size, || {
+            format!("{when}: st_size {}, want {size}", md.len())
+        });
         let f = m.ok(File::open(&p), "open");
         let mut buf = vec![0u8; 64 * 1024];
-        for off in [0, 4096 * 1000 + 17, GIB, 2 * GIB + GIB / 2 + 7, 4 * GIB + 3, size - MIB - buf.len() as u64] {
-            m.ok(f.read_exact_at(&mut buf, off), format!("{when}: read hole at {off}"));
+        for off in [
+            0,
+            4096 * 1000 + 17,
+            GIB,
+            2 * GIB + GIB / 2 + 7,
+            4 * GIB + 3,
+            size - MIB - buf.len() as u64,
+        ] {
+            m.ok(
+                f.read_exact_at(&mut buf, off),
+                format!("{when}: read hole at {off}"),
+            );
             let nz = buf.iter().position(|&b| b != 0);
-            m.check(nz.is_none(), || format!("{when}: hole at {off} has a non-zero byte at +{nz:?}"));
+            m.check(nz.is_none(), || {
+                format!("{when}: hole at {off} has a non-zero byte at +{nz:?}")
+            });
         }
         let mut end = vec![0u8; MIB as usize];
-        m.ok(f.read_exact_at(&mut end, size - MIB), format!("{when}: read the tail"));
-        m.check(end == tail, || format!("{when}: tail differs: {:?}", fybrk_tests::diff_bytes(&tail, &end)));
+        m.ok(
+            f.read_exact_at(&mut end, size - MIB),
+            format!("{when}: read the tail"),
+        );
+        m.check(end == tail, || {
+            format!(
+                "{when}: tail differs: {:?}",
+                fybrk_tests::diff_bytes(&tail, &end)
+            )
+        });
         let mut past = [0u8; 16];
         let n = m.ok(f.read_at(&mut past, size), "read at EOF");
         m.check(n == 0, || format!("{when}: read at EOF returned {n} bytes"));
     };
     check(&m, "before remount");
     let grown = m.status_u64("stored_bytes").saturating_sub(stored0);
-    m.check(grown < 64 * MIB, || format!("a 5 GiB file with 1 MiB of data grew stored_bytes by {} MiB", grown >> 20));
+    m.check(grown < 64 * MIB, || {
+        format!(
+            "a 5 GiB file with 1 MiB of data grew stored_bytes by {} MiB",
+            grown >> 20
+        )
+    });
     m.remount();
     check(&m, "after remount");
 }

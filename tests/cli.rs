@@ -8,49 +8,72 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use fybrk_tests::{describe, is_mounted, pid_alive, signal, wait_until, write_file, Gen, Mount, MountPointGuard};
+use fybrk_tests::{
+    describe, is_mounted, pid_alive, signal, wait_until, write_file, Gen, Mount, MountPointGuard,
+};
 
 /// The command failed and its stderr names the problem (any of `needles`, case-insensitively).
 fn assert_refused(m: &Mount, out: &Output, needles: &[&str], what: &str) {
-    m.check(!out.status.success(), || format!("{what}: expected a non-zero exit\n{}", describe(out)));
+    m.check(!out.status.success(), || {
+        format!("{what}: expected a non-zero exit\n{}", describe(out))
+    });
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     m.check(needles.iter().any(|n| err.contains(n)), || {
-        format!("{what}: stderr should mention one of {needles:?}\n{}", describe(out))
+        format!(
+            "{what}: stderr should mention one of {needles:?}\n{}",
+            describe(out)
+        )
     });
 }
 
 /// After a refused mount: no mount, and no daemon left behind.
 fn assert_nothing_started(m: &Mount, mnt: &Path) {
-    m.check(!is_mounted(mnt), || format!("{} is mounted after a refused mount", mnt.display()));
+    m.check(!is_mounted(mnt), || {
+        format!("{} is mounted after a refused mount", mnt.display())
+    });
     if let Ok(s) = fs::read_to_string(m.state.join("daemon.pid")) {
         if let Ok(pid) = s.trim().parse::<i32>() {
             let gone = wait_until(Duration::from_secs(5), || !pid_alive(pid));
-            m.check(gone, || format!("a daemon (pid {pid}) is running after a refused mount"));
+            m.check(gone, || {
+                format!("a daemon (pid {pid}) is running after a refused mount")
+            });
         }
     }
 }
 
 #[test]
 fn mount_on_a_missing_directory_is_refused() {
-    let Some(mut m) = Mount::prepare() else { return };
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
     fs::remove_dir(&m.mnt).unwrap();
     let _guard = MountPointGuard(m.mnt.clone());
     let out = m.try_mount();
     m.adopt_daemon();
-    assert_refused(&m, &out, &["does not exist", "no such"], "mount on a missing dir");
+    assert_refused(
+        &m,
+        &out,
+        &["does not exist", "no such"],
+        "mount on a missing dir",
+    );
     assert_nothing_started(&m, &m.mnt);
 }
 
 #[test]
 fn mount_on_a_non_empty_directory_is_refused() {
-    let Some(mut m) = Mount::prepare() else { return };
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
     write_file(&m.mnt.join("already-here"), b"keep me").unwrap();
     let _guard = MountPointGuard(m.mnt.clone());
     let out = m.try_mount();
     m.adopt_daemon();
     assert_refused(&m, &out, &["not empty"], "mount on a non-empty dir");
     assert_nothing_started(&m, &m.mnt);
-    m.check(fs::read(m.mnt.join("already-here")).ok().as_deref() == Some(&b"keep me"[..]), || "the existing file was touched".into());
+    m.check(
+        fs::read(m.mnt.join("already-here")).ok().as_deref() == Some(&b"keep me"[..]),
+        || "the existing file was touched".into(),
+    );
 }
 
 #[test]
@@ -59,24 +82,48 @@ fn second_mount_of_a_mounted_point_is_refused() {
     let pid = m.pid();
 
     // Another folder (own state dir) onto the same, still empty, mount point.
-    let Some(mut other) = Mount::prepare() else { return };
+    let Some(mut other) = Mount::prepare() else {
+        return;
+    };
     let out = fybrk_tests::run_timeout(other.cmd(&["mount"]).arg(&m.mnt), Duration::from_secs(60));
     other.adopt_daemon();
     if out.status.success() {
         // Unstack the unexpected second mount before failing, so the first can be unmounted.
         fybrk_tests::lazy_umount(&m.mnt);
     }
-    assert_refused(&m, &out, &["already mounted"], "a second folder on a mounted point");
+    assert_refused(
+        &m,
+        &out,
+        &["already mounted"],
+        "a second folder on a mounted point",
+    );
 
     // The same folder again on the same point: already mounted (its state is locked, too).
     let out = m.try_mount();
-    assert_refused(&m, &out, &["already mounted", "locked"], "the same folder mounted twice");
+    assert_refused(
+        &m,
+        &out,
+        &["already mounted", "locked"],
+        "the same folder mounted twice",
+    );
 
     // The first mount is unharmed.
     m.check(pid_alive(pid), || "the first daemon died".into());
-    m.check(fs::read_to_string(m.state.join("daemon.pid")).ok().map(|s| s.trim().to_string()) == Some(pid.to_string()), || "daemon.pid was overwritten".into());
-    m.ok(write_file(&m.path("still-works"), b"yes"), "write after refused mounts");
-    m.check(m.ok(fs::read(m.path("still-works")), "read") == b"yes", || "first mount after refused mounts".into());
+    m.check(
+        fs::read_to_string(m.state.join("daemon.pid"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            == Some(pid.to_string()),
+        || "daemon.pid was overwritten".into(),
+    );
+    m.ok(
+        write_file(&m.path("still-works"), b"yes"),
+        "write after refused mounts",
+    );
+    m.check(
+        m.ok(fs::read(m.path("still-works")), "read") == b"yes",
+        || "first mount after refused mounts".into(),
+    );
 }
 
 #[test]
@@ -88,12 +135,21 @@ fn second_daemon_on_the_same_state_is_refused() {
     let _guard = MountPointGuard(mnt2.clone());
     let out = fybrk_tests::run_timeout(m.cmd(&["mount"]).arg(&mnt2), Duration::from_secs(60));
     m.adopt_daemon();
-    assert_refused(&m, &out, &["locked"], "a second daemon on the same state dir");
-    m.check(!is_mounted(&mnt2), || "the second mount point got mounted".into());
+    assert_refused(
+        &m,
+        &out,
+        &["locked"],
+        "a second daemon on the same state dir",
+    );
+    m.check(!is_mounted(&mnt2), || {
+        "the second mount point got mounted".into()
+    });
     m.check(pid_alive(pid), || "the first daemon died".into());
     m.ok(write_file(&m.path("f"), b"ok"), "write to the first mount");
     m.remount();
-    m.check(m.ok(fs::read(m.path("f")), "read") == b"ok", || "data after the refused second daemon".into());
+    m.check(m.ok(fs::read(m.path("f")), "read") == b"ok", || {
+        "data after the refused second daemon".into()
+    });
 }
 
 #[test]
@@ -101,39 +157,71 @@ fn status_json_describes_the_folder() {
     let Some(mut m) = Mount::start() else { return };
     let mut g = Gen::new(21);
     m.ok(fs::create_dir_all(m.path("a/b")), "mkdir -p");
-    let sizes = [("a/one", 1000usize), ("a/b/two", 200_000), ("three", 0), ("a/four", 70_000)];
+    let sizes = [
+        ("a/one", 1000usize),
+        ("a/b/two", 200_000),
+        ("three", 0),
+        ("a/four", 70_000),
+    ];
     for (rel, len) in sizes {
-        m.ok(write_file(&m.path(rel), &g.bytes(len)), format!("write {rel}"));
+        m.ok(
+            write_file(&m.path(rel), &g.bytes(len)),
+            format!("write {rel}"),
+        );
     }
     let logical: u64 = sizes.iter().map(|s| s.1 as u64).sum();
-    let st = m.wait_status("4 files", |v| v["files"].as_u64() == Some(4) && v["logical_bytes"].as_u64() == Some(logical));
+    let st = m.wait_status("4 files", |v| {
+        v["files"].as_u64() == Some(4) && v["logical_bytes"].as_u64() == Some(logical)
+    });
 
-    let mp = st["mount_point"].as_str().unwrap_or_else(|| m.fail(&format!("mount_point is not a string: {st}")));
-    let mp_canon = Path::new(mp).canonicalize().unwrap_or_else(|_| Path::new(mp).to_path_buf());
-    m.check(mp_canon == m.mnt, || format!("mount_point {mp:?}, want {}", m.mnt.display()));
+    let mp = st["mount_point"]
+        .as_str()
+        .unwrap_or_else(|| m.fail(&format!("mount_point is not a string: {st}")));
+    let mp_canon = Path::new(mp)
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(mp).to_path_buf());
+    m.check(mp_canon == m.mnt, || {
+        format!("mount_point {mp:?}, want {}", m.mnt.display())
+    });
     for key in ["files", "dirs", "logical_bytes", "stored_bytes", "chunks"] {
         m.check(st[key].is_u64(), || format!("`{key}` is not a u64: {st}"));
     }
     let dirs = st["dirs"].as_u64().unwrap();
     // Whether the root counts as a directory is the product's choice.
-    m.check(dirs == 2 || dirs == 3, || format!("dirs = {dirs}, want 2 (a, a/b) or 3 with the root: {st}"));
+    m.check(dirs == 2 || dirs == 3, || {
+        format!("dirs = {dirs}, want 2 (a, a/b) or 3 with the root: {st}")
+    });
     let stored = st["stored_bytes"].as_u64().unwrap();
     // Random data does not dedup, and ciphertext is never smaller than its plaintext.
-    m.check(stored >= logical, || format!("stored_bytes {stored} < logical_bytes {logical} for random data: {st}"));
-    m.check(stored < logical * 2 + 1024 * 1024, || format!("stored_bytes {stored} far above logical {logical}: {st}"));
+    m.check(stored >= logical, || {
+        format!("stored_bytes {stored} < logical_bytes {logical} for random data: {st}")
+    });
+    m.check(stored < logical * 2 + 1024 * 1024, || {
+        format!("stored_bytes {stored} far above logical {logical}: {st}")
+    });
     let chunks = st["chunks"].as_u64().unwrap();
-    m.check(chunks >= 3, || format!("chunks = {chunks} for three non-empty files of random data: {st}"));
-    let ratio = st["dedup_ratio"].as_f64().unwrap_or_else(|| m.fail(&format!("dedup_ratio is not a number: {st}")));
-    m.check(ratio > 0.5 && ratio <= 1.05, || format!("dedup_ratio {ratio} with no duplicate data: {st}"));
+    m.check(chunks >= 3, || {
+        format!("chunks = {chunks} for three non-empty files of random data: {st}")
+    });
+    let ratio = st["dedup_ratio"]
+        .as_f64()
+        .unwrap_or_else(|| m.fail(&format!("dedup_ratio is not a number: {st}")));
+    m.check(ratio > 0.5 && ratio <= 1.05, || {
+        format!("dedup_ratio {ratio} with no duplicate data: {st}")
+    });
 
     // Removing a file shows up.
     m.ok(fs::remove_file(m.path("a/one")), "unlink");
-    m.wait_status("3 files after unlink", |v| v["files"].as_u64() == Some(3) && v["logical_bytes"].as_u64() == Some(logical - 1000));
+    m.wait_status("3 files after unlink", |v| {
+        v["files"].as_u64() == Some(3) && v["logical_bytes"].as_u64() == Some(logical - 1000)
+    });
 
     // Without a daemon, status fails.
     m.unmount();
     let out = m.run(&["status", "--json"], Duration::from_secs(30));
-    m.check(!out.status.success(), || format!("status without a daemon should fail\n{}", describe(&out)));
+    m.check(!out.status.success(), || {
+        format!("status without a daemon should fail\n{}", describe(&out))
+    });
 }
 
 #[test]
@@ -144,13 +232,20 @@ fn unmount_leaves_an_ordinary_empty_directory() {
     m.unmount();
     m.check(!pid_alive(pid), || "daemon still alive".into());
     m.check(m.mnt.is_dir(), || "the mount point is gone".into());
-    let left: Vec<_> = fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
-    m.check(left.is_empty(), || format!("the unmounted mount point holds {left:?}"));
+    let left: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    m.check(left.is_empty(), || {
+        format!("the unmounted mount point holds {left:?}")
+    });
     // It can be used as an ordinary directory, and mounted again afterwards once empty.
     write_file(&m.mnt.join("native"), b"n").unwrap();
     fs::remove_file(m.mnt.join("native")).unwrap();
     m.mount();
-    m.check(m.ok(fs::read(m.path("inside")), "read") == b"x", || "data after unmount + mount".into());
+    m.check(m.ok(fs::read(m.path("inside")), "read") == b"x", || {
+        "data after unmount + mount".into()
+    });
 }
 
 fn signal_unmounts_cleanly(sig: i32) {
@@ -160,13 +255,21 @@ fn signal_unmounts_cleanly(sig: i32) {
     let pid = m.pid();
     m.ok(signal(pid, sig), "signal the daemon");
     let unmounted = wait_until(Duration::from_secs(5), || !is_mounted(&m.mnt));
-    m.check(unmounted, || format!("still mounted 5 s after signal {sig}"));
+    m.check(unmounted, || {
+        format!("still mounted 5 s after signal {sig}")
+    });
     let exited = wait_until(Duration::from_secs(10), || !pid_alive(pid));
-    m.check(exited, || format!("daemon still running 10 s after signal {sig}"));
+    m.check(exited, || {
+        format!("daemon still running 10 s after signal {sig}")
+    });
     m.forget_dead_daemon();
-    m.check(fs::read_dir(&m.mnt).unwrap().next().is_none(), || "mount point not empty after the signal".into());
+    m.check(fs::read_dir(&m.mnt).unwrap().next().is_none(), || {
+        "mount point not empty after the signal".into()
+    });
     m.mount();
-    m.check(m.ok(fs::read(m.path("f")), "read") == data, || "data after a signal shutdown".into());
+    m.check(m.ok(fs::read(m.path("f")), "read") == data, || {
+        "data after a signal shutdown".into()
+    });
     m.unmount();
     m.assert_verify_ok();
 }
@@ -199,24 +302,55 @@ fn foreground_mount_stays_attached_until_sigint() {
     let _guard = MountPointGuard(m.mnt.clone());
     let log = File::create(m.root().join("foreground.out")).unwrap();
     let mut cmd = m.cmd(&["mount", "--foreground"]);
-    cmd.arg(&m.mnt).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    cmd.arg(&m.mnt)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
     let mut child = ChildGuard(cmd.spawn().expect("spawn fybrk mount --foreground"));
     let output = || fs::read_to_string(m.root().join("foreground.out")).unwrap_or_default();
-    let up = wait_until(Duration::from_secs(60), || is_mounted(&m.mnt) || child.0.try_wait().ok().flatten().is_some());
-    m.check(up && is_mounted(&m.mnt), || format!("foreground mount never came up; status {:?}; output:\n{}", child.0.try_wait(), output()));
-    m.check(child.0.try_wait().unwrap().is_none(), || "the foreground process exited while mounted".into());
+    let up = wait_until(Duration::from_secs(60), || {
+        is_mounted(&m.mnt) || child.0.try_wait().ok().flatten().is_some()
+    });
+    m.check(up && is_mounted(&m.mnt), || {
+        format!(
+            "foreground mount never came up; status {:?}; output:\n{}",
+            child.0.try_wait(),
+            output()
+        )
+    });
+    m.check(child.0.try_wait().unwrap().is_none(), || {
+        "the foreground process exited while mounted".into()
+    });
 
     m.ok(write_file(&m.path("f"), b"foreground"), "write");
-    m.check(m.ok(fs::read(m.path("f")), "read") == b"foreground", || "read".into());
+    m.check(m.ok(fs::read(m.path("f")), "read") == b"foreground", || {
+        "read".into()
+    });
     let st = m.status_json();
-    m.check(st["files"].as_u64() == Some(1), || format!("status of a foreground daemon: {st}"));
+    m.check(st["files"].as_u64() == Some(1), || {
+        format!("status of a foreground daemon: {st}")
+    });
 
     m.ok(signal(child.0.id() as i32, libc::SIGINT), "SIGINT");
-    let exited = wait_until(Duration::from_secs(15), || child.0.try_wait().ok().flatten().is_some());
-    m.check(exited, || format!("foreground daemon still running 15 s after SIGINT; output:\n{}", output()));
+    let exited = wait_until(Duration::from_secs(15), || {
+        child.0.try_wait().ok().flatten().is_some()
+    });
+    m.check(exited, || {
+        format!(
+            "foreground daemon still running 15 s after SIGINT; output:\n{}",
+            output()
+        )
+    });
     let status = child.0.wait().unwrap();
-    m.check(!is_mounted(&m.mnt), || "still mounted after the foreground daemon exited".into());
-    m.check(status.success(), || format!("foreground daemon exited with {status} on SIGINT; output:\n{}", output()));
+    m.check(!is_mounted(&m.mnt), || {
+        "still mounted after the foreground daemon exited".into()
+    });
+    m.check(status.success(), || {
+        format!(
+            "foreground daemon exited with {status} on SIGINT; output:\n{}",
+            output()
+        )
+    });
 }
 
 fn files_with_ext(dir: &Path, exts: &[&str], out: &mut Vec<(u64, std::path::PathBuf)>) {
@@ -225,7 +359,12 @@ fn files_with_ext(dir: &Path, exts: &[&str], out: &mut Vec<(u64, std::path::Path
         let md = e.metadata().unwrap();
         if md.is_dir() {
             files_with_ext(&e.path(), exts, out);
-        } else if e.path().extension().and_then(|x| x.to_str()).is_some_and(|x| exts.contains(&x)) {
+        } else if e
+            .path()
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| exts.contains(&x))
+        {
             out.push((md.len(), e.path()));
         }
     }
@@ -251,10 +390,16 @@ fn verify_passes_on_a_clean_store_and_fails_on_damage() {
     let Some((len, victim)) = candidates.pop() else {
         let mut all = Vec::new();
         files_with_ext(&m.state, &["blob", "sst", "log"], &mut all);
-        m.fail(&format!("no .blob/.sst files under STATE/db after 128 MiB written and an unmount: {all:?}"));
+        m.fail(&format!(
+            "no .blob/.sst files under STATE/db after 128 MiB written and an unmount: {all:?}"
+        ));
     };
     // Flip 4 KiB in the middle of the biggest data file: chunk ciphertext lives there.
-    let f = fs::OpenOptions::new().read(true).write(true).open(&victim).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&victim)
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let at = len / 2;
     f.read_exact_at(&mut buf, at).unwrap();
@@ -264,8 +409,18 @@ fn verify_passes_on_a_clean_store_and_fails_on_damage() {
     drop(f);
 
     let out = m.verify();
-    m.check(!out.status.success(), || format!("verify exited 0 after {} was damaged at {at}\n{}", victim.display(), describe(&out)));
-    eprintln!("verify on damage ({}):\n{}", victim.display(), describe(&out));
+    m.check(!out.status.success(), || {
+        format!(
+            "verify exited 0 after {} was damaged at {at}\n{}",
+            victim.display(),
+            describe(&out)
+        )
+    });
+    eprintln!(
+        "verify on damage ({}):\n{}",
+        victim.display(),
+        describe(&out)
+    );
 }
 
 #[test]
@@ -276,8 +431,13 @@ fn fybrk_state_env_selects_the_state_dir() {
     let mut c = Command::new(fybrk_tests::fybrk_bin());
     c.env("FYBRK_STATE", &m.state).args(["status", "--json"]);
     let out = fybrk_tests::run_timeout(&mut c, Duration::from_secs(30));
-    m.check(out.status.success(), || format!("status via FYBRK_STATE failed\n{}", describe(&out)));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| m.fail(&format!("bad JSON ({e}): {}", describe(&out))));
-    m.check(v["files"].as_u64() == Some(1), || format!("status via FYBRK_STATE: {v}"));
+    m.check(out.status.success(), || {
+        format!("status via FYBRK_STATE failed\n{}", describe(&out))
+    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| m.fail(&format!("bad JSON ({e}): {}", describe(&out))));
+    m.check(v["files"].as_u64() == Some(1), || {
+        format!("status via FYBRK_STATE: {v}")
+    });
     m.unmount();
 }

@@ -87,7 +87,10 @@ pub fn have_tool(tool: &str) -> bool {
         return true;
     }
     if in_ci() {
-        panic!("CI must have `{tool}` installed (test {})", current_test_name());
+        panic!(
+            "CI must have `{tool}` installed (test {})",
+            current_test_name()
+        );
     }
     loud(&format!(
         "SKIPPED: `{tool}` is not installed; runs in CI (test {})",
@@ -163,7 +166,11 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     out.read_to_end(&mut stdout).expect("read stdout");
     err.seek(SeekFrom::Start(0)).expect("seek");
     err.read_to_end(&mut stderr).expect("read stderr");
-    Output { status, stdout, stderr }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Human summary of a finished command for failure messages.
@@ -187,7 +194,9 @@ fn unescape_mount_field(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -233,7 +242,9 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// `fybrk mount` exited, whoever adopted it may reap it late).
 pub fn pid_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(s) => !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(s) => !s
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z')),
         Err(_) => false,
     }
 }
@@ -257,7 +268,10 @@ pub fn signal(pid: i32, sig: i32) -> io::Result<()> {
 
 /// `umount -l PATH` (lazy: works on a dead FUSE mount whose daemon is gone).
 pub fn lazy_umount(path: &Path) {
-    let _ = run_timeout(Command::new("umount").arg("-l").arg(path), Duration::from_secs(30));
+    let _ = run_timeout(
+        Command::new("umount").arg("-l").arg(path),
+        Duration::from_secs(30),
+    );
     if is_mounted(path) && Path::new("/usr/bin/fusermount3").exists() {
         let _ = run_timeout(
             Command::new("fusermount3").arg("-u").arg("-z").arg(path),
@@ -297,7 +311,12 @@ pub fn log_tail_of(state: &Path, lines: usize) -> String {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();
             let from = all.len().saturating_sub(lines);
-            format!("{LOG_MARK}{} ({} lines total)\n{}\n--- end of log", path.display(), all.len(), all[from..].join("\n"))
+            format!(
+                "{LOG_MARK}{} ({} lines total)\n{}\n--- end of log",
+                path.display(),
+                all.len(),
+                all[from..].join("\n")
+            )
         }
         Err(e) => format!("{LOG_MARK}{}: unreadable: {e}", path.display()),
     }
@@ -318,7 +337,9 @@ fn install_panic_hook() {
             if msg.contains(LOG_MARK) {
                 return; // the message already carries the log
             }
-            let states = ACTIVE_STATES.try_with(|s| s.borrow().clone()).unwrap_or_default();
+            let states = ACTIVE_STATES
+                .try_with(|s| s.borrow().clone())
+                .unwrap_or_default();
             for state in states {
                 eprintln!("{}", log_tail_of(&state, LOG_TAIL_LINES));
             }
@@ -352,7 +373,9 @@ impl Mount {
         }
         checked_bin();
         install_panic_hook();
-        let base = std::env::var_os("FYBRK_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("FYBRK_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new()
             .prefix("fybrk-test-")
             .tempdir_in(&base)
@@ -364,7 +387,13 @@ impl Mount {
         fs::create_dir(&state).expect("mkdir state");
         fs::create_dir(&mnt).expect("mkdir mnt");
         ACTIVE_STATES.with(|s| s.borrow_mut().push(state.clone()));
-        Some(Mount { dir: Some(dir), state, mnt, pid: None, pids_seen: Vec::new() })
+        Some(Mount {
+            dir: Some(dir),
+            state,
+            mnt,
+            pid: None,
+            pids_seen: Vec::new(),
+        })
     }
 
     /// [`Mount::prepare`] and mount. `None` when real mounts cannot run here.
@@ -410,9 +439,15 @@ impl Mount {
             self.fail(&format!("`fybrk mount` failed\n{}", describe(&out)));
         }
         if !is_mounted(&self.mnt) {
-            self.fail(&format!("`fybrk mount` exited 0 but {} is not in /proc/self/mounts\n{}", self.mnt.display(), describe(&out)));
+            self.fail(&format!(
+                "`fybrk mount` exited 0 but {} is not in /proc/self/mounts\n{}",
+                self.mnt.display(),
+                describe(&out)
+            ));
         }
-        let pid = self.read_pid_file().unwrap_or_else(|e| self.fail(&format!("after mount: {e}")));
+        let pid = self
+            .read_pid_file()
+            .unwrap_or_else(|e| self.fail(&format!("after mount: {e}")));
         if !pid_alive(pid) {
             self.fail(&format!("daemon pid {pid} from daemon.pid is not running"));
         }
@@ -423,7 +458,9 @@ impl Mount {
     fn read_pid_file(&self) -> Result<i32, String> {
         let p = self.state.join("daemon.pid");
         let s = fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        s.trim().parse().map_err(|e| format!("{} holds {s:?}: {e}", p.display()))
+        s.trim()
+            .parse()
+            .map_err(|e| format!("{} holds {s:?}: {e}", p.display()))
     }
 
     /// Records the pid in `STATE/daemon.pid`, if any, so `Drop` makes sure that daemon is gone
@@ -454,10 +491,15 @@ impl Mount {
             self.fail(&format!("`fybrk unmount` failed\n{}", describe(&out)));
         }
         if is_mounted(&self.mnt) {
-            self.fail(&format!("`fybrk unmount` exited 0 but {} is still mounted", self.mnt.display()));
+            self.fail(&format!(
+                "`fybrk unmount` exited 0 but {} is still mounted",
+                self.mnt.display()
+            ));
         }
         if !wait_until(DAEMON_EXIT_TIMEOUT, || !pid_alive(pid)) {
-            self.fail(&format!("daemon {pid} still running {DAEMON_EXIT_TIMEOUT:?} after a successful unmount"));
+            self.fail(&format!(
+                "daemon {pid} still running {DAEMON_EXIT_TIMEOUT:?} after a successful unmount"
+            ));
         }
         self.pid = None;
     }
@@ -497,8 +539,11 @@ impl Mount {
             self.fail(&format!("`fybrk status --json` failed\n{}", describe(&out)));
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim())
-            .unwrap_or_else(|e| self.fail(&format!("status --json is not one JSON object ({e}):\n{text}")))
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            self.fail(&format!(
+                "status --json is not one JSON object ({e}):\n{text}"
+            ))
+        })
     }
 
     /// A u64 field of `status --json`.
@@ -510,7 +555,11 @@ impl Mount {
     }
 
     /// Polls `status --json` until `pred` holds (commits after close may land a moment later).
-    pub fn wait_status(&self, what: &str, mut pred: impl FnMut(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let start = Instant::now();
         loop {
             let v = self.status_json();
@@ -533,7 +582,10 @@ impl Mount {
     pub fn assert_verify_ok(&self) {
         let out = self.verify();
         if !out.status.success() {
-            self.fail(&format!("`fybrk verify` reported damage or failed\n{}", describe(&out)));
+            self.fail(&format!(
+                "`fybrk verify` reported damage or failed\n{}",
+                describe(&out)
+            ));
         }
     }
 
@@ -561,7 +613,11 @@ impl Mount {
             Err(e) => {
                 let got = e.raw_os_error().unwrap_or(-1);
                 if !want.contains(&got) {
-                    self.fail(&format!("{what}: expected {}, got {} ({e})", names(want), errno_name(got)));
+                    self.fail(&format!(
+                        "{what}: expected {}, got {} ({e})",
+                        names(want),
+                        errno_name(got)
+                    ));
                 }
             }
         }
@@ -668,9 +724,14 @@ impl Gen {
 /// A seed from the clock, for tests that print it and accept a replay seed from the env.
 pub fn seed_from_env(var: &str) -> u64 {
     match std::env::var(var) {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("{var}={s:?} is not a u64")),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={s:?} is not a u64")),
         Err(_) => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
             t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
         }
     }
@@ -680,7 +741,9 @@ pub fn seed_from_env(var: &str) -> u64 {
 pub fn errno_of<T: std::fmt::Debug>(r: io::Result<T>, what: &str) -> i32 {
     match r {
         Ok(v) => panic!("{what}: expected an error, got Ok({v:?})"),
-        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: error without errno: {e}")),
     }
 }
 
@@ -691,7 +754,11 @@ pub fn errno_name(e: i32) -> String {
 }
 
 fn names(errnos: &[i32]) -> String {
-    errnos.iter().map(|&e| errno_name(e)).collect::<Vec<_>>().join(" or ")
+    errnos
+        .iter()
+        .map(|&e| errno_name(e))
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// `path` as a C string.
@@ -718,8 +785,16 @@ pub fn diff_bytes(a: &[u8], b: &[u8]) -> Option<String> {
     if a == b {
         return None;
     }
-    let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
-    Some(format!("lengths {} vs {}, first difference at byte {first}", a.len(), b.len()))
+    let first = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    Some(format!(
+        "lengths {} vs {}, first difference at byte {first}",
+        a.len(),
+        b.len()
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,7 +805,11 @@ pub fn diff_bytes(a: &[u8], b: &[u8]) -> Option<String> {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Node {
     /// A regular file: permission bits, contents, mtime in seconds.
-    File { mode: u32, data: Vec<u8>, mtime: i64 },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+        mtime: i64,
+    },
     /// A directory: permission bits, mtime in seconds.
     Dir { mode: u32, mtime: i64 },
     /// A symlink and its target.
@@ -741,7 +820,12 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Node::File { mode, data, mtime } => {
-                write!(f, "File {{ mode: {mode:o}, len: {}, blake3: {}, mtime: {mtime} }}", data.len(), &blake3::hash(data).to_hex()[..16])
+                write!(
+                    f,
+                    "File {{ mode: {mode:o}, len: {}, blake3: {}, mtime: {mtime} }}",
+                    data.len(),
+                    &blake3::hash(data).to_hex()[..16]
+                )
             }
             Node::Dir { mode, mtime } => write!(f, "Dir {{ mode: {mode:o}, mtime: {mtime} }}"),
             Node::Symlink { target } => write!(f, "Symlink -> {}", target.display()),
@@ -773,14 +857,35 @@ fn walk(root: &Path, rel: &Path, tree: &mut Tree) -> io::Result<()> {
         let ft = md.file_type();
         let mode = md.permissions().mode() & 0o7777;
         if ft.is_symlink() {
-            tree.insert(r, Node::Symlink { target: fs::read_link(&p)? });
+            tree.insert(
+                r,
+                Node::Symlink {
+                    target: fs::read_link(&p)?,
+                },
+            );
         } else if ft.is_dir() {
-            tree.insert(r.clone(), Node::Dir { mode, mtime: md.mtime() });
+            tree.insert(
+                r.clone(),
+                Node::Dir {
+                    mode,
+                    mtime: md.mtime(),
+                },
+            );
             walk(root, &r, tree)?;
         } else if ft.is_file() {
-            tree.insert(r, Node::File { mode, data: fs::read(&p)?, mtime: md.mtime() });
+            tree.insert(
+                r,
+                Node::File {
+                    mode,
+                    data: fs::read(&p)?,
+                    mtime: md.mtime(),
+                },
+            );
         } else {
-            return Err(io::Error::other(format!("unexpected file type at {}", p.display())));
+            return Err(io::Error::other(format!(
+                "unexpected file type at {}",
+                p.display()
+            )));
         }
     }
     Ok(())
@@ -797,8 +902,15 @@ pub struct Compare {
 
 fn strip(n: &Node, how: Compare) -> Node {
     match n.clone() {
-        Node::File { mode, data, mtime } => Node::File { mode, data, mtime: if how.file_mtime { mtime } else { 0 } },
-        Node::Dir { mode, mtime } => Node::Dir { mode, mtime: if how.dir_mtime { mtime } else { 0 } },
+        Node::File { mode, data, mtime } => Node::File {
+            mode,
+            data,
+            mtime: if how.file_mtime { mtime } else { 0 },
+        },
+        Node::Dir { mode, mtime } => Node::Dir {
+            mode,
+            mtime: if how.dir_mtime { mtime } else { 0 },
+        },
         s => s,
     }
 }
@@ -813,10 +925,15 @@ pub fn diff_trees(want: &Tree, got: &Tree, how: Compare) -> Option<String> {
                 let (ws, gs) = (strip(w, how), strip(g, how));
                 if ws != gs {
                     let extra = match (w, g) {
-                        (Node::File { data: a, .. }, Node::File { data: b, .. }) => diff_bytes(a, b).unwrap_or_default(),
+                        (Node::File { data: a, .. }, Node::File { data: b, .. }) => {
+                            diff_bytes(a, b).unwrap_or_default()
+                        }
                         _ => String::new(),
                     };
-                    out.push(format!("differs: {}\n   want {ws:?}\n   got  {gs:?} {extra}", p.display()));
+                    out.push(format!(
+                        "differs: {}\n   want {ws:?}\n   got  {gs:?} {extra}",
+                        p.display()
+                    ));
                 }
             }
         }
@@ -861,11 +978,25 @@ pub fn code(s: ExitStatus) -> String {
 /// Sets a file's or directory's mtime (and atime) to `secs.nanos` since the epoch.
 pub fn set_mtime(path: &Path, secs: i64, nanos: i64) -> io::Result<()> {
     let ts = [
-        libc::timespec { tv_sec: secs, tv_nsec: nanos },
-        libc::timespec { tv_sec: secs, tv_nsec: nanos },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
     ];
     let c = cpath(path);
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } == 0 {
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } == 0
+    {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

@@ -22,36 +22,79 @@ const DIR_MODES: [u32; 4] = [0o755, 0o750, 0o700, 0o775];
 
 #[derive(Debug)]
 enum Op {
-    Create { path: PathBuf, data: Vec<u8> },
+    Create {
+        path: PathBuf,
+        data: Vec<u8>,
+    },
     /// Several writes on one handle before it is closed.
-    WriteAt { path: PathBuf, writes: Vec<(u64, Vec<u8>)> },
-    Append { path: PathBuf, data: Vec<u8> },
-    Truncate { path: PathBuf, len: u64, by_path: bool },
-    Rename { from: PathBuf, to: PathBuf },
-    Unlink { path: PathBuf },
-    Mkdir { path: PathBuf },
-    Rmdir { path: PathBuf },
-    Symlink { path: PathBuf, target: PathBuf },
-    Chmod { path: PathBuf, mode: u32 },
-    Read { path: PathBuf, off: u64, len: usize },
+    WriteAt {
+        path: PathBuf,
+        writes: Vec<(u64, Vec<u8>)>,
+    },
+    Append {
+        path: PathBuf,
+        data: Vec<u8>,
+    },
+    Truncate {
+        path: PathBuf,
+        len: u64,
+        by_path: bool,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Unlink {
+        path: PathBuf,
+    },
+    Mkdir {
+        path: PathBuf,
+    },
+    Rmdir {
+        path: PathBuf,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+    },
+    Read {
+        path: PathBuf,
+        off: u64,
+        len: usize,
+    },
 }
 
 impl Op {
     /// One line for the replay log (data shown as its length only).
     fn describe(&self) -> String {
         match self {
-            Op::Create { path, data } => format!("create {} ({} bytes)", path.display(), data.len()),
+            Op::Create { path, data } => {
+                format!("create {} ({} bytes)", path.display(), data.len())
+            }
             Op::WriteAt { path, writes } => {
-                let w: Vec<String> = writes.iter().map(|(o, d)| format!("{}@{o}", d.len())).collect();
+                let w: Vec<String> = writes
+                    .iter()
+                    .map(|(o, d)| format!("{}@{o}", d.len()))
+                    .collect();
                 format!("write {} [{}]", path.display(), w.join(", "))
             }
-            Op::Append { path, data } => format!("append {} ({} bytes)", path.display(), data.len()),
-            Op::Truncate { path, len, by_path } => format!("truncate {} to {len} (by path: {by_path})", path.display()),
+            Op::Append { path, data } => {
+                format!("append {} ({} bytes)", path.display(), data.len())
+            }
+            Op::Truncate { path, len, by_path } => {
+                format!("truncate {} to {len} (by path: {by_path})", path.display())
+            }
             Op::Rename { from, to } => format!("rename {} -> {}", from.display(), to.display()),
             Op::Unlink { path } => format!("unlink {}", path.display()),
             Op::Mkdir { path } => format!("mkdir {}", path.display()),
             Op::Rmdir { path } => format!("rmdir {}", path.display()),
-            Op::Symlink { path, target } => format!("symlink {} -> {}", path.display(), target.display()),
+            Op::Symlink { path, target } => {
+                format!("symlink {} -> {}", path.display(), target.display())
+            }
             Op::Chmod { path, mode } => format!("chmod {:o} {}", mode, path.display()),
             Op::Read { path, off, len } => format!("read {} {len}@{off}", path.display()),
         }
@@ -62,7 +105,10 @@ impl Op {
 fn apply(root: &Path, op: &Op) -> io::Result<Option<Vec<u8>>> {
     match op {
         Op::Create { path, data } => {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(root.join(path))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(root.join(path))?;
             f.write_all(data)?;
         }
         Op::WriteAt { path, writes } => {
@@ -72,7 +118,10 @@ fn apply(root: &Path, op: &Op) -> io::Result<Option<Vec<u8>>> {
             }
         }
         Op::Append { path, data } => {
-            OpenOptions::new().append(true).open(root.join(path))?.write_all(data)?;
+            OpenOptions::new()
+                .append(true)
+                .open(root.join(path))?
+                .write_all(data)?;
         }
         Op::Truncate { path, len, by_path } => {
             if *by_path {
@@ -81,7 +130,10 @@ fn apply(root: &Path, op: &Op) -> io::Result<Option<Vec<u8>>> {
                     return Err(io::Error::last_os_error());
                 }
             } else {
-                OpenOptions::new().write(true).open(root.join(path))?.set_len(*len)?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(root.join(path))?
+                    .set_len(*len)?;
             }
         }
         Op::Rename { from, to } => fs::rename(root.join(from), root.join(to))?,
@@ -89,7 +141,9 @@ fn apply(root: &Path, op: &Op) -> io::Result<Option<Vec<u8>>> {
         Op::Mkdir { path } => fs::create_dir(root.join(path))?,
         Op::Rmdir { path } => fs::remove_dir(root.join(path))?,
         Op::Symlink { path, target } => std::os::unix::fs::symlink(target, root.join(path))?,
-        Op::Chmod { path, mode } => fs::set_permissions(root.join(path), fs::Permissions::from_mode(*mode))?,
+        Op::Chmod { path, mode } => {
+            fs::set_permissions(root.join(path), fs::Permissions::from_mode(*mode))?
+        }
         Op::Read { path, off, len } => {
             let f = fs::File::open(root.join(path))?;
             let mut buf = vec![0u8; *len];
@@ -143,7 +197,9 @@ impl Model {
 
     fn is_empty_dir(&self, d: &Path) -> bool {
         let child = |p: &PathBuf| p.parent() == Some(d);
-        !self.files.iter().any(child) && !self.links.iter().any(child) && !self.dirs.iter().any(child)
+        !self.files.iter().any(child)
+            && !self.links.iter().any(child)
+            && !self.dirs.iter().any(child)
     }
 
     /// Chooses the next operation (reading sizes from the reference tree) and updates the model
@@ -155,11 +211,20 @@ impl Model {
                 0..=13 => {
                     let dir = self.any_dir(g);
                     let path = dir.join(self.name("f", g));
-                    let len = if g.chance(20) { 0 } else { g.below(64 * 1024) as usize };
-                    Some(Op::Create { path, data: g.bytes(len) })
+                    let len = if g.chance(20) {
+                        0
+                    } else {
+                        g.below(64 * 1024) as usize
+                    };
+                    Some(Op::Create {
+                        path,
+                        data: g.bytes(len),
+                    })
                 }
                 14..=28 => Self::pick(&self.files, g).cloned().map(|path| {
-                    let size = fs::metadata(reference.join(&path)).map(|m| m.len()).unwrap_or(0);
+                    let size = fs::metadata(reference.join(&path))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     let n = g.range(1, 3);
                     let writes = (0..n)
                         .map(|_| {
@@ -172,18 +237,30 @@ impl Model {
                     Op::WriteAt { path, writes }
                 }),
                 29..=36 => Self::pick(&self.files, g).cloned().and_then(|path| {
-                    let size = fs::metadata(reference.join(&path)).map(|m| m.len()).unwrap_or(0);
+                    let size = fs::metadata(reference.join(&path))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     let len = g.range(1, 16 * 1024);
-                    (size + len <= MAX_FILE).then(|| Op::Append { path, data: g.bytes(len as usize) })
+                    (size + len <= MAX_FILE).then(|| Op::Append {
+                        path,
+                        data: g.bytes(len as usize),
+                    })
                 }),
                 37..=42 => Self::pick(&self.files, g).cloned().map(|path| {
-                    let size = fs::metadata(reference.join(&path)).map(|m| m.len()).unwrap_or(0);
+                    let size = fs::metadata(reference.join(&path))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     let len = g.below((size + 8 * 1024).min(MAX_FILE) + 1);
-                    Op::Truncate { path, len, by_path: g.chance(50) }
+                    Op::Truncate {
+                        path,
+                        len,
+                        by_path: g.chance(50),
+                    }
                 }),
                 43..=50 => {
                     // Rename a file or symlink: to a new name, or over another non-directory.
-                    let pool: Vec<PathBuf> = self.files.iter().chain(&self.links).cloned().collect();
+                    let pool: Vec<PathBuf> =
+                        self.files.iter().chain(&self.links).cloned().collect();
                     Self::pick(&pool, g).cloned().map(|from| {
                         let to = if g.chance(30) {
                             Self::pick(&pool, g).cloned().unwrap()
@@ -196,44 +273,84 @@ impl Model {
                 }
                 51..=53 => Self::pick(&self.dirs, g).cloned().and_then(|from| {
                     let d = self.any_dir(g);
-                    (!d.starts_with(&from)).then(|| Op::Rename { to: d.join(self.name("rd", g)), from })
+                    (!d.starts_with(&from)).then(|| Op::Rename {
+                        to: d.join(self.name("rd", g)),
+                        from,
+                    })
                 }),
                 54..=59 => {
-                    let pool: Vec<PathBuf> = self.files.iter().chain(&self.links).cloned().collect();
+                    let pool: Vec<PathBuf> =
+                        self.files.iter().chain(&self.links).cloned().collect();
                     // Keep a population: unlink less often when there are few files.
-                    (pool.len() > 10).then(|| Self::pick(&pool, g).cloned().map(|path| Op::Unlink { path })).flatten()
+                    (pool.len() > 10)
+                        .then(|| {
+                            Self::pick(&pool, g)
+                                .cloned()
+                                .map(|path| Op::Unlink { path })
+                        })
+                        .flatten()
                 }
                 60..=66 => {
                     let d = self.any_dir(g);
-                    (self.dirs.len() < 60).then(|| Op::Mkdir { path: d.join(self.name("d", g)) })
+                    (self.dirs.len() < 60).then(|| Op::Mkdir {
+                        path: d.join(self.name("d", g)),
+                    })
                 }
                 67..=69 => {
-                    let empty: Vec<PathBuf> = self.dirs.iter().filter(|d| self.is_empty_dir(d)).cloned().collect();
-                    Self::pick(&empty, g).cloned().map(|path| Op::Rmdir { path })
+                    let empty: Vec<PathBuf> = self
+                        .dirs
+                        .iter()
+                        .filter(|d| self.is_empty_dir(d))
+                        .cloned()
+                        .collect();
+                    Self::pick(&empty, g)
+                        .cloned()
+                        .map(|path| Op::Rmdir { path })
                 }
                 70..=73 => {
                     let d = self.any_dir(g);
                     let target = match g.below(3) {
                         0 => PathBuf::from(format!("../t{}", g.below(1000))),
-                        1 => Self::pick(&self.files, g).cloned().unwrap_or_else(|| PathBuf::from("none")),
+                        1 => Self::pick(&self.files, g)
+                            .cloned()
+                            .unwrap_or_else(|| PathBuf::from("none")),
                         _ => PathBuf::from(format!("/abs/target/{}", g.below(1000))),
                     };
-                    Some(Op::Symlink { path: d.join(self.name("l", g)), target })
+                    Some(Op::Symlink {
+                        path: d.join(self.name("l", g)),
+                        target,
+                    })
                 }
                 74..=80 => {
                     if g.chance(70) {
-                        Self::pick(&self.files, g).cloned().map(|path| Op::Chmod { path, mode: FILE_MODES[g.below(6) as usize] })
+                        Self::pick(&self.files, g).cloned().map(|path| Op::Chmod {
+                            path,
+                            mode: FILE_MODES[g.below(6) as usize],
+                        })
                     } else {
-                        Self::pick(&self.dirs, g).cloned().map(|path| Op::Chmod { path, mode: DIR_MODES[g.below(4) as usize] })
+                        Self::pick(&self.dirs, g).cloned().map(|path| Op::Chmod {
+                            path,
+                            mode: DIR_MODES[g.below(4) as usize],
+                        })
                     }
                 }
                 _ => Self::pick(&self.files, g).cloned().map(|path| {
-                    let size = fs::metadata(reference.join(&path)).map(|m| m.len()).unwrap_or(0);
+                    let size = fs::metadata(reference.join(&path))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
                     if g.chance(40) {
-                        Op::Read { path, off: 0, len: size as usize + 10 }
+                        Op::Read {
+                            path,
+                            off: 0,
+                            len: size as usize + 10,
+                        }
                     } else {
                         let off = g.below(size + 100);
-                        Op::Read { path, off, len: g.range(1, 64 * 1024) as usize }
+                        Op::Read {
+                            path,
+                            off,
+                            len: g.range(1, 64 * 1024) as usize,
+                        }
                     }
                 }),
             };
@@ -287,27 +404,44 @@ impl Model {
 fn random_operations_match_a_plain_directory() {
     let Some(mut m) = Mount::start() else { return };
     let seed = seed_from_env("FYBRK_MODEL_SEED");
-    let ops: usize = std::env::var("FYBRK_MODEL_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let ops: usize = std::env::var("FYBRK_MODEL_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
     eprintln!("model test: seed {seed} ({ops} ops); replay with FYBRK_MODEL_SEED={seed}");
     let _ = writeln!(io::stderr(), "model test seed: {seed}");
 
     let reference = m.root().join("reference");
     fs::create_dir(&reference).unwrap();
     let mut g = Gen::new(seed);
-    let mut model = Model { files: Vec::new(), links: Vec::new(), dirs: Vec::new(), next: 0 };
+    let mut model = Model {
+        files: Vec::new(),
+        links: Vec::new(),
+        dirs: Vec::new(),
+        next: 0,
+    };
     let mut history: Vec<String> = Vec::new();
-    let cmp = Compare { file_mtime: false, dir_mtime: false };
+    let cmp = Compare {
+        file_mtime: false,
+        dir_mtime: false,
+    };
     let start = Instant::now();
 
     let context = |history: &[String]| {
         let from = history.len().saturating_sub(40);
-        format!("seed {seed} (replay: FYBRK_MODEL_SEED={seed}); last operations:\n  {}", history[from..].join("\n  "))
+        format!(
+            "seed {seed} (replay: FYBRK_MODEL_SEED={seed}); last operations:\n  {}",
+            history[from..].join("\n  ")
+        )
     };
     let compare = |m: &Mount, history: &[String], when: &str| {
         let want = snapshot(&reference).expect("snapshot of the reference dir");
         let got = m.ok(snapshot(&m.mnt), format!("snapshot of the mount {when}"));
         if let Some(d) = diff_trees(&want, &got, cmp) {
-            m.fail(&format!("{when}: the mount differs from the reference: {d}\n{}", context(history)));
+            m.fail(&format!(
+                "{when}: the mount differs from the reference: {d}\n{}",
+                context(history)
+            ));
         }
         want.len()
     };
@@ -318,8 +452,16 @@ fn random_operations_match_a_plain_directory() {
         let want = apply(&reference, &op);
         let got = apply(&m.mnt, &op);
         match (&want, &got) {
-            (Err(e), _) => panic!("model bug: the reference dir refused op #{i} {}: {e}\n{}", op.describe(), context(&history)),
-            (Ok(_), Err(e)) => m.fail(&format!("op #{i} failed on the mount: {e} (errno {:?})\n{}", e.raw_os_error(), context(&history))),
+            (Err(e), _) => panic!(
+                "model bug: the reference dir refused op #{i} {}: {e}\n{}",
+                op.describe(),
+                context(&history)
+            ),
+            (Ok(_), Err(e)) => m.fail(&format!(
+                "op #{i} failed on the mount: {e} (errno {:?})\n{}",
+                e.raw_os_error(),
+                context(&history)
+            )),
             (Ok(Some(a)), Ok(Some(b))) if a != b => m.fail(&format!(
                 "op #{i} read different bytes: {}\n{}",
                 fybrk_tests::diff_bytes(a, b).unwrap_or_default(),
@@ -329,7 +471,17 @@ fn random_operations_match_a_plain_directory() {
         }
         if (i + 1) % CHECK_EVERY == 0 {
             let n = compare(&m, &history, &format!("after {} ops", i + 1));
-            eprintln!("after {} ops: {n} entries equal ({:?})", i + 1, start.elapsed());
+            eprintln!(
+                "after {} ops: {n} entries equal ({:?})",
+                i + 1,
+                start.elapsed()
+            );
+        }
+        if i + 1 == ops / 2 {
+            // A remount half way: the second half then works on a reopened store.
+            m.remount();
+            history.push("-- unmount + remount --".into());
+            compare(&m, &history, "after the half-way remount");
         }
     }
     compare(&m, &history, "at the end");

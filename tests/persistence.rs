@@ -41,7 +41,14 @@ fn build_tree(root: &Path) -> std::io::Result<()> {
         t += 1111;
     }
     chmod(&root.join("empty-dir"), 0o700)?;
-    for d in ["docs/deep/er", "docs/deep", "docs", "empty-dir", "media", "modes"] {
+    for d in [
+        "docs/deep/er",
+        "docs/deep",
+        "docs",
+        "empty-dir",
+        "media",
+        "modes",
+    ] {
         set_mtime(&root.join(d), t, 0)?;
         t += 777;
     }
@@ -56,11 +63,16 @@ fn remount_keeps_bytes_modes_mtimes_symlinks_and_dirs() {
     build_tree(&reference).expect("build the reference tree on the native disk");
     m.ok(build_tree(&m.mnt), "build the tree in the mount");
     let want = snapshot(&reference).unwrap();
-    let all = Compare { file_mtime: true, dir_mtime: true };
+    let all = Compare {
+        file_mtime: true,
+        dir_mtime: true,
+    };
 
     let before = m.ok(snapshot(&m.mnt), "snapshot before unmount");
     if let Some(d) = diff_trees(&want, &before, all) {
-        m.fail(&format!("the mount differs from the reference before any unmount: {d}"));
+        m.fail(&format!(
+            "the mount differs from the reference before any unmount: {d}"
+        ));
     }
 
     m.unmount();
@@ -81,7 +93,10 @@ fn remount_keeps_bytes_modes_mtimes_symlinks_and_dirs() {
     let before = m.ok(snapshot(&m.mnt), "snapshot");
     m.remount();
     let after = m.ok(snapshot(&m.mnt), "snapshot");
-    let files_only = Compare { file_mtime: true, dir_mtime: false };
+    let files_only = Compare {
+        file_mtime: true,
+        dir_mtime: false,
+    };
     if let Some(d) = diff_trees(&before, &after, files_only) {
         m.fail(&format!("second remount: {d}"));
     }
@@ -94,7 +109,13 @@ fn marker_text() -> Vec<u8> {
     let mut out = Vec::with_capacity(MIB as usize + 128);
     let mut i = 0u64;
     while (out.len() as u64) < MIB {
-        writeln!(out, "fybrk-marker line {i:07} {:016x} {:016x} plaintext must never hit the disk", g.next_u64(), g.next_u64()).unwrap();
+        writeln!(
+            out,
+            "fybrk-marker line {i:07} {:016x} {:016x} plaintext must never hit the disk",
+            g.next_u64(),
+            g.next_u64()
+        )
+        .unwrap();
         i += 1;
     }
     out
@@ -163,37 +184,62 @@ fn no_plaintext_reaches_the_store() {
     let mut planted = Gen::new(9).bytes(100_000);
     planted.extend_from_slice(&text[500_000..500_000 + 40]);
     planted.extend_from_slice(&Gen::new(10).bytes(1000));
-    assert!(find_any_window(&planted, &text, &idx).is_some(), "scanner self-test failed");
+    assert!(
+        find_any_window(&planted, &text, &idx).is_some(),
+        "scanner self-test failed"
+    );
 
     let stored0 = m.status_u64("stored_bytes");
-    m.ok(fybrk_tests::write_file_synced(&m.path("secret.txt"), &text), "write secret.txt");
+    m.ok(
+        fybrk_tests::write_file_synced(&m.path("secret.txt"), &text),
+        "write secret.txt",
+    );
     let st = m.wait_status("secret.txt stored", |v| v["files"].as_u64() == Some(1));
     let stored1 = st["stored_bytes"].as_u64().unwrap_or(0);
     m.check(stored1 >= stored0 + text.len() as u64, || {
-        format!("stored_bytes grew by {} for a {}-byte file: was it stored at all? status: {st}", stored1.saturating_sub(stored0), text.len())
+        format!(
+            "stored_bytes grew by {} for a {}-byte file: was it stored at all? status: {st}",
+            stored1.saturating_sub(stored0),
+            text.len()
+        )
     });
-    m.check(m.ok(fs::read(m.path("secret.txt")), "read back") == text, || "read back differs".into());
+    m.check(
+        m.ok(fs::read(m.path("secret.txt")), "read back") == text,
+        || "read back differs".into(),
+    );
 
     m.unmount();
     let mut files = Vec::new();
     files_below(&m.state, &mut files);
-    m.check(files.iter().any(|f| f.starts_with(m.state.join("db"))), || format!("no files under STATE/db: {files:?}"));
+    m.check(
+        files.iter().any(|f| f.starts_with(m.state.join("db"))),
+        || format!("no files under STATE/db: {files:?}"),
+    );
     let mut scanned = 0u64;
     for f in &files {
         let bytes = fs::read(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
         scanned += bytes.len() as u64;
         if let Some((at, pos)) = find_any_window(&bytes, &text, &idx) {
-            let shown = String::from_utf8_lossy(&bytes[at..(at + 64).min(bytes.len())]).into_owned();
+            let shown =
+                String::from_utf8_lossy(&bytes[at..(at + 64).min(bytes.len())]).into_owned();
             m.fail(&format!(
                 "plaintext found in {} at offset {at} (plaintext offset {pos}): {shown:?}",
                 f.display()
             ));
         }
     }
-    m.check(scanned >= text.len() as u64, || format!("only {scanned} bytes on disk for a {}-byte file", text.len()));
+    m.check(scanned >= text.len() as u64, || {
+        format!(
+            "only {scanned} bytes on disk for a {}-byte file",
+            text.len()
+        )
+    });
     // The data is still there after all that.
     m.mount();
-    m.check(m.ok(fs::read(m.path("secret.txt")), "read after remount") == text, || "secret.txt after remount".into());
+    m.check(
+        m.ok(fs::read(m.path("secret.txt")), "read after remount") == text,
+        || "secret.txt after remount".into(),
+    );
 }
 
 #[test]
@@ -202,30 +248,58 @@ fn identical_content_is_stored_once() {
     let size = 50 * MIB as usize;
     let data = Gen::new(50).bytes(size);
     let s0 = m.status_json();
-    let stored0 = s0["stored_bytes"].as_u64().unwrap_or_else(|| m.fail(&format!("no stored_bytes: {s0}")));
-    let logical0 = s0["logical_bytes"].as_u64().unwrap_or_else(|| m.fail(&format!("no logical_bytes: {s0}")));
+    let stored0 = s0["stored_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| m.fail(&format!("no stored_bytes: {s0}")));
+    let logical0 = s0["logical_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| m.fail(&format!("no logical_bytes: {s0}")));
 
-    m.ok(fybrk_tests::write_file_synced(&m.path("a.bin"), &data), "write a.bin");
-    let s1 = m.wait_status("a.bin counted", |v| v["logical_bytes"].as_u64() >= Some(logical0 + size as u64));
+    m.ok(
+        fybrk_tests::write_file_synced(&m.path("a.bin"), &data),
+        "write a.bin",
+    );
+    let s1 = m.wait_status("a.bin counted", |v| {
+        v["logical_bytes"].as_u64() >= Some(logical0 + size as u64)
+    });
     let stored1 = s1["stored_bytes"].as_u64().unwrap();
 
     m.ok(fs::create_dir(m.path("copy")), "mkdir");
-    m.ok(fybrk_tests::write_file_synced(&m.path("copy/b.bin"), &data), "write copy/b.bin");
-    let s2 = m.wait_status("b.bin counted", |v| v["logical_bytes"].as_u64() >= Some(logical0 + 2 * size as u64));
+    m.ok(
+        fybrk_tests::write_file_synced(&m.path("copy/b.bin"), &data),
+        "write copy/b.bin",
+    );
+    let s2 = m.wait_status("b.bin counted", |v| {
+        v["logical_bytes"].as_u64() >= Some(logical0 + 2 * size as u64)
+    });
     let stored2 = s2["stored_bytes"].as_u64().unwrap();
 
     let growth = stored2.saturating_sub(stored0);
     let second = stored2.saturating_sub(stored1);
-    m.check(growth >= 45 * MIB, || format!("stored_bytes grew by only {growth} for 50 MiB of random data; status {s2}"));
-    m.check(growth < 60 * MIB, || format!("stored_bytes grew by {growth} (>= 60 MiB) for two copies of 50 MiB; status {s2}"));
-    m.check(second < 5 * MIB, || format!("the second copy added {second} stored bytes; status {s2}"));
-    let ratio = s2["dedup_ratio"].as_f64().unwrap_or_else(|| m.fail(&format!("no f64 dedup_ratio: {s2}")));
-    m.check(ratio >= 1.8, || format!("dedup_ratio {ratio} < 1.8; status {s2}"));
-    m.check(s2["files"].as_u64() == Some(2), || format!("files != 2: {s2}"));
+    m.check(growth >= 45 * MIB, || {
+        format!("stored_bytes grew by only {growth} for 50 MiB of random data; status {s2}")
+    });
+    m.check(growth < 60 * MIB, || {
+        format!("stored_bytes grew by {growth} (>= 60 MiB) for two copies of 50 MiB; status {s2}")
+    });
+    m.check(second < 5 * MIB, || {
+        format!("the second copy added {second} stored bytes; status {s2}")
+    });
+    let ratio = s2["dedup_ratio"]
+        .as_f64()
+        .unwrap_or_else(|| m.fail(&format!("no f64 dedup_ratio: {s2}")));
+    m.check(ratio >= 1.8, || {
+        format!("dedup_ratio {ratio} < 1.8; status {s2}")
+    });
+    m.check(s2["files"].as_u64() == Some(2), || {
+        format!("files != 2: {s2}")
+    });
 
     for p in ["a.bin", "copy/b.bin"] {
         let back = m.ok(fs::read(m.path(p)), format!("read {p}"));
-        m.check(back == data, || format!("{p}: {:?}", fybrk_tests::diff_bytes(&data, &back)));
+        m.check(back == data, || {
+            format!("{p}: {:?}", fybrk_tests::diff_bytes(&data, &back))
+        });
     }
     m.assert_verify_ok();
 }

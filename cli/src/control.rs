@@ -32,7 +32,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Option<Duration>) -> Result<V
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).context("the daemon did not answer")?;
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("the daemon did not answer")?;
     let value: Value = serde_json::from_str(&reply).context("the daemon sent a malformed reply")?;
     if let Some(err) = value.get("error").and_then(Value::as_str) {
         return Err(anyhow!("{err}"));
@@ -41,7 +43,10 @@ pub fn call(socket: &Path, req: &Request, timeout: Option<Duration>) -> Result<V
 }
 
 /// Serves requests on `listener` forever, answering each with `handle`.
-pub fn serve(listener: UnixListener, handle: impl Fn(Request) -> Result<Value> + Send + Sync + 'static) {
+pub fn serve(
+    listener: UnixListener,
+    handle: impl Fn(Request) -> Result<Value> + Send + Sync + 'static,
+) {
     let handle = std::sync::Arc::new(handle);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };

@@ -27,7 +27,10 @@ const GC_INTERVAL: Duration = Duration::from_secs(600);
 pub fn spawn(state: &StateDir, mnt: &Path) -> Result<()> {
     preflight(state, mnt)?;
     state.create()?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(state.log())
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.log())
         .with_context(|| format!("cannot open {}", state.log().display()))?;
     let exe = std::env::current_exe().context("cannot find the fybrk executable")?;
     let mut child = Command::new(exe)
@@ -44,19 +47,30 @@ pub fn spawn(state: &StateDir, mnt: &Path) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("cannot start the daemon")?;
-    let out = child.stdout.take().ok_or_else(|| anyhow!("daemon has no stdout pipe"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("daemon has no stdout pipe"))?;
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
     match line.trim_end() {
         "ready" => {
-            println!("fybrk: mounted {} (daemon pid {}, state {})", mnt.display(), child.id(), state.root.display());
+            println!(
+                "fybrk: mounted {} (daemon pid {}, state {})",
+                mnt.display(),
+                child.id(),
+                state.root.display()
+            );
             Ok(())
         }
         other => {
             let _ = child.wait();
             let msg = other.strip_prefix("error: ").unwrap_or(other);
             if msg.is_empty() {
-                bail!("the daemon exited before mounting; see {}", state.log().display());
+                bail!(
+                    "the daemon exited before mounting; see {}",
+                    state.log().display()
+                );
             }
             bail!("{msg}")
         }
@@ -67,7 +81,11 @@ fn preflight(state: &StateDir, mnt: &Path) -> Result<()> {
     mounts::check_fuse()?;
     mounts::check_mount_point(mnt)?;
     if state.socket().exists() {
-        if let Ok(s) = control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(5))) {
+        if let Ok(s) = control::call(
+            &state.socket(),
+            &Request::Status,
+            Some(Duration::from_secs(5)),
+        ) {
             bail!(
                 "the state dir {} is locked by a running fybrk daemon (mounted at {}). Unmount it first or use another --state dir",
                 state.root.display(),
@@ -81,7 +99,10 @@ fn preflight(state: &StateDir, mnt: &Path) -> Result<()> {
 /// Turns a store error at start-up into advice.
 fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
     if e.is_disk_full() {
-        return anyhow!("the disk holding {} is full: free some space and mount again", state.root.display());
+        return anyhow!(
+            "the disk holding {} is full: free some space and mount again",
+            state.root.display()
+        );
     }
     match e {
         StoreError::WrongKey => anyhow!(
@@ -139,10 +160,15 @@ fn start(state: &StateDir, mnt: &Path) -> Result<Daemon> {
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
     let key = state.load_or_create_key()?;
-    let store = Store::open(&state.db(), &key, StoreOptions::default()).map_err(|e| explain_store_error(e, state))?;
+    let store = Store::open(&state.db(), &key, StoreOptions::default())
+        .map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     match store.gc() {
-        Ok(r) if r.freed_chunks > 0 => tracing::info!(chunks = r.freed_chunks, bytes = r.freed_bytes, "freed unreferenced chunks"),
+        Ok(r) if r.freed_chunks > 0 => tracing::info!(
+            chunks = r.freed_chunks,
+            bytes = r.freed_bytes,
+            "freed unreferenced chunks"
+        ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
     }
@@ -154,7 +180,14 @@ fn start(state: &StateDir, mnt: &Path) -> Result<Daemon> {
     let fs = Arc::new(Fs::new(store.clone(), cfg));
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
         .map_err(|e| explain_mount_error(e, mnt))?;
-    Ok(Daemon { state: state.clone(), mount_point: mnt.to_path_buf(), store, fs, session, _lock: lock })
+    Ok(Daemon {
+        state: state.clone(),
+        mount_point: mnt.to_path_buf(),
+        store,
+        fs,
+        session,
+        _lock: lock,
+    })
 }
 
 fn explain_mount_error(e: std::io::Error, mnt: &Path) -> anyhow::Error {
@@ -176,7 +209,10 @@ impl Daemon {
             let unmounter = unmounter.clone();
             let mnt = mnt.clone();
             move || {
-                let result = unmounter.lock().map_err(|_| anyhow!("unmounter poisoned"))?.unmount();
+                let result = unmounter
+                    .lock()
+                    .map_err(|_| anyhow!("unmounter poisoned"))?
+                    .unmount();
                 if let Err(e) = result {
                     // Busy (an app still has files open): detach now, the kernel finishes later.
                     tracing::warn!(error = %e, "unmount busy; detaching lazily");
@@ -189,14 +225,16 @@ impl Daemon {
 
         {
             let unmount = unmount.clone();
-            std::thread::Builder::new().name("signals".into()).spawn(move || {
-                if let Ok(sig) = signals.wait() {
-                    tracing::info!(signal = ?sig, "unmounting");
-                    if let Err(e) = unmount() {
-                        tracing::error!(error = %e, "unmount failed");
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    if let Ok(sig) = signals.wait() {
+                        tracing::info!(signal = ?sig, "unmounting");
+                        if let Err(e) = unmount() {
+                            tracing::error!(error = %e, "unmount failed");
+                        }
                     }
-                }
-            })?;
+                })?;
         }
 
         let _ = std::fs::remove_file(self.state.socket());
@@ -207,18 +245,22 @@ impl Daemon {
             let store = self.store.clone();
             let mnt = mnt.clone();
             let unmount = unmount.clone();
-            std::thread::Builder::new().name("control".into()).spawn(move || {
-                control::serve(listener, move |req| handle(req, &store, &mnt, &unmount));
-            })?;
+            std::thread::Builder::new()
+                .name("control".into())
+                .spawn(move || {
+                    control::serve(listener, move |req| handle(req, &store, &mnt, &unmount));
+                })?;
         }
         {
             let store = self.store.clone();
-            std::thread::Builder::new().name("gc".into()).spawn(move || loop {
-                std::thread::sleep(GC_INTERVAL);
-                if let Err(e) = store.gc() {
-                    tracing::warn!(error = %e, "garbage collection failed");
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("gc".into())
+                .spawn(move || loop {
+                    std::thread::sleep(GC_INTERVAL);
+                    if let Err(e) = store.gc() {
+                        tracing::warn!(error = %e, "garbage collection failed");
+                    }
+                })?;
         }
 
         let result = self.session.run();
@@ -233,7 +275,12 @@ impl Daemon {
     }
 }
 
-fn handle(req: Request, store: &Store, mnt: &Path, unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>) -> Result<serde_json::Value> {
+fn handle(
+    req: Request,
+    store: &Store,
+    mnt: &Path,
+    unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>,
+) -> Result<serde_json::Value> {
     match req {
         Request::Status => Ok(status_json(store, mnt)),
         Request::Verify => Ok(serde_json::to_value(store.verify()?)?),
@@ -254,7 +301,11 @@ fn handle(req: Request, store: &Store, mnt: &Path, unmount: &Arc<impl Fn() -> Re
 
 pub fn status_json(store: &Store, mnt: &Path) -> serde_json::Value {
     let s = store.stats();
-    let ratio = if s.stored_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.stored_bytes as f64 };
+    let ratio = if s.stored_bytes == 0 {
+        1.0
+    } else {
+        s.logical_bytes as f64 / s.stored_bytes as f64
+    };
     json!({
         "mount_point": mnt,
         "pid": std::process::id(),

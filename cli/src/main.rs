@@ -75,15 +75,29 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cmd: &Cmd) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. }) { "info" } else { "warn" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. }) {
+            "info"
+        } else {
+            "warn"
+        })
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let state = StateDir::resolve(cli.state)?;
     match cli.command {
-        Cmd::Mount { dir, foreground, notify_ready } => {
+        Cmd::Mount {
+            dir,
+            foreground,
+            notify_ready,
+        } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
                 daemon::run(&state, &mnt, notify_ready)?;
@@ -97,7 +111,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { json } => {
-            let s = control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(10)))?;
+            let s = control::call(
+                &state.socket(),
+                &Request::Status,
+                Some(Duration::from_secs(10)),
+            )?;
             if json {
                 println!("{s}");
             } else {
@@ -108,10 +126,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify { json } => {
             let report = match control::call(&state.socket(), &Request::Verify, None) {
                 Ok(v) => v,
-                Err(_) if !state.socket().exists() => with_offline_store(&state, |s| Ok(serde_json::to_value(s.verify()?)?))?,
+                Err(_) if !state.socket().exists() => {
+                    with_offline_store(&state, |s| Ok(serde_json::to_value(s.verify()?)?))?
+                }
                 Err(e) => return Err(e),
             };
-            let problems: Vec<&str> = report["problems"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let problems: Vec<&str> = report["problems"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             if json {
                 println!("{report}");
             } else {
@@ -122,18 +145,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "checked {} chunks and {} records: {}",
                     report["chunks_checked"],
                     report["records_checked"],
-                    if problems.is_empty() { "all intact".to_string() } else { format!("{} problems", problems.len()) }
+                    if problems.is_empty() {
+                        "all intact".to_string()
+                    } else {
+                        format!("{} problems", problems.len())
+                    }
                 );
             }
-            Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Cmd::Gc => {
             let r = match control::call(&state.socket(), &Request::Gc, None) {
                 Ok(v) => v,
-                Err(_) if !state.socket().exists() => with_offline_store(&state, |s| Ok(serde_json::to_value(s.gc()?)?))?,
+                Err(_) if !state.socket().exists() => {
+                    with_offline_store(&state, |s| Ok(serde_json::to_value(s.gc()?)?))?
+                }
                 Err(e) => return Err(e),
             };
-            println!("freed {} chunks ({} bytes)", r["freed_chunks"], r["freed_bytes"]);
+            println!(
+                "freed {} chunks ({} bytes)",
+                r["freed_chunks"], r["freed_bytes"]
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -149,33 +185,56 @@ fn with_offline_store(state: &StateDir, f: impl FnOnce(&Store) -> Result<Value>)
 }
 
 fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
-    match control::call(&state.socket(), &Request::Status, Some(Duration::from_secs(10))) {
+    match control::call(
+        &state.socket(),
+        &Request::Status,
+        Some(Duration::from_secs(10)),
+    ) {
         Ok(s) => {
             let served = s["mount_point"].as_str().unwrap_or_default();
             if Path::new(served) != mnt {
-                bail!("the daemon of state dir {} serves {served}, not {}", state.root.display(), mnt.display());
+                bail!(
+                    "the daemon of state dir {} serves {served}, not {}",
+                    state.root.display(),
+                    mnt.display()
+                );
             }
             let pid = s["pid"].as_u64().unwrap_or(0) as i32;
             // The reply may be cut short when the daemon exits quickly; what counts is below.
-            let _ = control::call(&state.socket(), &Request::Unmount, Some(Duration::from_secs(10)));
+            let _ = control::call(
+                &state.socket(),
+                &Request::Unmount,
+                Some(Duration::from_secs(10)),
+            );
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
-                let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+                let alive = pid > 0
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
                 if !alive && mounts::mount_at(mnt).is_none() {
                     println!("fybrk: unmounted {}", mnt.display());
                     return Ok(());
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            bail!("the daemon (pid {pid}) did not stop within 60 s; see {}", state.log().display())
+            bail!(
+                "the daemon (pid {pid}) did not stop within 60 s; see {}",
+                state.log().display()
+            )
         }
         Err(_) => match mounts::mount_at(mnt) {
             Some(m) if m.is_fybrk() => {
                 mounts::lazy_unmount(mnt)?;
-                println!("fybrk: removed a stale mount at {} (its daemon was gone)", mnt.display());
+                println!(
+                    "fybrk: removed a stale mount at {} (its daemon was gone)",
+                    mnt.display()
+                );
                 Ok(())
             }
-            _ => bail!("{} is not mounted by fybrk (state dir {})", mnt.display(), state.root.display()),
+            _ => bail!(
+                "{} is not mounted by fybrk (state dir {})",
+                mnt.display(),
+                state.root.display()
+            ),
         },
     }
 }
@@ -188,15 +247,31 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn print_status(s: &Value) {
     let n = |k: &str| s[k].as_u64().unwrap_or(0);
     println!("mount point   {}", s["mount_point"].as_str().unwrap_or("?"));
     println!("daemon pid    {}", n("pid"));
-    println!("files         {} (directories {}, symlinks {})", n("files"), n("dirs"), n("symlinks"));
+    println!(
+        "files         {} (directories {}, symlinks {})",
+        n("files"),
+        n("dirs"),
+        n("symlinks")
+    );
     println!("logical size  {}", human_bytes(n("logical_bytes")));
-    println!("stored size   {} in {} chunks (encrypted, deduplicated)", human_bytes(n("stored_bytes")), n("chunks"));
-    println!("dedup ratio   {:.2}x", s["dedup_ratio"].as_f64().unwrap_or(1.0));
+    println!(
+        "stored size   {} in {} chunks (encrypted, deduplicated)",
+        human_bytes(n("stored_bytes")),
+        n("chunks")
+    );
+    println!(
+        "dedup ratio   {:.2}x",
+        s["dedup_ratio"].as_f64().unwrap_or(1.0)
+    );
 }

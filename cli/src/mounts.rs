@@ -16,7 +16,8 @@ pub struct MountEntry {
 impl MountEntry {
     /// A fybrk mount: type `fuse.fybrk` (via fusermount3) or `fuse` with source `fybrk` (mount(2)).
     pub fn is_fybrk(&self) -> bool {
-        self.fs_type.contains("fybrk") || (self.fs_type.starts_with("fuse") && self.source == "fybrk")
+        self.fs_type.contains("fybrk")
+            || (self.fs_type.starts_with("fuse") && self.source == "fybrk")
     }
 }
 
@@ -26,7 +27,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -56,7 +60,10 @@ pub fn mounts() -> Vec<MountEntry> {
 
 /// The mount at exactly `path`, if any (the last one wins, as in the kernel).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mounts().into_iter().filter(|m| m.mount_point == path).last()
+    mounts()
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .last()
 }
 
 fn is_root() -> bool {
@@ -69,7 +76,11 @@ pub fn lazy_unmount(path: &Path) -> Result<()> {
         nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
             .with_context(|| format!("cannot unmount {}", path.display()))?;
     } else {
-        let st = Command::new("fusermount3").arg("-u").arg("-z").arg(path).status()
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .status()
             .context("cannot run fusermount3 (install the fuse3 package)")?;
         if !st.success() {
             bail!("fusermount3 -u -z {} failed", path.display());
@@ -95,7 +106,8 @@ pub fn absolute(dir: &Path) -> Result<PathBuf> {
 /// A stale fybrk mount (its daemon died) is cleared.
 pub fn check_mount_point(mnt: &Path) -> Result<()> {
     if let Some(m) = mount_at(mnt) {
-        let stale = matches!(std::fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let stale =
+            matches!(std::fs::metadata(mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if stale && m.is_fybrk() {
             tracing::warn!(mount = %mnt.display(), "clearing a stale fybrk mount left by a dead daemon");
             lazy_unmount(mnt)?;
@@ -106,14 +118,22 @@ pub fn check_mount_point(mnt: &Path) -> Result<()> {
                 mnt.display()
             );
         } else {
-            bail!("{} is already mounted ({}); choose another directory", mnt.display(), m.fs_type);
+            bail!(
+                "{} is already mounted ({}); choose another directory",
+                mnt.display(),
+                m.fs_type
+            );
         }
     }
     match std::fs::metadata(mnt) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => bail!("{} is not a directory", mnt.display()),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            bail!("the mount point {} does not exist; create it with `mkdir -p {}`", mnt.display(), mnt.display())
+            bail!(
+                "the mount point {} does not exist; create it with `mkdir -p {}`",
+                mnt.display(),
+                mnt.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("cannot use {}", mnt.display())),
     }

@@ -22,12 +22,14 @@ impl StateDir {
             None => match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
                 Some(x) => PathBuf::from(x).join("fybrk"),
                 None => {
-                    let home = std::env::var_os("HOME").context("neither --state, XDG_DATA_HOME nor HOME is set")?;
+                    let home = std::env::var_os("HOME")
+                        .context("neither --state, XDG_DATA_HOME nor HOME is set")?;
                     PathBuf::from(home).join(".local/share/fybrk")
                 }
             },
         };
-        let root = std::path::absolute(&root).with_context(|| format!("bad state dir {}", root.display()))?;
+        let root = std::path::absolute(&root)
+            .with_context(|| format!("bad state dir {}", root.display()))?;
         Ok(StateDir { root })
     }
 
@@ -61,7 +63,11 @@ impl StateDir {
     /// Takes the state dir's lock for the life of the returned file, or explains who holds it.
     pub fn lock(&self) -> Result<File> {
         let path = self.root.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
@@ -87,7 +93,11 @@ impl StateDir {
                 let mut raw = Vec::new();
                 f.read_to_end(&mut raw)?;
                 let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
-                    anyhow::anyhow!("{} holds {} bytes, expected 32: the key file is damaged", path.display(), v.len())
+                    anyhow::anyhow!(
+                        "{} holds {} bytes, expected 32: the key file is damaged",
+                        path.display(),
+                        v.len()
+                    )
                 })?;
                 Ok(FolderKey::from_bytes(bytes))
             }
@@ -101,7 +111,11 @@ impl StateDir {
                     );
                 }
                 let key = FolderKey::generate();
-                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 f.write_all(key.as_bytes())?;
                 f.sync_all()?;
@@ -114,7 +128,10 @@ impl StateDir {
     /// The key if it exists (for commands that must not create a folder).
     pub fn existing_key(&self) -> Result<FolderKey> {
         if !self.key().exists() {
-            bail!("no fybrk folder in {} (run `fybrk mount DIR` first)", self.root.display());
+            bail!(
+                "no fybrk folder in {} (run `fybrk mount DIR` first)",
+                self.root.display()
+            );
         }
         self.load_or_create_key()
     }

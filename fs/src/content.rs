@@ -163,7 +163,12 @@ impl Staging {
                 return Ok(());
             }
             // Spill: an unnamed file in the staging dir, gone by itself when closed or on crash.
-            let file = File::options().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir)?;
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o600)
+                .open(dir)?;
             file.write_all_at(buf, 0)?;
             *self = Staging::File(file);
         }
@@ -185,6 +190,31 @@ impl Staging {
     }
 }
 
+/// A new file being written front to back: chunked as the data arrives, so neither a staging
+/// copy nor a full re-read at close is needed. Holds at most one chunk of look-ahead.
+struct Stream {
+    writer: ChunkWriter,
+    chunks: Vec<ChunkRef>,
+    /// Bytes covered by `chunks`.
+    len: u64,
+    /// Bytes after `len` whose cut point is not decided yet.
+    tail: Vec<u8>,
+}
+
+impl Stream {
+    /// Cuts every chunk that is decided (all of them at `eof`).
+    fn drain(&mut self, eof: bool) -> FsResult<()> {
+        let mut pos = 0;
+        while let Some(n) = chunker::first_cut(&self.tail[pos..], eof) {
+            self.chunks.push(self.writer.add(&self.tail[pos..pos + n])?);
+            pos += n;
+        }
+        self.len += pos as u64;
+        self.tail.drain(..pos);
+        Ok(())
+    }
+}
+
 /// One open file's state, shared by all handles on the inode (so two descriptors see each
 /// other's writes, as POSIX wants).
 pub struct OpenFile {
@@ -198,6 +228,11 @@ pub struct OpenFile {
     /// Something changed since the last commit.
     pub modified: bool,
     pub handles: u32,
+    /// Sequential writes to an empty file, chunked on arrival.
+    stream: Option<Stream>,
+    /// Chunks written but not committed yet (from a stream that ended or a failed commit):
+    /// their writer keeps them pinned and carries any still unflushed ones.
+    held: Option<ChunkWriter>,
     /// Keeps the committed version's chunks alive while the file is open.
     _pins: fybrk_store::Pins,
 }
@@ -216,27 +251,76 @@ impl OpenFile {
             mtime_ns,
             modified: false,
             handles: 0,
+            stream: None,
+            held: None,
             _pins: pins,
         }
     }
 
-    /// True when reads can go straight to the committed chunks.
+    /// True when reads can go straight to the base chunks.
     pub fn is_clean(&self) -> bool {
-        self.dirty.is_empty() && self.base_valid == self.base.len() && self.size == self.base.len()
+        self.stream.is_none()
+            && self.dirty.is_empty()
+            && self.base_valid == self.base.len()
+            && self.size == self.base.len()
     }
 
-    pub fn write(&mut self, staging_dir: &Path, offset: u64, data: &[u8], now_ns: i64) -> FsResult<()> {
+    pub fn write(
+        &mut self,
+        store: &Store,
+        staging_dir: &Path,
+        offset: u64,
+        data: &[u8],
+        now_ns: i64,
+    ) -> FsResult<()> {
+        self.mtime_ns = now_ns;
+        self.modified = true;
+        if self.stream.is_none() && self.size == 0 && offset == 0 && self.dirty.is_empty() {
+            self.stream = Some(Stream {
+                writer: store.writer(),
+                chunks: Vec::new(),
+                len: 0,
+                tail: Vec::new(),
+            });
+        }
+        if let Some(s) = &mut self.stream {
+            if offset == self.size {
+                s.tail.extend_from_slice(data);
+                self.size += data.len() as u64;
+                return s.drain(false);
+            }
+        }
+        self.end_stream(staging_dir)?;
         let staging = self.staging.get_or_insert_with(|| Staging::Mem(Vec::new()));
         staging.write_at(staging_dir, offset, data)?;
         let end = offset + data.len() as u64;
         self.dirty.insert(offset, end);
         self.size = self.size.max(end);
-        self.mtime_ns = now_ns;
-        self.modified = true;
         Ok(())
     }
 
-    pub fn truncate(&mut self, size: u64, now_ns: i64) {
+    /// Leaves streaming mode: the chunks cut so far become the base, the undecided tail becomes
+    /// a written range, and random access works as usual from here on.
+    pub fn end_stream(&mut self, staging_dir: &Path) -> FsResult<()> {
+        let Some(mut s) = self.stream.take() else {
+            return Ok(());
+        };
+        // Readers go to the database for base chunks.
+        s.writer.flush()?;
+        self.base = Arc::new(Layout::new(std::mem::take(&mut s.chunks)));
+        self.base_valid = s.len;
+        self.dirty = RangeSet::default();
+        if !s.tail.is_empty() {
+            let staging = self.staging.get_or_insert_with(|| Staging::Mem(Vec::new()));
+            staging.write_at(staging_dir, s.len, &s.tail)?;
+            self.dirty.insert(s.len, s.len + s.tail.len() as u64);
+        }
+        self.held = Some(s.writer);
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, staging_dir: &Path, size: u64, now_ns: i64) -> FsResult<()> {
+        self.end_stream(staging_dir)?;
         if size < self.size {
             self.dirty.truncate(size);
             self.base_valid = self.base_valid.min(size);
@@ -244,10 +328,18 @@ impl OpenFile {
         self.size = size;
         self.mtime_ns = now_ns;
         self.modified = true;
+        Ok(())
     }
 
     /// Reads up to `len` bytes at `offset` of the current (uncommitted) content.
-    pub fn read(&self, store: &Store, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    pub fn read(
+        &mut self,
+        store: &Store,
+        staging_dir: &Path,
+        offset: u64,
+        len: usize,
+    ) -> FsResult<Vec<u8>> {
+        self.end_stream(staging_dir)?;
         let end = (offset + len as u64).min(self.size);
         if offset >= end {
             return Ok(Vec::new());
@@ -267,7 +359,8 @@ impl OpenFile {
                 }
             } else if s < self.base_valid {
                 let stop = e.min(self.base_valid);
-                self.base.read_at(store, s, &mut dst[..(stop - s) as usize])?;
+                self.base
+                    .read_at(store, s, &mut dst[..(stop - s) as usize])?;
                 dst[(stop - s) as usize..].fill(0);
             } else {
                 dst.fill(0);
@@ -276,31 +369,43 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Chunks the current content and stores its new chunks; returns the new chunk list and the
-    /// writer holding the not yet committed chunks. Only changed regions are re-chunked.
-    pub fn rechunk(&self, store: &Store) -> FsResult<(Vec<ChunkRef>, ChunkWriter)> {
+    /// Chunks the current content; returns the new chunk list and the writer holding the new,
+    /// not yet committed chunks. Only changed regions are re-chunked. The file's state is left
+    /// as it was, so a failed commit can be retried.
+    pub fn rechunk(&mut self, store: &Store) -> FsResult<(Vec<ChunkRef>, ChunkWriter)> {
+        if let Some(s) = &mut self.stream {
+            s.drain(true)?;
+            let chunks = s.chunks.clone();
+            let writer = std::mem::replace(&mut s.writer, store.writer());
+            return Ok((chunks, writer));
+        }
         let base = &self.base;
-        let mut writer = store.writer();
-        // First byte that may differ from the committed content.
+        let mut writer = self.held.take().unwrap_or_else(|| store.writer());
+        // First byte that may differ from the base content.
         let mut lo = self.dirty.first().unwrap_or(u64::MAX).min(self.base_valid);
         if self.size != base.len() {
             lo = lo.min(self.size.min(base.len()));
         }
-        // Restart at the chunk holding `lo`. The last committed chunk was cut by the end of the
+        // Restart at the chunk holding `lo`. The last base chunk was cut by the end of the
         // file, not by content, so it is never a safe place to continue after.
         let keep = base.index_of(lo).min(base.chunks.len().saturating_sub(1));
         let mut chunks: Vec<ChunkRef> = base.chunks[..keep].to_vec();
         writer.reuse(&chunks);
         let restart = base.starts[keep];
-        // Past `resync_from` the content equals the committed one at the same offsets, so a cut
-        // that lands on an old boundary means the rest of the old chunks are still right.
+        // Past `resync_from` the content equals the base at the same offsets, so a cut that
+        // lands on an old boundary means the rest of the old chunks are still right.
         let resync_from = if self.size == base.len() && self.base_valid == base.len() {
             self.dirty.last_end().unwrap_or(0)
         } else {
             u64::MAX
         };
 
-        let reader = ContentReader { file: self, store, pos: restart, end: self.size };
+        let reader = ContentReader {
+            file: self,
+            store,
+            pos: restart,
+            end: self.size,
+        };
         for piece in chunker::chunks(reader) {
             let piece = piece?;
             chunks.push(writer.add(&piece.data)?);
@@ -317,6 +422,23 @@ impl OpenFile {
         Ok((chunks, writer))
     }
 
+    /// A commit of `chunks` failed: keep them (and the writer with any unflushed ones) as the
+    /// file's content so nothing written is lost and the next flush tries again.
+    pub fn commit_failed(&mut self, chunks: Vec<ChunkRef>, mut writer: ChunkWriter) {
+        if self.stream.take().is_none() {
+            // Staging still holds everything: the next rechunk redoes the work.
+            self.held = Some(writer);
+            return;
+        }
+        // Best effort: a full disk may refuse this too; then reads of these chunks fail with EIO
+        // until space frees up, but the data stays in memory for the next commit.
+        let _ = writer.flush();
+        self.base = Arc::new(Layout::new(chunks));
+        self.base_valid = self.base.len();
+        self.size = self.base.len();
+        self.held = Some(writer);
+    }
+
     /// After a commit: the new chunk list is the committed version and staging is empty.
     pub fn committed(&mut self, store: &Store, chunks: Vec<ChunkRef>) {
         self._pins = store.pin(chunks.iter().map(|c| c.id));
@@ -325,6 +447,8 @@ impl OpenFile {
         self.size = self.base.len();
         self.staging = None;
         self.dirty = RangeSet::default();
+        self.stream = None;
+        self.held = None;
         self.modified = false;
     }
 }
@@ -363,24 +487,45 @@ mod tests {
         r.insert(10, 20);
         r.insert(30, 40);
         r.insert(20, 25);
-        assert_eq!(r.0.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(), vec![(10, 25), (30, 40)]);
-        assert_eq!(r.pieces(0, 50), vec![(0, 10, false), (10, 25, true), (25, 30, false), (30, 40, true), (40, 50, false)]);
+        assert_eq!(
+            r.0.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            vec![(10, 25), (30, 40)]
+        );
+        assert_eq!(
+            r.pieces(0, 50),
+            vec![
+                (0, 10, false),
+                (10, 25, true),
+                (25, 30, false),
+                (30, 40, true),
+                (40, 50, false)
+            ]
+        );
         assert_eq!(r.pieces(12, 13), vec![(12, 13, true)]);
         r.insert(5, 35);
         assert_eq!(r.0.len(), 1);
         r.truncate(20);
-        assert_eq!(r.pieces(0, 30), vec![(0, 5, false), (5, 20, true), (20, 30, false)]);
+        assert_eq!(
+            r.pieces(0, 30),
+            vec![(0, 5, false), (5, 20, true), (20, 30, false)]
+        );
     }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("db"), &FolderKey::from_bytes([4; 32]), StoreOptions::default()).unwrap();
+        let s = Store::open(
+            &dir.path().join("db"),
+            &FolderKey::from_bytes([4; 32]),
+            StoreOptions::default(),
+        )
+        .unwrap();
         (dir, s)
     }
 
     #[derive(Debug, Clone)]
     enum Op {
         Write(u32, Vec<u8>),
+        Append(Vec<u8>),
         Truncate(u32),
         Commit,
     }
@@ -388,6 +533,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u32..600_000, proptest::collection::vec(any::<u8>(), 1..70_000)).prop_map(|(o, d)| Op::Write(o, d)),
+            3 => proptest::collection::vec(any::<u8>(), 1..300_000).prop_map(Op::Append),
             1 => (0u32..700_000).prop_map(Op::Truncate),
             1 => Just(Op::Commit),
         ]
@@ -405,24 +551,28 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Write(off, data) => {
-                        f.write(dir.path(), u64::from(off), &data, 1).unwrap();
+                        f.write(&store, dir.path(), u64::from(off), &data, 1).unwrap();
                         let end = off as usize + data.len();
                         if model.len() < end { model.resize(end, 0); }
                         model[off as usize..end].copy_from_slice(&data);
                     }
-                    Op::Truncate(n) => { f.truncate(u64::from(n), 1); model.resize(n as usize, 0); }
+                    Op::Append(data) => {
+                        f.write(&store, dir.path(), model.len() as u64, &data, 1).unwrap();
+                        model.extend_from_slice(&data);
+                    }
+                    Op::Truncate(n) => { f.truncate(dir.path(), u64::from(n), 1).unwrap(); model.resize(n as usize, 0); }
                     Op::Commit => {
-                        let (chunks, w) = f.rechunk(&store).unwrap();
+                        let (chunks, mut w) = f.rechunk(&store).unwrap();
                         let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
                         r.size = chunks.iter().map(|c| u64::from(c.len)).sum();
                         prop_assert_eq!(r.size, model.len() as u64);
                         r.chunks = chunks.clone();
-                        store.commit(vec![r], Some(w), false).unwrap();
+                        store.commit(vec![r], Some(&mut w), false).unwrap();
                         f.committed(&store, chunks);
                     }
                 }
                 prop_assert_eq!(f.size, model.len() as u64);
-                let got = f.read(&store, 0, model.len() + 10).unwrap();
+                let got = f.read(&store, dir.path(), 0, model.len() + 10).unwrap();
                 prop_assert_eq!(&got, &model);
             }
             prop_assert!(store.verify().unwrap().is_ok());
@@ -441,19 +591,19 @@ mod tests {
             *b = x as u8;
         }
         let mut f = OpenFile::new(&store, Vec::new(), 0);
-        f.write(dir.path(), 0, &data, 1).unwrap();
-        let (chunks, w) = f.rechunk(&store).unwrap();
+        f.write(&store, dir.path(), 0, &data, 1).unwrap();
+        let (chunks, mut w) = f.rechunk(&store).unwrap();
         let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
         r.size = data.len() as u64;
         r.chunks = chunks.clone();
-        store.commit(vec![r], Some(w), false).unwrap();
+        store.commit(vec![r], Some(&mut w), false).unwrap();
         f.committed(&store, chunks.clone());
 
-        f.write(dir.path(), 4 << 20, b"an edit in the middle", 2).unwrap();
+        f.write(&store, dir.path(), 4 << 20, b"an edit in the middle", 2)
+            .unwrap();
         let (after, _w) = f.rechunk(&store).unwrap();
         let changed = after.iter().filter(|c| !chunks.contains(c)).count();
         assert!(changed <= 2, "{changed} chunks changed");
         assert_eq!(after.len(), chunks.len());
-
     }
 }

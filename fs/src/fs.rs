@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_store::record::{join, split_parent};
-use fybrk_store::{FileRecord, Kind, Store};
+use fybrk_store::{ChunkRef, ChunkWriter, FileRecord, Kind, Store};
 
 use crate::content::OpenFile;
 use crate::error::{FsError, FsResult};
-use crate::inodes::{Inodes, ROOT};
+use crate::inodes::{Detached, Inodes, ROOT};
 
 /// Settings of a filesystem instance.
 #[derive(Clone, Debug)]
@@ -144,7 +144,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Checks a name from the kernel: UTF-8, not `.`/`..`, at most 255 bytes.
@@ -185,7 +187,10 @@ impl Fs {
     }
 
     fn path_of(&self, ino: u64) -> FsResult<String> {
-        lock(&self.inodes).path(ino).map(str::to_owned).ok_or(FsError::NotFound)
+        lock(&self.inodes)
+            .path(ino)
+            .map(str::to_owned)
+            .ok_or(FsError::NotFound)
     }
 
     fn child_path(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<String> {
@@ -203,6 +208,27 @@ impl Fs {
         live(self.store.get(path)?).ok_or(FsError::NotFound)
     }
 
+    /// The record behind `ino`: by its path, or, for a name removed while the kernel still
+    /// refers to the inode (an `open` racing a rename over it), the record it had then.
+    fn record_for(&self, ino: u64) -> FsResult<FileRecord> {
+        let (path, detached) = {
+            let inodes = lock(&self.inodes);
+            (
+                inodes.path(ino).map(str::to_owned),
+                inodes.detached(ino).cloned(),
+            )
+        };
+        match (path, detached) {
+            (Some(p), _) => self.record(&p),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Err(FsError::NotFound),
+        }
+    }
+
+    fn detach(&self, r: &FileRecord) -> Detached {
+        Detached::new(&self.store, r.clone())
+    }
+
     fn attr(&self, ino: u64, r: &FileRecord) -> FsResult<Attr> {
         let mut size = r.size;
         let mut mtime_ns = r.mtime_ns;
@@ -214,11 +240,25 @@ impl Fs {
             }
         }
         let nlink = match r.kind {
-            Kind::Dir => 2 + self.store.count_subdirs(&r.path)?.min(u64::from(u32::MAX - 2)) as u32,
+            Kind::Dir => {
+                2 + self
+                    .store
+                    .count_subdirs(&r.path)?
+                    .min(u64::from(u32::MAX - 2)) as u32
+            }
             _ => 1,
         };
         let size = if r.kind == Kind::Dir { 4096 } else { size };
-        Ok(Attr { ino, kind: r.kind, size, perm: (r.mode & 0o7777) as u16, mtime_ns, nlink, uid: self.cfg.uid, gid: self.cfg.gid })
+        Ok(Attr {
+            ino,
+            kind: r.kind,
+            size,
+            perm: (r.mode & 0o7777) as u16,
+            mtime_ns,
+            nlink,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        })
     }
 
     fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
@@ -240,26 +280,15 @@ impl Fs {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let path = self.path_of(ino);
-        let r = match path {
-            Ok(p) => self.record(&p)?,
-            // An unlinked file that is still open keeps its attributes.
-            Err(_) => match self.open_file(ino) {
-                Some(f) => {
-                    let f = lock(&f);
-                    let mut r = FileRecord::new("", Kind::File, 0o644, f.mtime_ns);
-                    r.size = f.size;
-                    r
-                }
-                None => return Err(FsError::NotFound),
-            },
-        };
+        // An unlinked file keeps its attributes while the kernel or a handle refers to it.
+        let r = self.record_for(ino)?;
         self.attr(ino, &r)
     }
 
     /// chmod, chown (no-op only), truncate and utimens.
     pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
-        if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid) {
+        if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid)
+        {
             return Err(FsError::NotPermitted);
         }
         let path = self.path_of(ino)?;
@@ -268,7 +297,11 @@ impl Fs {
         }
         let r = self.record(&path)?;
         if set.size.is_some() && r.kind != Kind::File {
-            return Err(if r.kind == Kind::Dir { FsError::IsDir } else { FsError::Invalid });
+            return Err(if r.kind == Kind::Dir {
+                FsError::IsDir
+            } else {
+                FsError::Invalid
+            });
         }
         let edit = |rec: &mut FileRecord| {
             if let Some(m) = set.mode {
@@ -281,7 +314,7 @@ impl Fs {
         if r.kind == Kind::File && (set.size.is_some() || self.open_file(ino).is_some()) {
             self.with_open_file(ino, &r, |f| {
                 if let Some(size) = set.size {
-                    f.truncate(size, now_ns());
+                    f.truncate(&self.cfg.staging_dir, size, now_ns())?;
                 }
                 if let Some(t) = set.mtime_ns {
                     f.mtime_ns = t;
@@ -295,10 +328,19 @@ impl Fs {
     }
 
     /// Runs `op` on the open state of `ino`, opening it for the duration if no handle has it.
-    fn with_open_file<T>(&self, ino: u64, r: &FileRecord, op: impl FnOnce(&mut OpenFile) -> FsResult<T>) -> FsResult<T> {
+    fn with_open_file<T>(
+        &self,
+        ino: u64,
+        r: &FileRecord,
+        op: impl FnOnce(&mut OpenFile) -> FsResult<T>,
+    ) -> FsResult<T> {
         let f = match self.open_file(ino) {
             Some(f) => f,
-            None => Arc::new(Mutex::new(OpenFile::new(&self.store, r.chunks.clone(), r.mtime_ns))),
+            None => Arc::new(Mutex::new(OpenFile::new(
+                &self.store,
+                r.chunks.clone(),
+                r.mtime_ns,
+            ))),
         };
         let mut f = lock(&f);
         op(&mut f)
@@ -309,44 +351,70 @@ impl Fs {
     fn commit_file(
         &self,
         ino: u64,
-        f: Option<&mut OpenFile>,
+        mut f: Option<&mut OpenFile>,
         sync: bool,
         edit: impl FnOnce(&mut FileRecord),
     ) -> FsResult<()> {
-        let (content, f) = match f {
-            Some(f) if f.modified => {
-                let (chunks, writer) = f.rechunk(&self.store)?;
-                (Some((chunks, writer)), Some(f))
-            }
-            other => (None, other),
+        let mut content = match &mut f {
+            Some(f) if f.modified => Some(f.rechunk(&self.store)?),
+            _ => None,
         };
+        let result = self.commit_record(
+            ino,
+            &mut content,
+            f.as_deref().map(|f| f.mtime_ns),
+            sync,
+            edit,
+        );
+        if let Some(f) = f {
+            match (result, content) {
+                (Ok(Some(mtime)), Some((chunks, _writer))) => {
+                    f.committed(&self.store, chunks);
+                    f.mtime_ns = mtime;
+                }
+                (Ok(Some(mtime)), None) => f.mtime_ns = mtime,
+                // Unlinked meanwhile: nothing to commit, nothing to keep.
+                (Ok(None), _) => f.modified = false,
+                (Err(e), Some((chunks, writer))) => {
+                    f.commit_failed(chunks, writer);
+                    return Err(e);
+                }
+                (Err(e), None) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The record half of [`Fs::commit_file`], under the namespace lock. Returns the committed
+    /// mtime, or `None` if the inode has no name any more.
+    fn commit_record(
+        &self,
+        ino: u64,
+        content: &mut Option<(Vec<ChunkRef>, ChunkWriter)>,
+        mtime_ns: Option<i64>,
+        sync: bool,
+        edit: impl FnOnce(&mut FileRecord),
+    ) -> FsResult<Option<i64>> {
         let _ns = lock(&self.ns);
         let Some(path) = lock(&self.inodes).path(ino).map(str::to_owned) else {
-            return Ok(());
+            return Ok(None);
         };
-        let Some(mut rec) = live(self.store.get(&path)?) else { return Ok(()) };
+        let Some(mut rec) = live(self.store.get(&path)?) else {
+            return Ok(None);
+        };
         rec.version = Default::default();
-        let (writer, new_chunks) = match content {
-            Some((chunks, writer)) => {
-                rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
-                rec.chunks = chunks.clone();
-                (Some(writer), Some(chunks))
-            }
-            None => (None, None),
-        };
-        if let Some(f) = &f {
-            rec.mtime_ns = f.mtime_ns;
+        if let Some((chunks, _)) = content {
+            rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+            rec.chunks = chunks.clone();
+        }
+        if let Some(t) = mtime_ns {
+            rec.mtime_ns = t;
         }
         edit(&mut rec);
         let mtime = rec.mtime_ns;
-        self.store.commit(vec![rec], writer, sync)?;
-        if let Some(f) = f {
-            if let Some(chunks) = new_chunks {
-                f.committed(&self.store, chunks);
-            }
-            f.mtime_ns = mtime;
-        }
-        Ok(())
+        self.store
+            .commit(vec![rec], content.as_mut().map(|(_, w)| w), sync)?;
+        Ok(Some(mtime))
     }
 
     fn new_handle(&self, ino: u64, mode: OpenMode) -> u64 {
@@ -357,8 +425,7 @@ impl Fs {
 
     /// Opens a regular file.
     pub fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
-        let path = self.path_of(ino)?;
-        let r = self.record(&path)?;
+        let r = self.record_for(ino)?;
         match r.kind {
             Kind::File => {}
             Kind::Dir => return Err(FsError::IsDir),
@@ -368,14 +435,20 @@ impl Fs {
             let mut files = lock(&self.open_files);
             files
                 .entry(ino)
-                .or_insert_with(|| Arc::new(Mutex::new(OpenFile::new(&self.store, r.chunks.clone(), r.mtime_ns))))
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(OpenFile::new(
+                        &self.store,
+                        r.chunks.clone(),
+                        r.mtime_ns,
+                    )))
+                })
                 .clone()
         };
         {
             let mut f = lock(&f);
             f.handles += 1;
             if mode.truncate && mode.write && f.size > 0 {
-                f.truncate(0, now_ns());
+                f.truncate(&self.cfg.staging_dir, 0, now_ns())?;
             }
         }
         lock(&self.inodes).opened(ino);
@@ -383,7 +456,13 @@ impl Fs {
     }
 
     /// Creates and opens a file (or opens an existing one unless `exclusive`).
-    pub fn create(&self, parent: u64, name: &std::ffi::OsStr, perm: u32, mode: OpenMode) -> FsResult<(Attr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        perm: u32,
+        mode: OpenMode,
+    ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         {
             let _ns = lock(&self.ns);
@@ -423,9 +502,9 @@ impl Fs {
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (_, _, f) = self.handle(fh)?;
-        let f = lock(&f);
+        let mut f = lock(&f);
         if !f.is_clean() {
-            return f.read(&self.store, offset, size as usize);
+            return f.read(&self.store, &self.cfg.staging_dir, offset, size as usize);
         }
         // Committed content only: read the chunks without holding the file lock.
         let base = f.base.clone();
@@ -447,7 +526,7 @@ impl Fs {
         }
         let mut f = lock(&f);
         let at = if mode.append { f.size } else { offset };
-        f.write(&self.cfg.staging_dir, at, data, now_ns())?;
+        f.write(&self.store, &self.cfg.staging_dir, at, data, now_ns())?;
         Ok(data.len() as u32)
     }
 
@@ -474,7 +553,9 @@ impl Fs {
     /// Closes a handle: commits what is left and drops the open state with the last handle.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let result = self.commit_handle(fh, false);
-        let Some(h) = lock(&self.handles).remove(&fh) else { return result };
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return result;
+        };
         let mut files = lock(&self.open_files);
         if let Some(f) = files.get(&h.ino).cloned() {
             let mut f = lock(&f);
@@ -490,8 +571,10 @@ impl Fs {
 
     /// Commits every open file with pending writes (before unmount).
     pub fn flush_all(&self) -> FsResult<()> {
-        let files: Vec<(u64, Arc<Mutex<OpenFile>>)> =
-            lock(&self.open_files).iter().map(|(&i, f)| (i, f.clone())).collect();
+        let files: Vec<(u64, Arc<Mutex<OpenFile>>)> = lock(&self.open_files)
+            .iter()
+            .map(|(&i, f)| (i, f.clone()))
+            .collect();
         for (ino, f) in files {
             let mut f = lock(&f);
             if f.modified {
@@ -504,10 +587,17 @@ impl Fs {
     /// Target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
         let r = self.record(&self.path_of(ino)?)?;
-        r.target.filter(|_| r.kind == Kind::Symlink).ok_or(FsError::Invalid)
+        r.target
+            .filter(|_| r.kind == Kind::Symlink)
+            .ok_or(FsError::Invalid)
     }
 
-    fn make(&self, parent: u64, name: &std::ffi::OsStr, rec: impl FnOnce(&str) -> FileRecord) -> FsResult<Attr> {
+    fn make(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        rec: impl FnOnce(&str) -> FileRecord,
+    ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         let r = {
             let _ns = lock(&self.ns);
@@ -523,11 +613,18 @@ impl Fs {
 
     /// Creates a directory.
     pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, perm: u32) -> FsResult<Attr> {
-        self.make(parent, name, |p| FileRecord::new(p, Kind::Dir, perm & 0o7777, now_ns()))
+        self.make(parent, name, |p| {
+            FileRecord::new(p, Kind::Dir, perm & 0o7777, now_ns())
+        })
     }
 
     /// Creates a symbolic link.
-    pub fn symlink(&self, parent: u64, name: &std::ffi::OsStr, target: &std::path::Path) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &std::ffi::OsStr,
+        target: &std::path::Path,
+    ) -> FsResult<Attr> {
         let target = target.to_str().ok_or(FsError::IllegalName)?.to_owned();
         self.make(parent, name, |p| {
             let mut r = FileRecord::new(p, Kind::Symlink, 0o777, now_ns());
@@ -557,11 +654,12 @@ impl Fs {
             (true, true) if self.store.has_children(&path)? => return Err(FsError::NotEmpty),
             _ => {}
         }
+        let detached = self.detach(&r);
         r.deleted = true;
         r.version = Default::default();
         r.mtime_ns = now_ns();
         self.store.commit(vec![r], None, false)?;
-        lock(&self.inodes).unlink(&path);
+        lock(&self.inodes).unlink(&path, Some(detached));
         Ok(())
     }
 
@@ -587,7 +685,8 @@ impl Fs {
         if src.kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
             return Err(FsError::Invalid);
         }
-        if let Some(dst) = live(self.store.get(&to)?) {
+        let dst = live(self.store.get(&to)?);
+        if let Some(dst) = &dst {
             if no_replace {
                 return Err(FsError::Exists);
             }
@@ -621,7 +720,8 @@ impl Fs {
             changes.push(new);
         }
         self.store.commit(changes, None, false)?;
-        lock(&self.inodes).rename(&from, &to);
+        let replaced = dst.map(|d| self.detach(&d));
+        lock(&self.inodes).rename(&from, &to, replaced);
         Ok(())
     }
 
@@ -635,17 +735,33 @@ impl Fs {
         let children = self.store.list_dir(&path)?;
         let parent_ino = {
             let mut inodes = lock(&self.inodes);
-            if path.is_empty() { ROOT } else { inodes.get_or_insert(split_parent(&path).0, false) }
+            if path.is_empty() {
+                ROOT
+            } else {
+                inodes.get_or_insert(split_parent(&path).0, false)
+            }
         };
         let mut entries = Vec::with_capacity(children.len() + 2);
-        entries.push(DirEntry { ino, name: ".".into(), kind: Kind::Dir });
-        entries.push(DirEntry { ino: parent_ino, name: "..".into(), kind: Kind::Dir });
+        entries.push(DirEntry {
+            ino,
+            name: ".".into(),
+            kind: Kind::Dir,
+        });
+        entries.push(DirEntry {
+            ino: parent_ino,
+            name: "..".into(),
+            kind: Kind::Dir,
+        });
         {
             let mut inodes = lock(&self.inodes);
             for c in children {
                 let ino = inodes.get_or_insert(&c.path, false);
                 let name = split_parent(&c.path).1.to_owned();
-                entries.push(DirEntry { ino, name, kind: c.kind });
+                entries.push(DirEntry {
+                    ino,
+                    name,
+                    kind: c.kind,
+                });
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -654,7 +770,12 @@ impl Fs {
     }
 
     /// Calls `add(entry, next_offset)` for entries from `offset` until it returns true (full).
-    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(&DirEntry, u64) -> bool) -> FsResult<()> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> FsResult<()> {
         let handles = lock(&self.dir_handles);
         let entries = handles.get(&fh).ok_or(FsError::BadHandle)?;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
@@ -677,7 +798,8 @@ impl Fs {
 
     /// Usage of the disk under the store.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let v = nix::sys::statvfs::statvfs(&self.cfg.staging_dir).map_err(|e| FsError::Io(e.into()))?;
+        let v =
+            nix::sys::statvfs::statvfs(&self.cfg.staging_dir).map_err(|e| FsError::Io(e.into()))?;
         let stats = self.store.stats();
         let frsize = v.fragment_size().max(1);
         Ok(StatFs {

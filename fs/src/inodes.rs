@@ -2,6 +2,25 @@
 
 use std::collections::HashMap;
 
+use fybrk_store::{FileRecord, Pins, Store};
+
+/// The last record of a name that was removed while the kernel still refers to its inode,
+/// with its chunks pinned so it stays readable until the kernel forgets it.
+pub(crate) struct Detached {
+    record: FileRecord,
+    _pins: Pins,
+}
+
+impl Detached {
+    pub fn new(store: &Store, record: FileRecord) -> Detached {
+        let pins = store.pin(record.chunks.iter().map(|c| c.id));
+        Detached {
+            record,
+            _pins: pins,
+        }
+    }
+}
+
 /// The root directory's inode number (FUSE's convention).
 pub const ROOT: u64 = 1;
 
@@ -12,6 +31,8 @@ struct Node {
     lookups: u64,
     /// Open handles on this inode.
     opens: u64,
+    /// Set once unlinked.
+    detached: Option<Detached>,
 }
 
 /// Bidirectional map inode <-> path with kernel lookup counting.
@@ -24,15 +45,32 @@ pub(crate) struct Inodes {
 impl Inodes {
     pub fn new() -> Inodes {
         let mut by_ino = HashMap::new();
-        by_ino.insert(ROOT, Node { path: Some(String::new()), lookups: 1, opens: 0 });
+        by_ino.insert(
+            ROOT,
+            Node {
+                path: Some(String::new()),
+                lookups: 1,
+                opens: 0,
+                detached: None,
+            },
+        );
         let mut by_path = HashMap::new();
         by_path.insert(String::new(), ROOT);
-        Inodes { by_ino, by_path, next: ROOT + 1 }
+        Inodes {
+            by_ino,
+            by_path,
+            next: ROOT + 1,
+        }
     }
 
     /// The path of `ino`, or `None` for an unknown or unlinked inode.
     pub fn path(&self, ino: u64) -> Option<&str> {
         self.by_ino.get(&ino)?.path.as_deref()
+    }
+
+    /// The record an unlinked inode had when its name went away.
+    pub fn detached(&self, ino: u64) -> Option<&FileRecord> {
+        self.by_ino.get(&ino)?.detached.as_ref().map(|d| &d.record)
     }
 
     /// The inode of `path`, creating one if needed; counts a kernel lookup when `lookup`.
@@ -42,7 +80,15 @@ impl Inodes {
             None => {
                 let ino = self.next;
                 self.next += 1;
-                self.by_ino.insert(ino, Node { path: Some(path.to_owned()), lookups: 0, opens: 0 });
+                self.by_ino.insert(
+                    ino,
+                    Node {
+                        path: Some(path.to_owned()),
+                        lookups: 0,
+                        opens: 0,
+                        detached: None,
+                    },
+                );
                 self.by_path.insert(path.to_owned(), ino);
                 ino
             }
@@ -68,7 +114,9 @@ impl Inodes {
         if ino == ROOT {
             return;
         }
-        let Some(node) = self.by_ino.get(&ino) else { return };
+        let Some(node) = self.by_ino.get(&ino) else {
+            return;
+        };
         if node.lookups == 0 && node.opens == 0 {
             if let Some(p) = &node.path {
                 self.by_path.remove(p);
@@ -91,18 +139,19 @@ impl Inodes {
     }
 
     /// The path was deleted: the inode lives on for its handles but has no name.
-    pub fn unlink(&mut self, path: &str) {
+    pub fn unlink(&mut self, path: &str, detached: Option<Detached>) {
         if let Some(ino) = self.by_path.remove(path) {
             if let Some(n) = self.by_ino.get_mut(&ino) {
                 n.path = None;
+                n.detached = detached;
             }
             self.maybe_free(ino);
         }
     }
 
     /// `from` (and, for a directory, everything below it) is now at `to`.
-    pub fn rename(&mut self, from: &str, to: &str) {
-        self.unlink(to);
+    pub fn rename(&mut self, from: &str, to: &str, replaced: Option<Detached>) {
+        self.unlink(to, replaced);
         let prefix = format!("{from}/");
         let moved: Vec<(String, u64)> = self
             .by_path
@@ -133,7 +182,7 @@ mod tests {
         let other = t.get_or_insert("dd", true);
         let victim = t.get_or_insert("e", true);
         t.opened(victim);
-        t.rename("d", "e");
+        t.rename("d", "e", None);
         assert_eq!(t.path(d), Some("e"));
         assert_eq!(t.path(f), Some("e/f"));
         assert_eq!(t.path(other), Some("dd"));

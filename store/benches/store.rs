@@ -23,17 +23,26 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(input.len() as u64));
     g.sample_size(10);
 
-    g.bench_function("fastcdc", |b| b.iter(|| chunker::chunks(&input[..]).count()));
+    g.bench_function("fastcdc", |b| {
+        b.iter(|| chunker::chunks(&input[..]).count())
+    });
     g.bench_function("blake3_keyed", |b| b.iter(|| crypto.chunk_id(&input)));
     let chunk = &input[..64 * 1024];
     let id = crypto.chunk_id(chunk);
     let sealed = crypto.seal(&id, chunk);
     g.throughput(Throughput::Bytes(chunk.len() as u64));
     g.bench_function("seal_64k", |b| b.iter(|| crypto.seal(&id, chunk)));
-    g.bench_function("open_64k", |b| b.iter(|| crypto.open(&id, &sealed).map(|v| v.len())));
+    g.bench_function("open_64k", |b| {
+        b.iter(|| crypto.open(&id, &sealed).map(|v| v.len()))
+    });
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path(), &FolderKey::from_bytes([5; 32]), StoreOptions { cache_bytes: 0 }).expect("open");
+    let store = Store::open(
+        dir.path(),
+        &FolderKey::from_bytes([5; 32]),
+        StoreOptions { cache_bytes: 0 },
+    )
+    .expect("open");
     g.throughput(Throughput::Bytes(input.len() as u64));
     let mut n = 0u64;
     g.bench_function("write_16m_file", |b| {
@@ -44,15 +53,21 @@ fn bench(c: &mut Criterion) {
             let mut w = store.writer();
             let mut r = FileRecord::new(&format!("f{n}"), Kind::File, 0o644, 0);
             for piece in chunker::chunks(&input[..]) {
-                r.chunks.push(w.add(&piece.expect("in-memory read").data).expect("add"));
+                r.chunks
+                    .push(w.add(&piece.expect("in-memory read").data).expect("add"));
             }
             r.size = input.len() as u64;
-            store.commit(vec![r], Some(w), false).expect("commit")
+            store.commit(vec![r], Some(&mut w), false).expect("commit")
         })
     });
     let rec = store.get("f1").expect("get").expect("written above");
     g.bench_function("read_16m_file", |b| {
-        b.iter(|| rec.chunks.iter().map(|c| store.read_chunk(&c.id).expect("read").len()).sum::<usize>())
+        b.iter(|| {
+            rec.chunks
+                .iter()
+                .map(|c| store.read_chunk(&c.id).expect("read").len())
+                .sum::<usize>()
+        })
     });
     g.finish();
 }

@@ -18,7 +18,13 @@ struct Lru {
 
 impl ChunkCache {
     pub fn new(budget: usize) -> ChunkCache {
-        ChunkCache { inner: Mutex::new(Lru { map: LruCache::unbounded(), bytes: 0, budget }) }
+        ChunkCache {
+            inner: Mutex::new(Lru {
+                map: LruCache::unbounded(),
+                bytes: 0,
+                budget,
+            }),
+        }
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<Arc<[u8]>> {

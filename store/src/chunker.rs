@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{ChunkData, StreamCDC};
+use fastcdc::v2020::{ChunkData, FastCDC, StreamCDC};
 
 /// Smallest chunk FastCDC will cut (except at end of file).
 pub const MIN_CHUNK: u32 = 16 * 1024;
@@ -26,6 +26,19 @@ pub fn chunks<R: Read>(source: R) -> impl Iterator<Item = std::io::Result<ChunkD
     })
 }
 
+/// The length of the first chunk of `data` if it is already decided: FastCDC cuts within
+/// [`MAX_CHUNK`] bytes, so with that many bytes in hand (or at the end of the input) the first
+/// cut is the one a pass over the whole file makes. This lets a writer chunk a file as it
+/// arrives, with at most one chunk of look-ahead.
+pub fn first_cut(data: &[u8], eof: bool) -> Option<usize> {
+    if data.is_empty() || (!eof && data.len() < MAX_CHUNK as usize) {
+        return None;
+    }
+    FastCDC::new(data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        .next()
+        .map(|c| c.length)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,7 +47,10 @@ mod tests {
     use std::collections::HashSet;
 
     fn lens(data: &[u8]) -> Vec<(u64, usize)> {
-        chunks(data).map(|c| c.unwrap()).map(|c| (c.offset, c.length)).collect()
+        chunks(data)
+            .map(|c| c.unwrap())
+            .map(|c| (c.offset, c.length))
+            .collect()
     }
 
     fn random(len: usize, seed: u64) -> Vec<u8> {
@@ -57,6 +73,25 @@ mod tests {
             pos += *len as u64;
         }
         assert_eq!(pos, data.len() as u64);
+    }
+
+    #[test]
+    fn incremental_cuts_match_a_full_pass() {
+        let data = random(5 << 20, 77);
+        let full = lens(&data);
+        let mut pos = 0usize;
+        let mut incremental = Vec::new();
+        // Feed the data in odd-sized pieces, cutting whenever a cut is decided.
+        let mut avail = 0usize;
+        while pos < data.len() {
+            avail = (avail + 300_001).min(data.len());
+            let eof = avail == data.len();
+            while let Some(n) = first_cut(&data[pos..avail], eof) {
+                incremental.push((pos as u64, n));
+                pos += n;
+            }
+        }
+        assert_eq!(incremental, full);
     }
 
     proptest! {

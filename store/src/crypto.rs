@@ -85,11 +85,18 @@ impl Crypto {
         let mut enc_key = [0u8; 32];
         let mut check = [0u8; 32];
         // HKDF-SHA256 can expand up to 255 * 32 bytes; 32 always fits.
-        hk.expand(b"chunk id", &mut id_key).expect("32 bytes is a valid HKDF length");
-        hk.expand(b"chunk encryption", &mut enc_key).expect("32 bytes is a valid HKDF length");
-        hk.expand(b"key check", &mut check).expect("32 bytes is a valid HKDF length");
+        hk.expand(b"chunk id", &mut id_key)
+            .expect("32 bytes is a valid HKDF length");
+        hk.expand(b"chunk encryption", &mut enc_key)
+            .expect("32 bytes is a valid HKDF length");
+        hk.expand(b"key check", &mut check)
+            .expect("32 bytes is a valid HKDF length");
         let cipher = Aes256Gcm::new(&enc_key.into());
-        Crypto { id_key, cipher, check }
+        Crypto {
+            id_key,
+            cipher,
+            check,
+        }
     }
 
     /// The id of a plaintext chunk.
@@ -104,7 +111,13 @@ impl Crypto {
         out.extend_from_slice(&nonce);
         let ct = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &id.0 })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &id.0,
+                },
+            )
             // aes-gcm only fails for messages over 64 GiB; chunks are at most 256 KiB.
             .expect("chunk is far below the AES-GCM message limit");
         out.extend_from_slice(&ct);
@@ -120,10 +133,19 @@ impl Crypto {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let plain = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &id.0 })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: &id.0,
+                },
+            )
             .map_err(|_| StoreError::CorruptChunk(*id, "authentication failed"))?;
         if self.chunk_id(&plain) != *id {
-            return Err(StoreError::CorruptChunk(*id, "content does not match its id"));
+            return Err(StoreError::CorruptChunk(
+                *id,
+                "content does not match its id",
+            ));
         }
         Ok(plain)
     }

@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn ref_entry_round_trip() {
-        let e = RefEntry { count: 7, sealed_len: 65_564 };
+        let e = RefEntry {
+            count: 7,
+            sealed_len: 65_564,
+        };
         assert_eq!(RefEntry::decode(&e.encode()), Some(e));
         assert_eq!(RefEntry::decode(&[1, 2]), None);
     }

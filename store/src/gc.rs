@@ -46,7 +46,12 @@ impl Store {
             let db = &self.inner.db;
             // Hold the pin table across the deletes: a writer pins before it checks whether a
             // chunk exists, so it either sees the chunk gone or keeps it alive.
-            let pins = self.inner.pins.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let pins = self
+                .inner
+                .pins
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let mut batch = WriteBatch::default();
             for item in db.iterator_cf(self.cf(ORPHANS), IteratorMode::Start) {
                 let (key, _) = item?;
@@ -55,7 +60,9 @@ impl Store {
                     continue;
                 };
                 let id = ChunkId(raw);
-                let entry = db.get_pinned_cf(self.cf(REFS), raw)?.and_then(|v| RefEntry::decode(&v));
+                let entry = db
+                    .get_pinned_cf(self.cf(REFS), raw)?
+                    .and_then(|v| RefEntry::decode(&v));
                 match entry {
                     Some(e) if e.count > 0 => batch.delete_cf(self.cf(ORPHANS), raw),
                     _ if pins.contains_key(&id) => report.pinned += 1,
@@ -73,13 +80,19 @@ impl Store {
                     }
                 }
             }
-            batch.put_cf(self.cf(crate::db::META), b"stats", postcard::to_allocvec(stats).unwrap_or_default());
+            batch.put_cf(
+                self.cf(crate::db::META),
+                b"stats",
+                postcard::to_allocvec(stats).unwrap_or_default(),
+            );
             db.write(batch)?;
             Ok(())
         })?;
         if report.freed_chunks > 0 {
             // Let RocksDB drop the deleted blobs' space now rather than at some later compaction.
-            self.inner.db.compact_range_cf(self.cf(CHUNKS), None::<&[u8]>, None::<&[u8]>);
+            self.inner
+                .db
+                .compact_range_cf(self.cf(CHUNKS), None::<&[u8]>, None::<&[u8]>);
         }
         Ok(report)
     }
@@ -94,10 +107,21 @@ impl Store {
         let mut report = VerifyReport::default();
         let mut stored: HashMap<ChunkId, u64> = HashMap::new();
         for item in snap.iterator_cf(self.cf(CHUNKS), IteratorMode::Start) {
-            let (key, sealed) = item?;
+            let (key, sealed) = match item {
+                Ok(kv) => kv,
+                // RocksDB's own checksums caught damage (e.g. a blob file): report, don't abort.
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("the chunk store is damaged: {e}"));
+                    break;
+                }
+            };
             report.chunks_checked += 1;
             let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
-                report.problems.push(format!("chunk key of {} bytes is malformed", key.len()));
+                report
+                    .problems
+                    .push(format!("chunk key of {} bytes is malformed", key.len()));
                 continue;
             };
             let id = ChunkId(raw);
@@ -107,7 +131,15 @@ impl Store {
             stored.insert(id, 0);
         }
         for item in snap.iterator_cf(self.cf(RECORDS), IteratorMode::Start) {
-            let (key, value) = item?;
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("the file index is damaged: {e}"));
+                    break;
+                }
+            };
             report.records_checked += 1;
             let record = match decode_record(&key, &value) {
                 Ok(r) => r,
@@ -116,9 +148,16 @@ impl Store {
                     continue;
                 }
             };
-            match snap.get_cf(self.cf(LOG), record.seq.to_be_bytes())? {
+            match snap
+                .get_cf(self.cf(LOG), record.seq.to_be_bytes())
+                .ok()
+                .flatten()
+            {
                 Some(k) if k.as_slice() == &key[..] => {}
-                _ => report.problems.push(format!("{}: change log entry {} is missing", record.path, record.seq)),
+                _ => report.problems.push(format!(
+                    "{}: change log entry {} is missing",
+                    record.path, record.seq
+                )),
             }
             if record.kind != Kind::File || record.deleted {
                 continue;
@@ -133,20 +172,36 @@ impl Store {
             for c in &record.chunks {
                 match stored.get_mut(&c.id) {
                     Some(n) => *n += 1,
-                    None => report.problems.push(format!("{}: chunk {} is missing", record.path, c.id)),
+                    None => report
+                        .problems
+                        .push(format!("{}: chunk {} is missing", record.path, c.id)),
                 }
             }
         }
         for item in snap.iterator_cf(self.cf(REFS), IteratorMode::Start) {
-            let (key, value) = item?;
-            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else { continue };
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("the reference counts are damaged: {e}"));
+                    break;
+                }
+            };
+            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
+                continue;
+            };
             let id = ChunkId(raw);
             let Some(entry) = RefEntry::decode(&value) else {
-                report.problems.push(format!("chunk {id}: reference entry is malformed"));
+                report
+                    .problems
+                    .push(format!("chunk {id}: reference entry is malformed"));
                 continue;
             };
             match stored.get(&id) {
-                None => report.problems.push(format!("chunk {id}: counted but not stored")),
+                None => report
+                    .problems
+                    .push(format!("chunk {id}: counted but not stored")),
                 Some(&used) if used != entry.count => report.problems.push(format!(
                     "chunk {id}: reference count {} but {used} uses",
                     entry.count

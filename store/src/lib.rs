@@ -28,4 +28,5 @@ pub use error::{Result, StoreError};
 pub use gc::{GcReport, VerifyReport};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
 pub use store::{ChunkWriter, Pins, Stats, Store, StoreOptions};
-#[cfg(test)] mod tests;
+#[cfg(test)]
+mod tests;

@@ -188,7 +188,12 @@ mod tests {
 
     #[test]
     fn peek_matches_full_decode() {
-        for (kind, deleted) in [(Kind::File, false), (Kind::Dir, false), (Kind::Dir, true), (Kind::Symlink, false)] {
+        for (kind, deleted) in [
+            (Kind::File, false),
+            (Kind::Dir, false),
+            (Kind::Dir, true),
+            (Kind::Symlink, false),
+        ] {
             let mut r = FileRecord::new("x/y", kind, 0o755, 1);
             r.deleted = deleted;
             let enc = postcard::to_allocvec(&r).unwrap();

@@ -25,7 +25,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 16 << 20 }
+        StoreOptions {
+            cache_bytes: 16 << 20,
+        }
     }
 }
 
@@ -52,7 +54,11 @@ impl Stats {
             return;
         }
         let add = |v: &mut u64, d: u64| {
-            *v = if sign > 0 { v.saturating_add(d) } else { v.saturating_sub(d) };
+            *v = if sign > 0 {
+                v.saturating_add(d)
+            } else {
+                v.saturating_sub(d)
+            };
         };
         match r.kind {
             Kind::File => {
@@ -107,9 +113,13 @@ impl Store {
     pub fn open(dir: &Path, key: &FolderKey, options: StoreOptions) -> Result<Store> {
         let db = db::open(dir)?;
         let crypto = Crypto::new(key);
-        let meta = db.cf_handle(META).expect("meta column family is created at open");
+        let meta = db
+            .cf_handle(META)
+            .expect("meta column family is created at open");
         match db.get_cf(meta, b"key_check")? {
-            Some(check) if check.as_slice() != crypto.key_check() => return Err(StoreError::WrongKey),
+            Some(check) if check.as_slice() != crypto.key_check() => {
+                return Err(StoreError::WrongKey)
+            }
             Some(_) => {}
             None => {
                 let mut b = WriteBatch::default();
@@ -120,10 +130,11 @@ impl Store {
             }
         }
         let read_meta = |name: &str| -> Result<Vec<u8>> {
-            db.get_cf(meta, name)?.ok_or_else(|| StoreError::CorruptRecord {
-                key: format!("meta/{name}"),
-                reason: "missing".into(),
-            })
+            db.get_cf(meta, name)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    key: format!("meta/{name}"),
+                    reason: "missing".into(),
+                })
         };
         let fixed = |name: &str, v: Vec<u8>| StoreError::CorruptRecord {
             key: format!("meta/{name}"),
@@ -131,7 +142,9 @@ impl Store {
         };
         let device = read_meta("device")?;
         let device = u64::from_le_bytes(device.try_into().map_err(|v| fixed("device", v))?);
-        let folder_id = read_meta("folder_id")?.try_into().map_err(|v| fixed("folder_id", v))?;
+        let folder_id = read_meta("folder_id")?
+            .try_into()
+            .map_err(|v| fixed("folder_id", v))?;
         let seq = match db.get_cf(meta, b"seq")? {
             Some(v) => u64::from_le_bytes(v.try_into().map_err(|v| fixed("seq", v))?),
             None => 0,
@@ -182,7 +195,10 @@ impl Store {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.inner.db.cf_handle(name).expect("all column families are created at open")
+        self.inner
+            .db
+            .cf_handle(name)
+            .expect("all column families are created at open")
     }
 
     /// The record at `path`, tombstones included.
@@ -235,7 +251,10 @@ impl Store {
     ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
         self.inner
             .db
-            .iterator_cf(self.cf(RECORDS), IteratorMode::From(prefix, Direction::Forward))
+            .iterator_cf(
+                self.cf(RECORDS),
+                IteratorMode::From(prefix, Direction::Forward),
+            )
             .take_while(move |item| match item {
                 Ok((k, _)) => k.starts_with(prefix),
                 Err(_) => true,
@@ -248,15 +267,20 @@ impl Store {
     pub fn changes_since(&self, since: u64) -> Result<Vec<FileRecord>> {
         let start = (since + 1).to_be_bytes();
         let mut out = Vec::new();
-        let iter = self.inner.db.iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
+        let iter = self
+            .inner
+            .db
+            .iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (_, key) = item?;
-            let value = self.inner.db.get_pinned_cf(self.cf(RECORDS), &key)?.ok_or_else(|| {
-                StoreError::CorruptRecord {
+            let value = self
+                .inner
+                .db
+                .get_pinned_cf(self.cf(RECORDS), &key)?
+                .ok_or_else(|| StoreError::CorruptRecord {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     reason: "change log points at a missing record".into(),
-                }
-            })?;
+                })?;
             out.push(decode_record(&key, &value)?);
         }
         Ok(out)
@@ -286,7 +310,10 @@ impl Store {
     /// Keeps `ids` from being garbage collected while the returned guard lives (for example the
     /// chunks of a version an open file handle still reads).
     pub fn pin(&self, ids: impl IntoIterator<Item = ChunkId>) -> Pins {
-        let mut pins = Pins { table: self.inner.pins.clone(), ids: Vec::new() };
+        let mut pins = Pins {
+            table: self.inner.pins.clone(),
+            ids: Vec::new(),
+        };
         pins.extend(ids);
         pins
     }
@@ -304,7 +331,8 @@ impl Store {
     }
 
     /// Atomically publishes new versions of `records` together with the new chunks buffered in
-    /// `writer`: in one RocksDB write batch the records, their change-log entries, the chunk
+    /// `writer` (which keeps its pins; drop it after the commit). If the commit fails, the
+    /// writer still holds its chunks, so the caller can retry without losing data: in one RocksDB write batch the records, their change-log entries, the chunk
     /// reference counts and the remaining chunks land, or nothing does. Each record gets the
     /// next local sequence number and its version vector is the previous version's bumped for
     /// this device. `sync` makes the write durable before returning (fsync).
@@ -313,7 +341,7 @@ impl Store {
     pub fn commit(
         &self,
         records: Vec<FileRecord>,
-        writer: Option<ChunkWriter>,
+        mut writer: Option<&mut ChunkWriter>,
         sync: bool,
     ) -> Result<Vec<FileRecord>> {
         let db = &self.inner.db;
@@ -322,15 +350,9 @@ impl Store {
         let mut refs: HashMap<ChunkId, RefEntry> = HashMap::new();
         let mut stats = st.stats;
         let mut seq = st.seq;
-        // Keep the writer (and its pins) alive until the batch is written.
-        let _writer_pins = match writer {
-            Some(mut w) => {
-                let pending = std::mem::take(&mut w.pending);
-                self.stage_chunks(&mut batch, &mut refs, &mut stats, pending)?;
-                Some(w)
-            }
-            None => None,
-        };
+        if let Some(w) = writer.as_deref() {
+            self.stage_chunks(&mut batch, &mut refs, &mut stats, &w.pending)?;
+        }
 
         let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
@@ -367,22 +389,30 @@ impl Store {
                 }
             }
             stats.count(&record, 1);
-            let encoded = postcard::to_allocvec(&record).map_err(|e| StoreError::CorruptRecord {
-                key: record.path.clone(),
-                reason: format!("cannot encode: {e}"),
-            })?;
+            let encoded =
+                postcard::to_allocvec(&record).map_err(|e| StoreError::CorruptRecord {
+                    key: record.path.clone(),
+                    reason: format!("cannot encode: {e}"),
+                })?;
             batch.put_cf(self.cf(RECORDS), &key, encoded);
             batch.put_cf(self.cf(LOG), seq.to_be_bytes(), &key);
             touched.insert(key, record.clone());
             out.push(record);
         }
         batch.put_cf(self.cf(META), b"seq", seq.to_le_bytes());
-        batch.put_cf(self.cf(META), b"stats", postcard::to_allocvec(&stats).unwrap_or_default());
+        batch.put_cf(
+            self.cf(META),
+            b"stats",
+            postcard::to_allocvec(&stats).unwrap_or_default(),
+        );
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         db.write_opt(batch, &opts)?;
         st.seq = seq;
         st.stats = stats;
+        if let Some(w) = writer.as_deref_mut() {
+            w.clear_pending();
+        }
         Ok(out)
     }
 
@@ -397,13 +427,17 @@ impl Store {
         batch: &mut WriteBatch,
         refs: &mut HashMap<ChunkId, RefEntry>,
         stats: &mut Stats,
-        chunks: Vec<(ChunkId, Vec<u8>)>,
+        chunks: &[(ChunkId, Vec<u8>)],
     ) -> Result<()> {
         for (id, sealed) in chunks {
+            let id = *id;
             if refs.contains_key(&id) || self.has_chunk(&id)? {
                 continue;
             }
-            let entry = RefEntry { count: 0, sealed_len: sealed.len() as u32 };
+            let entry = RefEntry {
+                count: 0,
+                sealed_len: sealed.len() as u32,
+            };
             stats.chunks += 1;
             stats.stored_bytes += sealed.len() as u64;
             batch.put_cf(self.cf(CHUNKS), id.0, sealed);
@@ -448,12 +482,16 @@ impl Store {
     }
 
     /// Flushes a writer's buffered chunks on their own (used when a writer's buffer is full).
-    fn flush_chunks(&self, chunks: Vec<(ChunkId, Vec<u8>)>) -> Result<()> {
+    fn flush_chunks(&self, chunks: &[(ChunkId, Vec<u8>)]) -> Result<()> {
         let mut st = lock(&self.inner.write);
         let mut batch = WriteBatch::default();
         let mut stats = st.stats;
         self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
-        batch.put_cf(self.cf(META), b"stats", postcard::to_allocvec(&stats).unwrap_or_default());
+        batch.put_cf(
+            self.cf(META),
+            b"stats",
+            postcard::to_allocvec(&stats).unwrap_or_default(),
+        );
         self.inner.db.write(batch)?;
         st.stats = stats;
         Ok(())
@@ -515,13 +553,18 @@ impl ChunkWriter {
 
     /// Writes the buffered chunks now (they stay unreferenced until a commit uses them).
     pub fn flush(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_ids.clear();
-        self.pending_bytes = 0;
-        if pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        self.store.flush_chunks(pending)
+        self.store.flush_chunks(&self.pending)?;
+        self.clear_pending();
+        Ok(())
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_ids.clear();
+        self.pending_bytes = 0;
     }
 }
 

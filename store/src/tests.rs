@@ -9,7 +9,14 @@ use crate::db::CHUNKS;
 use crate::*;
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(dir.path(), &FolderKey::from_bytes([1; 32]), StoreOptions { cache_bytes: 1 << 20 }).unwrap()
+    Store::open(
+        dir.path(),
+        &FolderKey::from_bytes([1; 32]),
+        StoreOptions {
+            cache_bytes: 1 << 20,
+        },
+    )
+    .unwrap()
 }
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
@@ -26,7 +33,10 @@ fn write_file(store: &Store, path: &str, data: &[u8]) -> FileRecord {
         r.chunks.push(w.add(&c.unwrap().data).unwrap());
     }
     r.size = data.len() as u64;
-    store.commit(vec![r], Some(w), false).unwrap().remove(0)
+    store
+        .commit(vec![r], Some(&mut w), false)
+        .unwrap()
+        .remove(0)
 }
 
 fn read_file(store: &Store, path: &str) -> Vec<u8> {
@@ -67,7 +77,11 @@ fn round_trip_and_reopen() {
 fn wrong_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(&dir));
-    let err = Store::open(dir.path(), &FolderKey::from_bytes([2; 32]), StoreOptions::default());
+    let err = Store::open(
+        dir.path(),
+        &FolderKey::from_bytes([2; 32]),
+        StoreOptions::default(),
+    );
     assert!(matches!(err, Err(StoreError::WrongKey)));
 }
 
@@ -92,9 +106,19 @@ fn change_log_lists_latest_changes_once() {
     write_file(&store, "x", b"1");
     write_file(&store, "y", b"2");
     write_file(&store, "x", b"3");
-    let all: Vec<_> = store.changes_since(0).unwrap().into_iter().map(|r| (r.path, r.seq)).collect();
+    let all: Vec<_> = store
+        .changes_since(0)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.path, r.seq))
+        .collect();
     assert_eq!(all, vec![("y".to_string(), 2), ("x".to_string(), 3)]);
-    let later: Vec<_> = store.changes_since(2).unwrap().into_iter().map(|r| r.path).collect();
+    let later: Vec<_> = store
+        .changes_since(2)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
     assert_eq!(later, vec!["x"]);
     delete(&store, "y");
     let last = store.changes_since(3).unwrap();
@@ -103,7 +127,10 @@ fn change_log_lists_latest_changes_once() {
     // A new version after a tombstone dominates it.
     let tomb = store.get("y").unwrap().unwrap();
     let again = write_file(&store, "y", b"4");
-    assert_eq!(again.version.compare(&tomb.version), record::Ordering::After);
+    assert_eq!(
+        again.version.compare(&tomb.version),
+        record::Ordering::After
+    );
 }
 
 #[test]
@@ -112,9 +139,23 @@ fn list_dir_and_subdir_count() {
     let store = open(&dir);
     let mk = |p: &str, k| FileRecord::new(p, k, 0o755, 0);
     store
-        .commit(vec![mk("d", Kind::Dir), mk("d/e", Kind::Dir), mk("d/f", Kind::File), mk("de", Kind::Dir)], None, false)
+        .commit(
+            vec![
+                mk("d", Kind::Dir),
+                mk("d/e", Kind::Dir),
+                mk("d/f", Kind::File),
+                mk("de", Kind::Dir),
+            ],
+            None,
+            false,
+        )
         .unwrap();
-    let names: Vec<_> = store.list_dir("d").unwrap().into_iter().map(|r| r.path).collect();
+    let names: Vec<_> = store
+        .list_dir("d")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
     assert_eq!(names, vec!["d/e", "d/f"]);
     assert_eq!(store.count_subdirs("").unwrap(), 2);
     assert_eq!(store.count_subdirs("d").unwrap(), 1);
@@ -138,12 +179,20 @@ fn tampering_with_a_stored_chunk_is_detected() {
         bad[pos] ^= 0x40;
         store.inner.db.put_cf(cf, id.0, &bad).unwrap();
         // Nothing read this chunk successfully yet, so the read cache cannot hide the damage.
-        assert!(matches!(store.read_chunk(&id), Err(StoreError::CorruptChunk(..))), "flip at {pos}");
+        assert!(
+            matches!(store.read_chunk(&id), Err(StoreError::CorruptChunk(..))),
+            "flip at {pos}"
+        );
         assert!(!store.verify().unwrap().is_ok());
     }
     sealed.truncate(10);
     store.inner.db.put_cf(cf, id.0, &sealed).unwrap();
-    assert!(store.verify().unwrap().problems.iter().any(|p| p.contains("damaged")));
+    assert!(store
+        .verify()
+        .unwrap()
+        .problems
+        .iter()
+        .any(|p| p.contains("damaged")));
 }
 
 #[test]
@@ -233,4 +282,3 @@ proptest! {
         prop_assert_eq!(store.stats().stored_bytes, 0);
     }
 }
-
