@@ -117,6 +117,7 @@ fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
 /// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
 /// first line on stdout tells the parent `ready` or `error: ...`.
 pub fn run(state: &StateDir, mnt: &Path, notify_ready: bool) -> Result<()> {
+    limit_malloc_arenas();
     // Block the shutdown signals before any thread starts, so only the signal thread gets them.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -142,6 +143,17 @@ pub fn run(state: &StateDir, mnt: &Path, notify_ready: bool) -> Result<()> {
     let daemon = started?;
     tracing::info!(mount = %mnt.display(), "mounted");
     daemon.serve(signals)
+}
+
+/// glibc gives each thread that allocates its own arena; with 4 FUSE workers each handling
+/// 1 MiB writes, the daemon's peak RSS doubled (100 -> 200 MiB for a 1 GiB write) from memory
+/// parked in idle arenas. One arena measured both leaner and no slower here.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a glibc tunable; it takes no pointers and is called here before
+    // this process starts any thread, so nothing allocates concurrently.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 struct Daemon {
