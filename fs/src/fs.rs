@@ -130,6 +130,10 @@ pub struct Fs {
     cfg: FsConfig,
     mounted_at_ns: i64,
     ns: Mutex<()>,
+    /// Subdirectory counts by directory path, for `st_nlink`: counting is a scan of the
+    /// directory, and the kernel asks for a directory's attributes after every change in it.
+    /// Only changes to directories (mkdir, rmdir, renaming a directory) invalidate it.
+    subdirs: Mutex<HashMap<String, u64>>,
     inodes: Mutex<Inodes>,
     open_files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -173,6 +177,7 @@ impl Fs {
             cfg,
             mounted_at_ns: now_ns(),
             ns: Mutex::new(()),
+            subdirs: Mutex::new(HashMap::new()),
             inodes: Mutex::new(Inodes::new()),
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -240,12 +245,7 @@ impl Fs {
             }
         }
         let nlink = match r.kind {
-            Kind::Dir => {
-                2 + self
-                    .store
-                    .count_subdirs(&r.path)?
-                    .min(u64::from(u32::MAX - 2)) as u32
-            }
+            Kind::Dir => 2 + self.subdir_count(&r.path)?.min(u64::from(u32::MAX - 2)) as u32,
             _ => 1,
         };
         let size = if r.kind == Kind::Dir { 4096 } else { size };
@@ -259,6 +259,22 @@ impl Fs {
             uid: self.cfg.uid,
             gid: self.cfg.gid,
         })
+    }
+
+    fn subdir_count(&self, dir: &str) -> FsResult<u64> {
+        if let Some(&n) = lock(&self.subdirs).get(dir) {
+            return Ok(n);
+        }
+        // Count under `ns` so no mkdir/rmdir can slip between the scan and the insert.
+        let _ns = lock(&self.ns);
+        let n = self.store.count_subdirs(dir)?;
+        lock(&self.subdirs).insert(dir.to_owned(), n);
+        Ok(n)
+    }
+
+    /// A directory appeared in or left `parent`. Caller holds `ns`.
+    fn subdirs_changed(&self, parent: &str) {
+        lock(&self.subdirs).remove(parent);
     }
 
     fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
@@ -605,7 +621,11 @@ impl Fs {
             if live(self.store.get(&path)?).is_some() {
                 return Err(FsError::Exists);
             }
-            self.store.commit(vec![rec(&path)], None, false)?.remove(0)
+            let r = self.store.commit(vec![rec(&path)], None, false)?.remove(0);
+            if r.kind == Kind::Dir {
+                self.subdirs_changed(split_parent(&path).0);
+            }
+            r
         };
         let ino = lock(&self.inodes).get_or_insert(&path, true);
         self.attr(ino, &r)
@@ -654,6 +674,10 @@ impl Fs {
             (true, true) if self.store.has_children(&path)? => return Err(FsError::NotEmpty),
             _ => {}
         }
+        if r.kind == Kind::Dir {
+            self.subdirs_changed(split_parent(&path).0);
+            lock(&self.subdirs).remove(&path);
+        }
         let detached = self.detach(&r);
         r.deleted = true;
         r.version = Default::default();
@@ -697,6 +721,7 @@ impl Fs {
                 _ => {}
             }
         }
+        let is_dir = src.kind == Kind::Dir;
         let mut moved = vec![src];
         let mut i = 0;
         while i < moved.len() {
@@ -720,6 +745,10 @@ impl Fs {
             changes.push(new);
         }
         self.store.commit(changes, None, false)?;
+        if is_dir {
+            // Paths below both names changed; renaming directories is rare, start over.
+            lock(&self.subdirs).clear();
+        }
         let replaced = dst.map(|d| self.detach(&d));
         lock(&self.inodes).rename(&from, &to, replaced);
         Ok(())

@@ -105,7 +105,8 @@ mod tests {
             let mut edited = data[..at].to_vec();
             edited.extend(random(1 + (seed as usize * 7919) % 60_000, seed + 1000));
             edited.extend_from_slice(&data[at..]);
-            let set = |d: &[u8]| -> HashSet<Vec<u8>> { chunks(d).map(|c| c.unwrap().data).collect() };
+            let set =
+                |d: &[u8]| -> HashSet<Vec<u8>> { chunks(d).map(|c| c.unwrap().data).collect() };
             let after = set(&edited);
             total += set(&data).difference(&after).count();
         }

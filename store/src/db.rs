@@ -74,7 +74,7 @@ pub(crate) fn open(dir: &Path) -> Result<DB> {
         ColumnFamilyDescriptor::new(CHUNKS, chunks),
         ColumnFamilyDescriptor::new(REFS, small(4 << 20)),
         ColumnFamilyDescriptor::new(ORPHANS, small(1 << 20)),
-        ColumnFamilyDescriptor::new(RECORDS, small(8 << 20)),
+        ColumnFamilyDescriptor::new(RECORDS, small(4 << 20)),
         ColumnFamilyDescriptor::new(LOG, small(2 << 20)),
         ColumnFamilyDescriptor::new(META, small(1 << 20)),
     ];
