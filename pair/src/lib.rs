@@ -1,1 +1,1 @@
-//! Invitations and the pairing handshake (arrives with the sync issue).
+//! Invitations and the pairing handshake (being written).
