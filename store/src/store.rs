@@ -90,6 +90,10 @@ pub(crate) struct Inner {
     write: Mutex<WriteState>,
     pub(crate) pins: Arc<PinTable>,
     cache: ChunkCache,
+    /// Striped locks so two readers missing the same chunk decrypt it once: the kernel's
+    /// read-ahead sends neighbouring ranges to several FUSE threads at the same time, and a chunk
+    /// straddling two requests was otherwise decrypted and hashed twice.
+    loads: [Mutex<()>; 32],
 }
 
 /// A handle to an open folder store. Cheap to clone; all clones share one database.
@@ -172,6 +176,7 @@ impl Store {
                 }),
                 pins: Arc::new(PinTable::default()),
                 cache: ChunkCache::new(options.cache_bytes),
+                loads: std::array::from_fn(|_| Mutex::new(())),
             }),
         })
     }
@@ -296,6 +301,10 @@ impl Store {
     /// The plaintext of a chunk, through the cache. Every read from disk decrypts and
     /// re-hashes the chunk.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        if let Some(hit) = self.inner.cache.get(id) {
+            return Ok(hit);
+        }
+        let _loading = lock(&self.inner.loads[usize::from(id.0[0]) % 32]);
         if let Some(hit) = self.inner.cache.get(id) {
             return Ok(hit);
         }
