@@ -441,3 +441,40 @@ fn fybrk_state_env_selects_the_state_dir() {
     });
     m.unmount();
 }
+
+#[test]
+fn device_identity_is_made_once_private_and_stable() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
+    m.mount_with(&["--name", "test-laptop"]);
+    let key = m.state.join("device.key");
+    let mode = fs::metadata(&key)
+        .expect("device.key exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    m.check(mode == 0o600, || {
+        format!("device.key has mode {mode:o}, want 600")
+    });
+    let first = m.status_json();
+    let id = first["device_id"].as_str().unwrap_or_default().to_owned();
+    // 8 groups of 7 base32 characters: 52 data + 4 check characters.
+    m.check(id.len() == 8 * 7 + 7 && id.split('-').count() == 8, || {
+        format!("device id {id:?}")
+    });
+    m.check(first["device_name"] == "test-laptop", || {
+        format!("name in {first}")
+    });
+    m.unmount();
+    m.mount();
+    let again = m.status_json();
+    m.check(again["device_id"] == id.as_str(), || {
+        format!("id changed: {id} -> {}", again["device_id"])
+    });
+    m.check(again["device_name"] == "test-laptop", || {
+        format!("name not remembered: {again}")
+    });
+    m.unmount();
+}

@@ -427,14 +427,27 @@ impl Mount {
 
     /// Runs `fybrk --state STATE mount MNT` without judging the outcome.
     pub fn try_mount(&self) -> Output {
-        run_timeout(self.cmd(&["mount"]).arg(&self.mnt), MOUNT_TIMEOUT)
+        self.try_mount_with(&[])
+    }
+
+    /// Runs `fybrk --state STATE mount MNT EXTRA...` without judging the outcome.
+    pub fn try_mount_with(&self, extra: &[&str]) -> Output {
+        run_timeout(
+            self.cmd(&["mount"]).arg(&self.mnt).args(extra),
+            MOUNT_TIMEOUT,
+        )
     }
 
     /// Mounts and checks that the contract holds: exit 0, MNT in the mount table, a live daemon
     /// whose pid is in `STATE/daemon.pid`.
     pub fn mount(&mut self) {
+        self.mount_with(&[]);
+    }
+
+    /// [`Mount::mount`] with extra `mount` options, e.g. `["--name", "laptop"]`.
+    pub fn mount_with(&mut self, extra: &[&str]) {
         assert!(self.pid.is_none(), "mount() while already mounted");
-        let out = self.try_mount();
+        let out = self.try_mount_with(extra);
         if !out.status.success() {
             self.fail(&format!("`fybrk mount` failed\n{}", describe(&out)));
         }

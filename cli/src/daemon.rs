@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fybrk_fs::{fuse::FuseFs, Fs, FsConfig};
+use fybrk_net::identity::{DeviceId, DeviceKey};
 use fybrk_store::{Store, StoreError, StoreOptions};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
@@ -24,7 +25,7 @@ const GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
-pub fn spawn(state: &StateDir, mnt: &Path) -> Result<()> {
+pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<()> {
     preflight(state, mnt)?;
     state.create()?;
     let log = std::fs::OpenOptions::new()
@@ -33,13 +34,17 @@ pub fn spawn(state: &StateDir, mnt: &Path) -> Result<()> {
         .open(state.log())
         .with_context(|| format!("cannot open {}", state.log().display()))?;
     let exe = std::env::current_exe().context("cannot find the fybrk executable")?;
-    let mut child = Command::new(exe)
-        .arg("--state")
+    let mut cmd = Command::new(exe);
+    cmd.arg("--state")
         .arg(&state.root)
         .arg("mount")
         .arg(mnt)
         .arg("--foreground")
-        .arg("--notify-ready")
+        .arg("--notify-ready");
+    if let Some(name) = name {
+        cmd.arg("--name").arg(name);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -116,7 +121,7 @@ fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
 
 /// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
 /// first line on stdout tells the parent `ready` or `error: ...`.
-pub fn run(state: &StateDir, mnt: &Path, notify_ready: bool) -> Result<()> {
+pub fn run(state: &StateDir, mnt: &Path, name: Option<&str>, notify_ready: bool) -> Result<()> {
     limit_malloc_arenas();
     // Block the shutdown signals before any thread starts, so only the signal thread gets them.
     let mut signals = SigSet::empty();
@@ -125,7 +130,7 @@ pub fn run(state: &StateDir, mnt: &Path, notify_ready: bool) -> Result<()> {
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let started = start(state, mnt);
+    let started = start(state, mnt, name);
     if notify_ready {
         let mut out = std::io::stdout().lock();
         let line = match &started {
@@ -156,24 +161,48 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Who this device is, as shown by `status` (and, later, to peers).
+#[derive(Clone)]
+struct Identity {
+    id: DeviceId,
+    name: String,
+}
+
 struct Daemon {
     state: StateDir,
     mount_point: PathBuf,
+    identity: Identity,
     store: Store,
     fs: Arc<Fs>,
     session: fuser::Session<FuseFs>,
     _lock: std::fs::File,
 }
 
-fn start(state: &StateDir, mnt: &Path) -> Result<Daemon> {
+fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
     preflight(state, mnt)?;
     state.create()?;
     let lock = state.lock()?;
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
     let key = state.load_or_create_key()?;
-    let store = Store::open(&state.db(), &key, StoreOptions::default())
-        .map_err(|e| explain_store_error(e, state))?;
+    // The device's identity: an Ed25519 key made on first run (0600), its id derived from it.
+    let device = DeviceKey::load_or_create(&state.device_key()).with_context(|| {
+        format!(
+            "cannot load this device's key {}",
+            state.device_key().display()
+        )
+    })?;
+    let identity = Identity {
+        id: device.id(),
+        name: crate::state::device_name(state, name)?,
+    };
+    tracing::info!(device = %identity.id, name = %identity.name, "device identity");
+    let options = StoreOptions {
+        device: Some(identity.id.short()),
+        ..StoreOptions::default()
+    };
+    let store =
+        Store::open(&state.db(), &key, options).map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     match store.gc() {
         Ok(r) if r.freed_chunks > 0 => tracing::info!(
@@ -196,6 +225,7 @@ fn start(state: &StateDir, mnt: &Path) -> Result<Daemon> {
     Ok(Daemon {
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
+        identity,
         store,
         fs,
         session,
@@ -258,10 +288,13 @@ impl Daemon {
             let store = self.store.clone();
             let mnt = mnt.clone();
             let unmount = unmount.clone();
+            let identity = self.identity.clone();
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
-                    control::serve(listener, move |req| handle(req, &store, &mnt, &unmount));
+                    control::serve(listener, move |req| {
+                        handle(req, &store, &mnt, &identity, &unmount)
+                    });
                 })?;
         }
         {
@@ -292,10 +325,11 @@ fn handle(
     req: Request,
     store: &Store,
     mnt: &Path,
+    identity: &Identity,
     unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>,
 ) -> Result<serde_json::Value> {
     match req {
-        Request::Status => Ok(status_json(store, mnt)),
+        Request::Status => Ok(status_json(store, mnt, identity)),
         Request::Verify => Ok(serde_json::to_value(store.verify()?)?),
         Request::Gc => Ok(serde_json::to_value(store.gc()?)?),
         Request::Unmount => {
@@ -312,7 +346,7 @@ fn handle(
     }
 }
 
-pub fn status_json(store: &Store, mnt: &Path) -> serde_json::Value {
+fn status_json(store: &Store, mnt: &Path, identity: &Identity) -> serde_json::Value {
     let s = store.stats();
     let ratio = if s.stored_bytes == 0 {
         1.0
@@ -321,6 +355,8 @@ pub fn status_json(store: &Store, mnt: &Path) -> serde_json::Value {
     };
     json!({
         "mount_point": mnt,
+        "device_id": identity.id.to_string(),
+        "device_name": identity.name,
         "pid": std::process::id(),
         "files": s.files,
         "dirs": s.dirs,

@@ -37,6 +37,9 @@ enum Cmd {
         /// Stay attached; Ctrl-C or SIGTERM unmounts.
         #[arg(long)]
         foreground: bool,
+        /// This device's name as other devices see it (default: the hostname). Remembered.
+        #[arg(long)]
+        name: Option<String>,
         /// Internal: report readiness on stdout (used when daemonizing).
         #[arg(long, hide = true)]
         notify_ready: bool,
@@ -96,13 +99,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Mount {
             dir,
             foreground,
+            name,
             notify_ready,
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
-                daemon::run(&state, &mnt, notify_ready)?;
+                daemon::run(&state, &mnt, name.as_deref(), notify_ready)?;
             } else {
-                daemon::spawn(&state, &mnt)?;
+                daemon::spawn(&state, &mnt, name.as_deref())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -256,6 +260,11 @@ fn human_bytes(n: u64) -> String {
 
 fn print_status(s: &Value) {
     let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    println!(
+        "device        {} ({})",
+        s["device_name"].as_str().unwrap_or("?"),
+        s["device_id"].as_str().unwrap_or("?")
+    );
     println!("mount point   {}", s["mount_point"].as_str().unwrap_or("?"));
     println!("daemon pid    {}", n("pid"));
     println!(

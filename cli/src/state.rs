@@ -48,6 +48,12 @@ impl StateDir {
     pub fn pid(&self) -> PathBuf {
         self.root.join("daemon.pid")
     }
+    pub fn device_key(&self) -> PathBuf {
+        self.root.join("device.key")
+    }
+    pub fn device_name(&self) -> PathBuf {
+        self.root.join("device.name")
+    }
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
     }
@@ -134,6 +140,24 @@ impl StateDir {
             );
         }
         self.load_or_create_key()
+    }
+}
+
+/// This device's name: `--name` if given (and remembered), else the remembered one, else the
+/// hostname.
+pub fn device_name(state: &StateDir, given: Option<&str>) -> Result<String> {
+    if let Some(name) = given {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            bail!("--name must be 1 to 64 printable characters");
+        }
+        fs::write(state.device_name(), name)
+            .with_context(|| format!("cannot save {}", state.device_name().display()))?;
+        return Ok(name.to_owned());
+    }
+    match fs::read_to_string(state.device_name()) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => Ok(fybrk_net::identity::default_device_name()),
     }
 }
 

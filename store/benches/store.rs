@@ -40,7 +40,10 @@ fn bench(c: &mut Criterion) {
     let store = Store::open(
         dir.path(),
         &FolderKey::from_bytes([5; 32]),
-        StoreOptions { cache_bytes: 0 },
+        StoreOptions {
+            cache_bytes: 0,
+            device: None,
+        },
     )
     .expect("open");
     g.throughput(Throughput::Bytes(input.len() as u64));

@@ -21,12 +21,16 @@ const CHUNK_BATCH_BYTES: usize = 2 << 20;
 pub struct StoreOptions {
     /// Bytes of decrypted chunks kept in the read cache.
     pub cache_bytes: usize,
+    /// This device's short id (first 64 bits of its device id), recorded when the store is
+    /// created and used in version vectors. `None`: a random one.
+    pub device: Option<ShortId>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 16 << 20,
+            cache_bytes: 4 << 20,
+            device: None,
         }
     }
 }
@@ -131,7 +135,10 @@ impl Store {
             None => {
                 let mut b = WriteBatch::default();
                 b.put_cf(meta, b"key_check", crypto.key_check());
-                b.put_cf(meta, b"device", random_bytes::<8>());
+                let device = options
+                    .device
+                    .map_or_else(random_bytes::<8>, u64::to_le_bytes);
+                b.put_cf(meta, b"device", device);
                 b.put_cf(meta, b"folder_id", random_bytes::<16>());
                 db.write(b)?;
             }

@@ -14,6 +14,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
         &FolderKey::from_bytes([1; 32]),
         StoreOptions {
             cache_bytes: 1 << 20,
+            device: Some(0xfeed),
         },
     )
     .unwrap()
@@ -62,6 +63,7 @@ fn round_trip_and_reopen() {
         let store = open(&dir);
         let r = write_file(&store, "a/b.bin", &data);
         assert_eq!(r.seq, 1);
+        assert_eq!(store.device(), 0xfeed);
         assert_eq!(r.version.0.get(&store.device()), Some(&1));
         assert_eq!(read_file(&store, "a/b.bin"), data);
     }
