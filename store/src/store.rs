@@ -325,6 +325,11 @@ impl Store {
         Ok(plain)
     }
 
+    /// A chunk as stored (sealed): what travels between peers, who hold the same folder key.
+    pub fn read_sealed(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.db.get_cf(self.cf(CHUNKS), id.0)?)
+    }
+
     /// True when the store holds chunk `id`.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())
@@ -364,6 +369,24 @@ impl Store {
     pub fn commit(
         &self,
         records: Vec<FileRecord>,
+        writer: Option<&mut ChunkWriter>,
+        sync: bool,
+    ) -> Result<Vec<FileRecord>> {
+        let changes = records
+            .into_iter()
+            .map(|r| (r, Versioning::Local))
+            .collect();
+        self.commit_changes(changes, writer, sync)
+    }
+
+    /// [`Store::commit`] for a mix of local changes and versions received from peers, in one
+    /// batch: a [`Versioning::Remote`] record keeps its version vector exactly (it only gets a
+    /// local sequence number, so peers of this device learn about it), which is what lets every
+    /// device converge on the same vectors. Replication applies a remote version and the
+    /// conflict copy it may cause with one call.
+    pub fn commit_changes(
+        &self,
+        records: Vec<(FileRecord, Versioning)>,
         mut writer: Option<&mut ChunkWriter>,
         sync: bool,
     ) -> Result<Vec<FileRecord>> {
@@ -383,17 +406,19 @@ impl Store {
 
         let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
-        for mut record in records {
+        for (mut record, versioning) in records {
             let key = path_key(&record.path);
             let old = match touched.get(&key) {
                 Some(r) => Some(r.clone()),
                 None => self.get(&record.path)?,
             };
             seq += 1;
-            let mut version = old.as_ref().map(|o| o.version.clone()).unwrap_or_default();
-            version.merge(&record.version);
-            version.bump(self.inner.device, seq);
-            record.version = version;
+            if versioning == Versioning::Local {
+                let mut version = old.as_ref().map(|o| o.version.clone()).unwrap_or_default();
+                version.merge(&record.version);
+                version.bump(self.inner.device, seq);
+                record.version = version;
+            }
             record.seq = seq;
             if record.deleted || record.kind != Kind::File {
                 record.chunks.clear();
@@ -549,6 +574,15 @@ pub(crate) fn decode_record(key: &[u8], value: &[u8]) -> Result<FileRecord> {
     })
 }
 
+/// Whose version a committed record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versioning {
+    /// A change made on this device: the version vector is bumped for this device.
+    Local,
+    /// A version received from a peer: its version vector is kept as it is.
+    Remote,
+}
+
 /// Streams new content into the store: deduplicates, seals and writes chunks in bounded
 /// batches, and pins every chunk it hands out so garbage collection cannot free them before
 /// the record that uses them commits.
@@ -563,14 +597,32 @@ pub struct ChunkWriter {
 impl ChunkWriter {
     /// Adds one chunk of plaintext and returns its reference.
     pub fn add(&mut self, plaintext: &[u8]) -> Result<ChunkRef> {
-        let crypto = self.store.crypto();
-        let id = crypto.chunk_id(plaintext);
-        let len = plaintext.len() as u32;
+        let id = self.store.crypto().chunk_id(plaintext);
+        let store = self.store.clone();
+        self.stage(id, plaintext.len() as u32, || {
+            Ok(store.crypto().seal(&id, plaintext))
+        })
+    }
+
+    /// Adds a chunk received sealed from a peer. It is decrypted and re-hashed first: a chunk
+    /// that does not authenticate or does not match `id` is refused and never stored.
+    pub fn add_sealed(&mut self, id: &ChunkId, sealed: Vec<u8>) -> Result<ChunkRef> {
+        let len = self.store.crypto().open(id, &sealed)?.len() as u32;
+        self.stage(*id, len, || Ok(sealed))
+    }
+
+    /// Pins `id` and buffers its sealed bytes unless the store already has it.
+    fn stage(
+        &mut self,
+        id: ChunkId,
+        len: u32,
+        sealed: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<ChunkRef> {
         // Pin first, then look: GC checks pins under the same lock it deletes with, so a chunk
         // seen here stays until the pin goes.
         self.pins.extend([id]);
         if !self.pending_ids.contains(&id) && !self.store.has_chunk(&id)? {
-            let sealed = crypto.seal(&id, plaintext);
+            let sealed = sealed()?;
             self.pending_bytes += sealed.len();
             self.pending.push((id, sealed));
             self.pending_ids.insert(id);

@@ -284,3 +284,51 @@ proptest! {
         prop_assert_eq!(store.stats().stored_bytes, 0);
     }
 }
+
+/// Replication's path: sealed chunks move between two stores of the same folder without
+/// re-encryption, a damaged one is refused, and a remote version keeps its vector.
+#[test]
+fn remote_versions_and_sealed_chunks_move_between_stores() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(&da);
+    let b = Store::open(
+        db.path(),
+        &FolderKey::from_bytes([1; 32]),
+        StoreOptions {
+            cache_bytes: 0,
+            device: Some(0xb),
+        },
+    )
+    .unwrap();
+    let data = random(300_000, 21);
+    let rec = write_file(&a, "shared.bin", &data);
+
+    let mut w = b.writer();
+    for c in &rec.chunks {
+        let sealed = a.read_sealed(&c.id).unwrap().unwrap();
+        let mut bad = sealed.clone();
+        bad[20] ^= 1;
+        assert!(matches!(
+            w.add_sealed(&c.id, bad),
+            Err(StoreError::CorruptChunk(..))
+        ));
+        assert_eq!(w.add_sealed(&c.id, sealed).unwrap(), *c);
+    }
+    let applied = b
+        .commit_changes(vec![(rec.clone(), Versioning::Remote)], Some(&mut w), false)
+        .unwrap();
+    assert_eq!(
+        applied[0].version, rec.version,
+        "a remote version keeps its vector"
+    );
+    assert_eq!(applied[0].seq, 1, "but gets a local sequence number");
+    assert_eq!(read_file(&b, "shared.bin"), data);
+    assert!(b.verify().unwrap().is_ok());
+
+    // A local edit on top dominates the remote version.
+    let edited = write_file(&b, "shared.bin", b"edited on b");
+    assert_eq!(
+        edited.version.compare(&rec.version),
+        record::Ordering::After
+    );
+}
