@@ -32,6 +32,7 @@ pub mod messages;
 pub mod naming;
 mod progress;
 pub mod session;
+pub mod store_driver;
 
 #[cfg(test)]
 mod sim;
