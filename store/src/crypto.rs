@@ -76,6 +76,7 @@ pub struct Crypto {
     /// A fixed id of the key itself, stored in the database so opening a store with the wrong
     /// key fails at once instead of on the first read.
     check: [u8; 32],
+    folder_id: [u8; 16],
 }
 
 impl Crypto {
@@ -93,10 +94,14 @@ impl Crypto {
         hk.expand(b"key check", &mut check)
             .expect("32 bytes is a valid HKDF length");
         let cipher = Aes256Gcm::new(&enc_key.into());
+        let mut folder_id = [0u8; 16];
+        hk.expand(b"folder id", &mut folder_id)
+            .expect("16 bytes is a valid HKDF length");
         Crypto {
             id_key,
             cipher,
             check,
+            folder_id,
         }
     }
 
@@ -149,6 +154,11 @@ impl Crypto {
             ));
         }
         Ok(plain)
+    }
+
+    /// The folder's public id, the same on every device with this key.
+    pub fn folder_id(&self) -> [u8; 16] {
+        self.folder_id
     }
 
     /// The key check value stored alongside the data.

@@ -139,7 +139,6 @@ impl Store {
                     .device
                     .map_or_else(random_bytes::<8>, u64::to_le_bytes);
                 b.put_cf(meta, b"device", device);
-                b.put_cf(meta, b"folder_id", random_bytes::<16>());
                 db.write(b)?;
             }
         }
@@ -156,9 +155,7 @@ impl Store {
         };
         let device = read_meta("device")?;
         let device = u64::from_le_bytes(device.try_into().map_err(|v| fixed("device", v))?);
-        let folder_id = read_meta("folder_id")?
-            .try_into()
-            .map_err(|v| fixed("folder_id", v))?;
+        let folder_id = crypto.folder_id();
         let seq = match db.get_cf(meta, b"seq")? {
             Some(v) => u64::from_le_bytes(v.try_into().map_err(|v| fixed("seq", v))?),
             None => 0,
@@ -193,7 +190,8 @@ impl Store {
         self.inner.device
     }
 
-    /// The folder's random id.
+    /// The folder's id, derived from the folder key: every device holding the key agrees on
+    /// it without exchanging it, and it reveals nothing about the key.
     pub fn folder_id(&self) -> [u8; 16] {
         self.inner.folder_id
     }
