@@ -26,6 +26,12 @@ pub enum StoreError {
         /// Why decoding failed.
         reason: String,
     },
+    /// A remote version was decided against a local record that has changed since.
+    #[error("{path} changed while a remote version was being applied; decide again")]
+    Changed {
+        /// The path that changed.
+        path: String,
+    },
     /// The folder key does not match the one this store was created with.
     #[error("the folder key does not match this store (wrong folder.key?)")]
     WrongKey,

@@ -410,6 +410,11 @@ impl Store {
                 Some(r) => Some(r.clone()),
                 None => self.get(&record.path)?,
             };
+            if let Versioning::Remote { based_on } = versioning {
+                if old.as_ref().map(|o| o.seq) != based_on {
+                    return Err(StoreError::Changed { path: record.path });
+                }
+            }
             seq += 1;
             if versioning == Versioning::Local {
                 let mut version = old.as_ref().map(|o| o.version.clone()).unwrap_or_default();
@@ -577,8 +582,14 @@ pub(crate) fn decode_record(key: &[u8], value: &[u8]) -> Result<FileRecord> {
 pub enum Versioning {
     /// A change made on this device: the version vector is bumped for this device.
     Local,
-    /// A version received from a peer: its version vector is kept as it is.
-    Remote,
+    /// A version received from a peer: its version vector is kept as it is. It was decided
+    /// against the local record with sequence number `based_on` (`None`: there was none); if
+    /// the path changed since (a local write raced the apply), the commit fails with
+    /// [`StoreError::Changed`], nothing is written, and the caller decides again.
+    Remote {
+        /// `seq` of the local record the decision was made against.
+        based_on: Option<u64>,
+    },
 }
 
 /// Streams new content into the store: deduplicates, seals and writes chunks in bounded

@@ -314,14 +314,33 @@ fn remote_versions_and_sealed_chunks_move_between_stores() {
         ));
         assert_eq!(w.add_sealed(&c.id, sealed).unwrap(), *c);
     }
+    // Decided against "no local record", but one appeared meanwhile: refused, nothing written.
+    write_file(&b, "shared.bin", b"raced in");
+    let raced = b.commit_changes(
+        vec![(rec.clone(), Versioning::Remote { based_on: None })],
+        Some(&mut w),
+        false,
+    );
+    assert!(
+        matches!(raced, Err(StoreError::Changed { .. })),
+        "{raced:?}"
+    );
+    let local = b.get("shared.bin").unwrap().unwrap();
+    let remote = Versioning::Remote {
+        based_on: Some(local.seq),
+    };
     let applied = b
-        .commit_changes(vec![(rec.clone(), Versioning::Remote)], Some(&mut w), false)
+        .commit_changes(vec![(rec.clone(), remote)], Some(&mut w), false)
         .unwrap();
     assert_eq!(
         applied[0].version, rec.version,
         "a remote version keeps its vector"
     );
-    assert_eq!(applied[0].seq, 1, "but gets a local sequence number");
+    assert_eq!(
+        applied[0].seq,
+        local.seq + 1,
+        "but gets a local sequence number"
+    );
     assert_eq!(read_file(&b, "shared.bin"), data);
     assert!(b.verify().unwrap().is_ok());
 

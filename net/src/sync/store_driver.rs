@@ -297,33 +297,38 @@ impl StoreReplica {
                 w
             }
         };
-        // Not atomic with a concurrent local commit: the store offers no public way to hold its
-        // write lock across this read and the commit, so a local change racing this apply is
-        // overwritten by a record resolved against the version before it.
-        let local = self
-            .store
-            .get(&remote.path)
-            .map_err(err("reading the local record"))?;
-        let res = resolve(local.as_ref(), &remote);
-        let mut changes = Vec::new();
-        if let Some(w) = res.write {
-            changes.push((w, Versioning::Remote));
-        }
-        if let Some(copy) = res.copy {
-            let placed = copy
-                .place(|p| self.store.get(p))
-                .map_err(err("placing a conflict copy"))?;
-            if let Some(r) = placed {
-                tracing::info!(path = %remote.path, copy = %r.path, "sync conflict; kept the other version as a copy");
-                changes.push((r, Versioning::Local));
+        // Optimistic: decide against the local record, and let the store refuse the commit if
+        // a local write landed in between (`StoreError::Changed`); then decide again.
+        let mut attempts = 0;
+        loop {
+            let local = self
+                .store
+                .get(&remote.path)
+                .map_err(err("reading the local record"))?;
+            let res = resolve(local.as_ref(), &remote);
+            let based_on = local.as_ref().map(|r| r.seq);
+            let mut changes = Vec::new();
+            if let Some(w) = res.write {
+                changes.push((w, Versioning::Remote { based_on }));
+            }
+            if let Some(copy) = res.copy {
+                let placed = copy
+                    .place(|p| self.store.get(p))
+                    .map_err(err("placing a conflict copy"))?;
+                if let Some(r) = placed {
+                    tracing::info!(path = %remote.path, copy = %r.path, "sync conflict; kept the other version as a copy");
+                    changes.push((r, Versioning::Local));
+                }
+            }
+            if changes.is_empty() {
+                return Ok(());
+            }
+            match self.store.commit_changes(changes, Some(&mut writer), false) {
+                Ok(_) => break,
+                Err(StoreError::Changed { .. }) if attempts < 8 => attempts += 1,
+                Err(e) => return Err(err("applying a remote record")(e)),
             }
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.store
-            .commit_changes(changes, Some(&mut writer), false)
-            .map_err(err("applying a remote record"))?;
         self.unsynced = true;
         self.applied += 1;
         Ok(())
