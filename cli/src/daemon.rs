@@ -221,7 +221,7 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
     let fs = Arc::new(Fs::new(store.clone(), cfg));
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
         .map_err(|e| explain_mount_error(e, mnt))?;
-    mounts::raise_readahead(mnt, 1024);
+    mounts::raise_readahead(mnt, 4096);
     Ok(Daemon {
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
