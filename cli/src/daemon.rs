@@ -158,9 +158,6 @@ fn limit_malloc_arenas() {
     // this process starts any thread, so nothing allocates concurrently.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        // A fixed mmap threshold: glibc otherwise raises it after the first large free, and the
-        // 1 MiB write buffers then stay parked in the heap instead of going back to the kernel.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{ChunkId, ChunkRef, Crypto, FileRecord, FolderKey, Result, StoreError
 
 /// New chunks are written to the database in batches of about this many bytes, so a file larger
 /// than memory streams through instead of piling up in one write batch.
-const CHUNK_BATCH_BYTES: usize = 2 << 20;
+const CHUNK_BATCH_BYTES: usize = 1 << 20;
 
 /// Tuning knobs of a store.
 #[derive(Clone, Debug)]
