@@ -31,6 +31,7 @@ mod fetch;
 pub mod messages;
 pub mod naming;
 mod progress;
+pub mod quic_driver;
 pub mod session;
 pub mod store_driver;
 
