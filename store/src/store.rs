@@ -328,6 +328,37 @@ impl Store {
         Ok(self.inner.db.get_cf(self.cf(CHUNKS), id.0)?)
     }
 
+    /// Writes a whole file from memory as a local change: chunked, deduplicated and committed
+    /// in one batch. For small files and tests; the filesystem streams large files instead.
+    pub fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<FileRecord> {
+        let mut w = self.writer();
+        let mut r = FileRecord::new(path, Kind::File, mode, mtime_ns);
+        for piece in crate::chunker::chunks(data) {
+            r.chunks.push(w.add(&piece?.data)?);
+        }
+        r.size = data.len() as u64;
+        let mut out = self.commit(vec![r], Some(&mut w), false)?;
+        Ok(out.remove(0))
+    }
+
+    /// The whole content of the live file at `path` (`None` if there is none).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(r) = self.get(path)?.filter(FileRecord::is_live) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(r.size as usize);
+        for c in &r.chunks {
+            out.extend_from_slice(&self.read_chunk(&c.id)?);
+        }
+        Ok(Some(out))
+    }
+
     /// True when the store holds chunk `id`.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())

@@ -28,25 +28,11 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 
 /// Writes `data` as the file at `path`, the way the filesystem does.
 fn write_file(store: &Store, path: &str, data: &[u8]) -> FileRecord {
-    let mut w = store.writer();
-    let mut r = FileRecord::new(path, Kind::File, 0o644, 1);
-    for c in chunker::chunks(data) {
-        r.chunks.push(w.add(&c.unwrap().data).unwrap());
-    }
-    r.size = data.len() as u64;
-    store
-        .commit(vec![r], Some(&mut w), false)
-        .unwrap()
-        .remove(0)
+    store.write_file(path, data, 0o644, 1).unwrap()
 }
 
 fn read_file(store: &Store, path: &str) -> Vec<u8> {
-    let r = store.get(path).unwrap().unwrap();
-    let mut out = Vec::new();
-    for c in &r.chunks {
-        out.extend_from_slice(&store.read_chunk(&c.id).unwrap());
-    }
-    out
+    store.read_file(path).unwrap().unwrap()
 }
 
 fn delete(store: &Store, path: &str) {

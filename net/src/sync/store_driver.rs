@@ -349,7 +349,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use fybrk_store::{chunker, FolderKey, StoreOptions};
+    use fybrk_store::{FolderKey, StoreOptions};
     use rand::{RngCore, SeedableRng};
 
     use super::*;
@@ -392,27 +392,16 @@ mod tests {
     }
 
     /// Writes `data` as the file at `path`, the way the filesystem does.
+    /// Writes `data` as the file at `path`, as a local change.
     fn write_file(store: &Store, path: &str, data: &[u8], mtime_ns: i64) -> FileRecord {
-        let mut w = store.writer();
-        let mut r = FileRecord::new(path, Kind::File, 0o644, mtime_ns);
-        for c in chunker::chunks(data) {
-            r.chunks.push(w.add(&c.unwrap().data).unwrap());
-        }
-        r.size = data.len() as u64;
-        store
-            .commit(vec![r], Some(&mut w), false)
-            .unwrap()
-            .remove(0)
+        store.write_file(path, data, 0o644, mtime_ns).unwrap()
     }
 
     fn read_file(store: &Store, path: &str) -> Vec<u8> {
-        let r = store.get(path).unwrap().unwrap();
-        assert!(r.is_live(), "{path} is deleted");
-        let mut out = Vec::new();
-        for c in &r.chunks {
-            out.extend_from_slice(&store.read_chunk(&c.id).unwrap());
-        }
-        out
+        store
+            .read_file(path)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is missing or deleted"))
     }
 
     /// Every record, sequence numbers aside.
