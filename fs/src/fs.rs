@@ -216,6 +216,9 @@ impl Fs {
     /// The record behind `ino`: by its path, or, for a name removed while the kernel still
     /// refers to the inode (an `open` racing a rename over it), the record it had then.
     fn record_for(&self, ino: u64) -> FsResult<FileRecord> {
+        // Under `ns`: a rename commits the records first and moves the inode names after, so
+        // without it an inode could be answered with the record that replaced it.
+        let _ns = lock(&self.ns);
         let (path, detached) = {
             let inodes = lock(&self.inodes);
             (
@@ -283,9 +286,15 @@ impl Fs {
 
     /// Resolves `name` in `parent` and counts a kernel reference.
     pub fn lookup(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<Attr> {
-        let path = self.child_path(parent, name)?;
-        let r = self.record(&path)?;
-        let ino = lock(&self.inodes).get_or_insert(&path, true);
+        // Name -> record -> inode in one step under `ns`: otherwise a lookup racing a rename
+        // over `name` could pair the new record with the replaced file's inode, and the kernel
+        // would cache the new size for the old content (a reader then saw a torn file).
+        let (ino, r) = {
+            let _ns = lock(&self.ns);
+            let path = self.child_path(parent, name)?;
+            let r = self.record(&path)?;
+            (lock(&self.inodes).get_or_insert(&path, true), r)
+        };
         self.attr(ino, &r)
     }
 
