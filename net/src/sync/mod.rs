@@ -34,6 +34,8 @@ mod progress;
 pub mod quic_driver;
 pub mod session;
 pub mod store_driver;
+#[cfg(test)]
+mod test_support;
 
 #[cfg(test)]
 mod sim;

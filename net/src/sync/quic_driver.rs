@@ -167,11 +167,11 @@ mod tests {
     use std::net::UdpSocket;
     use std::sync::Arc;
 
-    use fybrk_store::{FileRecord, FolderKey, Store, StoreOptions};
-    use rand::{RngCore, SeedableRng};
+    use fybrk_store::{FolderKey, Store, StoreOptions};
 
     use super::*;
     use crate::identity::DeviceKey;
+    use crate::sync::test_support::{random, read_file, write_file};
     use crate::tls::AllowList;
     use crate::transport::{Admission, Transport};
 
@@ -191,25 +191,6 @@ mod tests {
             },
         )
         .unwrap()
-    }
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-        v
-    }
-
-    /// Writes `data` as the file at `path`, the way the filesystem does.
-    /// Writes `data` as the file at `path`, as a local change.
-    fn write_file(store: &Store, path: &str, data: &[u8], mtime_ns: i64) -> FileRecord {
-        store.write_file(path, data, 0o644, mtime_ns).unwrap()
-    }
-
-    fn read_file(store: &Store, path: &str) -> Vec<u8> {
-        store
-            .read_file(path)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{path} is missing or deleted"))
     }
 
     fn transport(key: &DeviceKey, peer: &DeviceKey) -> Transport {

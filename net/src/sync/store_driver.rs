@@ -350,11 +350,11 @@ mod tests {
     use std::time::Duration;
 
     use fybrk_store::{FolderKey, StoreOptions};
-    use rand::{RngCore, SeedableRng};
 
     use super::*;
     use crate::sync::messages::encode_frame;
     use crate::sync::naming::CONFLICT_MARKER;
+    use crate::sync::test_support::{random, read_file, write_file};
     use crate::sync::{FrameDecoder, Message, DEFAULT_MAX_FRAME};
 
     /// Short ids whose top bits differ, so their conflict-name tags differ.
@@ -383,25 +383,6 @@ mod tests {
             _dir: dir,
             replica: StoreReplica::new(store),
         }
-    }
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-        v
-    }
-
-    /// Writes `data` as the file at `path`, the way the filesystem does.
-    /// Writes `data` as the file at `path`, as a local change.
-    fn write_file(store: &Store, path: &str, data: &[u8], mtime_ns: i64) -> FileRecord {
-        store.write_file(path, data, 0o644, mtime_ns).unwrap()
-    }
-
-    fn read_file(store: &Store, path: &str) -> Vec<u8> {
-        store
-            .read_file(path)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{path} is missing or deleted"))
     }
 
     /// Every record, sequence numbers aside.
