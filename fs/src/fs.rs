@@ -150,6 +150,19 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     dir_handles: Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_fh: AtomicU64,
+    /// Inodes whose name a peer's change took away (a new version is a new inode), with where
+    /// their own writes go: a local edit of a file open while a peer changed it is kept, never
+    /// dropped (see [`Fs::commit_orphan`]).
+    orphans: Mutex<HashMap<u64, Orphan>>,
+}
+
+/// Where writes to an inode orphaned by a peer's change go.
+#[derive(Clone, Debug)]
+enum Orphan {
+    /// Nothing written yet; the path it had.
+    Was(String),
+    /// Written to this path (the original if the peer deleted it, else a conflict copy).
+    At(String),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,6 +207,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            orphans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -237,6 +251,8 @@ impl Fs {
         let mut out = Vec::with_capacity(paths.len());
         let mut subdirs = lock(&self.subdirs);
         let mut inodes = lock(&self.inodes);
+        // Forget orphans the kernel has forgotten.
+        lock(&self.orphans).retain(|ino, _| inodes.detached(*ino).is_some() || inodes.exists(*ino));
         for path in paths {
             let (parent, name) = split_parent(path);
             subdirs.remove(parent);
@@ -250,8 +266,9 @@ impl Fs {
                 store.get(path),
                 Ok(Some(r)) if r.is_live() && r.kind == Kind::Dir
             );
-            if !still_dir && ino.is_some() && !path.is_empty() {
+            if let (false, Some(i), false) = (still_dir, ino, path.is_empty()) {
                 inodes.unlink(path, None);
+                lock(&self.orphans).insert(i, Orphan::Was(path.clone()));
             }
             out.push(Invalidation {
                 parent: inodes.lookup_path(parent),
@@ -493,7 +510,11 @@ impl Fs {
     ) -> FsResult<Option<i64>> {
         let _ns = lock(&self.ns);
         let Some(path) = lock(&self.inodes).path(ino).map(str::to_owned) else {
-            return Ok(None);
+            let orphan = lock(&self.orphans).get(&ino).cloned();
+            return match (orphan, content.as_mut()) {
+                (Some(o), Some(c)) => self.commit_orphan(ino, o, c, mtime_ns, sync).map(Some),
+                _ => Ok(None),
+            };
         };
         let Some(mut rec) = live(self.store().get(&path)?) else {
             return Ok(None);
@@ -511,6 +532,63 @@ impl Fs {
         self.store()
             .commit(vec![rec], content.as_mut().map(|(_, w)| w), sync)?;
         Ok(Some(mtime))
+    }
+
+    /// Commits writes to an inode whose name a peer's change took away while it was open: at
+    /// the original path if the peer deleted it (an edit beats a concurrent delete), else as a
+    /// conflict copy beside the peer's version, so neither edit is lost. Later writes through
+    /// the same handle go to the same place. Caller holds `ns`.
+    fn commit_orphan(
+        &self,
+        ino: u64,
+        orphan: Orphan,
+        (chunks, writer): &mut (Vec<ChunkRef>, ChunkWriter),
+        mtime_ns: Option<i64>,
+        sync: bool,
+    ) -> FsResult<i64> {
+        let store = self.store();
+        let mtime = mtime_ns.unwrap_or_else(now_ns);
+        let (target, mode) = match orphan {
+            Orphan::At(p) => {
+                let mode = live(store.get(&p)?).map_or(0o644, |r| r.mode);
+                (p, mode)
+            }
+            Orphan::Was(p) => {
+                // A parent the peer removed is not resurrected: the copy goes to the top.
+                let p = match split_parent(&p) {
+                    (parent, name) if !parent.is_empty() && live(store.get(parent)?).is_none() => {
+                        name.to_owned()
+                    }
+                    _ => p,
+                };
+                match live(store.get(&p)?) {
+                    None => (p, 0o644),
+                    Some(theirs) => {
+                        let mut n = 0;
+                        let copy = loop {
+                            let c = fybrk_store::naming::numbered_copy_path(
+                                &p,
+                                mtime,
+                                store.device(),
+                                n,
+                            );
+                            if live(store.get(&c)?).is_none() {
+                                break c;
+                            }
+                            n += 1;
+                        };
+                        (copy, theirs.mode)
+                    }
+                }
+            }
+        };
+        let mut rec = FileRecord::new(&target, Kind::File, mode, mtime);
+        rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        rec.chunks = chunks.clone();
+        store.commit(vec![rec], Some(writer), sync)?;
+        tracing::warn!(path = %target, "a peer changed a file while it was open here; kept this device's writes at this path");
+        lock(&self.orphans).insert(ino, Orphan::At(target));
+        Ok(mtime)
     }
 
     fn new_handle(&self, ino: u64, mode: OpenMode) -> u64 {

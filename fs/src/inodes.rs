@@ -68,6 +68,11 @@ impl Inodes {
         self.by_ino.get(&ino)?.path.as_deref()
     }
 
+    /// Whether `ino` is still in use (named, looked up or open).
+    pub fn exists(&self, ino: u64) -> bool {
+        self.by_ino.contains_key(&ino)
+    }
+
     /// The inode the kernel knows `path` by, if any.
     pub fn lookup_path(&self, path: &str) -> Option<u64> {
         self.by_path.get(path).copied()

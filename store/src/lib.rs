@@ -20,6 +20,7 @@ pub mod crypto;
 mod db;
 mod error;
 mod gc;
+pub mod naming;
 pub mod record;
 mod store;
 
