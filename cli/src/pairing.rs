@@ -190,11 +190,17 @@ pub fn print_peers_status(s: &Value) {
         println!("peers         none (`fybrk pair` invites a device)");
         return;
     }
-    println!(
-        "sync          {} items, {} pending",
-        s["pending_items"].as_u64().unwrap_or(0),
-        human_bytes(s["pending_bytes"].as_u64().unwrap_or(0))
-    );
+    let items = ["files", "dirs", "symlinks"]
+        .iter()
+        .map(|k| s[*k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    match s["pending_items"].as_u64().unwrap_or(0) {
+        0 => println!("sync          {items} items here, nothing to fetch"),
+        n => println!(
+            "sync          {items} items here, {n} items ({}) still to fetch",
+            human_bytes(s["pending_bytes"].as_u64().unwrap_or(0))
+        ),
+    }
     println!("peers");
     for p in peers {
         let name = p["name"].as_str().unwrap_or("?");
