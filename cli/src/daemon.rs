@@ -382,11 +382,7 @@ impl Daemon {
             tracing::error!(error = %e, "could not commit every open file");
         }
         let _ = std::fs::remove_file(self.state.socket());
-        match Arc::try_unwrap(node) {
-            Ok(node) => node.shutdown(),
-            // A control request still holds it: the process exit closes the socket.
-            Err(_) => tracing::debug!("network busy at exit"),
-        }
+        node.shutdown();
         let _ = std::fs::remove_file(self.state.pid());
         tracing::info!("unmounted; daemon exits");
         result.context("the FUSE session failed")

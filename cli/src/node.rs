@@ -67,6 +67,9 @@ const STABLE_LINK: Duration = Duration::from_secs(10);
 /// How often sync progress and addresses are written to `peers.json`.
 const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Two connections to one peer set up this close together were dialled at the same time.
+const SIMULTANEOUS: Duration = Duration::from_secs(3);
+
 /// Application close code: a second connection to a peer that already has one.
 const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
 
@@ -193,7 +196,7 @@ impl Node {
             .enable_all()
             .build()
             .context("cannot start the network runtime")?;
-        let socket = bind(listen)?;
+        let socket = bind(listen, state)?;
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
         let transport = {
@@ -342,35 +345,57 @@ impl Node {
         Ok(json!({ "id": id.to_string(), "name": peer.name }))
     }
 
-    /// Saves progress, closes every connection (peers learn at once) and stops the tasks.
-    pub fn shutdown(self) {
-        let sh = self.shared.clone();
-        if let Err(e) = lock(&sh.book).save() {
-            tracing::warn!(error = %e, "cannot save peers");
-        }
+    /// Closes every connection (peers learn at once instead of after the idle timeout) and
+    /// saves progress. The tasks stop with the process.
+    pub fn shutdown(&self) {
+        let sh = &self.shared;
         sh.transport.close();
         self.rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(2), sh.transport.wait_idle()).await;
         });
-        self.rt.shutdown_timeout(Duration::from_secs(1));
+        for link in lock(&sh.links).values() {
+            tracing::debug!(generation = link.generation, "closed at shutdown");
+        }
+        if let Err(e) = lock(&sh.book).save() {
+            tracing::warn!(error = %e, "cannot save peers");
+        }
     }
 }
 
-/// Binds the UDP socket; a busy default port falls back to any free port.
-fn bind(listen: Listen) -> Result<UdpSocket> {
+/// Binds the UDP socket. Port 0, or a busy default port, means "any free port": the one picked
+/// is remembered in the state dir and taken again next time, because paired devices find this
+/// one at the address they last saw (until the rendezvous server of the NAT work exists).
+fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
+    let remembered = std::fs::read_to_string(state.listen_port())
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let pick_any = |why: &str| -> Result<UdpSocket> {
+        if let Some(port) = remembered {
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(listen.addr.ip(), port)) {
+                return Ok(s);
+            }
+        }
+        let any = SocketAddr::new(listen.addr.ip(), 0);
+        let s = UdpSocket::bind(any).with_context(|| format!("cannot bind UDP {any}"))?;
+        let port = s.local_addr()?.port();
+        if let Err(e) = std::fs::write(state.listen_port(), format!("{port}\n")) {
+            tracing::warn!(error = %e, "cannot remember the listen port");
+        }
+        if !why.is_empty() {
+            tracing::warn!(wanted = %listen.addr, port, "{why}");
+        }
+        Ok(s)
+    };
+    if listen.addr.port() == 0 {
+        return pick_any("");
+    }
     match UdpSocket::bind(listen.addr) {
         Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !listen.explicit => {
-            let any = SocketAddr::new(listen.addr.ip(), 0);
-            let s = UdpSocket::bind(any).with_context(|| format!("cannot bind UDP {any}"))?;
-            tracing::warn!(
-                wanted = %listen.addr,
-                got = %s.local_addr()?,
-                "UDP port in use (another fybrk daemon?); listening on a random port instead. \
-                 Pass --listen to choose one"
-            );
-            Ok(s)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !listen.explicit => pick_any(
+            "UDP port in use (another fybrk daemon?); listening on another port, kept for next \
+             time. Pass --listen to choose one",
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
             "UDP {} is in use (another fybrk daemon?): pass another --listen address",
             listen.addr
@@ -687,13 +712,18 @@ impl Shared {
         {
             let mut links = lock(&self.links);
             if let Some(existing) = links.get(&peer) {
-                if existing.preferred || !preferred {
+                // Neither side dials while it has a link. So a new connection next to a young
+                // one is a simultaneous dial, settled the same way on both sides; next to an
+                // older one it means the peer lost the old link (it restarted, or its network
+                // changed) before we noticed: the new one replaces it.
+                let simultaneous = existing.since.elapsed() < SIMULTANEOUS;
+                if simultaneous && (existing.preferred || !preferred) {
                     conn.close(CLOSE_DUPLICATE, b"duplicate connection");
                     return;
                 }
                 existing
                     .conn
-                    .close(CLOSE_DUPLICATE, b"replaced by the preferred connection");
+                    .close(CLOSE_DUPLICATE, b"replaced by a newer connection");
             }
             links.insert(
                 peer,

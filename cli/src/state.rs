@@ -65,6 +65,10 @@ impl StateDir {
     pub fn joining_key(&self) -> PathBuf {
         self.root.join("folder.key.join")
     }
+    /// The UDP port picked for `--listen ...:0`, kept across restarts.
+    pub fn listen_port(&self) -> PathBuf {
+        self.root.join("listen.port")
+    }
     /// Paired devices and sync progress.
     pub fn peers(&self) -> PathBuf {
         self.root.join("peers.json")
