@@ -331,6 +331,8 @@ impl Node {
             let mut book = lock(&sh.book);
             let id = book.find(query).map_err(|e| anyhow!(e))?;
             let peer = book.remove(&id).context("peer vanished")?;
+            // Progress of the others is saved too: only once what it names is durable.
+            sh.fs.store().sync()?;
             book.save()?;
             (id, peer)
         };
@@ -353,10 +355,7 @@ impl Node {
         self.rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(2), sh.transport.wait_idle()).await;
         });
-        for link in lock(&sh.links).values() {
-            tracing::debug!(generation = link.generation, "closed at shutdown");
-        }
-        if let Err(e) = lock(&sh.book).save() {
+        if let Err(e) = sh.persist() {
             tracing::warn!(error = %e, "cannot save peers");
         }
     }
@@ -483,11 +482,22 @@ impl Shared {
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
                 last_save = Instant::now();
-                if let Err(e) = lock(&self.book).save() {
+                if let Err(e) = self.persist() {
                     tracing::warn!(error = %e, "cannot save peers");
                 }
             }
         }
+    }
+
+    /// Saves `peers.json`. Progress there may only name records that are durable: the book
+    /// stays locked (no progress can be added) while the store is synced, then it is written.
+    fn persist(&self) -> Result<()> {
+        let mut book = lock(&self.book);
+        if book.is_dirty() {
+            self.fs.store().sync()?;
+            book.save()?;
+        }
+        Ok(())
     }
 
     /// Inviter side of pairing on a connection from an unknown device.
@@ -636,7 +646,8 @@ impl Shared {
                     seen: 0,
                 },
             );
-            if let Err(e) = book.save() {
+            let saved = self.fs.store().sync().map_err(anyhow::Error::from);
+            if let Err(e) = saved.and_then(|()| book.save()) {
                 tracing::error!(error = %e, "cannot save the new peer; it is paired until restart");
             }
         }
@@ -760,6 +771,8 @@ impl Shared {
         let seen = lock(&self.book).get(&peer).map_or(0, |p| p.seen);
         let mut replica = StoreReplica::new(store.clone());
         replica.set_seen(short, seen);
+        // `persist` syncs the store before it writes progress.
+        replica.defer_sync();
         let session = Session::new(
             store.device(),
             store.folder_id(),

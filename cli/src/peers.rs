@@ -102,6 +102,11 @@ impl PeerBook {
         Ok(())
     }
 
+    /// Whether something changed since the last save.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// The paired device `id`.
     pub fn get(&self, id: &DeviceId) -> Option<&Peer> {
         self.peers.get(id)

@@ -83,6 +83,9 @@ pub struct StoreReplica {
     /// Records applied since the last WAL sync: progress must not be recorded before they are
     /// durable.
     unsynced: bool,
+    /// The owner syncs the store before it persists progress (see
+    /// [`StoreReplica::defer_sync`]).
+    deferred_sync: bool,
     applied: u64,
 }
 
@@ -96,6 +99,7 @@ impl StoreReplica {
             problems: Vec::new(),
             closed: None,
             unsynced: false,
+            deferred_sync: false,
             applied: 0,
         }
     }
@@ -109,6 +113,15 @@ impl StoreReplica {
     /// Pass it as `seen_from_peer` to the next session with that peer.
     pub fn seen_from(&self, peer: ShortId) -> u64 {
         self.seen.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Leaves durability to the owner: progress ([`StoreReplica::seen_from`]) then moves
+    /// without an fsync of the applied records, and the owner must call [`Store::sync`] after
+    /// reading progress and before persisting it. A daemon that saves progress every few
+    /// seconds does one fsync then instead of one per received batch (which capped small-file
+    /// sync at the disk's fsync rate).
+    pub fn defer_sync(&mut self) {
+        self.deferred_sync = true;
     }
 
     /// Starts from progress persisted by an earlier run: `peer`'s log is applied up to `seq`.
@@ -178,7 +191,7 @@ impl StoreReplica {
                 Vec::new()
             }
             Action::PeerSeenUpTo(seq) => {
-                if self.unsynced {
+                if self.unsynced && !self.deferred_sync {
                     self.store.sync().map_err(err("syncing applied records"))?;
                     self.unsynced = false;
                 }
@@ -266,6 +279,11 @@ impl StoreReplica {
         data: Vec<u8>,
     ) -> Result<Vec<Action>, DriverError> {
         let mut spare;
+        let sharers = self
+            .holds
+            .values()
+            .filter(|h| needs(&h.record, &id))
+            .count();
         let writer = match self.holds.values_mut().find(|h| needs(&h.record, &id)) {
             Some(h) => &mut h.writer,
             None => {
@@ -281,10 +299,15 @@ impl StoreReplica {
             }
             Err(e) => return Err(err("storing a chunk")(e)),
         }
-        // Written now, not at the commit: another pending record may share this chunk and be
-        // applied first, and `has_chunk` only sees chunks in the database. The writer's pin
-        // keeps it until the record commits.
-        writer.flush().map_err(err("storing a chunk"))?;
+        // A chunk only this record needs stays in its writer and is written with the record's
+        // commit, in the same logged batch (the writer writes batches of 1 MiB on its own for
+        // large files). Flushing every chunk at once cost a memtable flush per applied file.
+        // A chunk several pending records share is written now: another one may be applied
+        // first, and `has_chunk` only sees chunks in the database. The writer's pin keeps it
+        // until the record commits.
+        if sharers != 1 {
+            writer.flush().map_err(err("storing a chunk"))?;
+        }
         Ok(session.handle_chunk_verified(id, true))
     }
 
