@@ -22,8 +22,8 @@ pub enum Request {
     Unmount,
     /// Make an invitation valid this long.
     Pair { expires_secs: u64 },
-    /// Wait until invitation `invite` is used or expires.
-    PairWait { invite: u64 },
+    /// Wait up to `wait_secs` until invitation `invite` is used or expires.
+    PairWait { invite: u64, wait_secs: u64 },
     /// Join the folder of the device that made this invitation.
     PairWith { payload: String },
     Peers,

@@ -413,7 +413,9 @@ fn handle(
             Ok(json!({ "pid": std::process::id(), "mount_point": mnt }))
         }
         Request::Pair { expires_secs } => node.invite(Duration::from_secs(expires_secs)),
-        Request::PairWait { invite } => node.wait_invite(invite),
+        Request::PairWait { invite, wait_secs } => {
+            node.wait_invite(invite, Duration::from_secs(wait_secs))
+        }
         Request::PairWith { payload } => node.pair_with(&payload),
         Request::Peers => Ok(node.peers()),
         Request::Unpair { id } => node.unpair(&id),

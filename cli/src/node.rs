@@ -297,8 +297,10 @@ impl Node {
         }))
     }
 
-    /// Blocks until invitation `number` is used (returns the device) or expires (an error).
-    pub fn wait_invite(&self, number: u64) -> Result<Value> {
+    /// Waits up to `wait` until invitation `number` is used (returns the device) or expires
+    /// (an error); `{"waiting": true, "expires_unix": ..}` if neither happened yet.
+    pub fn wait_invite(&self, number: u64, wait: Duration) -> Result<Value> {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(outcome) = lock(&self.shared.outcomes).get(&number).cloned() {
                 return match outcome {
@@ -310,10 +312,17 @@ impl Node {
                     )),
                 };
             }
-            if !lock(&self.shared.invites).iter().any(|i| i.number == number) {
+            let expires = lock(&self.shared.invites)
+                .iter()
+                .find(|i| i.number == number)
+                .map(|i| i.session.expires_unix());
+            let Some(expires_unix) = expires else {
                 bail!("no such invitation (the daemon was restarted?); make a new one with `fybrk pair`");
+            };
+            if Instant::now() >= deadline {
+                return Ok(json!({ "waiting": true, "expires_unix": expires_unix }));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -508,21 +517,27 @@ impl Shared {
         let now = unix_now();
         let outcome = {
             let mut invites = lock(&self.invites);
-            let mut first_err = None;
+            // Newest first: with several invitations open, the refusal reported is the newest
+            // one's (usually there is just one, and its reason is then exact).
+            let mut last_err = None;
             let mut joined = None;
-            for inv in invites.iter_mut().filter(|i| i.session.is_open(now)) {
+            for (i, inv) in invites.iter_mut().enumerate().rev() {
                 match inv.session.handle_join(&req, &binding, peer.as_bytes(), now) {
                     Ok(ok) => {
-                        joined = Some((inv.number, ok));
+                        joined = Some((i, inv.number, ok));
                         break;
                     }
                     Err(e) => {
-                        first_err.get_or_insert(e);
+                        last_err.get_or_insert(e);
                     }
                 }
             }
-            match (joined, first_err) {
-                (Some(j), _) => Ok(j),
+            match (joined, last_err) {
+                (Some((i, number, ok)), _) => {
+                    // Used up: close its pairing window now.
+                    invites.remove(i);
+                    Ok((number, ok))
+                }
                 (None, Some(e)) => Err(e),
                 (None, None) => Err(fybrk_pair::RefuseReason::Expired.into()),
             }

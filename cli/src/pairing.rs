@@ -90,14 +90,31 @@ pub fn pair(
     if no_wait {
         return Ok(ExitCode::SUCCESS);
     }
+    let tty = !json_out && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if !json_out {
-        println!("Waiting for a device to join... (Ctrl-C stops waiting; the invitation stays valid)");
+        println!("Waiting for a device to join (Ctrl-C stops waiting; the invitation stays valid)");
     }
-    let joined = control::call(
-        &state.socket(),
-        &Request::PairWait { invite: number },
-        None,
-    )?;
+    let joined = loop {
+        let r = control::call(
+            &state.socket(),
+            &Request::PairWait {
+                invite: number,
+                wait_secs: 1,
+            },
+            QUICK,
+        )?;
+        if r["waiting"].as_bool() != Some(true) {
+            break r;
+        }
+        if tty {
+            let left = r["expires_unix"].as_u64().unwrap_or(0).saturating_sub(unix_now());
+            print!("\r  {} left   ", fmt_secs(left));
+            let _ = std::io::stdout().flush();
+        }
+    };
+    if tty {
+        println!();
+    }
     if json_out {
         println!("{joined}");
     } else {
