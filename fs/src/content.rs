@@ -235,6 +235,10 @@ pub struct OpenFile {
     held: Option<ChunkWriter>,
     /// Keeps the committed version's chunks alive while the file is open.
     _pins: fybrk_store::Pins,
+    /// The version vector of the record this content is based on (set at open, moved by
+    /// every commit): a record at the path with changes from elsewhere means a peer's version
+    /// landed meanwhile.
+    pub version: fybrk_store::VersionVector,
 }
 
 impl OpenFile {
@@ -254,6 +258,7 @@ impl OpenFile {
             stream: None,
             held: None,
             _pins: pins,
+            version: fybrk_store::VersionVector::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_store::record::{join, split_parent};
-use fybrk_store::{ChunkRef, ChunkWriter, FileRecord, Kind, Store};
+use fybrk_store::{ChunkRef, ChunkWriter, FileRecord, Kind, Store, VersionVector};
 
 use crate::content::OpenFile;
 use crate::error::{FsError, FsResult};
@@ -440,6 +440,13 @@ impl Fs {
         self.getattr(ino)
     }
 
+    /// Fresh open state for the file `r`.
+    fn open_state(&self, r: &FileRecord) -> OpenFile {
+        let mut f = OpenFile::new(&self.store(), r.chunks.clone(), r.mtime_ns);
+        f.version = r.version.clone();
+        f
+    }
+
     /// Runs `op` on the open state of `ino`, opening it for the duration if no handle has it.
     fn with_open_file<T>(
         &self,
@@ -449,11 +456,7 @@ impl Fs {
     ) -> FsResult<T> {
         let f = match self.open_file(ino) {
             Some(f) => f,
-            None => Arc::new(Mutex::new(OpenFile::new(
-                &self.store(),
-                r.chunks.clone(),
-                r.mtime_ns,
-            ))),
+            None => Arc::new(Mutex::new(self.open_state(r))),
         };
         let mut f = lock(&f);
         op(&mut f)
@@ -475,17 +478,21 @@ impl Fs {
         let result = self.commit_record(
             ino,
             &mut content,
-            f.as_deref().map(|f| f.mtime_ns),
+            f.as_deref().map(|f| (f.mtime_ns, &f.version)),
             sync,
             edit,
         );
         if let Some(f) = f {
             match (result, content) {
-                (Ok(Some(mtime)), Some((chunks, _writer))) => {
+                (Ok(Some((mtime, version))), Some((chunks, _writer))) => {
                     f.committed(&self.store(), chunks);
                     f.mtime_ns = mtime;
+                    f.version = version;
                 }
-                (Ok(Some(mtime)), None) => f.mtime_ns = mtime,
+                (Ok(Some((mtime, version))), None) => {
+                    f.mtime_ns = mtime;
+                    f.version = version;
+                }
                 // Unlinked meanwhile: nothing to commit, nothing to keep.
                 (Ok(None), _) => f.modified = false,
                 (Err(e), Some((chunks, writer))) => {
@@ -498,16 +505,18 @@ impl Fs {
         Ok(())
     }
 
-    /// The record half of [`Fs::commit_file`], under the namespace lock. Returns the committed
-    /// mtime, or `None` if the inode has no name any more.
+    /// The record half of [`Fs::commit_file`], under the namespace lock. `open` is the open
+    /// file's mtime and the version its content is based on. Returns the committed mtime and
+    /// version, or `None` if the inode has no name any more.
     fn commit_record(
         &self,
         ino: u64,
         content: &mut Option<(Vec<ChunkRef>, ChunkWriter)>,
-        mtime_ns: Option<i64>,
+        open: Option<(i64, &VersionVector)>,
         sync: bool,
         edit: impl FnOnce(&mut FileRecord),
-    ) -> FsResult<Option<i64>> {
+    ) -> FsResult<Option<(i64, VersionVector)>> {
+        let mtime_ns = open.map(|(t, _)| t);
         let _ns = lock(&self.ns);
         let Some(path) = lock(&self.inodes).path(ino).map(str::to_owned) else {
             let orphan = lock(&self.orphans).get(&ino).cloned();
@@ -519,6 +528,15 @@ impl Fs {
         let Some(mut rec) = live(self.store().get(&path)?) else {
             return Ok(None);
         };
+        if let (Some((_, base)), Some(c)) = (open, content.as_mut()) {
+            if rec.version.changed_elsewhere(base, self.store().device()) {
+                // A peer's version landed after this content was opened, and the kernel has
+                // not been told yet: the same as an orphaned inode, just found first here.
+                lock(&self.inodes).unlink(&path, None);
+                let orphan = Orphan::Was(path);
+                return self.commit_orphan(ino, orphan, c, mtime_ns, sync).map(Some);
+            }
+        }
         rec.version = Default::default();
         if let Some((chunks, _)) = content {
             rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
@@ -529,9 +547,11 @@ impl Fs {
         }
         edit(&mut rec);
         let mtime = rec.mtime_ns;
-        self.store()
+        let committed = self
+            .store()
             .commit(vec![rec], content.as_mut().map(|(_, w)| w), sync)?;
-        Ok(Some(mtime))
+        let version = committed.into_iter().next().map(|r| r.version).unwrap_or_default();
+        Ok(Some((mtime, version)))
     }
 
     /// Commits writes to an inode whose name a peer's change took away while it was open: at
@@ -545,7 +565,7 @@ impl Fs {
         (chunks, writer): &mut (Vec<ChunkRef>, ChunkWriter),
         mtime_ns: Option<i64>,
         sync: bool,
-    ) -> FsResult<i64> {
+    ) -> FsResult<(i64, VersionVector)> {
         let store = self.store();
         let mtime = mtime_ns.unwrap_or_else(now_ns);
         let (target, mode) = match orphan {
@@ -585,10 +605,11 @@ impl Fs {
         let mut rec = FileRecord::new(&target, Kind::File, mode, mtime);
         rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
         rec.chunks = chunks.clone();
-        store.commit(vec![rec], Some(writer), sync)?;
+        let committed = store.commit(vec![rec], Some(writer), sync)?;
         tracing::warn!(path = %target, "a peer changed a file while it was open here; kept this device's writes at this path");
         lock(&self.orphans).insert(ino, Orphan::At(target));
-        Ok(mtime)
+        let version = committed.into_iter().next().map(|r| r.version).unwrap_or_default();
+        Ok((mtime, version))
     }
 
     fn new_handle(&self, ino: u64, mode: OpenMode) -> u64 {
@@ -609,13 +630,7 @@ impl Fs {
             let mut files = lock(&self.open_files);
             files
                 .entry(ino)
-                .or_insert_with(|| {
-                    Arc::new(Mutex::new(OpenFile::new(
-                        &self.store(),
-                        r.chunks.clone(),
-                        r.mtime_ns,
-                    )))
-                })
+                .or_insert_with(|| Arc::new(Mutex::new(self.open_state(&r))))
                 .clone()
         };
         {

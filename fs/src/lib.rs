@@ -17,6 +17,8 @@ mod error;
 mod fs;
 pub mod fuse;
 mod inodes;
+#[cfg(test)]
+mod remote_tests;
 
 pub use error::{FsError, FsResult};
 pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};

@@ -73,6 +73,14 @@ impl VersionVector {
         }
     }
 
+    /// Whether `self` holds a change by a device other than `me` that `base` has not seen:
+    /// a peer's version landed since `base`.
+    pub fn changed_elsewhere(&self, base: &VersionVector, me: ShortId) -> bool {
+        self.0
+            .iter()
+            .any(|(d, c)| *d != me && *c > base.0.get(d).copied().unwrap_or(0))
+    }
+
     /// The element-wise maximum of both vectors.
     pub fn merge(&mut self, other: &VersionVector) {
         for (k, v) in &other.0 {
