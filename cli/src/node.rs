@@ -732,6 +732,11 @@ impl Shared {
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
     fn attach(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, initiator: bool) {
+        if !self.allow.contains(&peer) {
+            // Unpaired while this connection was being set up (a dial in flight).
+            conn.close(CLOSE_NOT_PAIRED, b"not paired");
+            return;
+        }
         let dialer = if initiator { self.id } else { peer };
         let preferred = dialer == self.id.min(peer);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
