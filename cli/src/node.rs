@@ -732,16 +732,17 @@ impl Shared {
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
     fn attach(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, initiator: bool) {
-        if !self.allow.contains(&peer) {
-            // Unpaired while this connection was being set up (a dial in flight).
-            conn.close(CLOSE_NOT_PAIRED, b"not paired");
-            return;
-        }
         let dialer = if initiator { self.id } else { peer };
         let preferred = dialer == self.id.min(peer);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         {
             let mut links = lock(&self.links);
+            // Checked under the links lock: `unpair` removes the id first, then the link.
+            if !self.allow.contains(&peer) {
+                // Unpaired while this connection was being set up (a dial in flight).
+                conn.close(CLOSE_NOT_PAIRED, b"not paired");
+                return;
+            }
             if let Some(existing) = links.get(&peer) {
                 // Neither side dials while it has a link. So a new connection next to a young
                 // one is a simultaneous dial, settled the same way on both sides; next to an
