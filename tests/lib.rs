@@ -1199,7 +1199,14 @@ impl Peer {
 
     /// `fybrk pair --no-wait --json EXTRA...`: must exit 0 with the invitation as the first line.
     pub fn invite(&self, extra: &[&str]) -> Invite {
-        let mut args = vec!["pair", "--no-wait", "--json"];
+        // The PNG goes beside state/ and mnt/: its default is the current directory.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let png = self.m.root().join(format!("invite-{nanos}.png"));
+        let png = png.to_string_lossy().into_owned();
+        let mut args = vec!["pair", "--no-wait", "--json", "--png", png.as_str()];
         args.extend_from_slice(extra);
         let out = self.m.run(&args, Duration::from_secs(60));
         if !out.status.success() {

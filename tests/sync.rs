@@ -250,11 +250,11 @@ fn flip_middle(payload: &str) -> String {
 }
 
 #[test]
-fn pairing_refuses_bad_invitations_and_unpair_stops_sync() {
-    let Some(mut a) = Peer::start("alpha") else {
+fn pairing_refuses_bad_invitations_with_a_clear_error() {
+    let Some(a) = Peer::start("alpha") else {
         return;
     };
-    let Some(mut b) = Peer::start("bravo") else {
+    let Some(b) = Peer::start("bravo") else {
         return;
     };
     let Some(r) = Peer::start("refused") else {
@@ -342,9 +342,6 @@ fn pairing_refuses_bad_invitations_and_unpair_stops_sync() {
             )
         },
     );
-    let out = r.try_pair_with(p);
-    assert_refused(&r, &out, &["used"], "already used");
-
     let short = a.invite(&["--expires", "2s"]);
     let now = unix_now();
     a.check(short.expires_unix <= now + 5, || {
@@ -389,6 +386,30 @@ fn pairing_refuses_bad_invitations_and_unpair_stops_sync() {
     a.check(peer_entry(&a.peers_json(), &r.id()).is_none(), || {
         format!("alpha lists the refused device: {}", a.peers_json())
     });
+
+    // Last, as it is the one most likely to fail: bravo used the invitation, so it is spent.
+    let out = r.try_pair_with(p);
+    assert_refused(&r, &out, &["used"], "already used");
+    a.ok(write_file(&a.path("last.txt"), b"last"), "write");
+    wait_file(&b, "last.txt", b"last", SYNC_TIMEOUT);
+    let seen = r.ok(snapshot(&r.mnt), "snapshot the refused device");
+    r.check(seen.is_empty(), || {
+        format!(
+            "the refused device has files: {:?}",
+            seen.keys().collect::<Vec<_>>()
+        )
+    });
+}
+
+#[test]
+fn peers_survive_a_remount_and_unpair_stops_sync() {
+    let Some(mut a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(mut b) = Peer::start("bravo") else {
+        return;
+    };
+    pair(&a, &b);
 
     // `peers --json` on both sides, before and after both remount.
     for round in ["after pairing", "after both remounted"] {
@@ -499,10 +520,6 @@ fn unpaired_and_refused_devices_get_no_changes() {
     wait_file(&b, "before.txt", b"v1", SYNC_TIMEOUT);
     wait_file(&c, "before.txt", b"v1", SYNC_TIMEOUT);
 
-    // Delta comes with charlie's (consumed) invitation: refused, and gets nothing.
-    let out = d.try_pair_with(&inv.payload);
-    assert_refused(&d, &out, &["used"], "an invitation someone already used");
-
     // Alpha revokes charlie (by name).
     let out = a.run(&["unpair", "charlie"], Duration::from_secs(60));
     a.check(out.status.success(), || {
@@ -553,6 +570,11 @@ fn unpaired_and_refused_devices_get_no_changes() {
         format!("a revoked charlie shows alpha connected: {e:?}")
     });
 
+    // Delta comes with charlie's (consumed) invitation: refused, and gets nothing.
+    let out = d.try_pair_with(&inv.payload);
+    assert_refused(&d, &out, &["used"], "an invitation someone already used");
+    a.ok(write_file(&a.path("for-bravo.txt"), b"y"), "write");
+    wait_file(&b, "for-bravo.txt", b"y", SYNC_TIMEOUT);
     let seen = d.ok(snapshot(&d.mnt), "snapshot delta");
     d.check(seen.is_empty(), || {
         format!("delta got files: {:?}", seen.keys().collect::<Vec<_>>())
@@ -922,24 +944,25 @@ fn a_gib_file_and_ten_thousand_small_files_reach_the_peer() {
 // 8. kill -9 of the sender mid-transfer
 // ---------------------------------------------------------------------------------------------
 
-/// Which complete version bravo's `big.bin` is: `Ok(None)` absent, `Ok(Some(i))` version `i` of
+/// Which complete version `big.bin` on `m` is: `Ok(None)` absent, `Ok(Some(i))` version `i` of
 /// `versions` (len, hash). A mismatch is read again a few times (a read racing with the switch
-/// from one version to the next may mix them) before it counts as a partial file.
+/// from one version to the next may mix them) before it counts as a partial file; the error lists
+/// every attempt.
 fn which_version(m: &Mount, versions: &[(u64, blake3::Hash)]) -> Result<Option<usize>, String> {
     let p = m.path("big.bin");
-    let mut last = String::new();
+    let mut tries = Vec::new();
     for _ in 0..5 {
         match hash_file(&p) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => last = format!("read error: {e}"),
+            Err(e) => tries.push(format!("read error: {e}")),
             Ok((len, h)) => match versions.iter().position(|v| *v == (len, h)) {
                 Some(i) => return Ok(Some(i)),
-                None => last = format!("{len} bytes hashing to {}", h.to_hex()),
+                None => tries.push(format!("{len} bytes hashing to {}", &h.to_hex()[..16])),
             },
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(last)
+    Err(tries.join("; "))
 }
 
 #[test]
@@ -960,17 +983,26 @@ fn kill9_of_the_sender_mid_transfer_leaves_no_partial_file_and_resumes() {
     wait_file_hash(&b, "big.bin", len1, v1, SYNC_TIMEOUT);
     wait_connected(&a, &b, CONNECT_TIMEOUT);
 
-    // fsynced: v2 must survive the kill on alpha, so the transfer has something to resume.
+    // Overwritten in place (O_TRUNC): the truncation is committed at open, so the empty file is
+    // a complete version of alpha's big.bin too. fsynced: v2 must survive the kill on alpha, so
+    // the transfer has something to resume.
+    let seq0 = a.status_u64("sequence");
     let v2 = a.ok(
         write_gen_file(&a.path("big.bin"), 12, len2, true),
         "write v2",
     );
-    let versions = [(len1, v1), (len2, v2)];
+    let seq1 = a.status_u64("sequence");
+    let versions = [(0, blake3::hash(b"")), (len1, v1), (len2, v2)];
+    let names = ["empty (the O_TRUNC)", "v1", "v2"];
     let finished_early = wait_for("bravo to start fetching v2", SYNC_TIMEOUT, || {
         match which_version(&b, &versions) {
-            Ok(Some(1)) => return Ok(true),
+            Ok(Some(2)) => return Ok(true),
             Ok(_) => {}
-            Err(e) => panic!("bravo shows a partial big.bin before the kill: {e}"),
+            Err(e) => panic!(
+                "bravo shows a partial big.bin before the kill: {e}\n(alpha's sequence went \
+                 {seq0} -> {seq1} over the v2 write; bravo's entry for alpha: {:?})",
+                b.status_peer(&a)
+            ),
         }
         for (x, y) in [(&b, &a), (&a, &b)] {
             if let Some(e) = x.status_peer(y) {
@@ -996,11 +1028,16 @@ fn kill9_of_the_sender_mid_transfer_leaves_no_partial_file_and_resumes() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         match which_version(&b, &versions) {
-            Ok(v) => held.push(v),
+            Ok(v) => {
+                let name = v.map_or("absent", |i| names[i]);
+                if held.last() != Some(&name) {
+                    held.push(name);
+                }
+            }
             Err(e) => panic!("bravo's big.bin after alpha was killed is no complete version: {e}"),
         }
     }
-    eprintln!("bravo's big.bin after the kill: versions {held:?} (None: absent)");
+    eprintln!("bravo's big.bin in the 3 s after the kill: {held:?}");
     b.assert_verify_ok();
 
     a.up();
