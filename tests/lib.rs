@@ -1442,25 +1442,49 @@ pub fn wait_trees_equal(a: &Path, b: &Path, how: Compare, timeout: Duration) -> 
     )
 }
 
-/// Writes `len` bytes of `Gen::new(seed)` output to a new or truncated file in 1 MiB blocks
-/// (never all in memory), optionally fsyncs, closes, and returns the blake3 hash of the data.
-pub fn write_gen_file(path: &Path, seed: u64, len: u64, fsync: bool) -> io::Result<blake3::Hash> {
+/// Writes `len` bytes of `Gen::new(seed)` output to a new or truncated file, fsyncs and closes
+/// it, and returns the blake3 hash of the data: generated and hashed here in 1 MiB blocks (never
+/// all in memory) and written by a child `dd` (`conv=fsync`) fed by a pipe.
+///
+/// Only `dd` holds the file open, so no fork by another test thread inherits it. Every fork + exec closes its copy of
+/// the descriptor, which the kernel reports as a FUSE `flush`; the daemon commits the file on each
+/// flush, so a peer could receive the half-written file as a version of its own.
+pub fn write_gen_file_in_child(path: &Path, seed: u64, len: u64) -> io::Result<blake3::Hash> {
     const BLOCK: u64 = 1024 * 1024;
+    let mut child = Command::new("dd")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=1M", "iflag=fullblock", "conv=fsync", "status=none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let mut g = Gen::new(seed);
     let mut hasher = blake3::Hasher::new();
     let mut block = vec![0u8; BLOCK as usize];
-    let mut f = File::create(path)?;
+    let mut pipe = child.stdin.take().expect("piped stdin");
     let mut done = 0u64;
+    let mut wrote = Ok(());
     while done < len {
         let n = BLOCK.min(len - done) as usize;
         g.fill(&mut block[..n]);
         hasher.update(&block[..n]);
-        f.write_all(&block[..n])?;
+        if let Err(e) = pipe.write_all(&block[..n]) {
+            wrote = Err(e);
+            break;
+        }
         done += n as u64;
     }
-    if fsync {
-        f.sync_all()?;
+    drop(pipe);
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "dd of={} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
+    wrote?;
     Ok(hasher.finalize())
 }
 

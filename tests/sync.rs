@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fybrk_tests::{
     assert_stays_absent, chmod, describe, diff_trees, hash_file, pair, peer_entry, set_mtime,
     snapshot, wait_connected, wait_file, wait_file_hash, wait_for, wait_gone, wait_tree,
-    wait_trees_equal, write_file, write_gen_file, Compare, Gen, Mount, Peer, CONNECT_TIMEOUT,
-    STAYS_ABSENT, SYNC_TIMEOUT,
+    wait_trees_equal, write_file, write_gen_file_in_child, Compare, Gen, Mount, Peer,
+    CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -387,7 +387,9 @@ fn pairing_refuses_bad_invitations_with_a_clear_error() {
         format!("alpha lists the refused device: {}", a.peers_json())
     });
 
-    // Last, as it is the one most likely to fail: bravo used the invitation, so it is spent.
+    // Bravo used the invitation, so it is spent. Another invitation is open meanwhile, so alpha
+    // still takes pairing connections and must say which invitation problem this is.
+    let _open = a.invite(&[]);
     let out = r.try_pair_with(p);
     assert_refused(&r, &out, &["used"], "already used");
     a.ok(write_file(&a.path("last.txt"), b"last"), "write");
@@ -902,7 +904,7 @@ fn a_gib_file_and_ten_thousand_small_files_reach_the_peer() {
 
     let t = Instant::now();
     let hash = a.ok(
-        write_gen_file(&a.path("big.bin"), 1, GIB, false),
+        write_gen_file_in_child(&a.path("big.bin"), 1, GIB),
         "write the 1 GiB file",
     );
     eprintln!("1 GiB written on alpha in {:?}", t.elapsed());
@@ -977,18 +979,20 @@ fn kill9_of_the_sender_mid_transfer_leaves_no_partial_file_and_resumes() {
     pair(&a, &b);
     let (len1, len2) = (8 * MIB, 512 * MIB);
     let v1 = a.ok(
-        write_gen_file(&a.path("big.bin"), 11, len1, true),
+        write_gen_file_in_child(&a.path("big.bin"), 11, len1),
         "write v1",
     );
     wait_file_hash(&b, "big.bin", len1, v1, SYNC_TIMEOUT);
     wait_connected(&a, &b, CONNECT_TIMEOUT);
 
     // Overwritten in place (O_TRUNC): the truncation is committed at open, so the empty file is
-    // a complete version of alpha's big.bin too. fsynced: v2 must survive the kill on alpha, so
-    // the transfer has something to resume.
+    // a complete version of alpha's big.bin too. Written by a child `dd` (see
+    // `write_gen_file_in_child`), so alpha commits no half-written v2 on a stray flush: any other
+    // size bravo shows is a partial transfer. fsynced: v2 must survive the kill on alpha, so the
+    // transfer has something to resume.
     let seq0 = a.status_u64("sequence");
     let v2 = a.ok(
-        write_gen_file(&a.path("big.bin"), 12, len2, true),
+        write_gen_file_in_child(&a.path("big.bin"), 12, len2),
         "write v2",
     );
     let seq1 = a.status_u64("sequence");
