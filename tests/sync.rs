@@ -466,7 +466,10 @@ fn peers_survive_a_remount_and_unpair_stops_sync() {
         wait_file(&a, format!("b-{tag}"), tag.as_bytes(), SYNC_TIMEOUT);
     }
 
-    // Unpair on alpha's side: neither direction flows any more.
+    // Unpair on alpha's side, right after bravo restarted: neither direction flows any more.
+    // (While bravo was down alpha kept dialling it; a dial still in flight at the unpair must not
+    // bring the link back when bravo answers.)
+    b.restart();
     let out = a.run(&["unpair", &b.id()], Duration::from_secs(60));
     a.check(out.status.success(), || {
         format!("`fybrk unpair` failed\n{}", describe(&out))
