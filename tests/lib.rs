@@ -1035,3 +1035,513 @@ pub fn set_mtime(path: &Path, secs: i64, nanos: i64) -> io::Result<()> {
 pub fn chmod(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sync helpers
+// ---------------------------------------------------------------------------------------------
+//
+// For tests with several daemons that replicate to each other (tests/sync.rs). A failed wait here
+// panics with a plain message (no log in it): the panic hook then appends the log tail of every
+// mount the test holds, so the report shows what each daemon said.
+
+/// How long a change may take to reach a connected peer. Generous: CI machines are slow, and a
+/// change waits for the sender to commit it and the receiver to fetch and apply it.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long devices may take to (re)connect: a peer that was down is retried with backoff.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a test watches for something that must *not* arrive. A positive barrier comes
+/// first wherever possible (a change that does arrive at another device), so this only has to
+/// cover the difference between two devices, not a whole sync.
+pub const STAYS_ABSENT: Duration = Duration::from_secs(5);
+
+/// Polls `check` every 20 ms until it returns `Ok`, for at most `timeout`, and returns its value.
+/// On timeout panics with `what` and the last `Err`, which should say what was there instead.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let last = match check() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One device of a synced folder: a [`Mount`] whose daemon listens on loopback under a name.
+/// Derefs to its [`Mount`].
+///
+/// The first mount listens on `127.0.0.1:0`; later mounts reuse the port the daemon got, as a
+/// real device reuses its default port 22100: a peer that was offline while this one restarted
+/// still finds it at the address it knows.
+pub struct Peer {
+    m: Mount,
+    /// The name passed as `mount --name`.
+    pub name: String,
+    listen: Option<String>,
+    id: Option<String>,
+}
+
+impl std::ops::Deref for Peer {
+    type Target = Mount;
+    fn deref(&self) -> &Mount {
+        &self.m
+    }
+}
+
+impl std::ops::DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Mount {
+        &mut self.m
+    }
+}
+
+/// An invitation made by `fybrk pair --no-wait --json`.
+#[derive(Debug, Clone)]
+pub struct Invite {
+    /// The text a joiner passes to `pair-with` (`fybrk1:...`).
+    pub payload: String,
+    /// When it stops working.
+    pub expires_unix: u64,
+    /// Where the QR code PNG was written.
+    pub png: PathBuf,
+}
+
+impl Peer {
+    /// A fresh folder named `name`, not mounted. `None` when real mounts cannot run here.
+    pub fn prepare(name: &str) -> Option<Peer> {
+        Some(Peer {
+            m: Mount::prepare()?,
+            name: name.to_string(),
+            listen: None,
+            id: None,
+        })
+    }
+
+    /// [`Peer::prepare`] and [`Peer::up`].
+    pub fn start(name: &str) -> Option<Peer> {
+        let mut p = Peer::prepare(name)?;
+        p.up();
+        Some(p)
+    }
+
+    /// Mounts with `--listen` (loopback; the previous port after the first mount) and `--name`,
+    /// and records the listen address and device id from `status --json`.
+    pub fn up(&mut self) {
+        let listen = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let name = self.name.clone();
+        self.m
+            .mount_with(&["--listen", listen.as_str(), "--name", name.as_str()]);
+        let st = self.m.status_json();
+        let addr = st["listen_addr"].as_str().unwrap_or_else(|| {
+            self.m
+                .fail(&format!("status --json has no string `listen_addr`: {st}"))
+        });
+        let port_ok = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_some_and(|p| p != 0);
+        self.m.check(port_ok, || {
+            format!("listen_addr {addr:?} is not ip:port with a real port; status {st}")
+        });
+        if let Some(want) = &self.listen {
+            self.m.check(addr == want, || {
+                format!("mounted with --listen {want} but status says listen_addr {addr}")
+            });
+        }
+        self.listen = Some(addr.to_string());
+        let id = st["device_id"].as_str().unwrap_or_else(|| {
+            self.m
+                .fail(&format!("status --json has no string `device_id`: {st}"))
+        });
+        if let Some(old) = &self.id {
+            self.m.check(old == id, || {
+                format!("device id changed across a remount: {old} -> {id}")
+            });
+        }
+        self.id = Some(id.to_string());
+    }
+
+    /// `fybrk unmount`, with the checks of [`Mount::unmount`].
+    pub fn down(&mut self) {
+        self.m.unmount();
+    }
+
+    /// [`Peer::down`] then [`Peer::up`].
+    pub fn restart(&mut self) {
+        self.down();
+        self.up();
+    }
+
+    /// The device id text, as `status --json` showed it at the last mount.
+    pub fn id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| self.m.fail("id(): never mounted"))
+    }
+
+    /// `ip:port` the daemon listens on (from the last mount).
+    pub fn listen_addr(&self) -> String {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| self.m.fail("listen_addr(): never mounted"))
+    }
+
+    /// `fybrk pair --no-wait --json EXTRA...`: must exit 0 with the invitation as the first line.
+    pub fn invite(&self, extra: &[&str]) -> Invite {
+        // The PNG goes beside state/ and mnt/: its default is the current directory.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let png = self.m.root().join(format!("invite-{nanos}.png"));
+        let png = png.to_string_lossy().into_owned();
+        let mut args = vec!["pair", "--no-wait", "--json", "--png", png.as_str()];
+        args.extend_from_slice(extra);
+        let out = self.m.run(&args, Duration::from_secs(60));
+        if !out.status.success() {
+            self.m.fail(&format!(
+                "`fybrk {}` failed\n{}",
+                args.join(" "),
+                describe(&out)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let first = text.lines().next().unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| {
+            self.m.fail(&format!(
+                "first stdout line of `fybrk pair --json` is not JSON ({e})\n{}",
+                describe(&out)
+            ))
+        });
+        let payload = v["payload"].as_str().unwrap_or_default().to_string();
+        self.m.check(payload.starts_with("fybrk1:"), || {
+            format!("the payload should start with `fybrk1:`: {v}")
+        });
+        let expires_unix = v["expires_unix"]
+            .as_u64()
+            .unwrap_or_else(|| self.m.fail(&format!("no u64 `expires_unix`: {v}")));
+        let png = PathBuf::from(v["png"].as_str().unwrap_or_default());
+        Invite {
+            payload,
+            expires_unix,
+            png,
+        }
+    }
+
+    /// `fybrk pair-with PAYLOAD` on this device, not judged.
+    pub fn try_pair_with(&self, payload: &str) -> Output {
+        self.m
+            .run(&["pair-with", payload], Duration::from_secs(120))
+    }
+
+    /// `fybrk peers --json`, parsed; fails unless it exits 0 with a `peers` array.
+    pub fn peers_json(&self) -> serde_json::Value {
+        let out = self.m.run(&["peers", "--json"], Duration::from_secs(30));
+        if !out.status.success() {
+            self.m
+                .fail(&format!("`fybrk peers --json` failed\n{}", describe(&out)));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            self.m.fail(&format!(
+                "peers --json is not one JSON object ({e}):\n{text}"
+            ))
+        });
+        self.m.check(v["peers"].is_array(), || {
+            format!("peers --json has no `peers` array: {v}")
+        });
+        v
+    }
+
+    /// This device's entry for `other` in `status --json`'s `peers`, if listed.
+    pub fn status_peer(&self, other: &Peer) -> Option<serde_json::Value> {
+        peer_entry(&self.m.status_json(), &other.id()).cloned()
+    }
+}
+
+/// The entry with `"id": id` in `v["peers"]` (of `status --json` or `peers --json`).
+pub fn peer_entry<'a>(v: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    v["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"].as_str() == Some(id))
+}
+
+/// Pairs `joiner` with `inviter` (an invitation from `inviter`, `pair-with` on `joiner`): exit 0
+/// and a `paired with` line naming the inviter.
+pub fn pair(inviter: &Peer, joiner: &Peer) {
+    let inv = inviter.invite(&[]);
+    let out = joiner.try_pair_with(&inv.payload);
+    if !out.status.success() {
+        panic!(
+            "`fybrk pair-with` on {} (invited by {}) failed\n{}",
+            joiner.name,
+            inviter.name,
+            describe(&out)
+        );
+    }
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("paired with") && said.contains(&inviter.name),
+        "`pair-with` should say `paired with {} (ID)`\n{}",
+        inviter.name,
+        describe(&out)
+    );
+}
+
+/// Waits until `a` and `b` each list the other as connected in `status --json`.
+pub fn wait_connected(a: &Peer, b: &Peer, timeout: Duration) {
+    wait_for(
+        &format!("{} and {} to show each other connected", a.name, b.name),
+        timeout,
+        || {
+            for (x, y) in [(a, b), (b, a)] {
+                match x.status_peer(y) {
+                    Some(p) if p["connected"] == serde_json::Value::Bool(true) => {}
+                    Some(p) => return Err(format!("{} shows {}: {p}", x.name, y.name)),
+                    None => {
+                        return Err(format!(
+                            "{} does not list {} ({}) at all: {}",
+                            x.name,
+                            y.name,
+                            y.id(),
+                            x.status_json()["peers"]
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// What is at `path` right now, for failure messages.
+pub fn describe_path(path: &Path) -> String {
+    match fs::symlink_metadata(path) {
+        Err(e) => format!("{}: {e}", path.display()),
+        Ok(md) if md.file_type().is_symlink() => {
+            format!(
+                "{}: symlink -> {:?}",
+                path.display(),
+                fs::read_link(path).ok()
+            )
+        }
+        Ok(md) if md.is_dir() => {
+            let names: Vec<String> = fs::read_dir(path)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!("{}: directory holding {names:?}", path.display())
+        }
+        Ok(md) => format!(
+            "{}: file of {} bytes, mode {:o}",
+            path.display(),
+            md.len(),
+            md.permissions().mode() & 0o7777
+        ),
+    }
+}
+
+/// Waits until `m`'s `rel` is a file holding exactly `want`.
+pub fn wait_file(m: &Mount, rel: impl AsRef<Path>, want: &[u8], timeout: Duration) {
+    let p = m.path(rel.as_ref());
+    wait_for(
+        &format!("{} to hold {} bytes", p.display(), want.len()),
+        timeout,
+        || match fs::read(&p) {
+            Ok(got) if got == want => Ok(()),
+            Ok(got) => Err(format!(
+                "{}: {}",
+                p.display(),
+                diff_bytes(want, &got).unwrap_or_default()
+            )),
+            Err(e) => Err(format!(
+                "{}: {e}; parent: {}",
+                p.display(),
+                describe_path(p.parent().unwrap_or(&m.mnt))
+            )),
+        },
+    )
+}
+
+/// Waits until nothing is at `m`'s `rel`.
+pub fn wait_gone(m: &Mount, rel: impl AsRef<Path>, timeout: Duration) {
+    let p = m.path(rel.as_ref());
+    wait_for(
+        &format!("{} to disappear", p.display()),
+        timeout,
+        || match fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => Err(describe_path(&p)),
+        },
+    )
+}
+
+/// Watches `paths` (mount, relative path) for `dur` and panics as soon as any of them exists.
+pub fn assert_stays_absent(paths: &[(&Mount, &str)], dur: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        for (m, rel) in paths {
+            let p = m.path(rel);
+            if fs::symlink_metadata(&p).is_ok() {
+                panic!(
+                    "{} appeared {:?} into a window where it must not: {}",
+                    p.display(),
+                    start.elapsed(),
+                    describe_path(&p)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the tree below `root` equals `want` (compared as `how` says).
+pub fn wait_tree(root: &Path, want: &Tree, how: Compare, timeout: Duration) {
+    wait_for(
+        &format!("{} to match the expected tree", root.display()),
+        timeout,
+        || match snapshot(root) {
+            Ok(got) => diff_trees(want, &got, how).map_or(Ok(()), Err),
+            Err(e) => Err(format!("snapshot of {}: {e}", root.display())),
+        },
+    )
+}
+
+/// Waits until the trees below `a` and `b` are equal (compared as `how` says); returns it.
+pub fn wait_trees_equal(a: &Path, b: &Path, how: Compare, timeout: Duration) -> Tree {
+    wait_for(
+        &format!("{} and {} to be equal", a.display(), b.display()),
+        timeout,
+        || {
+            let ta = snapshot(a).map_err(|e| format!("snapshot of {}: {e}", a.display()))?;
+            let tb = snapshot(b).map_err(|e| format!("snapshot of {}: {e}", b.display()))?;
+            match diff_trees(&ta, &tb, how) {
+                None => Ok(ta),
+                Some(d) => Err(format!(
+                    "(want = {}, got = {})\n{d}",
+                    a.display(),
+                    b.display()
+                )),
+            }
+        },
+    )
+}
+
+/// Writes `len` bytes of `Gen::new(seed)` output to a new or truncated file, fsyncs and closes
+/// it, and returns the blake3 hash of the data: generated and hashed here in 1 MiB blocks (never
+/// all in memory) and written by a child `dd` (`conv=fsync`) fed by a pipe.
+///
+/// Only `dd` holds the file open, so no fork by another test thread inherits it. Every fork + exec closes its copy of
+/// the descriptor, which the kernel reports as a FUSE `flush`; the daemon commits the file on each
+/// flush, so a peer could receive the half-written file as a version of its own.
+pub fn write_gen_file_in_child(path: &Path, seed: u64, len: u64) -> io::Result<blake3::Hash> {
+    const BLOCK: u64 = 1024 * 1024;
+    let mut child = Command::new("dd")
+        .arg(format!("of={}", path.display()))
+        .args(["bs=1M", "iflag=fullblock", "conv=fsync", "status=none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut g = Gen::new(seed);
+    let mut hasher = blake3::Hasher::new();
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    let mut done = 0u64;
+    let mut wrote = Ok(());
+    while done < len {
+        let n = BLOCK.min(len - done) as usize;
+        g.fill(&mut block[..n]);
+        hasher.update(&block[..n]);
+        if let Err(e) = pipe.write_all(&block[..n]) {
+            wrote = Err(e);
+            break;
+        }
+        done += n as u64;
+    }
+    drop(pipe);
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "dd of={} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    wrote?;
+    Ok(hasher.finalize())
+}
+
+/// Length and blake3 hash of a file, read in 1 MiB blocks.
+pub fn hash_file(path: &Path) -> io::Result<(u64, blake3::Hash)> {
+    let mut f = File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut block = vec![0u8; 1024 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+        len += n as u64;
+    }
+    Ok((len, hasher.finalize()))
+}
+
+/// Waits until `m`'s `rel` is `len` bytes hashing to `hash`. The hash is only computed once the
+/// size is right, so a multi-GiB file is not re-read on every poll while it is still arriving.
+pub fn wait_file_hash(
+    m: &Mount,
+    rel: impl AsRef<Path>,
+    len: u64,
+    hash: blake3::Hash,
+    timeout: Duration,
+) {
+    let p = m.path(rel.as_ref());
+    wait_for(
+        &format!(
+            "{} to be {len} bytes with blake3 {}",
+            p.display(),
+            hash.to_hex()
+        ),
+        timeout,
+        || {
+            let size = fs::metadata(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .len();
+            if size != len {
+                return Err(format!("{}: {size} bytes", p.display()));
+            }
+            match hash_file(&p) {
+                Ok((n, h)) if n == len && h == hash => Ok(()),
+                Ok((n, h)) => {
+                    // Same size, other bytes: give a changing file a moment before re-reading.
+                    std::thread::sleep(Duration::from_secs(1));
+                    Err(format!(
+                        "{}: read {n} bytes hashing to {}",
+                        p.display(),
+                        h.to_hex()
+                    ))
+                }
+                Err(e) => Err(format!("{}: read: {e}", p.display())),
+            }
+        },
+    )
+}
