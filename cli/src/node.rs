@@ -119,7 +119,7 @@ struct Invite {
     number: u64,
     session: InviterSession,
     /// Lets unknown devices through TLS (for pairing only) while the invitation is open.
-    _window: PairingWindow,
+    window: Option<PairingWindow>,
 }
 
 /// How an invitation ended, for `fybrk pair` waiting on it.
@@ -285,7 +285,7 @@ impl Node {
         lock(&sh.invites).push(Invite {
             number,
             session: InviterSession::new(&inv, key),
-            _window: sh.allow.open_pairing(),
+            window: Some(sh.allow.open_pairing()),
         });
         tracing::info!(invite = number, expires_unix = inv.expires_unix, "pairing invitation open");
         Ok(json!({
@@ -476,17 +476,19 @@ impl Shared {
             {
                 let mut invites = lock(&self.invites);
                 let mut outcomes = lock(&self.outcomes);
-                invites.retain(|i| {
+                // A used invitation stays (without a pairing window) until it expires, so a
+                // second joiner hears "already used", not "wrong secret".
+                invites.retain_mut(|i| {
                     if let Some(p) = i.session.used_by() {
                         let id = DeviceId::from_bytes(p.id);
-                        outcomes.insert(i.number, InviteOutcome::Joined(id, p.name.clone()));
-                        false
+                        outcomes
+                            .entry(i.number)
+                            .or_insert(InviteOutcome::Joined(id, p.name.clone()));
+                        i.window = None;
                     } else if !i.session.is_open(now) {
                         outcomes.insert(i.number, InviteOutcome::Expired);
-                        false
-                    } else {
-                        true
                     }
+                    now < i.session.expires_unix()
                 });
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
@@ -517,29 +519,29 @@ impl Shared {
         let now = unix_now();
         let outcome = {
             let mut invites = lock(&self.invites);
-            // Newest first: with several invitations open, the refusal reported is the newest
-            // one's (usually there is just one, and its reason is then exact).
-            let mut last_err = None;
-            let mut joined = None;
-            for (i, inv) in invites.iter_mut().enumerate().rev() {
-                match inv.session.handle_join(&req, &binding, peer.as_bytes(), now) {
-                    Ok(ok) => {
-                        joined = Some((i, inv.number, ok));
-                        break;
+            // The invitation whose secret the request proves answers (used, expired, rate
+            // limited, or welcome). If none does, the secret is wrong: every open invitation
+            // counts a bad proof, so guessing is rate limited.
+            match invites.iter().position(|i| i.session.matches(&req, &binding)) {
+                Some(i) => {
+                    let inv = &mut invites[i];
+                    let r = inv.session.handle_join(&req, &binding, peer.as_bytes(), now);
+                    if r.is_ok() {
+                        // Used up: close its pairing window now (it stays listed until it
+                        // expires, so a late joiner hears "already used").
+                        inv.window = None;
                     }
-                    Err(e) => {
-                        last_err.get_or_insert(e);
+                    r.map(|ok| (inv.number, ok))
+                }
+                None => {
+                    let mut refused = None;
+                    for inv in invites.iter_mut().filter(|i| i.session.is_open(now)) {
+                        if let Err(e) = inv.session.handle_join(&req, &binding, peer.as_bytes(), now) {
+                            refused.get_or_insert(e);
+                        }
                     }
+                    Err(refused.unwrap_or_else(|| fybrk_pair::RefuseReason::BadProof.into()))
                 }
-            }
-            match (joined, last_err) {
-                (Some((i, number, ok)), _) => {
-                    // Used up: close its pairing window now.
-                    invites.remove(i);
-                    Ok((number, ok))
-                }
-                (None, Some(e)) => Err(e),
-                (None, None) => Err(fybrk_pair::RefuseReason::Expired.into()),
             }
         };
         match outcome {

@@ -171,6 +171,19 @@ impl InviterSession {
         Ok((welcome, peer))
     }
 
+    /// Whether `req` proves this invitation's secret on the connection with exporter value
+    /// `binding` (no state changes, no rate limit): lets a device with several invitations
+    /// find the one a request is for, and answer with that one's exact reason.
+    pub fn matches(&self, req: &JoinRequest, binding: &[u8; 32]) -> bool {
+        verify_proof(
+            &self.secret,
+            binding,
+            Role::Joiner,
+            &req.joiner_id,
+            &req.proof,
+        )
+    }
+
     /// The device that used the invitation, once one has.
     pub fn used_by(&self) -> Option<&JoinedPeer> {
         self.used_by.as_ref()
