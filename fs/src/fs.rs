@@ -133,6 +133,8 @@ impl OpenMode {
 struct Handle {
     ino: u64,
     mode: OpenMode,
+    /// The process that opened it (see [`Fs::flush_from`]).
+    owner: Option<u32>,
 }
 
 /// The filesystem.
@@ -213,10 +215,7 @@ impl Fs {
 
     /// The store underneath (the current one: see [`Fs::replace_store`]).
     pub fn store(&self) -> Store {
-        self.store
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Swaps the store underneath, for a device that joins another folder: the caller has
@@ -550,7 +549,11 @@ impl Fs {
         let committed = self
             .store()
             .commit(vec![rec], content.as_mut().map(|(_, w)| w), sync)?;
-        let version = committed.into_iter().next().map(|r| r.version).unwrap_or_default();
+        let version = committed
+            .into_iter()
+            .next()
+            .map(|r| r.version)
+            .unwrap_or_default();
         Ok(Some((mtime, version)))
     }
 
@@ -608,13 +611,24 @@ impl Fs {
         let committed = store.commit(vec![rec], Some(writer), sync)?;
         tracing::warn!(path = %target, "a peer changed a file while it was open here; kept this device's writes at this path");
         lock(&self.orphans).insert(ino, Orphan::At(target));
-        let version = committed.into_iter().next().map(|r| r.version).unwrap_or_default();
+        let version = committed
+            .into_iter()
+            .next()
+            .map(|r| r.version)
+            .unwrap_or_default();
         Ok((mtime, version))
     }
 
     fn new_handle(&self, ino: u64, mode: OpenMode) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Handle { ino, mode });
+        lock(&self.handles).insert(
+            fh,
+            Handle {
+                ino,
+                mode,
+                owner: None,
+            },
+        );
         fh
     }
 
@@ -724,6 +738,26 @@ impl Fs {
         self.commit_handle(fh, false)
     }
 
+    /// Records which process opened `fh`, for [`Fs::flush_from`].
+    pub fn set_owner(&self, fh: u64, pid: u32) {
+        if let Some(h) = lock(&self.handles).get_mut(&fh) {
+            h.owner = Some(pid);
+        }
+    }
+
+    /// A `close` of `fh` by process `pid`. The opener's close commits, like [`Fs::flush`]. A
+    /// close by another process does not: that is a forked child dropping its inherited copy of
+    /// a file the parent is still writing (every `fork` + `exec` does it), and committing then
+    /// would publish a half-written file to peers. The last close commits anyway
+    /// ([`Fs::release`]).
+    pub fn flush_from(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let owner = lock(&self.handles).get(&fh).and_then(|h| h.owner);
+        match owner {
+            Some(o) if o != pid => Ok(()),
+            _ => self.flush(fh),
+        }
+    }
+
     /// Commits buffered writes and makes them durable.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         self.commit_handle(fh, true)?;
@@ -794,7 +828,10 @@ impl Fs {
             if live(self.store().get(&path)?).is_some() {
                 return Err(FsError::Exists);
             }
-            let r = self.store().commit(vec![rec(&path)], None, false)?.remove(0);
+            let r = self
+                .store()
+                .commit(vec![rec(&path)], None, false)?
+                .remove(0);
             if r.kind == Kind::Dir {
                 self.subdirs_changed(split_parent(&path).0);
             }

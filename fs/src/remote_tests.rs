@@ -45,7 +45,10 @@ const WRITE: OpenMode = OpenMode {
 fn peer_writes(fs: &Fs, path: &str, data: Option<&[u8]>) {
     let store = fs.store();
     let local = store.get(path).unwrap();
-    let mut version: VersionVector = local.as_ref().map(|r| r.version.clone()).unwrap_or_default();
+    let mut version: VersionVector = local
+        .as_ref()
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
     version.bump(PEER, 1_000 + store.sequence());
     let mut rec = FileRecord::new(path, Kind::File, 0o644, 1_700_000_000_000_000_000);
     let mut writer = store.writer();
@@ -130,7 +133,10 @@ fn orphaned_writer_keeps_writing_to_its_copy() {
 
     let got = files(&fs);
     assert_eq!(got.len(), 2, "one copy, written twice: {got:?}");
-    assert!(got.contains(&("log.txt".to_string(), b"theirs".to_vec())), "{got:?}");
+    assert!(
+        got.contains(&("log.txt".to_string(), b"theirs".to_vec())),
+        "{got:?}"
+    );
     assert!(
         got.iter()
             .any(|(n, d)| n.starts_with("log.sync-conflict-") && d == b"abc"),
@@ -148,7 +154,10 @@ fn local_edit_beats_a_peer_delete_of_an_open_file() {
     fs.changed_remotely(&["notes.md".to_string()]);
     fs.write(fh, 5, b" 2").unwrap();
     fs.release(fh).unwrap();
-    assert_eq!(files(&fs), vec![("notes.md".to_string(), b"draft 2".to_vec())]);
+    assert_eq!(
+        files(&fs),
+        vec![("notes.md".to_string(), b"draft 2".to_vec())]
+    );
 }
 
 #[test]
@@ -161,7 +170,11 @@ fn reader_of_a_replaced_file_is_not_a_writer() {
     let rfh = fs.open(attr.ino, OpenMode::default()).unwrap();
     peer_writes(&fs, "r.txt", Some(b"new"));
     fs.changed_remotely(&["r.txt".to_string()]);
-    assert_eq!(fs.read(rfh, 0, 100).unwrap(), b"old", "an open handle keeps its version");
+    assert_eq!(
+        fs.read(rfh, 0, 100).unwrap(),
+        b"old",
+        "an open handle keeps its version"
+    );
     fs.release(rfh).unwrap();
     assert_eq!(files(&fs), vec![("r.txt".to_string(), b"new".to_vec())]);
     let again = fs.lookup(ROOT, OsStr::new("r.txt")).unwrap();
