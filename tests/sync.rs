@@ -17,11 +17,11 @@
 //! Its own test binary. Run: `cargo build --release -p fybrk && cargo test --release -p
 //! fybrk-tests --test sync -- --test-threads=2` (root and /dev/fuse, see `tests/lib.rs`).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1087,4 +1087,37 @@ fn conflict_copy_names_are_recognised() {
     }
     let flipped = flip_middle("fybrk1:AAAAAAAAAA");
     assert_eq!(flipped, "fybrk1:AAAAAQAAAA");
+}
+
+/// A writer that forks (every `fork` + `exec` closes the child's inherited copy of the file,
+/// which reaches the daemon as a flush) must not publish its half-written file: the peer sees
+/// the empty file `create` made, then only the finished content.
+#[test]
+fn a_writer_that_forks_publishes_only_the_finished_file() {
+    let Some(a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(b) = Peer::start("bravo") else {
+        return;
+    };
+    pair(&a, &b);
+    let mut gen = Gen::new(7);
+    let first = gen.bytes(3 << 20);
+    let rest = gen.bytes(1 << 20);
+    let mut f = a.ok(File::create(a.path("busy.bin")), "create busy.bin");
+    a.ok(f.write_all(&first), "write the first part");
+    let status = Command::new("true").status().expect("run true");
+    assert!(status.success());
+    // Long enough for a published version to arrive (a 3 MiB file takes milliseconds here).
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = fs::metadata(b.path("busy.bin")).map(|m| m.len()).ok();
+    assert!(
+        matches!(seen, None | Some(0)),
+        "bravo got a half-written file of {seen:?} bytes while alpha still writes it"
+    );
+    a.ok(f.write_all(&rest), "write the rest");
+    drop(f);
+    let mut whole = first;
+    whole.extend_from_slice(&rest);
+    wait_file(&b, "busy.bin", &whole, Duration::from_secs(30));
 }
