@@ -148,7 +148,10 @@ impl ClientHandle {
 /// Starts the client driver as a tokio task.
 ///
 /// `send` puts a datagram on the shared socket; it must not block (a datagram that cannot go
-/// out now is dropped like any lost UDP packet, and the protocol retries). `incoming` carries
+/// out now is dropped like any lost UDP packet, and the protocol retries). A plain
+/// non-blocking `std::net::UdpSocket::send_to` (on a clone of the socket) fits; tokio's
+/// `try_send_to` does not quite, as it reports `WouldBlock` until its reactor has seen the
+/// socket writable, which loses the first `Register` and delays registration by a retry. `incoming` carries
 /// the datagrams of the shared socket whose first byte is in [`super::TYPE_RANGE`]. Events
 /// (registrations, punches this device did not ask for, ...) come out of the returned receiver;
 /// outcomes of [`ClientHandle::connect`] go to its caller too. The task ends when every

@@ -30,7 +30,13 @@ struct Device {
 /// Starts a device like the daemon will: one socket, a reader that passes rendezvous datagrams
 /// to the driver, and a send function writing to the same socket.
 async fn device(server: SocketAddr, policy: Arc<dyn PeerPolicy>) -> io::Result<Device> {
-    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let std_socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    std_socket.set_nonblocking(true)?;
+    // Send through a std clone of the socket: a plain non-blocking send_to. (tokio's
+    // `try_send_to` reports WouldBlock until its reactor has seen the socket writable, which
+    // would drop the very first Register.)
+    let sender = std_socket.try_clone()?;
+    let socket = Arc::new(UdpSocket::from_std(std_socket)?);
     let addr = socket.local_addr()?;
     let (to_driver, incoming) = mpsc::channel(256);
     let reader = Arc::clone(&socket);
@@ -49,7 +55,7 @@ async fn device(server: SocketAddr, policy: Arc<dyn PeerPolicy>) -> io::Result<D
             }
         }
     });
-    let send = move |to: SocketAddr, bytes: &[u8]| socket.try_send_to(bytes, to).map(|_| ());
+    let send = move |to: SocketAddr, bytes: &[u8]| sender.send_to(bytes, to).map(|_| ());
     let now = Instant::now();
     let client = Client::new(
         key(),
