@@ -14,6 +14,9 @@
 //! ```
 //!
 //! The check characters catch every single-character typo when a user types an id by hand.
+//!
+//! Outside TLS the key signs small messages ([`DeviceKey::sign`], checked with
+//! [`verify_signature`]): rendezvous registrations and hole-punch probes.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -22,6 +25,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,8 +39,19 @@ pub struct DeviceId([u8; 32]);
 /// `Debug` prints only the id: the secret key never reaches a log.
 pub struct DeviceKey {
     pair: rcgen::KeyPair,
+    /// The same key as `pair`, parsed by ring for signing outside TLS (rcgen keeps its own
+    /// signing private).
+    signer: Ed25519KeyPair,
     id: DeviceId,
 }
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// An Ed25519 signature that does not verify under the given public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the Ed25519 signature does not match the message and public key")]
+pub struct BadSignature;
 
 /// Why a device key could not be made, loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +352,18 @@ impl DeviceKey {
         out
     }
 
+    /// Signs `msg` with the device key (Ed25519: deterministic, 64 bytes). Anyone holding
+    /// [`public_key`](Self::public_key) checks it with [`verify_signature`].
+    ///
+    /// Callers put a context string at the start of `msg` so that a signature made for one
+    /// purpose can never be accepted for another.
+    pub fn sign(&self, msg: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let mut out = [0u8; SIGNATURE_LEN];
+        // ring's Ed25519 signatures are always exactly 64 bytes.
+        out.copy_from_slice(self.signer.sign(msg).as_ref());
+        out
+    }
+
     /// The rcgen key pair, for signing the TLS certificate.
     pub(crate) fn key_pair(&self) -> &rcgen::KeyPair {
         &self.pair
@@ -363,7 +390,14 @@ impl DeviceKey {
             .try_into()
             .map_err(|_| "Ed25519 public key is not 32 bytes".to_string())?;
         let id = DeviceId::from_public_key(raw);
-        Ok(DeviceKey { pair, id })
+        // rcgen generates PKCS#8 v2 (with the public key) and older files may be v1; ring reads
+        // both with this constructor and checks that the public key matches the private one.
+        let signer = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pair.serialized_der())
+            .map_err(|e| format!("Ed25519 key rejected: {e}"))?;
+        if signer.public_key().as_ref() != raw.as_slice() {
+            return Err("Ed25519 public key does not match the private key".into());
+        }
+        Ok(DeviceKey { pair, signer, id })
     }
 }
 
@@ -373,6 +407,17 @@ impl fmt::Debug for DeviceKey {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks that `signature` is `public_key`'s Ed25519 signature of `msg`.
+pub fn verify_signature(
+    public_key: &[u8; 32],
+    msg: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> Result<(), BadSignature> {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(msg, signature)
+        .map_err(|_| BadSignature)
 }
 
 /// The name this device shows to others when pairing: the host name, or `fybrk-device`.
@@ -540,6 +585,41 @@ mod tests {
         let spki = key.key_pair().public_key_der();
         assert_eq!(DeviceId::from_spki_der(&spki), Some(key.id()));
         assert_eq!(key.id(), DeviceId::from_public_key(&key.public_key()));
+    }
+
+    #[test]
+    fn signatures_verify_only_for_their_key_and_message() {
+        let key = DeviceKey::generate().expect("generate");
+        let other = DeviceKey::generate().expect("generate");
+        let sig = key.sign(b"fybrk test message");
+        assert_eq!(
+            verify_signature(&key.public_key(), b"fybrk test message", &sig),
+            Ok(())
+        );
+        assert_eq!(
+            verify_signature(&key.public_key(), b"fybrk test messagE", &sig),
+            Err(BadSignature)
+        );
+        assert_eq!(
+            verify_signature(&other.public_key(), b"fybrk test message", &sig),
+            Err(BadSignature)
+        );
+        let mut flipped = sig;
+        flipped[10] ^= 1;
+        assert_eq!(
+            verify_signature(&key.public_key(), b"fybrk test message", &flipped),
+            Err(BadSignature)
+        );
+    }
+
+    #[test]
+    fn reloaded_key_signs_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("device.key");
+        let a = DeviceKey::load_or_create(&path).expect("create");
+        let b = DeviceKey::load(&path).expect("load");
+        // Ed25519 is deterministic: the same key gives the same signature.
+        assert_eq!(a.sign(b"m"), b.sign(b"m"));
     }
 
     #[test]
