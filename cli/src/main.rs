@@ -92,6 +92,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a rendezvous server: devices behind NATs register their addresses with it and ask it
+    /// to introduce them to their paired devices (it never sees keys or data).
+    Rendezvous {
+        /// UDP address to serve on, e.g. 0.0.0.0:22101.
+        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22101")]
+        listen: std::net::SocketAddr,
+    },
     /// Remove a paired device: it can no longer connect or receive changes.
     Unpair {
         /// Its id, a unique prefix of the id, or its name.
@@ -121,7 +128,7 @@ fn main() -> ExitCode {
 
 fn init_logging(cmd: &Cmd) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. }) {
+        tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. } | Cmd::Rendezvous { .. }) {
             "info"
         } else {
             "warn"
@@ -162,6 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::PairWith { payload } => pairing::pair_with(&state, &payload),
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),
+        Cmd::Rendezvous { listen } => rendezvous(listen),
         Cmd::Unmount { dir } => {
             unmount(&state, &mounts::absolute(&dir)?)?;
             Ok(ExitCode::SUCCESS)
@@ -232,6 +240,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `fybrk rendezvous`: serves until SIGINT/SIGTERM.
+fn rendezvous(listen: std::net::SocketAddr) -> Result<ExitCode> {
+    let socket = std::net::UdpSocket::bind(listen).with_context(|| {
+        format!("cannot listen on UDP {listen} (in use? pass another --listen)")
+    })?;
+    let addr = socket.local_addr()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    println!("fybrk rendezvous: serving on UDP {addr}");
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        fybrk_net::rendezvous::run_server_with(socket, Default::default(), stop).await
+    })
+    .context("the rendezvous server failed")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the store directly when no daemon runs (taking the state lock, so none can start).
