@@ -129,6 +129,18 @@ NFT_TABLE="fybrk_sync_bench_$$"
 NFT_READY=0
 ST_PIDS=()     # Syncthing processes we started
 FY_MOUNTS=()   # "STATE|MOUNTPOINT|PID" of fybrk daemons we started
+HELPER_PID=""  # a long helper step, run in the background so that a signal stops it at once
+
+# helper ARGS...: run sync_bench.py; bash runs traps only between commands, but `wait` returns
+# as soon as a signal arrives, so INT/TERM reach the cleanup without waiting for the step to end.
+helper() {
+    local rc=0
+    python3 "$HELPER" "$@" &
+    HELPER_PID=$!
+    wait "$HELPER_PID" || rc=$?
+    HELPER_PID=""
+    return "$rc"
+}
 
 # findmnt, not `mountpoint`: it also sees a stale mount whose daemon is gone.
 is_mounted() { [[ -n $(findmnt -rn -M "$1" -o TARGET 2>/dev/null || true) ]]; }
@@ -173,6 +185,7 @@ cleanup() {
     local rc=$?
     set +e
     local pid m state mnt left=0
+    [[ -n $HELPER_PID ]] && stop_pid "$HELPER_PID"
     for pid in "${ST_PIDS[@]}"; do stop_pid "$pid"; done
     for m in "${FY_MOUNTS[@]}"; do
         IFS='|' read -r state mnt pid <<<"$m"
@@ -248,11 +261,12 @@ run_syncthing() { # LABEL WATCH_DELAY_S
         [[ $side == a ]] && pida=$! || pidb=$!
     done
     say "syncthing $label: A pid $pida (:$pa), B pid $pidb (:$pb), fsWatcherDelayS=$delay"
-    link=$(python3 "$HELPER" st-wait --url-a "http://127.0.0.1:$ga" --url-b "http://127.0.0.1:$gb" \
-        --key "$key" --id-a "$ida" --id-b "$idb") ||
+    helper st-wait --url-a "http://127.0.0.1:$ga" --url-b "http://127.0.0.1:$gb" \
+        --key "$key" --id-a "$ida" --id-b "$idb" >"$dir/link" ||
         { tail -n 20 "$dir"/*/syncthing.log >&2; die "syncthing pair $label did not come up"; }
+    link=$(cat "$dir/link")
     say "connected: $link"
-    python3 "$HELPER" measure --kind syncthing --label "$label" --watch "watcher ${delay}s" \
+    helper measure --kind syncthing --label "$label" --watch "watcher ${delay}s" \
         --dir-a "$dir/a/data" --dir-b "$dir/b/data" --pid-a "$pida" --pid-b "$pidb" \
         --url-a "http://127.0.0.1:$ga" --url-b "http://127.0.0.1:$gb" --key "$key" \
         --id-a "$ida" --id-b "$idb" --prefix "$label" --link "$link" \
@@ -296,9 +310,11 @@ run_fybrk() {
     payload=$("$FYBRK" --state "$dir/a/state" pair --no-wait --json | head -n 1 |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"])')
     "$FYBRK" --state "$dir/b/state" pair-with "$payload"
-    link=$(python3 "$HELPER" fy-wait --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state")
+    helper fy-wait --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" >"$dir/link" ||
+        { tail -n 20 "$dir"/*/state/daemon.log >&2; die "the fybrk daemons did not connect"; }
+    link=$(cat "$dir/link")
     say "connected: $link"
-    python3 "$HELPER" measure --kind fybrk --label "$label" \
+    helper measure --kind fybrk --label "$label" \
         --dir-a "$dir/a/mnt" --dir-b "$dir/b/mnt" --pid-a "$pida" --pid-b "$pidb" \
         --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" --prefix "$label" \
         --link "QUIC $link" --out "$RESULTS/$label.json" "${measure_common[@]}"
@@ -313,9 +329,9 @@ say "kernel: $(uname -r)   cpus: $(nproc)   network: private namespace, lo only"
 [[ $RUN_ST -eq 1 ]] && say "syncthing: $(syncthing --version | head -n 1)"
 
 say "generating random data: $SIZE_MIB MiB large file, $BASE_MIB MiB base file, 1 MiB insert"
-python3 "$HELPER" gen-data "$SRC/large.bin" "$SIZE_MIB"
-python3 "$HELPER" gen-data "$SRC/base.bin" "$BASE_MIB"
-python3 "$HELPER" gen-data "$SRC/insert.bin" 1
+helper gen-data "$SRC/large.bin" "$SIZE_MIB"
+helper gen-data "$SRC/base.bin" "$BASE_MIB"
+helper gen-data "$SRC/insert.bin" 1
 
 if [[ $RUN_FYBRK -eq 1 ]]; then
     say "pair: fybrk"

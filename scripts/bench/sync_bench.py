@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,9 @@ def st_config(a):
     setopt("stunKeepaliveMinS", "0")
     setopt("announceLANAddresses", "false")
     setopt("restartOnWakeup", "false")
+    # Both sides dial each other at start; when the simultaneous connections trip over each other
+    # (seen: "Failed to exchange Hello messages"), the default retry is 60 s later. Setup only.
+    setopt("reconnectionIntervalS", "5")
     # Syncthing renices itself by default; fybrk does not, so measure both at normal priority.
     setopt("setLowPriority", "false")
     for el in opts.findall("globalAnnounceServer"):
@@ -460,6 +464,9 @@ def measure(a):
     except Timeout as e:
         res["errors"].append(f"throughput: {e}")
         log(f"FAILED: {e}")
+    except BaseException:
+        dd.kill()  # interrupted: do not leave dd holding a file open on a mount
+        raise
     finally:
         waiter.join()
     res["large_dd_rc"] = dd.returncode
@@ -666,6 +673,8 @@ def main():
     s.add_argument("results", nargs="+")
 
     a = p.parse_args()
+    # SIGTERM (sync.sh's cleanup) unwinds like Ctrl-C, so `finally` blocks stop children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.cmd == "free-ports":
         print(" ".join(map(str, free_ports(a.n))))
     elif a.cmd == "gen-data":
