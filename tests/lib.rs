@@ -45,6 +45,21 @@ const LOG_TAIL_LINES: usize = 80;
 // Skip rule
 // ---------------------------------------------------------------------------------------------
 
+/// The store directory of the folder in state dir `state` (`STATE/db-<folder id>`; exactly one).
+pub fn store_dir(state: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = fs::read_dir(state)
+        .unwrap_or_else(|e| panic!("read {}: {e}", state.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("db-"))
+        })
+        .collect();
+    assert_eq!(dirs.len(), 1, "expected one STATE/db-* dir: {dirs:?}");
+    dirs.into_iter().next().expect("one dir")
+}
+
 /// True when `CI` is set (to anything but empty, `0` or `false`): nothing may be skipped then.
 pub fn in_ci() -> bool {
     match std::env::var("CI") {

@@ -20,6 +20,15 @@ pub enum Request {
     Verify,
     Gc,
     Unmount,
+    /// Make an invitation valid this long.
+    Pair { expires_secs: u64 },
+    /// Wait until invitation `invite` is used or expires.
+    PairWait { invite: u64 },
+    /// Join the folder of the device that made this invitation.
+    PairWith { payload: String },
+    Peers,
+    /// Unpair a device (id, id prefix or name).
+    Unpair { id: String },
 }
 
 /// Sends `req` to the daemon behind `socket` and returns its JSON reply.

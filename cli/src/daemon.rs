@@ -13,6 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use fybrk_fs::{fuse::FuseFs, Fs, FsConfig};
 use fybrk_net::identity::{DeviceId, DeviceKey};
 use fybrk_store::{Store, StoreError, StoreOptions};
+use std::net::SocketAddr;
+
+use crate::node::{Listen, Node};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
@@ -25,7 +28,7 @@ const GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
-pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<()> {
+pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, listen: Option<SocketAddr>) -> Result<()> {
     preflight(state, mnt)?;
     state.create()?;
     let log = std::fs::OpenOptions::new()
@@ -43,6 +46,9 @@ pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<()> {
         .arg("--notify-ready");
     if let Some(name) = name {
         cmd.arg("--name").arg(name);
+    }
+    if let Some(listen) = listen {
+        cmd.arg("--listen").arg(listen.to_string());
     }
     let mut child = cmd
         .stdin(Stdio::null())
@@ -113,15 +119,21 @@ fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
         StoreError::WrongKey => anyhow!(
             "{} does not belong to the store in {}: restore the right key file",
             state.key().display(),
-            state.db().display()
+            state.root.display()
         ),
-        other => anyhow!("cannot open the store in {}: {other}", state.db().display()),
+        other => anyhow!("cannot open the store in {}: {other}", state.root.display()),
     }
 }
 
 /// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
 /// first line on stdout tells the parent `ready` or `error: ...`.
-pub fn run(state: &StateDir, mnt: &Path, name: Option<&str>, notify_ready: bool) -> Result<()> {
+pub fn run(
+    state: &StateDir,
+    mnt: &Path,
+    name: Option<&str>,
+    listen: Option<SocketAddr>,
+    notify_ready: bool,
+) -> Result<()> {
     limit_malloc_arenas();
     // Block the shutdown signals before any thread starts, so only the signal thread gets them.
     let mut signals = SigSet::empty();
@@ -130,7 +142,7 @@ pub fn run(state: &StateDir, mnt: &Path, name: Option<&str>, notify_ready: bool)
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let started = start(state, mnt, name);
+    let started = start(state, mnt, name, listen);
     if notify_ready {
         let mut out = std::io::stdout().lock();
         let line = match &started {
@@ -172,19 +184,23 @@ struct Daemon {
     state: StateDir,
     mount_point: PathBuf,
     identity: Identity,
-    store: Store,
     fs: Arc<Fs>,
+    node: Node,
+    /// Paths changed by peers, for the kernel invalidator (started with the session).
+    invalidations: std::sync::mpsc::Receiver<Vec<String>>,
     session: fuser::Session<FuseFs>,
     _lock: std::fs::File,
 }
 
-fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
+fn start(
+    state: &StateDir,
+    mnt: &Path,
+    name: Option<&str>,
+    listen: Option<SocketAddr>,
+) -> Result<Daemon> {
     preflight(state, mnt)?;
     state.create()?;
     let lock = state.lock()?;
-    // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
-    // lives in staging/.
-    let key = state.load_or_create_key()?;
     // The device's identity: an Ed25519 key made on first run (0600), its id derived from it.
     let device = DeviceKey::load_or_create(&state.device_key()).with_context(|| {
         format!(
@@ -197,12 +213,23 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
         name: crate::state::device_name(state, name)?,
     };
     tracing::info!(device = %identity.id, name = %identity.name, "device identity");
+    crate::node::finish_join(state, identity.id.short())?;
+    // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
+    // lives in staging/.
+    let key = state.load_or_create_key()?;
     let options = StoreOptions {
         device: Some(identity.id.short()),
         ..StoreOptions::default()
     };
-    let store =
-        Store::open(&state.db(), &key, options).map_err(|e| explain_store_error(e, state))?;
+    let db = state.db(&key);
+    // Stores of folders this device left (a join finished while some thread still held one).
+    for other in state.all_dbs() {
+        if other != db {
+            tracing::info!(dir = %other.display(), "removing the store of a folder this device left");
+            let _ = std::fs::remove_dir_all(&other);
+        }
+    }
+    let store = Store::open(&db, &key, options).map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     match store.gc() {
         Ok(r) if r.freed_chunks > 0 => tracing::info!(
@@ -218,7 +245,24 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
         uid: nix::unistd::getuid().as_raw(),
         gid: nix::unistd::getgid().as_raw(),
     };
-    let fs = Arc::new(Fs::new(store.clone(), cfg));
+    let fs = Arc::new(Fs::new(store, cfg));
+    let (inval_tx, invalidations) = std::sync::mpsc::channel();
+    let listen = match listen {
+        Some(addr) => Listen {
+            addr,
+            explicit: true,
+        },
+        None => Listen::default(),
+    };
+    let node = Node::start(
+        state,
+        &device,
+        &identity.name,
+        fs.clone(),
+        key,
+        listen,
+        inval_tx,
+    )?;
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
         .map_err(|e| explain_mount_error(e, mnt))?;
     mounts::raise_readahead(mnt, 4096);
@@ -226,8 +270,9 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>) -> Result<Daemon> {
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
         identity,
-        store,
         fs,
+        node,
+        invalidations,
         session,
         _lock: lock,
     })
@@ -280,30 +325,52 @@ impl Daemon {
                 })?;
         }
 
+        {
+            let notifier = self.session.notifier();
+            let fs = self.fs.clone();
+            let rx = std::mem::replace(&mut self.invalidations, std::sync::mpsc::channel().1);
+            std::thread::Builder::new()
+                .name("invalidate".into())
+                .spawn(move || {
+                    while let Ok(mut paths) = rx.recv() {
+                        // Take whatever else queued up: one pass over a burst of remote changes.
+                        while let Ok(more) = rx.try_recv() {
+                            paths.extend(more);
+                        }
+                        paths.sort_unstable();
+                        paths.dedup();
+                        let changes = fs.changed_remotely(&paths);
+                        fybrk_fs::fuse::invalidate(&notifier, &changes);
+                    }
+                })?;
+        }
+
         let _ = std::fs::remove_file(self.state.socket());
         let listener = UnixListener::bind(self.state.socket())
             .with_context(|| format!("cannot listen on {}", self.state.socket().display()))?;
         std::fs::set_permissions(self.state.socket(), std::fs::Permissions::from_mode(0o600))?;
+        let node = Arc::new(self.node);
         {
-            let store = self.store.clone();
+            let fs = self.fs.clone();
             let mnt = mnt.clone();
             let unmount = unmount.clone();
             let identity = self.identity.clone();
+            let node = node.clone();
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
                     control::serve(listener, move |req| {
-                        handle(req, &store, &mnt, &identity, &unmount)
+                        handle(req, &fs, &node, &mnt, &identity, &unmount)
                     });
                 })?;
         }
         {
-            let store = self.store.clone();
+            let fs = self.fs.clone();
             std::thread::Builder::new()
                 .name("gc".into())
                 .spawn(move || loop {
                     std::thread::sleep(GC_INTERVAL);
-                    if let Err(e) = store.gc() {
+                    if let Err(e) = fs.store().gc() {
                         tracing::warn!(error = %e, "garbage collection failed");
                     }
                 })?;
@@ -315,6 +382,11 @@ impl Daemon {
             tracing::error!(error = %e, "could not commit every open file");
         }
         let _ = std::fs::remove_file(self.state.socket());
+        match Arc::try_unwrap(node) {
+            Ok(node) => node.shutdown(),
+            // A control request still holds it: the process exit closes the socket.
+            Err(_) => tracing::debug!("network busy at exit"),
+        }
         let _ = std::fs::remove_file(self.state.pid());
         tracing::info!("unmounted; daemon exits");
         result.context("the FUSE session failed")
@@ -323,15 +395,16 @@ impl Daemon {
 
 fn handle(
     req: Request,
-    store: &Store,
+    fs: &Fs,
+    node: &Node,
     mnt: &Path,
     identity: &Identity,
     unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>,
 ) -> Result<serde_json::Value> {
     match req {
-        Request::Status => Ok(status_json(store, mnt, identity)),
-        Request::Verify => Ok(serde_json::to_value(store.verify()?)?),
-        Request::Gc => Ok(serde_json::to_value(store.gc()?)?),
+        Request::Status => Ok(status_json(&fs.store(), node, mnt, identity)),
+        Request::Verify => Ok(serde_json::to_value(fs.store().verify()?)?),
+        Request::Gc => Ok(serde_json::to_value(fs.store().gc()?)?),
         Request::Unmount => {
             let unmount = unmount.clone();
             // Reply first; the process exits once the unmount completes.
@@ -343,21 +416,28 @@ fn handle(
             });
             Ok(json!({ "pid": std::process::id(), "mount_point": mnt }))
         }
+        Request::Pair { expires_secs } => node.invite(Duration::from_secs(expires_secs)),
+        Request::PairWait { invite } => node.wait_invite(invite),
+        Request::PairWith { payload } => node.pair_with(&payload),
+        Request::Peers => Ok(node.peers()),
+        Request::Unpair { id } => node.unpair(&id),
     }
 }
 
-fn status_json(store: &Store, mnt: &Path, identity: &Identity) -> serde_json::Value {
+fn status_json(store: &Store, node: &Node, mnt: &Path, identity: &Identity) -> serde_json::Value {
     let s = store.stats();
     let ratio = if s.stored_bytes == 0 {
         1.0
     } else {
         s.logical_bytes as f64 / s.stored_bytes as f64
     };
-    json!({
+    let folder_id: String = store.folder_id().iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = json!({
         "mount_point": mnt,
         "device_id": identity.id.to_string(),
         "device_name": identity.name,
         "pid": std::process::id(),
+        "folder_id": folder_id,
         "files": s.files,
         "dirs": s.dirs,
         "symlinks": s.symlinks,
@@ -366,5 +446,9 @@ fn status_json(store: &Store, mnt: &Path, identity: &Identity) -> serde_json::Va
         "chunks": s.chunks,
         "dedup_ratio": ratio,
         "sequence": store.sequence(),
-    })
+    });
+    if let (Some(out), serde_json::Value::Object(net)) = (out.as_object_mut(), node.status()) {
+        out.extend(net);
+    }
+    out
 }

@@ -3,6 +3,9 @@
 mod control;
 mod daemon;
 mod mounts;
+mod node;
+mod pairing;
+mod peers;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +43,10 @@ enum Cmd {
         /// This device's name as other devices see it (default: the hostname). Remembered.
         #[arg(long)]
         name: Option<String>,
+        /// UDP address for connections from other devices (QUIC). Default 0.0.0.0:22100; if
+        /// that port is taken, a random one.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         /// Internal: report readiness on stdout (used when daemonizing).
         #[arg(long, hide = true)]
         notify_ready: bool,
@@ -49,11 +56,46 @@ enum Cmd {
         /// The mount point.
         dir: PathBuf,
     },
-    /// Show the folder: mount point, files, sizes, dedup ratio.
+    /// Show the folder and its peers: files, sizes, connections, sync progress.
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Redraw every second, with a progress bar while syncing (Ctrl-C to stop).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Invite another device into this folder: shows a QR code and a text payload for
+    /// `fybrk pair-with` on the other device, then waits until it joins.
+    Pair {
+        /// How long the invitation is valid: 600, 90s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = pairing::parse_duration)]
+        expires: Duration,
+        /// Where to save the QR code as PNG (default: ./fybrk-pair-<unix time>.png).
+        #[arg(long, value_name = "PATH")]
+        png: Option<PathBuf>,
+        /// Return right after showing the invitation.
+        #[arg(long)]
+        no_wait: bool,
+        /// Machine-readable output (one JSON line, and one more when a device joins).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join the folder of the device that showed this invitation (`fybrk pair` there).
+    PairWith {
+        /// The invitation text (starts with fybrk1:).
+        payload: String,
+    },
+    /// List the paired devices.
+    Peers {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a paired device: it can no longer connect or receive changes.
+    Unpair {
+        /// Its id, a unique prefix of the id, or its name.
+        id: String,
     },
     /// Re-read, decrypt and re-hash every chunk; check every record. Exits 2 on damage.
     Verify {
@@ -100,21 +142,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             foreground,
             name,
+            listen,
             notify_ready,
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
-                daemon::run(&state, &mnt, name.as_deref(), notify_ready)?;
+                daemon::run(&state, &mnt, name.as_deref(), listen, notify_ready)?;
             } else {
-                daemon::spawn(&state, &mnt, name.as_deref())?;
+                daemon::spawn(&state, &mnt, name.as_deref(), listen)?;
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Pair {
+            expires,
+            png,
+            no_wait,
+            json,
+        } => pairing::pair(&state, expires, png, no_wait, json),
+        Cmd::PairWith { payload } => pairing::pair_with(&state, &payload),
+        Cmd::Peers { json } => pairing::peers(&state, json),
+        Cmd::Unpair { id } => pairing::unpair(&state, &id),
         Cmd::Unmount { dir } => {
             unmount(&state, &mounts::absolute(&dir)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { json } => {
+        Cmd::Status { json, watch } => {
+            if watch {
+                return pairing::watch_status(&state);
+            }
             let s = control::call(
                 &state.socket(),
                 &Request::Status,
@@ -183,8 +238,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn with_offline_store(state: &StateDir, f: impl FnOnce(&Store) -> Result<Value>) -> Result<Value> {
     let _lock = state.lock()?;
     let key = state.existing_key()?;
-    let store = Store::open(&state.db(), &key, StoreOptions::default())
-        .with_context(|| format!("cannot open the store in {}", state.db().display()))?;
+    let store = Store::open(&state.db(&key), &key, StoreOptions::default())
+        .with_context(|| format!("cannot open the store in {}", state.db(&key).display()))?;
     f(&store)
 }
 
@@ -243,7 +298,7 @@ fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -258,7 +313,7 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn print_status(s: &Value) {
+pub(crate) fn print_status(s: &Value) {
     let n = |k: &str| s[k].as_u64().unwrap_or(0);
     println!(
         "device        {} ({})",
@@ -283,4 +338,9 @@ fn print_status(s: &Value) {
         "dedup ratio   {:.2}x",
         s["dedup_ratio"].as_f64().unwrap_or(1.0)
     );
+    println!(
+        "listening     {} (UDP)",
+        s["listen_addr"].as_str().unwrap_or("?")
+    );
+    pairing::print_peers_status(s);
 }

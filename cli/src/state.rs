@@ -33,11 +33,41 @@ impl StateDir {
         Ok(StateDir { root })
     }
 
-    pub fn db(&self) -> PathBuf {
-        self.root.join("db")
+    /// The store of the folder with id `folder` (one per folder: joining another folder builds
+    /// a new store beside the old one, then switches).
+    pub fn db_for(&self, folder: [u8; 16]) -> PathBuf {
+        let hex: String = folder[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join(format!("db-{hex}"))
+    }
+    /// The store of the current folder (the one `folder.key` opens).
+    pub fn db(&self, key: &FolderKey) -> PathBuf {
+        self.db_for(fybrk_store::Crypto::new(key).folder_id())
+    }
+    /// Store directories in the state dir, whatever folder they belong to.
+    pub fn all_dbs(&self) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("db-"))
+            })
+            .collect()
     }
     pub fn key(&self) -> PathBuf {
         self.root.join("folder.key")
+    }
+    /// The key of a folder being joined, until the switch to it is complete.
+    pub fn joining_key(&self) -> PathBuf {
+        self.root.join("folder.key.join")
+    }
+    /// Paired devices and sync progress.
+    pub fn peers(&self) -> PathBuf {
+        self.root.join("peers.json")
     }
     pub fn socket(&self) -> PathBuf {
         self.root.join("control.sock")
@@ -94,53 +124,78 @@ impl StateDir {
     /// The folder key, created (random, mode 0600) on first use.
     pub fn load_or_create_key(&self) -> Result<FolderKey> {
         let path = self.key();
-        match File::open(&path) {
-            Ok(mut f) => {
-                let mut raw = Vec::new();
-                f.read_to_end(&mut raw)?;
-                let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
-                    anyhow::anyhow!(
-                        "{} holds {} bytes, expected 32: the key file is damaged",
-                        path.display(),
-                        v.len()
-                    )
-                })?;
-                Ok(FolderKey::from_bytes(bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if self.db().exists() {
+        match read_key(&path) {
+            Ok(Some(key)) => Ok(key),
+            Ok(None) => {
+                if !self.all_dbs().is_empty() {
                     bail!(
                         "{} is missing but a store exists in {}: restore the key from your backup \
                          (without it the data cannot be read)",
                         path.display(),
-                        self.db().display()
+                        self.root.display()
                     );
                 }
                 let key = FolderKey::generate();
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                f.write_all(key.as_bytes())?;
-                f.sync_all()?;
+                write_key(&path, &key)?;
                 Ok(key)
             }
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => Err(e),
         }
     }
 
     /// The key if it exists (for commands that must not create a folder).
     pub fn existing_key(&self) -> Result<FolderKey> {
-        if !self.key().exists() {
-            bail!(
+        read_key(&self.key())?.with_context(|| {
+            format!(
                 "no fybrk folder in {} (run `fybrk mount DIR` first)",
                 self.root.display()
-            );
-        }
-        self.load_or_create_key()
+            )
+        })
     }
+}
+
+/// Reads a 32-byte key file; `None` if it does not exist.
+pub fn read_key(path: &Path) -> Result<Option<FolderKey>> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut raw = Vec::new();
+            f.read_to_end(&mut raw)?;
+            let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
+                anyhow::anyhow!(
+                    "{} holds {} bytes, expected 32: the key file is damaged",
+                    path.display(),
+                    v.len()
+                )
+            })?;
+            Ok(Some(FolderKey::from_bytes(bytes)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a key file (mode 0600) durably, replacing any file at `path` atomically.
+pub fn write_key(path: &Path, key: &FolderKey) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(key.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_dir(path)
+}
+
+/// fsyncs the directory holding `path`, so a rename or create in it survives a crash.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// This device's name: `--name` if given (and remembered), else the remembered one, else the

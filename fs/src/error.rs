@@ -35,6 +35,9 @@ pub enum FsError {
     /// The handle is unknown or not open for this operation.
     #[error("bad file handle")]
     BadHandle,
+    /// Files are open where the operation needs none (swapping the store when joining).
+    #[error("files in the folder are open")]
+    Busy,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -60,6 +63,7 @@ impl FsError {
             FsError::IllegalName => libc::EILSEQ,
             FsError::NotPermitted => libc::EPERM,
             FsError::BadHandle => libc::EBADF,
+            FsError::Busy => libc::EBUSY,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Store(_) => libc::EIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

@@ -93,6 +93,17 @@ pub struct StatFs {
     pub bsize: u32,
 }
 
+/// What the kernel must forget after a peer changed a path: see [`Fs::changed_remotely`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalidation {
+    /// The parent directory's inode, if the kernel may have looked it up.
+    pub parent: Option<u64>,
+    /// The entry's name in that directory.
+    pub name: String,
+    /// The entry's inode, if the kernel may hold it (its attributes and cached pages go).
+    pub ino: Option<u64>,
+}
+
 /// How a file was opened.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenMode {
@@ -126,7 +137,7 @@ struct Handle {
 
 /// The filesystem.
 pub struct Fs {
-    store: Store,
+    store: std::sync::RwLock<Store>,
     cfg: FsConfig,
     mounted_at_ns: i64,
     ns: Mutex<()>,
@@ -173,7 +184,7 @@ impl Fs {
     /// A filesystem over `store`.
     pub fn new(store: Store, cfg: FsConfig) -> Fs {
         Fs {
-            store,
+            store: std::sync::RwLock::new(store),
             cfg,
             mounted_at_ns: now_ns(),
             ns: Mutex::new(()),
@@ -186,9 +197,69 @@ impl Fs {
         }
     }
 
-    /// The store underneath.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store underneath (the current one: see [`Fs::replace_store`]).
+    pub fn store(&self) -> Store {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps the store underneath, for a device that joins another folder: the caller has
+    /// copied every record into `new`. `ready` is asked, with the current store and no change
+    /// able to slip in, whether the copy is complete; if not, nothing changes and `Ok(None)`
+    /// says to copy the rest and try again. Refused with [`FsError::Busy`] while any file is
+    /// open (its handle holds content of the old store). Returns the old store.
+    pub fn replace_store(
+        &self,
+        new: Store,
+        ready: impl FnOnce(&Store) -> bool,
+    ) -> FsResult<Option<Store>> {
+        let _ns = lock(&self.ns);
+        if !lock(&self.handles).is_empty() || !lock(&self.open_files).is_empty() {
+            return Err(FsError::Busy);
+        }
+        let mut cur = self.store.write().unwrap_or_else(|p| p.into_inner());
+        if !ready(&cur) {
+            return Ok(None);
+        }
+        lock(&self.subdirs).clear();
+        Ok(Some(std::mem::replace(&mut *cur, new)))
+    }
+
+    /// Records at `paths` were changed by a peer (committed straight to the store). Forgets
+    /// what this instance cached about them and returns what the kernel must drop: the
+    /// directory entries and the inodes it may hold. A path that no longer exists loses its
+    /// inode's name (handles already open keep reading the content they opened).
+    pub fn changed_remotely(&self, paths: &[String]) -> Vec<Invalidation> {
+        let _ns = lock(&self.ns);
+        let store = self.store();
+        let mut out = Vec::with_capacity(paths.len());
+        let mut subdirs = lock(&self.subdirs);
+        let mut inodes = lock(&self.inodes);
+        for path in paths {
+            let (parent, name) = split_parent(path);
+            subdirs.remove(parent);
+            subdirs.remove(path.as_str());
+            let ino = inodes.lookup_path(path);
+            // A new version of a file is a new inode, as if the peer had renamed a finished
+            // file over the old one: handles open on the old version keep reading it, and the
+            // kernel never sees an inode change size or type under it. A directory that is
+            // still a directory keeps its inode (its children's inodes hang below it).
+            let still_dir = matches!(
+                store.get(path),
+                Ok(Some(r)) if r.is_live() && r.kind == Kind::Dir
+            );
+            if !still_dir && ino.is_some() && !path.is_empty() {
+                inodes.unlink(path, None);
+            }
+            out.push(Invalidation {
+                parent: inodes.lookup_path(parent),
+                name: name.to_owned(),
+                ino,
+            });
+        }
+        out
     }
 
     fn path_of(&self, ino: u64) -> FsResult<String> {
@@ -210,7 +281,7 @@ impl Fs {
             root.size = 4096;
             return Ok(root);
         }
-        live(self.store.get(path)?).ok_or(FsError::NotFound)
+        live(self.store().get(path)?).ok_or(FsError::NotFound)
     }
 
     /// The record behind `ino`: by its path, or, for a name removed while the kernel still
@@ -234,7 +305,7 @@ impl Fs {
     }
 
     fn detach(&self, r: &FileRecord) -> Detached {
-        Detached::new(&self.store, r.clone())
+        Detached::new(&self.store(), r.clone())
     }
 
     fn attr(&self, ino: u64, r: &FileRecord) -> FsResult<Attr> {
@@ -270,7 +341,7 @@ impl Fs {
         }
         // Count under `ns` so no mkdir/rmdir can slip between the scan and the insert.
         let _ns = lock(&self.ns);
-        let n = self.store.count_subdirs(dir)?;
+        let n = self.store().count_subdirs(dir)?;
         lock(&self.subdirs).insert(dir.to_owned(), n);
         Ok(n)
     }
@@ -362,7 +433,7 @@ impl Fs {
         let f = match self.open_file(ino) {
             Some(f) => f,
             None => Arc::new(Mutex::new(OpenFile::new(
-                &self.store,
+                &self.store(),
                 r.chunks.clone(),
                 r.mtime_ns,
             ))),
@@ -381,7 +452,7 @@ impl Fs {
         edit: impl FnOnce(&mut FileRecord),
     ) -> FsResult<()> {
         let mut content = match &mut f {
-            Some(f) if f.modified => Some(f.rechunk(&self.store)?),
+            Some(f) if f.modified => Some(f.rechunk(&self.store())?),
             _ => None,
         };
         let result = self.commit_record(
@@ -394,7 +465,7 @@ impl Fs {
         if let Some(f) = f {
             match (result, content) {
                 (Ok(Some(mtime)), Some((chunks, _writer))) => {
-                    f.committed(&self.store, chunks);
+                    f.committed(&self.store(), chunks);
                     f.mtime_ns = mtime;
                 }
                 (Ok(Some(mtime)), None) => f.mtime_ns = mtime,
@@ -424,7 +495,7 @@ impl Fs {
         let Some(path) = lock(&self.inodes).path(ino).map(str::to_owned) else {
             return Ok(None);
         };
-        let Some(mut rec) = live(self.store.get(&path)?) else {
+        let Some(mut rec) = live(self.store().get(&path)?) else {
             return Ok(None);
         };
         rec.version = Default::default();
@@ -437,7 +508,7 @@ impl Fs {
         }
         edit(&mut rec);
         let mtime = rec.mtime_ns;
-        self.store
+        self.store()
             .commit(vec![rec], content.as_mut().map(|(_, w)| w), sync)?;
         Ok(Some(mtime))
     }
@@ -462,7 +533,7 @@ impl Fs {
                 .entry(ino)
                 .or_insert_with(|| {
                     Arc::new(Mutex::new(OpenFile::new(
-                        &self.store,
+                        &self.store(),
                         r.chunks.clone(),
                         r.mtime_ns,
                     )))
@@ -492,13 +563,13 @@ impl Fs {
         {
             let _ns = lock(&self.ns);
             self.require_dir(parent)?;
-            match live(self.store.get(&path)?) {
+            match live(self.store().get(&path)?) {
                 Some(_) if mode.exclusive => return Err(FsError::Exists),
                 Some(r) if r.kind == Kind::Dir => return Err(FsError::IsDir),
                 Some(_) => {}
                 None => {
                     let rec = FileRecord::new(&path, Kind::File, perm & 0o7777, now_ns());
-                    self.store.commit(vec![rec], None, false)?;
+                    self.store().commit(vec![rec], None, false)?;
                 }
             }
         }
@@ -529,7 +600,7 @@ impl Fs {
         let (_, _, f) = self.handle(fh)?;
         let mut f = lock(&f);
         if !f.is_clean() {
-            return f.read(&self.store, &self.cfg.staging_dir, offset, size as usize);
+            return f.read(&self.store(), &self.cfg.staging_dir, offset, size as usize);
         }
         // Committed content only: read the chunks without holding the file lock.
         let base = f.base.clone();
@@ -539,7 +610,7 @@ impl Fs {
             return Ok(Vec::new());
         }
         let mut out = vec![0u8; (end - offset) as usize];
-        base.read_at(&self.store, offset, &mut out)?;
+        base.read_at(&self.store(), offset, &mut out)?;
         Ok(out)
     }
 
@@ -551,7 +622,7 @@ impl Fs {
         }
         let mut f = lock(&f);
         let at = if mode.append { f.size } else { offset };
-        f.write(&self.store, &self.cfg.staging_dir, at, data, now_ns())?;
+        f.write(&self.store(), &self.cfg.staging_dir, at, data, now_ns())?;
         Ok(data.len() as u32)
     }
 
@@ -563,7 +634,7 @@ impl Fs {
     /// Commits buffered writes and makes them durable.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         self.commit_handle(fh, true)?;
-        Ok(self.store.sync()?)
+        Ok(self.store().sync()?)
     }
 
     fn commit_handle(&self, fh: u64, sync: bool) -> FsResult<()> {
@@ -606,7 +677,7 @@ impl Fs {
                 self.commit_file(ino, Some(&mut f), false, |_| {})?;
             }
         }
-        Ok(self.store.sync()?)
+        Ok(self.store().sync()?)
     }
 
     /// Target of a symlink.
@@ -627,10 +698,10 @@ impl Fs {
         let r = {
             let _ns = lock(&self.ns);
             self.require_dir(parent)?;
-            if live(self.store.get(&path)?).is_some() {
+            if live(self.store().get(&path)?).is_some() {
                 return Err(FsError::Exists);
             }
-            let r = self.store.commit(vec![rec(&path)], None, false)?.remove(0);
+            let r = self.store().commit(vec![rec(&path)], None, false)?.remove(0);
             if r.kind == Kind::Dir {
                 self.subdirs_changed(split_parent(&path).0);
             }
@@ -676,11 +747,11 @@ impl Fs {
     fn remove(&self, parent: u64, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         let _ns = lock(&self.ns);
-        let mut r = live(self.store.get(&path)?).ok_or(FsError::NotFound)?;
+        let mut r = live(self.store().get(&path)?).ok_or(FsError::NotFound)?;
         match (dir, r.kind == Kind::Dir) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),
-            (true, true) if self.store.has_children(&path)? => return Err(FsError::NotEmpty),
+            (true, true) if self.store().has_children(&path)? => return Err(FsError::NotEmpty),
             _ => {}
         }
         if r.kind == Kind::Dir {
@@ -691,7 +762,7 @@ impl Fs {
         r.deleted = true;
         r.version = Default::default();
         r.mtime_ns = now_ns();
-        self.store.commit(vec![r], None, false)?;
+        self.store().commit(vec![r], None, false)?;
         lock(&self.inodes).unlink(&path, Some(detached));
         Ok(())
     }
@@ -711,14 +782,14 @@ impl Fs {
         let to = self.child_path(new_parent, new_name)?;
         let _ns = lock(&self.ns);
         self.require_dir(new_parent)?;
-        let src = live(self.store.get(&from)?).ok_or(FsError::NotFound)?;
+        let src = live(self.store().get(&from)?).ok_or(FsError::NotFound)?;
         if from == to {
             return Ok(());
         }
         if src.kind == Kind::Dir && to.starts_with(&format!("{from}/")) {
             return Err(FsError::Invalid);
         }
-        let dst = live(self.store.get(&to)?);
+        let dst = live(self.store().get(&to)?);
         if let Some(dst) = &dst {
             if no_replace {
                 return Err(FsError::Exists);
@@ -726,7 +797,7 @@ impl Fs {
             match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
-                (true, true) if self.store.has_children(&to)? => return Err(FsError::NotEmpty),
+                (true, true) if self.store().has_children(&to)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
         }
@@ -735,7 +806,7 @@ impl Fs {
         let mut i = 0;
         while i < moved.len() {
             if moved[i].kind == Kind::Dir {
-                let children = self.store.list_dir(&moved[i].path)?;
+                let children = self.store().list_dir(&moved[i].path)?;
                 moved.extend(children);
             }
             i += 1;
@@ -753,7 +824,7 @@ impl Fs {
             changes.push(gone);
             changes.push(new);
         }
-        self.store.commit(changes, None, false)?;
+        self.store().commit(changes, None, false)?;
         if is_dir {
             // Paths below both names changed; renaming directories is rare, start over.
             lock(&self.subdirs).clear();
@@ -770,7 +841,7 @@ impl Fs {
         if r.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let children = self.store.list_dir(&path)?;
+        let children = self.store().list_dir(&path)?;
         let parent_ino = {
             let mut inodes = lock(&self.inodes);
             if path.is_empty() {
@@ -838,7 +909,7 @@ impl Fs {
     pub fn statfs(&self) -> FsResult<StatFs> {
         let v =
             nix::sys::statvfs::statvfs(&self.cfg.staging_dir).map_err(|e| FsError::Io(e.into()))?;
-        let stats = self.store.stats();
+        let stats = self.store().stats();
         let frsize = v.fragment_size().max(1);
         Ok(StatFs {
             blocks: v.blocks() * frsize / 4096,

@@ -463,3 +463,26 @@ pub fn mount_config() -> Config {
 pub fn spawn_mount(fs: Arc<Fs>, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
     fuser::spawn_mount(FuseFs(fs), mountpoint, &mount_config())
 }
+
+/// Tells the kernel to forget what it caches about paths a peer changed: the directory entries
+/// (so the next lookup finds the new version or nothing) and the inodes' attributes and pages.
+/// Call it from a thread that is not serving FUSE requests (the kernel may wait on one).
+pub fn invalidate(notifier: &fuser::Notifier, changes: &[crate::fs::Invalidation]) {
+    for c in changes {
+        // ENOENT means the kernel had nothing cached: the normal case for a new name.
+        if let Some(parent) = c.parent {
+            if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(&c.name)) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(name = %c.name, error = %e, "cannot invalidate entry");
+                }
+            }
+        }
+        if let Some(ino) = c.ino {
+            if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(ino, error = %e, "cannot invalidate inode");
+                }
+            }
+        }
+    }
+}

@@ -68,6 +68,11 @@ impl Inodes {
         self.by_ino.get(&ino)?.path.as_deref()
     }
 
+    /// The inode the kernel knows `path` by, if any.
+    pub fn lookup_path(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
     /// The record an unlinked inode had when its name went away.
     pub fn detached(&self, ino: u64) -> Option<&FileRecord> {
         self.by_ino.get(&ino)?.detached.as_ref().map(|d| &d.record)

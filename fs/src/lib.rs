@@ -19,5 +19,5 @@ pub mod fuse;
 mod inodes;
 
 pub use error::{FsError, FsResult};
-pub use fs::{Attr, DirEntry, Fs, FsConfig, OpenMode, SetAttr, StatFs};
+pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};
 pub use inodes::ROOT;

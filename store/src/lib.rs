@@ -27,6 +27,8 @@ pub use crypto::{ChunkId, Crypto, FolderKey};
 pub use error::{Result, StoreError};
 pub use gc::{GcReport, VerifyReport};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
-pub use store::{ChunkWriter, Pins, Stats, Store, StoreOptions, Versioning};
+pub use store::{
+    ChunkWriter, CommitWatcher, Committed, Pins, Stats, Store, StoreOptions, Versioning,
+};
 #[cfg(test)]
 mod tests;

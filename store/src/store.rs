@@ -98,6 +98,23 @@ pub(crate) struct Inner {
     /// read-ahead sends neighbouring ranges to several FUSE threads at the same time, and a chunk
     /// straddling two requests was otherwise decrypted and hashed twice.
     loads: [Mutex<()>; 32],
+    /// Called after every commit (see [`Store::on_commit`]).
+    watchers: std::sync::RwLock<Vec<CommitWatcher>>,
+}
+
+/// A function told about every commit, after it is written.
+pub type CommitWatcher = Arc<dyn Fn(&Committed) + Send + Sync>;
+
+/// What one commit changed: handed to the watchers registered with [`Store::on_commit`].
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The store's sequence after the commit.
+    pub seq: u64,
+    /// Paths of the records written.
+    pub paths: Vec<String>,
+    /// True when any record came from a peer ([`Versioning::Remote`]): the filesystem must
+    /// drop what the kernel caches about these paths.
+    pub remote: bool,
 }
 
 /// A handle to an open folder store. Cheap to clone; all clones share one database.
@@ -181,6 +198,7 @@ impl Store {
                 pins: Arc::new(PinTable::default()),
                 cache: ChunkCache::new(options.cache_bytes),
                 loads: std::array::from_fn(|_| Mutex::new(())),
+                watchers: std::sync::RwLock::new(Vec::new()),
             }),
         })
     }
@@ -194,6 +212,17 @@ impl Store {
     /// it without exchanging it, and it reveals nothing about the key.
     pub fn folder_id(&self) -> [u8; 16] {
         self.inner.folder_id
+    }
+
+    /// Registers `watcher`, called after every later commit with what it changed, in commit
+    /// order. It runs on the committing thread under the store's write lock (that is what keeps
+    /// the order): keep it short, e.g. signal a channel, and never commit from it.
+    pub fn on_commit(&self, watcher: CommitWatcher) {
+        self.inner
+            .watchers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(watcher);
     }
 
     /// Hashing and sealing of chunks under this folder's key.
@@ -433,6 +462,9 @@ impl Store {
             self.stage_chunks(&mut batch, &mut refs, &mut stats, &w.pending)?;
         }
 
+        let remote = records
+            .iter()
+            .any(|(_, v)| matches!(v, Versioning::Remote { .. }));
         let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         for (mut record, versioning) in records {
@@ -499,6 +531,24 @@ impl Store {
         if let Some(w) = writer.as_deref_mut() {
             w.clear_pending();
         }
+        let watchers = self
+            .inner
+            .watchers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !watchers.is_empty() {
+            let committed = Committed {
+                seq,
+                paths: out.iter().map(|r| r.path.clone()).collect(),
+                remote,
+            };
+            // Under the write lock, so watchers see commits in sequence order.
+            for w in &watchers {
+                w(&committed);
+            }
+        }
+        drop(st);
         Ok(out)
     }
 

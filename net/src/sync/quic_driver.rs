@@ -69,16 +69,19 @@ pub enum PeerError {
 /// Runs replication over `conn` until it ends. See the module doc.
 ///
 /// `session` is a fresh session for this connection ([`Session::new`] with the store's sequence
-/// and [`StoreReplica::seen_from`] for the peer). `until` is asked after every step with no
-/// bytes left to write; once it returns true the run ends cleanly (pass `|_, _| false` to run
-/// until the peer ends or the connection fails). Returns the session so the caller can read its
-/// final state (progress, idleness).
+/// and [`StoreReplica::seen_from`] for the peer). `local` carries the store's sequence after
+/// every commit (local writes, and records applied from other peers): each change is passed to
+/// [`Session::handle_local_changed`] so it reaches this peer at once. `until` is asked after
+/// every step with no bytes left to write (a good place to publish progress); once it returns
+/// true the run ends cleanly (pass `|_, _| false` to run until the peer ends or the connection
+/// fails). Returns the session so the caller can read its final state (progress, idleness).
 #[tracing::instrument(skip_all, fields(remote = %conn.remote_address(), initiator = is_initiator))]
 pub async fn run_peer(
     conn: quinn::Connection,
     is_initiator: bool,
     mut session: Session,
     replica: &mut StoreReplica,
+    mut local: Option<tokio::sync::watch::Receiver<u64>>,
     mut until: impl FnMut(&Session, &StoreReplica) -> bool,
 ) -> Result<Session, PeerError> {
     let (mut send, mut recv) = if is_initiator {
@@ -133,6 +136,14 @@ pub async fn run_peer(
                     }
                 }
             }
+            changed = changed(&mut local) => match changed {
+                Some(seq) => {
+                    let actions = session.handle_local_changed(seq);
+                    replica.run(&mut session, actions, Instant::now())?;
+                }
+                // The sender is gone (the daemon is stopping): stop watching.
+                None => local = None,
+            },
             () = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 let actions = session.handle_timeout(now);
@@ -160,6 +171,18 @@ pub async fn run_peer(
     }
     tracing::debug!(peer_seen = session.peer_seen(), "sync stream ended");
     Ok(session)
+}
+
+/// The next sequence announced on `local`; `None` once its sender is gone. Pending forever
+/// without a receiver, so the `select!` arm stays quiet.
+async fn changed(local: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<u64> {
+    match local {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +272,7 @@ mod tests {
                 false,
                 session_a,
                 &mut replica_a,
+                None,
                 |_, _| false,
             )
             .await;
@@ -256,7 +280,7 @@ mod tests {
         });
         // B (the dialler) ends once it has applied all of A's log and has nothing in flight.
         let a_short = key_a.id().short();
-        let side_b = run_peer(conn_b, true, session_b, &mut replica_b, |s, r| {
+        let side_b = run_peer(conn_b, true, session_b, &mut replica_b, None, |s, r| {
             s.is_idle() && r.seen_from(a_short) >= a_seq
         });
         let session_b = tokio::time::timeout(DEADLINE, side_b)

@@ -155,6 +155,18 @@ impl Session {
         self.progress.seen
     }
 
+    /// Remote records announced by the peer and not applied yet, and their bytes: what this
+    /// device still has to fetch from this peer (`fybrk status`'s "pending").
+    pub fn pending(&self) -> (u64, u64) {
+        let bytes = self
+            .pending
+            .values()
+            .filter(|p| p.record.is_live())
+            .map(|p| p.record.size)
+            .sum();
+        (self.pending.len() as u64, bytes)
+    }
+
     /// True once the session closed itself ([`Action::Close`]).
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed

@@ -111,6 +111,11 @@ impl StoreReplica {
         self.seen.get(&peer).copied().unwrap_or(0)
     }
 
+    /// Starts from progress persisted by an earlier run: `peer`'s log is applied up to `seq`.
+    pub fn set_seen(&mut self, peer: ShortId, seq: u64) {
+        self.seen.insert(peer, seq);
+    }
+
     /// Records that could not be fetched or sent, oldest first.
     pub fn problems(&self) -> &[Problem] {
         &self.problems

@@ -1,0 +1,979 @@
+//! The daemon's network side: this device's QUIC endpoint, its paired devices, pairing, and one
+//! replication task per connected peer.
+//!
+//! # Connections
+//!
+//! Every paired device is dialled (its remembered addresses, with backoff and jitter) while no
+//! connection to it is up, and every paired device may dial us. When both succeed at once, each
+//! side keeps the connection dialled by the device with the smaller id and closes the other, so
+//! both agree without talking. A connection runs [`run_peer`] on the current store until it
+//! fails; the dialler then tries again at once (and backs off if connections keep failing).
+//!
+//! # Local changes
+//!
+//! The store tells every commit to a watcher ([`commit_watcher`]): the new sequence goes to a
+//! `watch` channel every peer task listens on (so a local write, or a record applied from one
+//! peer, reaches the others at once), and the paths of records that came from peers go to the
+//! filesystem's invalidator (the kernel must drop what it caches about them).
+//!
+//! # Pairing
+//!
+//! The inviter opens an [`InviterSession`] and a pairing window (unknown devices may complete
+//! the TLS handshake, for pairing only) until the invitation is used or expires. The joiner dials
+//! the inviter's addresses pinning its id, proves the secret bound to that TLS session, receives
+//! the folder key, moves its files into a store of that folder ([`Shared::adopt_folder`]), and
+//! only then trusts the inviter, so the first replication runs on the new store.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use fybrk_fs::{Fs, FsError};
+use fybrk_net::backoff::Backoff;
+use fybrk_net::identity::{DeviceId, DeviceKey};
+use fybrk_net::sync::quic_driver::run_peer;
+use fybrk_net::sync::store_driver::StoreReplica;
+use fybrk_net::sync::Session;
+use fybrk_net::tls::{channel_binding, AllowList, PairingWindow};
+use fybrk_net::transport::{Admission, Transport, CLOSE_NOT_PAIRED, CLOSE_SHUTDOWN};
+use fybrk_pair::{Invitation, InviterSession, JoinRequest, JoinedPeer, JoinerSession, Reply};
+use fybrk_store::{CommitWatcher, Committed, FolderKey, Kind, Store, StoreOptions};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{watch, Notify};
+
+use crate::peers::{Peer, PeerBook};
+use crate::state::StateDir;
+
+/// The UDP port fybrk listens on unless told otherwise (QUIC; STUN and TURN share it later).
+pub const DEFAULT_PORT: u16 = 22100;
+
+/// TLS exporter label binding a pairing proof to one connection.
+const PAIR_LABEL: &[u8] = b"EXPORTER-fybrk-pair-v1";
+
+/// How long one dial of one address may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a pairing exchange may take once connected.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection that lasted this long counts as a success: the next failure starts the
+/// backoff from its base again.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+
+/// How often sync progress and addresses are written to `peers.json`.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Application close code: a second connection to a peer that already has one.
+const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
+
+/// Chunks copied into a new store before they are written out, when joining a folder.
+const ADOPT_FLUSH_CHUNKS: usize = 64;
+
+/// Where the daemon listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Given by the user: a busy port is an error, not a reason to pick another.
+    pub explicit: bool,
+}
+
+impl Default for Listen {
+    fn default() -> Listen {
+        Listen {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            explicit: false,
+        }
+    }
+}
+
+/// The running network side. Dropping it stops every task.
+pub struct Node {
+    rt: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+}
+
+/// One live connection to a peer.
+struct Link {
+    /// Tells this link from a later one to the same peer.
+    generation: u64,
+    conn: quinn::Connection,
+    /// Dialled by the device with the smaller id: the one both sides keep.
+    preferred: bool,
+    since: Instant,
+    /// Records (and their bytes) announced by the peer and not applied yet.
+    pending: (u64, u64),
+    /// Nothing in flight either way.
+    idle: bool,
+}
+
+/// An invitation this device made, while it can still be used.
+struct Invite {
+    number: u64,
+    session: InviterSession,
+    /// Lets unknown devices through TLS (for pairing only) while the invitation is open.
+    _window: PairingWindow,
+}
+
+/// How an invitation ended, for `fybrk pair` waiting on it.
+#[derive(Clone, Debug)]
+enum InviteOutcome {
+    Joined(DeviceId, String),
+    Expired,
+}
+
+struct Shared {
+    state: StateDir,
+    id: DeviceId,
+    name: String,
+    fs: Arc<Fs>,
+    transport: Transport,
+    listen_addr: SocketAddr,
+    allow: Arc<AllowList>,
+    book: Mutex<PeerBook>,
+    links: Mutex<HashMap<DeviceId, Link>>,
+    next_generation: AtomicU64,
+    /// Wakes a peer's dialler: its link ended, or it was unpaired.
+    dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
+    local_seq: watch::Sender<u64>,
+    invalidate: std::sync::mpsc::Sender<Vec<String>>,
+    invites: Mutex<Vec<Invite>>,
+    outcomes: Mutex<HashMap<u64, InviteOutcome>>,
+    next_invite: AtomicU64,
+    folder_key: Mutex<FolderKey>,
+    /// Held while joining a folder: one join at a time.
+    joining: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value is updated by single inserts/removes; a panicking holder leaves it
+    // consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The watcher the daemon registers on every store it serves: see the module doc.
+pub fn commit_watcher(
+    local_seq: watch::Sender<u64>,
+    invalidate: std::sync::mpsc::Sender<Vec<String>>,
+) -> CommitWatcher {
+    let invalidate = Mutex::new(invalidate);
+    Arc::new(move |c: &Committed| {
+        local_seq.send_replace(c.seq);
+        if c.remote {
+            // The invalidator thread only goes away when the daemon stops.
+            let _ = lock(&invalidate).send(c.paths.clone());
+        }
+    })
+}
+
+impl Node {
+    /// Binds the UDP socket, starts the endpoint and connects to every paired device.
+    pub fn start(
+        state: &StateDir,
+        device: &DeviceKey,
+        name: &str,
+        fs: Arc<Fs>,
+        folder_key: FolderKey,
+        listen: Listen,
+        invalidate: std::sync::mpsc::Sender<Vec<String>>,
+    ) -> Result<Node> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("net")
+            .enable_all()
+            .build()
+            .context("cannot start the network runtime")?;
+        let socket = bind(listen)?;
+        let book = PeerBook::load(&state.peers())?;
+        let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
+        let transport = {
+            let _enter = rt.enter();
+            Transport::bind(socket, device, allow.clone())
+                .context("cannot start the QUIC endpoint")?
+        };
+        let listen_addr = transport.local_addr()?;
+        let store = fs.store();
+        let (local_seq, _) = watch::channel(store.sequence());
+        store.on_commit(commit_watcher(local_seq.clone(), invalidate.clone()));
+        let shared = Arc::new(Shared {
+            state: state.clone(),
+            id: device.id(),
+            name: name.to_owned(),
+            fs,
+            transport,
+            listen_addr,
+            allow,
+            book: Mutex::new(book),
+            links: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            dialers: Mutex::new(HashMap::new()),
+            local_seq,
+            invalidate,
+            invites: Mutex::new(Vec::new()),
+            outcomes: Mutex::new(HashMap::new()),
+            next_invite: AtomicU64::new(1),
+            folder_key: Mutex::new(folder_key),
+            joining: Mutex::new(()),
+        });
+        tracing::info!(addr = %listen_addr, "listening (QUIC over UDP)");
+        {
+            let _enter = rt.enter();
+            tokio::spawn(shared.clone().accept_loop());
+            tokio::spawn(shared.clone().housekeeping());
+            let peers: Vec<DeviceId> = lock(&shared.book).iter().map(|(id, _)| *id).collect();
+            for peer in peers {
+                shared.start_dialer(peer);
+            }
+        }
+        Ok(Node { rt, shared })
+    }
+
+    /// Peers and sync progress for `fybrk status`.
+    pub fn status(&self) -> Value {
+        self.shared.status()
+    }
+
+    /// Paired devices for `fybrk peers`.
+    pub fn peers(&self) -> Value {
+        let sh = &self.shared;
+        let links = lock(&sh.links);
+        let list: Vec<Value> = lock(&sh.book)
+            .iter()
+            .map(|(id, p)| {
+                json!({
+                    "id": id.to_string(),
+                    "name": p.name,
+                    "addrs": p.addrs,
+                    "connected": links.contains_key(id),
+                    "last_seen_unix": p.last_seen_unix,
+                })
+            })
+            .collect();
+        json!({ "peers": list })
+    }
+
+    /// Makes an invitation valid for `expires` and opens pairing until it is used or expires.
+    pub fn invite(&self, expires: Duration) -> Result<Value> {
+        let sh = &self.shared;
+        let now = unix_now();
+        let store = sh.fs.store();
+        let mut inv = Invitation::new(
+            *sh.id.as_bytes(),
+            &sh.name,
+            &candidate_addrs(sh.listen_addr),
+            None,
+            store.folder_id(),
+            now,
+        )
+        .map_err(|e| anyhow!("cannot make an invitation: {e}"))?;
+        inv.expires_unix = now.saturating_add(expires.as_secs().max(1));
+        let key = *lock(&sh.folder_key).as_bytes();
+        let number = sh.next_invite.fetch_add(1, Ordering::Relaxed);
+        lock(&sh.invites).push(Invite {
+            number,
+            session: InviterSession::new(&inv, key),
+            _window: sh.allow.open_pairing(),
+        });
+        tracing::info!(invite = number, expires_unix = inv.expires_unix, "pairing invitation open");
+        Ok(json!({
+            "invite": number,
+            "payload": inv.encode(),
+            "qr": inv.encode_qr(),
+            "expires_unix": inv.expires_unix,
+            "addrs": inv.addrs,
+        }))
+    }
+
+    /// Blocks until invitation `number` is used (returns the device) or expires (an error).
+    pub fn wait_invite(&self, number: u64) -> Result<Value> {
+        loop {
+            if let Some(outcome) = lock(&self.shared.outcomes).get(&number).cloned() {
+                return match outcome {
+                    InviteOutcome::Joined(id, name) => {
+                        Ok(json!({ "joined": { "id": id.to_string(), "name": name } }))
+                    }
+                    InviteOutcome::Expired => Err(anyhow!(
+                        "the invitation expired before any device used it; make a new one with `fybrk pair`"
+                    )),
+                };
+            }
+            if !lock(&self.shared.invites).iter().any(|i| i.number == number) {
+                bail!("no such invitation (the daemon was restarted?); make a new one with `fybrk pair`");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Joins the folder of the device that made `payload`: see the module doc.
+    pub fn pair_with(&self, payload: &str) -> Result<Value> {
+        let inv = Invitation::parse(payload, unix_now()).map_err(|e| anyhow!("{e}"))?;
+        let sh = self.shared.clone();
+        self.rt.block_on(sh.join(inv))
+    }
+
+    /// Removes a paired device: it can no longer connect, and its connection is closed.
+    pub fn unpair(&self, query: &str) -> Result<Value> {
+        let sh = &self.shared;
+        let (id, peer) = {
+            let mut book = lock(&sh.book);
+            let id = book.find(query).map_err(|e| anyhow!(e))?;
+            let peer = book.remove(&id).context("peer vanished")?;
+            book.save()?;
+            (id, peer)
+        };
+        sh.allow.remove(&id);
+        if let Some(link) = lock(&sh.links).remove(&id) {
+            link.conn.close(CLOSE_NOT_PAIRED, b"unpaired");
+        }
+        if let Some(wake) = lock(&sh.dialers).remove(&id) {
+            wake.notify_one();
+        }
+        tracing::info!(peer = %id, name = %peer.name, "unpaired");
+        Ok(json!({ "id": id.to_string(), "name": peer.name }))
+    }
+
+    /// Saves progress, closes every connection (peers learn at once) and stops the tasks.
+    pub fn shutdown(self) {
+        let sh = self.shared.clone();
+        if let Err(e) = lock(&sh.book).save() {
+            tracing::warn!(error = %e, "cannot save peers");
+        }
+        sh.transport.close();
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), sh.transport.wait_idle()).await;
+        });
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Binds the UDP socket; a busy default port falls back to any free port.
+fn bind(listen: Listen) -> Result<UdpSocket> {
+    match UdpSocket::bind(listen.addr) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !listen.explicit => {
+            let any = SocketAddr::new(listen.addr.ip(), 0);
+            let s = UdpSocket::bind(any).with_context(|| format!("cannot bind UDP {any}"))?;
+            tracing::warn!(
+                wanted = %listen.addr,
+                got = %s.local_addr()?,
+                "UDP port in use (another fybrk daemon?); listening on a random port instead. \
+                 Pass --listen to choose one"
+            );
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
+            "UDP {} is in use (another fybrk daemon?): pass another --listen address",
+            listen.addr
+        )),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on UDP {}", listen.addr)),
+    }
+}
+
+/// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
+/// machine's interface addresses (loopback last) with the listen port.
+fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return vec![listen];
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+        for ifa in ifs {
+            let Some(ip) = ifa
+                .address
+                .and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+            else {
+                continue;
+            };
+            if !ip.is_loopback() {
+                addrs.push(SocketAddr::new(ip, listen.port()));
+            }
+        }
+    }
+    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()));
+    addrs.dedup();
+    addrs
+}
+
+impl Shared {
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(acc) = self.transport.accept().await {
+            let sh = self.clone();
+            tokio::spawn(async move {
+                match acc.admission {
+                    Admission::Paired => sh.attach(acc.peer, acc.connection, false),
+                    Admission::PairingOnly => {
+                        let conn = acc.connection.clone();
+                        let r = tokio::time::timeout(
+                            PAIR_TIMEOUT,
+                            sh.serve_join(acc.connection, acc.peer),
+                        )
+                        .await;
+                        let err = match r {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e),
+                            Err(_) => Some(anyhow!("the joining device went silent")),
+                        };
+                        if let Some(e) = err {
+                            tracing::warn!(peer = %acc.peer, addr = %conn.remote_address(), "pairing failed: {e:#}");
+                            conn.close(CLOSE_NOT_PAIRED, b"pairing failed");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Periodic work: save progress, expire invitations.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_save = Instant::now();
+        loop {
+            tick.tick().await;
+            let now = unix_now();
+            {
+                let mut invites = lock(&self.invites);
+                let mut outcomes = lock(&self.outcomes);
+                invites.retain(|i| {
+                    if let Some(p) = i.session.used_by() {
+                        let id = DeviceId::from_bytes(p.id);
+                        outcomes.insert(i.number, InviteOutcome::Joined(id, p.name.clone()));
+                        false
+                    } else if !i.session.is_open(now) {
+                        outcomes.insert(i.number, InviteOutcome::Expired);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            if last_save.elapsed() >= SAVE_INTERVAL {
+                last_save = Instant::now();
+                if let Err(e) = lock(&self.book).save() {
+                    tracing::warn!(error = %e, "cannot save peers");
+                }
+            }
+        }
+    }
+
+    /// Inviter side of pairing on a connection from an unknown device.
+    async fn serve_join(self: &Arc<Self>, conn: quinn::Connection, peer: DeviceId) -> Result<()> {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let req: JoinRequest = read_frame(&mut recv).await?;
+        let binding = channel_binding(&conn, PAIR_LABEL, &[])?;
+        let now = unix_now();
+        let outcome = {
+            let mut invites = lock(&self.invites);
+            let mut first_err = None;
+            let mut joined = None;
+            for inv in invites.iter_mut().filter(|i| i.session.is_open(now)) {
+                match inv.session.handle_join(&req, &binding, peer.as_bytes(), now) {
+                    Ok(ok) => {
+                        joined = Some((inv.number, ok));
+                        break;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            match (joined, first_err) {
+                (Some(j), _) => Ok(j),
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(fybrk_pair::RefuseReason::Expired.into()),
+            }
+        };
+        match outcome {
+            Ok((number, (welcome, JoinedPeer { name, .. }))) => {
+                // Trust the device before it has the key: it connects for replication next.
+                self.add_peer(peer, &name, conn.remote_address());
+                lock(&self.outcomes).insert(number, InviteOutcome::Joined(peer, name.clone()));
+                tracing::info!(peer = %peer, %name, "device joined");
+                write_frame(&mut send, &Reply::Welcome(welcome)).await?;
+            }
+            Err(refused) => {
+                tracing::warn!(peer = %peer, reason = ?refused.reason, "join refused");
+                write_frame(&mut send, &Reply::Refused(refused)).await?;
+            }
+        }
+        send.finish()?;
+        // The joiner closes once it has read the reply.
+        let _ = tokio::time::timeout(PAIR_TIMEOUT, conn.closed()).await;
+        Ok(())
+    }
+
+    /// Joiner side of pairing.
+    async fn join(self: Arc<Self>, inv: Invitation) -> Result<Value> {
+        let inviter = DeviceId::from_bytes(inv.inviter);
+        if inviter == self.id {
+            bail!("this invitation was made by this device; use it on the device that should join");
+        }
+        {
+            let book = lock(&self.book);
+            if book.get(&inviter).is_some() {
+                bail!("already paired with {} ({inviter})", inv.inviter_name);
+            }
+            let others: Vec<String> = book.iter().map(|(_, p)| p.name.clone()).collect();
+            if !others.is_empty() {
+                bail!(
+                    "this device already syncs its folder with {}: a device syncs one folder. \
+                     To join another one, unpair those first (`fybrk unpair`), or use another --state dir",
+                    others.join(", ")
+                );
+            }
+        }
+        if inv.addrs.is_empty() {
+            bail!("the invitation lists no address to reach the inviting device");
+        }
+        let mut last_err = None;
+        let mut conn = None;
+        for addr in &inv.addrs {
+            match self
+                .transport
+                .connect_timeout(*addr, inviter, DIAL_TIMEOUT)
+                .await
+            {
+                Ok((c, _)) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%addr, "cannot reach the inviter: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        let conn = match (conn, last_err) {
+            (Some(c), _) => c,
+            (None, Some(fybrk_net::transport::ConnectError::Refused { .. })) => bail!(
+                "{} refused the connection: the invitation was already used, has expired on that \
+                 device, or was cancelled. Ask for a new one with `fybrk pair`",
+                inv.inviter_name
+            ),
+            (None, e) => bail!(
+                "cannot reach {} at {}: {}. Is its daemon running, and reachable from here?",
+                inv.inviter_name,
+                inv.addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                e.map_or_else(|| "no answer".to_string(), |e| e.to_string())
+            ),
+        };
+        let welcome = tokio::time::timeout(PAIR_TIMEOUT, async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let binding = channel_binding(&conn, PAIR_LABEL, &[])?;
+            let mut joiner = JoinerSession::new(&inv, *self.id.as_bytes(), &self.name);
+            write_frame(&mut send, &joiner.request(&binding)).await?;
+            send.finish()?;
+            let reply: Reply = read_frame(&mut recv).await?;
+            Ok::<_, anyhow::Error>(joiner.handle_reply(reply)?)
+        })
+        .await
+        .map_err(|_| anyhow!("{} did not answer the join request in time", inv.inviter_name))?;
+        conn.close(CLOSE_SHUTDOWN, b"joined");
+        let welcome = welcome?;
+        if welcome.folder_id != inv.folder {
+            bail!("the inviting device sent another folder than its invitation named; not joining");
+        }
+        let addr = conn.remote_address();
+        let key = FolderKey::from_bytes(welcome.folder_key);
+        let sh = self.clone();
+        tokio::task::spawn_blocking(move || sh.adopt_folder(&key))
+            .await
+            .map_err(|e| anyhow!("joining the folder failed: {e}"))??;
+        let name = fybrk_pair::sanitize_name(&welcome.inviter_name);
+        self.add_peer(inviter, &name, addr);
+        tracing::info!(peer = %inviter, %name, "joined the folder");
+        Ok(json!({ "peer": { "id": inviter.to_string(), "name": name } }))
+    }
+
+    /// Remembers and trusts a newly paired device, and starts dialling it.
+    fn add_peer(self: &Arc<Self>, id: DeviceId, name: &str, addr: SocketAddr) {
+        {
+            let mut book = lock(&self.book);
+            book.insert(
+                id,
+                Peer {
+                    name: name.to_owned(),
+                    addrs: vec![addr],
+                    last_seen_unix: Some(unix_now()),
+                    seen: 0,
+                },
+            );
+            if let Err(e) = book.save() {
+                tracing::error!(error = %e, "cannot save the new peer; it is paired until restart");
+            }
+        }
+        self.allow.add(id);
+        self.start_dialer(id);
+    }
+
+    fn start_dialer(self: &Arc<Self>, peer: DeviceId) {
+        let wake = Arc::new(Notify::new());
+        if let Some(old) = lock(&self.dialers).insert(peer, wake.clone()) {
+            old.notify_one();
+        }
+        tokio::spawn(self.clone().dial_loop(peer, wake));
+    }
+
+    /// Keeps one connection to `peer` up while it is paired: dials when there is none.
+    async fn dial_loop(self: Arc<Self>, peer: DeviceId, wake: Arc<Notify>) {
+        let mut backoff = Backoff::RECONNECT;
+        loop {
+            let current = lock(&self.dialers)
+                .get(&peer)
+                .is_some_and(|w| Arc::ptr_eq(w, &wake));
+            if !current || !self.allow.contains(&peer) {
+                return;
+            }
+            let linked_since = lock(&self.links).get(&peer).map(|l| l.since);
+            if let Some(since) = linked_since {
+                let notified = wake.notified();
+                // Re-check after registering: the link may have ended in between.
+                if lock(&self.links).contains_key(&peer) {
+                    notified.await;
+                }
+                if since.elapsed() >= STABLE_LINK {
+                    backoff.reset();
+                }
+                continue;
+            }
+            let addrs = lock(&self.book)
+                .get(&peer)
+                .map(|p| p.addrs.clone())
+                .unwrap_or_default();
+            let mut connected = false;
+            for addr in addrs {
+                match self
+                    .transport
+                    .connect_timeout(addr, peer, DIAL_TIMEOUT)
+                    .await
+                {
+                    Ok((conn, _)) => {
+                        self.attach(peer, conn, true);
+                        connected = true;
+                        break;
+                    }
+                    Err(e) => tracing::debug!(peer = %peer.abbrev(), %addr, "dial failed: {e}"),
+                }
+            }
+            if connected {
+                continue;
+            }
+            let delay = backoff.next_delay(&mut rand::thread_rng());
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = wake.notified() => {}
+            }
+        }
+    }
+
+    /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
+    fn attach(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, initiator: bool) {
+        let dialer = if initiator { self.id } else { peer };
+        let preferred = dialer == self.id.min(peer);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut links = lock(&self.links);
+            if let Some(existing) = links.get(&peer) {
+                if existing.preferred || !preferred {
+                    conn.close(CLOSE_DUPLICATE, b"duplicate connection");
+                    return;
+                }
+                existing
+                    .conn
+                    .close(CLOSE_DUPLICATE, b"replaced by the preferred connection");
+            }
+            links.insert(
+                peer,
+                Link {
+                    generation,
+                    conn: conn.clone(),
+                    preferred,
+                    since: Instant::now(),
+                    pending: (0, 0),
+                    idle: false,
+                },
+            );
+        }
+        lock(&self.book).update(&peer, |p| {
+            p.remember_addr(conn.remote_address());
+            p.last_seen_unix = Some(unix_now());
+        });
+        tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), initiator, "connected");
+        tokio::spawn(self.clone().run_link(peer, conn, initiator, generation));
+    }
+
+    /// Replicates over one connection until it ends.
+    async fn run_link(
+        self: Arc<Self>,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        initiator: bool,
+        generation: u64,
+    ) {
+        // Subscribe before reading the sequence: a commit in between is then announced.
+        let local = self.local_seq.subscribe();
+        let store = self.fs.store();
+        let short = peer.short();
+        let seen = lock(&self.book).get(&peer).map_or(0, |p| p.seen);
+        let mut replica = StoreReplica::new(store.clone());
+        replica.set_seen(short, seen);
+        let session = Session::new(
+            store.device(),
+            store.folder_id(),
+            store.sequence(),
+            seen,
+            Instant::now(),
+        );
+        let mut saved = seen;
+        let sh = self.clone();
+        let result = run_peer(conn.clone(), initiator, session, &mut replica, Some(local), |s, r| {
+            if let Some(link) = lock(&sh.links).get_mut(&peer) {
+                if link.generation == generation {
+                    link.pending = s.pending();
+                    link.idle = s.is_idle();
+                }
+            }
+            let now_seen = r.seen_from(short);
+            if now_seen != saved {
+                saved = now_seen;
+                lock(&sh.book).update(&peer, |p| p.seen = now_seen);
+            }
+            false
+        })
+        .await;
+        let seen = replica.seen_from(short);
+        lock(&self.book).update(&peer, |p| {
+            p.seen = p.seen.max(seen);
+            p.last_seen_unix = Some(unix_now());
+        });
+        {
+            let mut links = lock(&self.links);
+            if links.get(&peer).is_some_and(|l| l.generation == generation) {
+                links.remove(&peer);
+            }
+        }
+        match result {
+            Ok(_) => tracing::info!(peer = %peer.abbrev(), "disconnected"),
+            Err(e) => tracing::info!(peer = %peer.abbrev(), "disconnected: {e}"),
+        }
+        for p in replica.problems() {
+            tracing::warn!(peer = %peer.abbrev(), problem = ?p, "sync problem");
+        }
+        if let Some(wake) = lock(&self.dialers).get(&peer) {
+            wake.notify_one();
+        }
+    }
+
+    fn status(&self) -> Value {
+        let links = lock(&self.links);
+        let book = lock(&self.book);
+        let mut pending_items = 0;
+        let mut pending_bytes = 0;
+        let peers: Vec<Value> = book
+            .iter()
+            .map(|(id, p)| match links.get(id) {
+                Some(l) => {
+                    let stats = l.conn.stats();
+                    pending_items += l.pending.0;
+                    pending_bytes += l.pending.1;
+                    json!({
+                        "id": id.to_string(),
+                        "name": p.name,
+                        "connected": true,
+                        "addr": l.conn.remote_address(),
+                        "rtt_ms": l.conn.rtt().as_secs_f64() * 1000.0,
+                        "bytes_in": stats.udp_rx.bytes,
+                        "bytes_out": stats.udp_tx.bytes,
+                        "lost_packets": stats.path.lost_packets,
+                        "sent_packets": stats.path.sent_packets,
+                        "connected_secs": l.since.elapsed().as_secs(),
+                        "last_seen_unix": unix_now(),
+                        "pending_items": l.pending.0,
+                        "pending_bytes": l.pending.1,
+                        "in_sync": l.idle && l.pending.0 == 0,
+                    })
+                }
+                None => json!({
+                    "id": id.to_string(),
+                    "name": p.name,
+                    "connected": false,
+                    "addr": p.addrs.first(),
+                    "rtt_ms": null,
+                    "bytes_in": 0,
+                    "bytes_out": 0,
+                    "last_seen_unix": p.last_seen_unix,
+                    "pending_items": 0,
+                    "pending_bytes": 0,
+                    "in_sync": false,
+                }),
+            })
+            .collect();
+        json!({
+            "listen_addr": self.listen_addr,
+            "peers": peers,
+            "pending_items": pending_items,
+            "pending_bytes": pending_bytes,
+        })
+    }
+
+    /// Moves this device into the folder whose key is `key`: copies every record of the
+    /// current store into a new store of that folder, switches the filesystem to it, and makes
+    /// the switch durable. Blocking (it copies file contents).
+    fn adopt_folder(&self, key: &FolderKey) -> Result<()> {
+        let _one = lock(&self.joining);
+        let new_id = fybrk_store::Crypto::new(key).folder_id();
+        let old = self.fs.store();
+        if old.folder_id() == new_id {
+            return Ok(());
+        }
+        // From here a crash is finished at the next start (see `finish_join`).
+        crate::state::write_key(&self.state.joining_key(), key)?;
+        let new = open_store(&self.state, key, old.device())?;
+        new.on_commit(commit_watcher(
+            self.local_seq.clone(),
+            self.invalidate.clone(),
+        ));
+        let mut copied_to = 0;
+        loop {
+            let target = old.sequence();
+            copy_records(&old, &new, copied_to)?;
+            copied_to = target;
+            match self
+                .fs
+                .replace_store(new.clone(), |cur| cur.sequence() == target)
+            {
+                Ok(Some(_)) => break,
+                // Written to meanwhile: copy what changed, try again.
+                Ok(None) => continue,
+                Err(FsError::Busy) => bail!(
+                    "files in the folder are open; close them (and any shell inside the folder \
+                     is fine) and run `fybrk pair-with` again"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        new.sync()?;
+        crate::state::write_key(&self.state.key(), key)?;
+        std::fs::remove_file(self.state.joining_key())?;
+        *lock(&self.folder_key) = FolderKey::from_bytes(*key.as_bytes());
+        lock(&self.book).reset_progress();
+        self.local_seq.send_replace(new.sequence());
+        let old_dir = self.state.db_for(old.folder_id());
+        drop(old);
+        // Other threads may hold the old store for a moment (a status call); unlinked files
+        // stay readable to them.
+        if let Err(e) = std::fs::remove_dir_all(&old_dir) {
+            tracing::warn!(dir = %old_dir.display(), error = %e, "cannot remove the old store");
+        }
+        tracing::info!("now syncing the joined folder");
+        Ok(())
+    }
+}
+
+/// Opens (creating) the store of the folder `key` in `state`.
+pub fn open_store(state: &StateDir, key: &FolderKey, device: u64) -> Result<Store> {
+    let dir = state.db(key);
+    Store::open(
+        &dir,
+        key,
+        StoreOptions {
+            device: Some(device),
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open the store in {}", dir.display()))
+}
+
+/// Copies every change of `from` after sequence `since` into `to` as local changes: file
+/// contents are re-encrypted chunk by chunk (same boundaries, the new folder's ids).
+pub fn copy_records(from: &Store, to: &Store, since: u64) -> Result<()> {
+    for r in from.changes_since(since)? {
+        let exists = to.get(&r.path)?.is_some_and(|t| t.is_live());
+        if !r.is_live() {
+            if exists {
+                let mut gone = r.clone();
+                gone.version = Default::default();
+                to.commit(vec![gone], None, false)?;
+            }
+            continue;
+        }
+        let mut rec = r.clone();
+        rec.version = Default::default();
+        if r.kind != Kind::File {
+            to.commit(vec![rec], None, false)?;
+            continue;
+        }
+        let mut writer = to.writer();
+        rec.chunks.clear();
+        for (i, c) in r.chunks.iter().enumerate() {
+            let data = from.read_chunk(&c.id)?;
+            rec.chunks.push(writer.add(&data)?);
+            if i % ADOPT_FLUSH_CHUNKS == ADOPT_FLUSH_CHUNKS - 1 {
+                writer.flush()?;
+            }
+        }
+        to.commit(vec![rec], Some(&mut writer), false)?;
+    }
+    Ok(())
+}
+
+/// Finishes a join a crash interrupted: `folder.key.join` exists, so the folder switch was not
+/// made durable. Copies the old folder's records into the new store again (copying is
+/// idempotent) and switches.
+pub fn finish_join(state: &StateDir, device: u64) -> Result<()> {
+    let Some(new_key) = crate::state::read_key(&state.joining_key())? else {
+        return Ok(());
+    };
+    tracing::warn!("finishing an interrupted join");
+    let new = open_store(state, &new_key, device)?;
+    if let Some(old_key) = crate::state::read_key(&state.key())? {
+        let old_dir = state.db(&old_key);
+        if old_dir.exists() && old_dir != state.db(&new_key) {
+            let old = open_store(state, &old_key, device)?;
+            copy_records(&old, &new, 0)?;
+            drop(old);
+            new.sync()?;
+            crate::state::write_key(&state.key(), &new_key)?;
+            std::fs::remove_dir_all(&old_dir)?;
+        }
+    }
+    crate::state::write_key(&state.key(), &new_key)?;
+    std::fs::remove_file(state.joining_key())?;
+    Ok(())
+}
+
+/// Writes one pairing frame.
+async fn write_frame<T: serde::Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<()> {
+    let frame = fybrk_pair::encode_frame(msg)?;
+    send.write_all(&frame).await?;
+    send.flush().await?;
+    Ok(())
+}
+
+/// Reads one pairing frame (they are small: at most a few KiB).
+async fn read_frame<T: serde::de::DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some((msg, _)) = fybrk_pair::decode_frame::<T>(&buf)? {
+            return Ok(msg);
+        }
+        match recv.read(&mut chunk).await? {
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
+            None => bail!("the other device closed the pairing stream early"),
+        }
+    }
+}
