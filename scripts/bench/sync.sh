@@ -307,7 +307,7 @@ run_fybrk() {
     pb=$("$FYBRK" --state "$dir/b/state" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["listen_addr"].rsplit(":",1)[1])')
     nft_pair "$label" "$pa" "$pb"
     say "fybrk: A pid $pida (:$pa), B pid $pidb (:$pb)"
-    payload=$("$FYBRK" --state "$dir/a/state" pair --no-wait --json | head -n 1 |
+    payload=$("$FYBRK" --state "$dir/a/state" pair --no-wait --json --png "$dir/pair.png" | head -n 1 |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"])')
     "$FYBRK" --state "$dir/b/state" pair-with "$payload"
     helper fy-wait --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" >"$dir/link" ||
@@ -319,6 +319,8 @@ run_fybrk() {
         --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" --prefix "$label" \
         --link "QUIC $link" --out "$RESULTS/$label.json" "${measure_common[@]}"
     check_loopback_only "$pida" "$pidb"
+    fy_unmount "$dir/a/state" "$dir/a/mnt" "$pida"
+    fy_unmount "$dir/b/state" "$dir/b/mnt" "$pidb"
 }
 
 # --- run -------------------------------------------------------------------------------------

@@ -155,6 +155,18 @@ def nft_counter(table, name):
     raise RuntimeError(f"nft counter {name} not found")
 
 
+def udp_snmp():
+    """The kernel's UDP counters (this network namespace), e.g. RcvbufErrors: datagrams dropped
+    because a socket's receive buffer was full."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
+
+
+def udp_drops(before, after):
+    return {k: after[k] - before[k] for k in ("RcvbufErrors", "InErrors") if after[k] != before[k]}
+
+
 def percentile(xs, p):
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     s = sorted(xs)
@@ -400,6 +412,7 @@ def measure(a):
     res = {"label": a.label, "kind": a.kind, "files": a.files, "size_mib": a.size_mib,
            "base_mib": a.base_mib, "errors": []}
     token = os.urandom(3).hex()
+    udp0 = udp_snmp()
 
     # 1. small-file latency: close on A -> right content readable on B, one file at a time. One
     # warm-up file first (reported apart, not in the median): the first change after a connect
@@ -473,6 +486,10 @@ def measure(a):
     if dd.returncode != 0:
         res["errors"].append(f"throughput: dd exited {dd.returncode}")
 
+    res["udp_drops_until_large"] = udp_drops(udp0, udp_snmp())
+    if res["udp_drops_until_large"]:
+        log(f"UDP drops so far (/proc/net/snmp): {res['udp_drops_until_large']}")
+
     # 3. insertion: 1 MiB of random data into the middle of a synced BASE MiB file.
     base_a, base_b = os.path.join(a.dir_a, f"insert-{token}.bin"), os.path.join(a.dir_b, f"insert-{token}.bin")
     base = a.base_mib * MIB
@@ -485,6 +502,7 @@ def measure(a):
         wait_verified(base_b, bd, base, a.big_timeout)
         pair.wait_quiet(timeout=a.big_timeout)
         nft0, app0 = pair.nft(), pair.app_counters()
+        udp_i0 = udp_snmp()
         log(f"rewrite it as head ({mid // MIB} MiB) + 1 MiB random + tail ({(base - mid) // MIB} MiB)")
         nd, _ = a.new_digests
         t0 = time.perf_counter()
@@ -493,6 +511,7 @@ def measure(a):
         res["insert_sync_s"] = t1 - t0
         pair.wait_quiet(timeout=a.big_timeout)
         nft1, app1 = pair.nft(), pair.app_counters()
+        res["udp_drops_insert"] = udp_drops(udp_i0, udp_snmp())
         res["insert_a2b"] = nft1[0] - nft0[0]
         res["insert_b2a"] = nft1[1] - nft0[1]
         res["insert_total"] = res["insert_a2b"] + res["insert_b2a"]
@@ -515,6 +534,10 @@ def measure(a):
         res[f"rss_{side}_mib"] = None if hwm is None else hwm / 1024
         if hwm is None:
             res["errors"].append(f"rss: process {pid} ({side.upper()}) is gone")
+    res["udp_drops_total"] = udp_drops(udp0, udp_snmp())
+    if res["udp_drops_total"]:
+        log(f"UDP drops over the run (/proc/net/snmp): {res['udp_drops_total']}; "
+            f"during the insertion: {res.get('udp_drops_insert')}")
     log(f"peak RSS: A {res['rss_a_mib'] or 0:.1f} MiB, B {res['rss_b_mib'] or 0:.1f} MiB")
     with open(a.out, "w") as f:
         json.dump(res, f, indent=2)
@@ -577,6 +600,11 @@ def report(a):
             return "-"
         return f"{v:,.2f}" if abs(v) < 10 else f"{v:,.1f}"
 
+    def fmt_ratio(x):
+        if x is None:
+            return "-"
+        return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
+
     st_names = {k: "Syncthing " + results[k].get("watch", k) for k in st_labels}
     head = ["test", "unit", "fybrk"] + [st_names[k] for k in st_labels] + \
         [f"fybrk/{st_names[k].replace('Syncthing ', 'ST ')}" for k in st_labels] + ["target", "result"]
@@ -588,7 +616,7 @@ def report(a):
         ok = check(fv) if check and fv is not None else None
         result = "-" if ok is None else ("PASS" if ok else "MISS")
         table.append([test, unit, fmt(fv)] + [fmt(v) for v in svs] +
-                     ["-" if x is None else f"{x:.2f}x" for x in ratios] + [target, result])
+                     [fmt_ratio(x) for x in ratios] + [target, result])
         out_rows.append({"test": test, "unit": unit, "fybrk": fv,
                          **{k: v for k, v in zip(st_labels, svs)},
                          **{f"fybrk/{k}": x for k, x in zip(st_labels, ratios)},
@@ -605,6 +633,9 @@ def report(a):
     for k, r in results.items():
         if r.get("link"):
             notes.append(f"{k}: connected via {r['link']}")
+        if r.get("udp_drops_total"):
+            notes.append(f"{k}: UDP datagrams dropped on lo over the run (/proc/net/snmp): "
+                         f"{r['udp_drops_total']}, of which during the insertion: {r.get('udp_drops_insert')}")
         for e in r.get("errors", []):
             notes.append(f"{k}: ERROR {e}")
     if notes:
