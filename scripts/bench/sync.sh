@@ -327,6 +327,17 @@ run_fybrk() {
 say "command: $CMD"
 say "workdir: $WORK ($(df -h --output=source,fstype,avail "$WORK" | tail -n 1 | tr -s ' '))"
 say "kernel: $(uname -r)   cpus: $(nproc)   network: private namespace, lo only"
+# Everything here (two daemons each side, hashing, the checker) competes for the same CPUs:
+# a busy machine skews the comparison, and unevenly since the pairs run one after the other.
+load_check() {
+    local load
+    load=$(cut -d ' ' -f 1 /proc/loadavg)
+    say "load average $1: $(cut -d ' ' -f 1-3 /proc/loadavg)"
+    if awk -v l="$load" -v n="$(nproc)" 'BEGIN {exit !(l > 0.25 * n)}'; then
+        warn "the machine is busy (load $load on $(nproc) cpus): the figures are noisy"
+    fi
+}
+load_check "before"
 [[ $RUN_FYBRK -eq 1 ]] && say "fybrk: $FYBRK ($("$FYBRK" --version 2>/dev/null || echo '?'))"
 [[ $RUN_ST -eq 1 ]] && say "syncthing: $(syncthing --version | head -n 1)"
 
@@ -346,6 +357,7 @@ if [[ $RUN_ST -eq 1 ]]; then
     run_syncthing syncthing_w10 10
 fi
 
+load_check "after"
 python3 "$HELPER" report --command "$CMD" "$BENCH_DIR/sync-results.json" "$RESULTS"/*.json
 echo
 echo "command: $CMD"
