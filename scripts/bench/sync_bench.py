@@ -17,6 +17,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -603,7 +604,9 @@ def report(a):
     def fmt_ratio(x):
         if x is None:
             return "-"
-        return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
+        if x >= 0.1 or x <= 0:
+            return f"{x:.2f}x"
+        return f"{x:.{1 - math.floor(math.log10(x))}f}x"  # two significant digits, no exponent
 
     st_names = {k: "Syncthing " + results[k].get("watch", k) for k in st_labels}
     head = ["test", "unit", "fybrk"] + [st_names[k] for k in st_labels] + \
