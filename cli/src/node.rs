@@ -197,6 +197,7 @@ impl Node {
             .build()
             .context("cannot start the network runtime")?;
         let socket = bind(listen, state)?;
+        grow_buffers(&socket);
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
         let transport = {
@@ -409,6 +410,26 @@ fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
             listen.addr
         )),
         Err(e) => Err(e).with_context(|| format!("cannot listen on UDP {}", listen.addr)),
+    }
+}
+
+/// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
+/// a peer sent a large file (hundreds of datagrams dropped per GiB, each a QUIC retransmission).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Raises the socket's receive and send buffers (the kernel caps them at `net.core.rmem_max`
+/// and `wmem_max`; as root the cap does not apply).
+fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    for (name, r) in [
+        ("receive", setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+            .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER))),
+        ("send", setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+            .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER))),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cannot raise the UDP {name} buffer");
+        }
     }
 }
 
