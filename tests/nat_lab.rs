@@ -19,7 +19,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use fybrk_tests::{describe, have_tool, pid_alive, run_timeout, wait_until};
-use lab::udp::{is_timeout, SILENCE_WAIT};
+use lab::udp::{is_timeout, whoami_within, SILENCE_WAIT};
 use lab::{stun_binding, whoami, Device, Lab, RouterKind, TURN_IP};
 
 /// The port device sockets bind (any would do; fixed so mappings that keep it are easy to read).
@@ -54,7 +54,11 @@ fn arrival(from: &UdpSocket, to: SocketAddr, sock: &UdpSocket) -> Option<SocketA
 fn arrives(from: &UdpSocket, to: SocketAddr, sock: &UdpSocket) -> bool {
     match arrival(from, to, sock) {
         Some(src) => {
-            assert_eq!(src, from.local_addr().unwrap(), "source rewritten on the way in");
+            assert_eq!(
+                src,
+                from.local_addr().unwrap(),
+                "source rewritten on the way in"
+            );
             true
         }
         None => false,
@@ -82,7 +86,10 @@ fn home_keeps_one_mapping_and_admits_any_port_of_an_address_it_wrote_to() {
     let m1 = whoami(&sock, s1.addr).expect("S1 answers through a Home router");
     let m2 = whoami(&sock, s2.addr).expect("S2 answers through a Home router");
     assert_eq!(m1.ip(), v4(&dev), "S1 sees the router's WAN address");
-    assert_eq!(m1, m2, "endpoint-independent mapping: both servers see the same address");
+    assert_eq!(
+        m1, m2,
+        "endpoint-independent mapping: both servers see the same address"
+    );
 
     let third = lab.public_udp(lab.public_addr(2, ECHO_PORT));
     assert!(
@@ -118,7 +125,10 @@ fn port_restricted_keeps_one_mapping_and_admits_only_the_exact_address_and_port(
     let m1 = whoami(&sock, s1.addr).expect("S1 answers through a port-restricted router");
     let m2 = whoami(&sock, s2.addr).expect("S2 answers through a port-restricted router");
     assert_eq!(m1.ip(), v4(&dev));
-    assert_eq!(m1, m2, "endpoint-independent mapping: both servers see the same address");
+    assert_eq!(
+        m1, m2,
+        "endpoint-independent mapping: both servers see the same address"
+    );
 
     let s1_other_port = lab.public_udp(lab.public_addr(0, ECHO_PORT + 1));
     assert!(
@@ -126,7 +136,10 @@ fn port_restricted_keeps_one_mapping_and_admits_only_the_exact_address_and_port(
         "a reply from S1's address but another port got in"
     );
     let third = lab.public_udp(lab.public_addr(2, ECHO_PORT));
-    assert!(!arrives(&third, m1, &sock), "an unsolicited datagram got in");
+    assert!(
+        !arrives(&third, m1, &sock),
+        "an unsolicited datagram got in"
+    );
     assert_eq!(
         arrival(&sock, third.local_addr().unwrap(), &third),
         Some(m1),
@@ -156,7 +169,10 @@ fn symmetric_maps_each_destination_to_its_own_port() {
     let m2 = whoami(&sock, s2.addr).expect("S2 answers through a symmetric router");
     assert_eq!(m1.ip(), v4(&dev));
     assert_eq!(m2.ip(), v4(&dev));
-    assert_ne!(m1, m2, "endpoint-dependent mapping: each server sees its own port");
+    assert_ne!(
+        m1, m2,
+        "endpoint-dependent mapping: each server sees its own port"
+    );
     assert_eq!(
         whoami(&sock, s1.addr),
         Some(m1),
@@ -190,7 +206,10 @@ fn double_nat_reaches_the_internet_with_a_stable_mapping() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(whoami(&sock, s1.addr), Some(m1), "the mapping is stable");
     let third = lab.public_udp(lab.public_addr(2, ECHO_PORT));
-    assert!(!arrives(&third, m1, &sock), "an unsolicited datagram got in");
+    assert!(
+        !arrives(&third, m1, &sock),
+        "an unsolicited datagram got in"
+    );
 
     // ip_forward is on in the two routers only.
     let forwarding = |ns: &str| {
@@ -224,23 +243,29 @@ fn udp_blocked_except_turn_passes_only_turn() {
         .unwrap_or_else(|| panic!("coturn does not answer STUN\n{}", turn.log_tail(30)));
     assert_eq!(mapped.ip(), v4(&dev));
     let elsewhere = lab.echo(0, ECHO_PORT);
-    assert_eq!(whoami(&sock, elsewhere.addr), None, "UDP to another server passed");
+    assert_eq!(
+        whoami_within(&sock, elsewhere.addr, SILENCE_WAIT),
+        None,
+        "UDP to another server passed"
+    );
     let turn_ip_other_port = lab.echo_at(SocketAddr::new(IpAddr::V4(TURN_IP), ECHO_PORT));
     assert_eq!(
-        whoami(&sock, turn_ip_other_port.addr),
+        whoami_within(&sock, turn_ip_other_port.addr, SILENCE_WAIT),
         None,
         "UDP to the TURN server's address but another port passed"
     );
 
-    // A real TURN session: two allocations on coturn, data relayed between them (-y), all of
-    // it on the device's UDP flow to coturn. Long-term credentials, so the auth path works too.
+    // A real TURN session: allocations on coturn with long-term credentials, data relayed
+    // between them (-y), all of it on the device's UDP flows to coturn's port.
     let out = run_timeout(
         dev.cmd("turnutils_uclient")
-            .args(["-y", "-n", "20", "-l", "200", "-u", "lab", "-w", "secret"])
+            // -c: no RTCP sessions; -n 5: its run time grows with the count (~0.5 s each).
+            .args(["-y", "-c", "-n", "5", "-u", "lab", "-w", "secret"])
             .args(["-p", &turn.addr.port().to_string(), &TURN_IP.to_string()]),
         Duration::from_secs(20),
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && relayed_all(&text),
         "TURN through the blocking router failed\n{}\n--- coturn log\n{}",
@@ -249,12 +274,19 @@ fn udp_blocked_except_turn_passes_only_turn() {
     );
 }
 
-/// Whether turnutils_uclient's report says every message came back: "Total lost packets 0".
+/// Whether turnutils_uclient's report says messages went out and all came back:
+/// "start_mclient: tot_send_msgs=N, tot_recv_msgs=N" (N > 0) and "Total lost packets 0 ".
 fn relayed_all(report: &str) -> bool {
-    report
-        .lines()
-        .any(|l| l.contains("Total lost packets 0 "))
-        && report.lines().any(|l| l.contains("Total transmit time"))
+    let counts = report.lines().rev().find_map(|l| {
+        let rest = l.split("start_mclient: tot_send_msgs=").nth(1)?;
+        let (sent, recv) = rest.split_once(", tot_recv_msgs=")?;
+        Some((
+            sent.trim().parse::<u64>().ok()?,
+            recv.trim().parse::<u64>().ok()?,
+        ))
+    });
+    matches!(counts, Some((sent, recv)) if sent > 0 && recv == sent)
+        && report.lines().any(|l| l.contains("Total lost packets 0 "))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,11 +346,15 @@ fn loss_drops_about_the_share_it_is_set_to() {
 /// Runs `turnutils_stunclient` in `dev`'s namespace against coturn; the reflexive address.
 fn stunclient(dev: &Device, turn: &lab::Coturn) -> SocketAddr {
     let out = run_timeout(
-        dev.cmd("turnutils_stunclient")
-            .args(["-p", &turn.addr.port().to_string(), &turn.addr.ip().to_string()]),
+        dev.cmd("turnutils_stunclient").args([
+            "-p",
+            &turn.addr.port().to_string(),
+            &turn.addr.ip().to_string(),
+        ]),
         Duration::from_secs(20),
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     // "0: : IPv4. UDP reflexive addr: 203.0.113.2:40512"
     text.lines()
         .find_map(|l| l.split("reflexive addr: ").nth(1))
@@ -424,7 +460,10 @@ fn punch(tag: &str, a: RouterKind, b: RouterKind) -> (bool, bool) {
 #[test]
 fn hole_punch_home_to_home_works() {
     if lab::ready() {
-        assert_eq!(punch("hh", RouterKind::Home, RouterKind::Home), (true, true));
+        assert_eq!(
+            punch("hh", RouterKind::Home, RouterKind::Home),
+            (true, true)
+        );
     }
 }
 
@@ -449,7 +488,10 @@ fn hole_punch_port_restricted_pair_works() {
 #[test]
 fn hole_punch_home_to_symmetric_works() {
     if lab::ready() {
-        assert_eq!(punch("hs", RouterKind::Home, RouterKind::Symmetric), (true, true));
+        assert_eq!(
+            punch("hs", RouterKind::Home, RouterKind::Symmetric),
+            (true, true)
+        );
     }
 }
 
@@ -464,14 +506,20 @@ fn hole_punch_port_restricted_to_symmetric_fails() {
 #[test]
 fn hole_punch_double_nat_to_home_works() {
     if lab::ready() {
-        assert_eq!(punch("dh", RouterKind::DoubleNat, RouterKind::Home), (true, true));
+        assert_eq!(
+            punch("dh", RouterKind::DoubleNat, RouterKind::Home),
+            (true, true)
+        );
     }
 }
 
 #[test]
 fn hole_punch_open_to_symmetric_works() {
     if lab::ready() {
-        assert_eq!(punch("os", RouterKind::Open, RouterKind::Symmetric), (true, true));
+        assert_eq!(
+            punch("os", RouterKind::Open, RouterKind::Symmetric),
+            (true, true)
+        );
     }
 }
 
@@ -491,7 +539,9 @@ fn a_lab_dropped_by_a_panic_leaves_no_namespace_or_process() {
         // A process the test started itself and forgot: the lab must still kill it.
         let child = dev.cmd("sleep").arg("600").spawn().expect("spawn sleep");
         *seen.lock().unwrap() = (lab.id().to_string(), child.id() as i32);
-        wait_until(Duration::from_secs(5), || !lab::pids_in(dev.ns()).is_empty());
+        wait_until(Duration::from_secs(5), || {
+            !lab::pids_in(dev.ns()).is_empty()
+        });
         panic!("deliberate panic: the lab must clean up while unwinding");
     });
     assert!(result.is_err());
@@ -520,12 +570,7 @@ fn a_stale_lab_from_a_killed_run_is_removed() {
     let id = format!("fylst{:03x}", rand::random::<u16>() & 0xfff);
     std::fs::create_dir_all(lab::owner_file(&id).parent().unwrap()).unwrap();
     let me = std::process::id();
-    let my_start = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
-    let my_start = my_start[my_start.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .to_string();
+    let my_start = lab::start_time(me as i32).expect("own start time");
     std::fs::write(lab::owner_file(&id), format!("{me} {my_start}\n")).unwrap();
     let ns = format!("{id}-p");
     lab::create_netns(&ns);
@@ -539,11 +584,96 @@ fn a_stale_lab_from_a_killed_run_is_removed() {
     std::fs::write(lab::owner_file(&id), format!("{} 1\n", dead.id())).unwrap();
 
     lab::clean_stale();
-    assert!(!Path::new("/run/netns").join(&ns).exists(), "stale namespace {ns} remains");
+    assert!(
+        !Path::new("/run/netns").join(&ns).exists(),
+        "stale namespace {ns} remains"
+    );
     assert!(!lab::owner_file(&id).exists(), "stale owner record remains");
-    let killed = wait_until(Duration::from_secs(5), || matches!(sleeper.try_wait(), Ok(Some(_))));
+    let killed = wait_until(Duration::from_secs(5), || {
+        matches!(sleeper.try_wait(), Ok(Some(_)))
+    });
     if !killed {
         let _ = sleeper.kill();
     }
     assert!(killed, "the process in the stale namespace survived");
+}
+
+// ---------------------------------------------------------------------------------------------
+// By hand
+// ---------------------------------------------------------------------------------------------
+
+/// Not a check: `scripts/lab/shell.sh KIND` runs this to build a lab with one device of KIND
+/// (and coturn, and two Echo servers), writes its names and addresses as shell variables to
+/// `FYBRK_LAB_INFO`, and keeps it until that file is removed or the script's process
+/// (`FYBRK_LAB_SHELL_PID`) is gone. Then dropping the lab tears it down.
+#[test]
+#[ignore = "run by scripts/lab/shell.sh"]
+fn manual_lab_shell() {
+    let (Ok(kind), Some(info)) = (
+        std::env::var("FYBRK_LAB_KIND"),
+        std::env::var_os("FYBRK_LAB_INFO").map(std::path::PathBuf::from),
+    ) else {
+        eprintln!("run scripts/lab/shell.sh KIND instead");
+        return;
+    };
+    let shell_pid: i32 = std::env::var("FYBRK_LAB_SHELL_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .expect("FYBRK_LAB_SHELL_PID");
+    assert!(lab::ready(), "the lab needs root");
+    let turn_addr = SocketAddr::new(IpAddr::V4(TURN_IP), lab::coturn::TURN_PORT);
+    let kind = match kind.as_str() {
+        "home" => RouterKind::Home,
+        "port-restricted" => RouterKind::PortRestricted,
+        "symmetric" => RouterKind::Symmetric,
+        "double-nat" => RouterKind::DoubleNat,
+        "udp-blocked" => RouterKind::UdpBlockedExceptTurn(turn_addr),
+        "open" => RouterKind::Open,
+        other => panic!("unknown router kind {other:?}"),
+    };
+    let lab = Lab::new("sh");
+    let turn = have_tool("turnserver").then(|| lab.start_coturn("lab", "secret"));
+    let echoes = [lab.echo(0, ECHO_PORT), lab.echo(1, ECHO_PORT)];
+    let dev = lab.add_device(kind);
+    let vars = [
+        ("ROUTER_KIND", kind_name(kind)),
+        ("LAB_ID", lab.id().to_string()),
+        ("DEV_NS", dev.ns().to_string()),
+        ("ROUTER_NS", dev.router_ns().unwrap_or("").to_string()),
+        ("CGNAT_NS", dev.cgnat_ns().unwrap_or("").to_string()),
+        ("PUBLIC_NS", lab.public_ns()),
+        ("LAN_IP", dev.lan_ip().to_string()),
+        ("PUBLIC_IP", dev.public_ip().to_string()),
+        (
+            "TURN",
+            turn.as_ref()
+                .map(|t| t.addr.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "TURN_LOG",
+            turn.as_ref()
+                .map(|t| t.log.display().to_string())
+                .unwrap_or_default(),
+        ),
+        ("ECHO1", echoes[0].addr.to_string()),
+        ("ECHO2", echoes[1].addr.to_string()),
+        ("LAB_DIR", lab.dir().display().to_string()),
+    ];
+    let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    // Whole or not at all: the script sources it as soon as it exists.
+    let tmp = info.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write lab info");
+    std::fs::rename(&tmp, &info).expect("publish lab info");
+    while info.exists() && pid_alive(shell_pid) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_file(&info);
+}
+
+fn kind_name(kind: RouterKind) -> String {
+    match kind {
+        RouterKind::UdpBlockedExceptTurn(a) => format!("UdpBlockedExceptTurn({a})"),
+        k => format!("{k:?}"),
+    }
 }

@@ -52,7 +52,7 @@ mod nft;
 pub mod udp;
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
@@ -126,7 +126,9 @@ pub fn ready() -> bool {
         let _ = io::stderr().write_all(line.as_bytes());
         return false;
     }
-    fybrk_tests::have_tool("ip") && fybrk_tests::have_tool("nft") && fybrk_tests::have_tool("nsenter")
+    fybrk_tests::have_tool("ip")
+        && fybrk_tests::have_tool("nft")
+        && fybrk_tests::have_tool("nsenter")
 }
 
 /// One lab: the public namespace and every device added to it. Dropping it tears all down.
@@ -144,29 +146,32 @@ impl Lab {
     pub fn new(tag: &str) -> Lab {
         assert!(
             (1..=4).contains(&tag.len())
-                && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
             "lab tag {tag:?}: 1-4 lowercase letters or digits (names must fit in 15 chars)"
         );
         clean_stale();
         fs::create_dir_all(OWNER_DIR).unwrap_or_else(|e| panic!("create {OWNER_DIR}: {e}"));
+        // The owner record is written whole, then linked into place: link(2) fails if the id is
+        // taken (by a lab in any process), and nobody ever sees a half-written record (which
+        // would look stale).
+        let me = std::process::id() as i32;
+        let record = Path::new(OWNER_DIR).join(format!(".new-{me}-{}", rand::random::<u32>()));
+        fs::write(
+            &record,
+            format!("{me} {}\n", start_time(me).expect("own start time")),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", record.display()));
         let id = loop {
             let id = format!("{NS_PREFIX}{tag}{:03x}", rand::random::<u16>() & 0xfff);
-            // create_new reserves the id against every other lab, in any process.
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(owner_file(&id))
-            {
-                Ok(mut f) => {
-                    let me = std::process::id() as i32;
-                    let start = start_time(me).expect("own start time");
-                    writeln!(f, "{me} {start}").expect("write owner file");
-                    break id;
-                }
+            match fs::hard_link(&record, owner_file(&id)) {
+                Ok(()) => break id,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => panic!("create {}: {e}", owner_file(&id).display()),
             }
         };
+        let _ = fs::remove_file(&record);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{id}-"))
             .tempdir()
@@ -260,7 +265,10 @@ impl Lab {
     /// Adds a device behind a router of `kind`.
     pub fn add_device(&self, kind: RouterKind) -> Device {
         let k = self.devices.fetch_add(1, Ordering::Relaxed) + 1;
-        assert!(k <= MAX_DEVICES, "a lab holds at most {MAX_DEVICES} devices");
+        assert!(
+            k <= MAX_DEVICES,
+            "a lab holds at most {MAX_DEVICES} devices"
+        );
         let wan = Ipv4Addr::new(203, 0, 113, (1 + k) as u8);
         let lan_router = Ipv4Addr::new(192, 168, k as u8, 1);
         let lan = Ipv4Addr::new(192, 168, k as u8, 2);
@@ -286,9 +294,10 @@ impl Lab {
             RouterKind::Home => (nat(false, nft::Filtering::Address, None), false),
             RouterKind::PortRestricted => (nat(false, nft::Filtering::AddressAndPort, None), false),
             RouterKind::Symmetric => (nat(true, nft::Filtering::AddressAndPort, None), false),
-            RouterKind::UdpBlockedExceptTurn(turn) => {
-                (nat(false, nft::Filtering::AddressAndPort, Some(turn)), false)
-            }
+            RouterKind::UdpBlockedExceptTurn(turn) => (
+                nat(false, nft::Filtering::AddressAndPort, Some(turn)),
+                false,
+            ),
             RouterKind::DoubleNat => (nat(false, nft::Filtering::Address, None), true),
         };
         let r = self.add_ns(&format!("r{k}"));
@@ -362,7 +371,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let mut names = std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut names =
+            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
         names.reverse();
         destroy_namespaces(&names);
         let _ = fs::remove_file(owner_file(&self.id));
@@ -508,7 +518,9 @@ pub fn create_netns(name: &str) {
 /// `program` under `nsenter --net=/run/netns/NS`.
 pub fn ns_command(ns: &str, program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+    c.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
     c
 }
 
@@ -591,7 +603,9 @@ fn run_with_stdin(mut cmd: Command, input: &str) {
         let mut err = String::new();
         let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
         let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-        panic!("{desc} failed ({status})\n--- input\n{input}\n--- stdout\n{out}\n--- stderr\n{err}");
+        panic!(
+            "{desc} failed ({status})\n--- input\n{input}\n--- stdout\n{out}\n--- stderr\n{err}"
+        );
     }
 }
 
@@ -613,12 +627,16 @@ pub fn owner_file(id: &str) -> PathBuf {
 }
 
 /// Field 22 of /proc/PID/stat: the start time in clock ticks since boot, which tells a live
-/// owner from an unrelated process that reused its pid.
-fn start_time(pid: i32) -> Option<u64> {
+/// owner from an unrelated process that reused its pid. `None` for a zombie: a test process
+/// killed a moment ago may not be reaped yet, and its lab is stale all the same.
+pub fn start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Whether the process that created lab `id` is still running.
@@ -656,6 +674,7 @@ pub fn clean_stale() {
         eprintln!("nat lab: removing stale lab {id}: {}", names.join(" "));
         destroy_namespaces(names);
         let _ = fs::remove_file(owner_file(id));
+        remove_temp_dirs(id);
     }
     // Owner records of labs that died without namespaces (killed while starting).
     if let Ok(entries) = fs::read_dir(OWNER_DIR) {
@@ -663,6 +682,22 @@ pub fn clean_stale() {
             let id = e.file_name().to_string_lossy().into_owned();
             if id.starts_with(NS_PREFIX) && !owner_alive(&id) {
                 let _ = fs::remove_file(e.path());
+                remove_temp_dirs(&id);
+            }
+        }
+    }
+}
+
+/// Removes the temp dirs (`<tmp>/<id>-*`) of dead lab `id`.
+fn remove_temp_dirs(id: &str) {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{id}-"))
+            {
+                let _ = fs::remove_dir_all(e.path());
             }
         }
     }

@@ -5,7 +5,7 @@
 //! - [`udp_in`]: a socket bound inside a namespace.
 //! - [`Echo`]: a server thread that tells each client the address it sees (`whoami`), and counts
 //!   what it receives.
-//! - [`whoami`], [`received`]: the client side.
+//! - [`whoami`], [`whoami_within`], [`received`]: the client side.
 //! - [`stun_binding`]: a minimal RFC 8489 Binding request, for coturn.
 
 use std::fs::File;
@@ -74,38 +74,40 @@ pub fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// Asks the [`Echo`] at `server` which address `sock` reaches it from (the NAT mapping towards
-/// `server`). Tries three times; `None` if no answer came. Other datagrams arriving meanwhile are
-/// discarded.
+/// `server`). Tries three times, waiting longer each time; `None` if no answer came. Other
+/// datagrams arriving meanwhile are discarded.
 pub fn whoami(sock: &UdpSocket, server: SocketAddr) -> Option<SocketAddr> {
+    (1..=3).find_map(|attempt| whoami_within(sock, server, ANSWER_WAIT * attempt))
+}
+
+/// One [`whoami`] question, waiting `wait` for the answer: for checks that expect none (in a lab
+/// without loss, one unanswered question is the answer).
+pub fn whoami_within(sock: &UdpSocket, server: SocketAddr, wait: Duration) -> Option<SocketAddr> {
     let mut buf = [0u8; 2048];
-    for attempt in 0..3u32 {
-        let nonce: u64 = rand::random();
-        let ask = format!("whoami {nonce}");
-        sock.send_to(ask.as_bytes(), server)
-            .unwrap_or_else(|e| panic!("send to {server}: {e}"));
-        let end = Instant::now() + ANSWER_WAIT * (attempt + 1);
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            sock.set_read_timeout(Some(left)).expect("set_read_timeout");
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == server => {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    let mut words = text.split_whitespace();
-                    if words.next() == Some("you-are") && words.next() == Some(&nonce.to_string())
-                    {
-                        return words.next().and_then(|a| a.parse().ok());
-                    }
+    let nonce: u64 = rand::random();
+    let ask = format!("whoami {nonce}");
+    sock.send_to(ask.as_bytes(), server)
+        .unwrap_or_else(|e| panic!("send to {server}: {e}"));
+    let end = Instant::now() + wait;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).expect("set_read_timeout");
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == server => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let mut words = text.split_whitespace();
+                if words.next() == Some("you-are") && words.next() == Some(&nonce.to_string()) {
+                    return words.next().and_then(|a| a.parse().ok());
                 }
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => break,
-                Err(e) => panic!("recv_from: {e}"),
             }
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return None,
+            Err(e) => panic!("recv_from: {e}"),
         }
     }
-    None
 }
 
 /// A UDP server thread: answers `whoami NONCE` with `you-are NONCE ADDR` (the source address it
