@@ -35,9 +35,10 @@ die() { printf 'setup-deps: error: %s\n' "$*" >&2; exit 1; }
 base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 # Test suite and benchmarks:
 #   git, sqlite3, tar, fio, python3, hyperfine  workloads run inside the mount; fio/python3 for benches
-#   psmisc (fuser/killall), procps (ps/pgrep), util-linux (findmnt/mountpoint/nsenter)  daemon tests
+#   psmisc (fuser/killall), procps (ps/pgrep), util-linux (findmnt/mountpoint/nsenter)  daemon
+#                    tests; nsenter also runs commands in the NAT lab's namespaces
 #   e2fsprogs        chattr/lsattr/mkfs.ext4, for tests that compare against a native filesystem
-#   coturn           real STUN/TURN server for the NAT lab's relay tests
+#   coturn           real STUN/TURN server for the NAT lab (turnserver; its turnutils_* clients)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
 #   syncthing        the side-by-side peer in the sync benchmark
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
