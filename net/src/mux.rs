@@ -170,7 +170,10 @@ pub fn encode_channel_data(
 /// (padding, which RFC 8656 allows over UDP too) are ignored.
 pub fn decode_channel_data(datagram: &[u8]) -> Result<(u16, &[u8]), ChannelDataError> {
     let (channel, len) = channel_data_header(datagram)?;
-    Ok((channel, &datagram[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + len]))
+    Ok((
+        channel,
+        &datagram[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + len],
+    ))
 }
 
 fn push_channel_data(channel: u16, len: u16, payload: &[u8], out: &mut Vec<u8>) {
@@ -488,7 +491,9 @@ impl MuxSocket {
         if let Some(old) = routes.by_peer.insert(peer, route) {
             routes.by_channel.remove(&(old.server, old.channel));
         }
-        routes.by_channel.insert((route.server, route.channel), peer);
+        routes
+            .by_channel
+            .insert((route.server, route.channel), peer);
     }
 
     /// Sends quinn's datagrams for `peer` directly again.
@@ -847,10 +852,10 @@ impl Shared {
             .unwrap_or(transmit.contents.len())
             .max(1);
         if segment + CHANNEL_DATA_HEADER > usize::from(u16::MAX) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram too large for TURN ChannelData",
-            ));
+            // Cannot happen with quinn's packet sizes; dropped like quinn-udp drops a datagram
+            // the OS refuses, since an error here would end the connection.
+            debug!(peer = %transmit.destination, "datagram too large for TURN ChannelData");
+            return Ok(());
         }
         SCRATCH.with(|scratch| {
             let mut out = scratch.borrow_mut();
@@ -867,9 +872,7 @@ impl Shared {
                 // The relay does not carry ECN marks on to the peer.
                 ecn: None,
                 contents: &out,
-                segment_size: transmit
-                    .segment_size
-                    .map(|s| s + CHANNEL_DATA_HEADER),
+                segment_size: transmit.segment_size.map(|s| s + CHANNEL_DATA_HEADER),
                 src_ip: transmit.src_ip,
             };
             let sent = self.io.try_io(Interest::WRITABLE, || {
@@ -920,8 +923,7 @@ impl quinn::AsyncUdpSocket for QuinnSocket {
                 return s.send_relayed(route, transmit);
             }
         }
-        s.io
-            .try_io(Interest::WRITABLE, || s.udp.send((&s.io).into(), transmit))
+        s.io.try_io(Interest::WRITABLE, || s.udp.send((&s.io).into(), transmit))
     }
 
     fn poll_recv(

@@ -172,7 +172,10 @@ pub fn stun_servers(cli: &[String]) -> Result<Vec<StunServer>, ConfigError> {
 }
 
 /// [`stun_servers`] with the environment passed in.
-pub fn stun_servers_from(cli: &[String], env: Option<&str>) -> Result<Vec<StunServer>, ConfigError> {
+pub fn stun_servers_from(
+    cli: &[String],
+    env: Option<&str>,
+) -> Result<Vec<StunServer>, ConfigError> {
     let given: Vec<&str> = if !cli.is_empty() {
         // `--stun a,b` works as well as `--stun a --stun b`.
         cli.iter().flat_map(|v| v.split(',')).collect()
@@ -428,7 +431,8 @@ fn parse_binding_response(
     data: &[u8],
 ) -> Result<SocketAddr, StunError> {
     let malformed = |reason: String| StunError::Malformed { server, reason };
-    let msg = decode_reply(tid, data, &MessageDecoderBuilder::default().build()).map_err(malformed)?;
+    let msg =
+        decode_reply(tid, data, &MessageDecoderBuilder::default().build()).map_err(malformed)?;
     if msg.method() != BINDING {
         return Err(malformed(format!(
             "a response to method {:#06x}, not to Binding",
@@ -449,12 +453,16 @@ fn parse_binding_response(
         other => return Err(malformed(format!("a {other:?} instead of a response"))),
     }
     if let Some(attr) = msg.get::<XorMappedAddress>() {
-        let xor = attr.as_xor_mapped_address().map_err(|e| malformed(e.to_string()))?;
+        let xor = attr
+            .as_xor_mapped_address()
+            .map_err(|e| malformed(e.to_string()))?;
         return Ok(*xor.socket_address());
     }
     // RFC 3489 servers answer with MAPPED-ADDRESS only.
     if let Some(attr) = msg.get::<MappedAddress>() {
-        let mapped = attr.as_mapped_address().map_err(|e| malformed(e.to_string()))?;
+        let mapped = attr
+            .as_mapped_address()
+            .map_err(|e| malformed(e.to_string()))?;
         return Ok(*mapped.socket_address());
     }
     Err(StunError::NoMappedAddress { server })
@@ -491,7 +499,11 @@ impl NatReport {
         for addr in self.reflexive.iter().filter_map(|(_, a)| *a) {
             *counts.entry(addr).or_default() += 1;
         }
-        let first = |a: &SocketAddr| self.reflexive.iter().position(|(_, r)| r.as_ref() == Some(a));
+        let first = |a: &SocketAddr| {
+            self.reflexive
+                .iter()
+                .position(|(_, r)| r.as_ref() == Some(a))
+        };
         // Most votes; among equals, the earliest configured server.
         counts
             .into_iter()
@@ -605,8 +617,8 @@ impl NatMonitor {
             loop {
                 ticks.tick().await;
                 let report = nat_check(&mux, &servers).await;
-                let changed = tx.borrow().as_ref().map(NatReport::public_addr)
-                    != Some(report.public_addr());
+                let changed =
+                    tx.borrow().as_ref().map(NatReport::public_addr) != Some(report.public_addr());
                 if changed {
                     debug!(public = ?report.public_addr(), mapping = ?report.mapping, "NAT check");
                 }

@@ -36,8 +36,8 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::mux::{MuxSocket, RelayRoute, CHANNEL_NUMBERS};
 use crate::stun::{
-    decode_reply, encode, error_code, new_tid, parse_host_port, resolve, transact,
-    ResolveError, TransactError,
+    decode_reply, encode, error_code, new_tid, parse_host_port, resolve, transact, ResolveError,
+    TransactError,
 };
 
 /// The TURN port when a server is given without one (RFC 8656 §18).
@@ -314,7 +314,9 @@ pub enum TurnError {
 fn hint(code: u16) -> &'static str {
     match code {
         403 => " (the server's policy forbids it, e.g. that peer address is not allowed)",
-        437 => " (the server holds another allocation for this socket; it expires within 10 minutes)",
+        437 => {
+            " (the server holds another allocation for this socket; it expires within 10 minutes)"
+        }
         441 => " (wrong credentials for this allocation)",
         442 => " (the server does not relay UDP)",
         486 => " (this user has reached the server's allocation quota)",
@@ -798,7 +800,9 @@ async fn allocate_on(session: &Session) -> Result<Granted, TurnError> {
                 // 437 until then.
                 tokio::time::sleep(STALE_ALLOCATION_POLL).await;
                 match session.request(ALLOCATE, "the allocation", &attrs).await {
-                    Err(TurnError::Rejected { code: 437, .. }) if tries < STALE_ALLOCATION_TRIES => {
+                    Err(TurnError::Rejected { code: 437, .. })
+                        if tries < STALE_ALLOCATION_TRIES =>
+                    {
                         tries += 1;
                     }
                     other => break other?,

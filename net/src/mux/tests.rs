@@ -76,7 +76,10 @@ fn channel_data_rejects_what_it_cannot_frame_or_parse() {
         Err(ChannelDataError::TooLong(70_000))
     );
     assert!(out.is_empty());
-    assert_eq!(decode_channel_data(&[0x40, 0x00, 0x00]), Err(ChannelDataError::Short(3)));
+    assert_eq!(
+        decode_channel_data(&[0x40, 0x00, 0x00]),
+        Err(ChannelDataError::Short(3))
+    );
     assert_eq!(
         decode_channel_data(&[0x50, 0x00, 0x00, 0x00]),
         Err(ChannelDataError::BadChannel(0x5000))
@@ -123,8 +126,10 @@ async fn without_quinn_stun_and_rendezvous_reach_their_receivers() {
     let (peer, peer_addr) = raw();
 
     peer.send_to(&[0xC0, 1, 2, 3], to).expect("send QUIC-like");
-    peer.send_to(&[0x00, 0x01, 0x00, 0x00, 9], to).expect("send STUN-like");
-    peer.send_to(&[0x21, b'h', b'i'], to).expect("send rendezvous");
+    peer.send_to(&[0x00, 0x01, 0x00, 0x00, 9], to)
+        .expect("send STUN-like");
+    peer.send_to(&[0x21, b'h', b'i'], to)
+        .expect("send rendezvous");
 
     let got = next(&mut stun).await;
     assert_eq!(got.from, peer_addr);
@@ -196,7 +201,10 @@ async fn channel_data_is_unwrapped_in_place_and_readdressed() {
     // A GRO buffer: three full segments and a short last one, one channel.
     let seg = |i: u8, n: usize| -> Vec<u8> { (0..n).map(|b| (b as u8) ^ i | 0x40).collect() };
     let payloads = [seg(1, 60), seg(2, 60), seg(3, 60), seg(4, 25)];
-    let mut buf: Vec<u8> = payloads.iter().flat_map(|p| channel_data(0x4001, p)).collect();
+    let mut buf: Vec<u8> = payloads
+        .iter()
+        .flat_map(|p| channel_data(0x4001, p))
+        .collect();
     let len = buf.len();
     let mut m = meta(server, len, 64);
     assert!(shared.demux(&mut buf, &mut m));
@@ -239,12 +247,18 @@ async fn a_mixed_gro_buffer_is_split_and_queued_for_quinn() {
     s.resize(44, 7);
     let mut buf = [a, s.clone(), b].concat();
     let mut m = meta(server, buf.len(), 44);
-    assert!(!mux.shared().demux(&mut buf, &mut m), "nothing stays in place");
+    assert!(
+        !mux.shared().demux(&mut buf, &mut m),
+        "nothing stays in place"
+    );
     assert_eq!(next(&mut stun).await.data, s);
 
     let waker = futures_noop_waker();
     let mut storage = vec![[0u8; 1500]; 4];
-    let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
+    let mut bufs: Vec<IoSliceMut<'_>> = storage
+        .iter_mut()
+        .map(|b| IoSliceMut::new(&mut b[..]))
+        .collect();
     let mut metas = [RecvMeta::default(); 4];
     let n = mux.shared().take_pending(&waker, &mut bufs, &mut metas);
     assert_eq!(n, 2);
@@ -326,7 +340,9 @@ async fn one_quinn_at_a_time_and_the_pump_resumes_after_it() {
     let quinn = mux.quinn_socket().expect("attach");
     assert!(matches!(mux.quinn_socket(), Err(MuxError::QuinnAttached)));
     drop(quinn);
-    let _again = mux.quinn_socket().expect("attach again after the first let go");
+    let _again = mux
+        .quinn_socket()
+        .expect("attach again after the first let go");
     drop(_again);
     let (peer, _) = raw();
     peer.send_to(&[0x30, 1], to).expect("send");

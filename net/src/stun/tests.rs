@@ -35,14 +35,16 @@ fn servers_come_from_the_command_line_then_the_environment_then_the_defaults() {
     assert_eq!(defaults[0].to_string(), "stun.l.google.com:19302");
     assert_eq!(defaults[3].to_string(), "stun3.l.google.com:19302");
 
-    let env = stun_servers_from(&[], Some("a.example:1, [2001:db8::1]:2,,b.example"))
-        .expect("env");
+    let env = stun_servers_from(&[], Some("a.example:1, [2001:db8::1]:2,,b.example")).expect("env");
     assert_eq!(
         env.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         ["a.example:1", "[2001:db8::1]:2", "b.example:3478"]
     );
     assert_eq!(env[1].host, "2001:db8::1");
-    assert_eq!(stun_servers_from(&[], Some("  ")).expect("blank env").len(), 4);
+    assert_eq!(
+        stun_servers_from(&[], Some("  ")).expect("blank env").len(),
+        4
+    );
 
     let cli = stun_servers_from(
         &["127.0.0.1:5000".into(), "c.example:7,d.example:8".into()],
@@ -107,14 +109,19 @@ fn the_public_address_is_the_one_most_servers_saw() {
         mapping: Mapping::Unknown,
         errors: Vec::new(),
     };
-    assert_eq!(report(&[None, Some(m2), Some(m1), Some(m2)]).public_addr(), Some(m2));
+    assert_eq!(
+        report(&[None, Some(m2), Some(m1), Some(m2)]).public_addr(),
+        Some(m2)
+    );
     assert_eq!(report(&[Some(m1), Some(m2)]).public_addr(), Some(m1));
     assert_eq!(report(&[None]).public_addr(), None);
 }
 
 #[tokio::test]
 async fn binding_against_coturn_returns_our_loopback_address() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let seen = binding(&mux, coturn.addr()).await.expect("binding");
     assert_eq!(seen, mux.local_addr().expect("addr"));
@@ -158,12 +165,17 @@ async fn nat_check_reports_a_dead_server_and_still_uses_the_live_one() {
     assert_eq!(report.mapping, Mapping::Unknown, "one answer is no verdict");
     assert_eq!(report.reflexive[0].1, None);
     assert_eq!(report.errors.len(), 1);
-    assert!(report.errors[0].1.contains("no answer from STUN server"), "{report:?}");
+    assert!(
+        report.errors[0].1.contains("no answer from STUN server"),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
 async fn nat_monitor_repeats_the_check() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let monitor = NatMonitor::spawn(
         mux.clone(),
@@ -213,14 +225,21 @@ fn reply_to(request: &[u8], class_type: [u8; 2], attrs: &[u8]) -> Vec<u8> {
 async fn a_corrupt_reply_is_rejected_with_a_clear_error() {
     // XOR-MAPPED-ADDRESS (0x0020) with 4 bytes of value: too short for any address.
     let server = fake_server(|req, _| {
-        Some(reply_to(req, [0x01, 0x01], &[0x00, 0x20, 0x00, 0x04, 0, 1, 0, 0]))
+        Some(reply_to(
+            req,
+            [0x01, 0x01],
+            &[0x00, 0x20, 0x00, 0x04, 0, 1, 0, 0],
+        ))
     })
     .await;
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let err = binding(&mux, server).await.expect_err("corrupt");
     assert!(matches!(err, StunError::Malformed { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("malformed STUN reply from {server}")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("malformed STUN reply from {server}")),
+        "{msg}"
+    );
     assert!(msg.contains("try another with --stun"), "{msg}");
 }
 
@@ -235,7 +254,10 @@ async fn a_short_reply_is_rejected_with_a_clear_error() {
             .contains("3 bytes, shorter than the 20-byte STUN header"),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1), "no need to time out");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no need to time out"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +296,9 @@ async fn a_lost_request_is_retransmitted() {
     .await;
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let started = Instant::now();
-    let seen = binding(&mux, server).await.expect("answered on the retransmission");
+    let seen = binding(&mux, server)
+        .await
+        .expect("answered on the retransmission");
     assert_eq!(seen, "192.0.2.1:4660".parse::<SocketAddr>().expect("addr"));
     assert!(started.elapsed() >= INITIAL_RTO, "{:?}", started.elapsed());
 }

@@ -22,34 +22,57 @@ fn turn_urls_parse() {
         .parse()
         .expect("parse");
     assert_eq!(
-        (c.host.as_str(), c.port, c.username.as_str(), c.password.as_str()),
+        (
+            c.host.as_str(),
+            c.port,
+            c.username.as_str(),
+            c.password.as_str()
+        ),
         ("relay.example.org", 3479, "alice", "s3cret")
     );
     let c: TurnConfig = "TURN:[2001:db8::7]?transport=udp&username=a%26b&password=p%3Dq%25"
         .parse()
         .expect("parse");
-    assert_eq!((c.host.as_str(), c.port), ("2001:db8::7", DEFAULT_TURN_PORT));
+    assert_eq!(
+        (c.host.as_str(), c.port),
+        ("2001:db8::7", DEFAULT_TURN_PORT)
+    );
     assert_eq!((c.username.as_str(), c.password.as_str()), ("a&b", "p=q%"));
     assert_eq!(c.to_string(), "turn:[2001:db8::7]:3478?user=a&b");
-    assert!(!format!("{c:?}").contains("p=q%"), "Debug hides the password");
+    assert!(
+        !format!("{c:?}").contains("p=q%"),
+        "Debug hides the password"
+    );
 }
 
 #[test]
 fn bad_turn_urls_say_what_is_wrong_without_showing_the_password() {
     for (value, says) in [
         ("relay:3478?user=u&pass=hunter2", "must start with turn:"),
-        ("turns:relay:5349?user=u&pass=hunter2", "turns: (TURN over TLS) is not supported"),
+        (
+            "turns:relay:5349?user=u&pass=hunter2",
+            "turns: (TURN over TLS) is not supported",
+        ),
         ("turn:relay:3478?pass=hunter2", "user= is missing"),
         ("turn:relay:3478?user=u", "pass= is missing"),
         ("turn:relay:99999?user=u&pass=hunter2", "port \"99999\""),
-        ("turn:relay?user=u&pass=hunter2&ttl=5", "unknown parameter \"ttl\""),
-        ("turn:relay?user=u&pass=hunter2&transport=tcp", "transport=tcp is not supported"),
+        (
+            "turn:relay?user=u&pass=hunter2&ttl=5",
+            "unknown parameter \"ttl\"",
+        ),
+        (
+            "turn:relay?user=u&pass=hunter2&transport=tcp",
+            "transport=tcp is not supported",
+        ),
         ("turn:relay?user=u%zz&pass=hunter2", "bad %-escape"),
     ] {
         let err = value.parse::<TurnConfig>().expect_err(value);
         let msg = err.to_string();
         assert!(msg.contains(says), "{value}: {msg}");
-        assert!(msg.contains("expected turn:HOST:PORT?user=USER&pass=PASSWORD"), "{msg}");
+        assert!(
+            msg.contains("expected turn:HOST:PORT?user=USER&pass=PASSWORD"),
+            "{msg}"
+        );
         assert!(!msg.contains("hunter2"), "the password leaked: {msg}");
     }
 }
@@ -64,14 +87,19 @@ fn refresh_comes_a_minute_early_or_at_half_time() {
 
 #[tokio::test]
 async fn an_allocation_gets_a_relayed_address() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let client = TurnClient::allocate(&mux, &config(&coturn, PASS))
         .await
         .expect("allocate");
     let relayed = client.relayed_addr();
     assert_eq!(relayed.ip(), IpAddr::from([127, 0, 0, 1]));
-    assert!(relayed.port() >= 61_000, "from coturn's relay range: {relayed}");
+    assert!(
+        relayed.port() >= 61_000,
+        "from coturn's relay range: {relayed}"
+    );
     assert_eq!(client.mapped_addr(), Some(mux.local_addr().expect("addr")));
     assert_eq!(client.server_addr(), coturn.addr());
     assert!(client.is_active());
@@ -81,14 +109,22 @@ async fn an_allocation_gets_a_relayed_address() {
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_clearly() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let err = TurnClient::allocate(&mux, &config(&coturn, "not-the-password"))
         .await
         .expect_err("wrong password");
-    assert!(matches!(err, TurnError::Unauthorized { code: 401, .. }), "{err}");
+    assert!(
+        matches!(err, TurnError::Unauthorized { code: 401, .. }),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.starts_with("TURN server refused the credentials"), "{msg}");
+    assert!(
+        msg.starts_with("TURN server refused the credentials"),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("user \"{USER}\"")), "{msg}");
     assert!(msg.contains("check user= and pass="), "{msg}");
 }
@@ -96,20 +132,27 @@ async fn a_wrong_password_is_refused_clearly() {
 #[tokio::test]
 async fn a_stale_nonce_is_renewed_transparently() {
     // coturn hands out nonces valid for one second.
-    let Some(coturn) = Coturn::start_with(&["stale-nonce=1"]) else { return };
+    let Some(coturn) = Coturn::start_with(&["stale-nonce=1"]) else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let client = TurnClient::allocate(&mux, &config(&coturn, PASS))
         .await
         .expect("allocate");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_peer, peer_addr) = raw_peer();
-    client.bind_peer(peer_addr).await.expect("bind with a renewed nonce");
+    client
+        .bind_peer(peer_addr)
+        .await
+        .expect("bind with a renewed nonce");
     assert!(client.stale_nonces() >= 1, "coturn should have said 438");
 }
 
 #[tokio::test]
 async fn an_allocation_left_behind_on_this_socket_is_replaced() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     let mux = MuxSocket::bind(loopback()).expect("bind");
     let first = TurnClient::allocate(&mux, &config(&coturn, PASS))
         .await
@@ -198,12 +241,16 @@ impl Node {
 const BULK: usize = 4 << 20;
 
 fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect()
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_through_the_relay_moves_4_mib() {
-    let Some(coturn) = Coturn::start() else { return };
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
     // `a` reaches the world only through its relay; `b` dials a's relayed address.
     let a = Node::new();
     let b = Node::new();
@@ -235,7 +282,11 @@ async fn quic_through_the_relay_moves_4_mib() {
         .await
         .expect("connect through the relay");
     assert_eq!(peer, a.key.id());
-    assert_eq!(conn.remote_address(), relayed, "b sees a at its relayed address");
+    assert_eq!(
+        conn.remote_address(),
+        relayed,
+        "b sees a at its relayed address"
+    );
     let mut recv = conn.accept_uni().await.expect("bulk stream");
     let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
     assert!(got == pattern(BULK), "the 4 MiB arrived intact");
