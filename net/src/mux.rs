@@ -53,19 +53,27 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::Waker;
 
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
+
+mod channel_data;
+mod quinn_side;
+
+use channel_data::{channel_data_header, push_channel_data};
+pub use channel_data::{
+    decode_channel_data, encode_channel_data, ChannelDataError, CHANNEL_DATA_HEADER,
+    CHANNEL_NUMBERS,
+};
+use quinn_side::QuinnSocket;
 
 /// First bytes of STUN messages (RFC 7983): the two most significant bits of the type are zero.
 pub const STUN_FIRST_BYTES: RangeInclusive<u8> = 0..=3;
@@ -73,10 +81,6 @@ pub const STUN_FIRST_BYTES: RangeInclusive<u8> = 0..=3;
 /// DTLS, which fybrk never speaks on this socket; 0x20..=0x3F is the part of it clear of ZRTP
 /// (16..=19) and still far from QUIC, which always has bit 0x40 set on our side.
 pub const RENDEZVOUS_FIRST_BYTES: RangeInclusive<u8> = 0x20..=0x3F;
-/// TURN channel numbers (RFC 8656 §12): 0x4000..=0x4FFF, so ChannelData starts with 64..=79.
-pub const CHANNEL_NUMBERS: RangeInclusive<u16> = 0x4000..=0x4FFF;
-/// ChannelData header: channel number and payload length, two bytes each.
-pub const CHANNEL_DATA_HEADER: usize = 4;
 
 /// STUN header length, and where its transaction id sits (RFC 8489 §5).
 const STUN_HEADER: usize = 20;
@@ -127,79 +131,6 @@ pub fn classify(first_byte: u8, from_turn_server: bool) -> DatagramKind {
         0x40..=0x4F if from_turn_server => DatagramKind::ChannelData,
         _ => DatagramKind::Quic,
     }
-}
-
-/// Why ChannelData could not be framed or unframed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChannelDataError {
-    /// Shorter than the 4-byte header.
-    #[error("ChannelData of {0} bytes is shorter than its 4-byte header")]
-    Short(usize),
-    /// The channel number is outside 0x4000..=0x4FFF.
-    #[error("channel number {0:#06x} is outside the TURN channel range 0x4000..=0x4FFF")]
-    BadChannel(u16),
-    /// The length field claims more bytes than the datagram has.
-    #[error("ChannelData claims {claimed} payload bytes but carries only {actual}")]
-    Truncated {
-        /// Length from the header.
-        claimed: usize,
-        /// Bytes present after the header.
-        actual: usize,
-    },
-    /// The payload does not fit the 16-bit length field.
-    #[error("a ChannelData payload holds at most 65535 bytes, not {0}")]
-    TooLong(usize),
-}
-
-/// Appends `payload` framed as ChannelData on `channel` to `out` (RFC 8656 §12.4). Over UDP no
-/// padding is needed, so none is added.
-pub fn encode_channel_data(
-    channel: u16,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), ChannelDataError> {
-    if !CHANNEL_NUMBERS.contains(&channel) {
-        return Err(ChannelDataError::BadChannel(channel));
-    }
-    let len = u16::try_from(payload.len()).map_err(|_| ChannelDataError::TooLong(payload.len()))?;
-    push_channel_data(channel, len, payload, out);
-    Ok(())
-}
-
-/// Splits ChannelData into its channel number and payload. Trailing bytes past the length field
-/// (padding, which RFC 8656 allows over UDP too) are ignored.
-pub fn decode_channel_data(datagram: &[u8]) -> Result<(u16, &[u8]), ChannelDataError> {
-    let (channel, len) = channel_data_header(datagram)?;
-    Ok((
-        channel,
-        &datagram[CHANNEL_DATA_HEADER..CHANNEL_DATA_HEADER + len],
-    ))
-}
-
-fn push_channel_data(channel: u16, len: u16, payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// Channel number and payload length of a ChannelData datagram, checked against its size.
-fn channel_data_header(datagram: &[u8]) -> Result<(u16, usize), ChannelDataError> {
-    let [c0, c1, l0, l1, ..] = *datagram else {
-        return Err(ChannelDataError::Short(datagram.len()));
-    };
-    let channel = u16::from_be_bytes([c0, c1]);
-    if !CHANNEL_NUMBERS.contains(&channel) {
-        return Err(ChannelDataError::BadChannel(channel));
-    }
-    let len = usize::from(u16::from_be_bytes([l0, l1]));
-    let actual = datagram.len() - CHANNEL_DATA_HEADER;
-    if len > actual {
-        return Err(ChannelDataError::Truncated {
-            claimed: len,
-            actual,
-        });
-    }
-    Ok((channel, len))
 }
 
 /// Why the socket could not be set up.
@@ -883,125 +814,6 @@ impl Shared {
             }
             sent
         })
-    }
-}
-
-/// The socket as quinn sees it; see [`MuxSocket::quinn_socket`].
-struct QuinnSocket {
-    shared: Arc<Shared>,
-}
-
-impl Drop for QuinnSocket {
-    fn drop(&mut self) {
-        *lock(&self.shared.pending) = Pending::default();
-        // The pump takes over reading.
-        self.shared.reader.send_modify(|r| r.quinn = false);
-    }
-}
-
-impl fmt::Debug for QuinnSocket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MuxSocket(quinn)")
-            .field("local_addr", &self.shared.io.local_addr().ok())
-            .finish_non_exhaustive()
-    }
-}
-
-impl quinn::AsyncUdpSocket for QuinnSocket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Box::pin(Writable {
-            shared: Arc::clone(&self.shared),
-            fut: None,
-        })
-    }
-
-    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let s = &*self.shared;
-        if s.relaying.load(Ordering::Acquire) {
-            let route = read(&s.routes).by_peer.get(&transmit.destination).copied();
-            if let Some(route) = route {
-                return s.send_relayed(route, transmit);
-            }
-        }
-        s.io.try_io(Interest::WRITABLE, || s.udp.send((&s.io).into(), transmit))
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        let s = &*self.shared;
-        loop {
-            let queued = s.take_pending(cx.waker(), bufs, meta);
-            if queued > 0 {
-                return Poll::Ready(Ok(queued));
-            }
-            ready!(s.io.poll_recv_ready(cx))?;
-            let received = s.io.try_io(Interest::READABLE, || {
-                s.udp.recv((&s.io).into(), bufs, meta)
-            });
-            match received {
-                Ok(n) => {
-                    let kept = s.demux_batch(&mut bufs[..n], &mut meta[..n]);
-                    if kept > 0 {
-                        return Poll::Ready(Ok(kept));
-                    }
-                    // All of it was STUN/rendezvous/queued: read on (or deliver the queue).
-                }
-                // Readiness was cleared; the next poll_recv_ready registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // Like quinn's stock socket: a receive error (e.g. ECONNREFUSED from an ICMP
-                // message) is consumed by the failed read, so read again.
-                Err(e) => trace!("UDP receive error: {e}"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.shared.io.local_addr()
-    }
-
-    fn may_fragment(&self) -> bool {
-        self.shared.udp.may_fragment()
-    }
-
-    fn max_transmit_segments(&self) -> usize {
-        self.shared.udp.max_gso_segments()
-    }
-
-    fn max_receive_segments(&self) -> usize {
-        self.shared.udp.gro_segments()
-    }
-}
-
-type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
-
-/// Wakes one quinn connection when the socket is writable again (quinn's `UdpPollHelper` is
-/// private, so this is the same idea: a fresh `writable()` future per wait). Each poller waits
-/// on its own future, so any number of connections can wait at once.
-struct Writable {
-    shared: Arc<Shared>,
-    fut: Option<WritableFuture>,
-}
-
-impl fmt::Debug for Writable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Writable").finish_non_exhaustive()
-    }
-}
-
-impl quinn::UdpPoller for Writable {
-    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let fut = this.fut.get_or_insert_with(|| {
-            let shared = Arc::clone(&this.shared);
-            Box::pin(async move { shared.io.writable().await })
-        });
-        let result = ready!(fut.as_mut().poll(cx));
-        this.fut = None;
-        Poll::Ready(result)
     }
 }
 
