@@ -1,0 +1,821 @@
+//! One UDP socket for everything: QUIC, STUN, TURN and fybrk's rendezvous probes.
+//!
+//! # Why one socket
+//!
+//! A NAT maps each local socket to a public address. STUN discovers that address, the rendezvous
+//! server publishes it, peers punch holes towards it and QUIC then runs through those holes; a
+//! TURN allocation is keyed by it too. All of that only works if every protocol leaves through the
+//! same socket, so [`MuxSocket`] owns the one socket and sorts what arrives.
+//!
+//! # Demultiplexing (RFC 7983, RFC 9443)
+//!
+//! The first byte of a datagram tells the protocols apart:
+//!
+//! | first byte | what                                       | goes to                           |
+//! |------------|--------------------------------------------|-----------------------------------|
+//! | 0..=3      | STUN (the two top bits of a STUN type are 0)| the waiting STUN/TURN transaction, else [`MuxSocket::take_stun_receiver`] |
+//! | 0x20..=0x3F| fybrk rendezvous and probe messages        | [`MuxSocket::take_rendezvous_receiver`] |
+//! | 64..=79    | TURN ChannelData, *only* from a TURN server| unwrapped, to quinn as from the channel's peer |
+//! | anything else | QUIC (fixed bit 0x40 set, see below)    | quinn                             |
+//!
+//! QUIC short headers (0x40..=0x7F) overlap ChannelData (0x40..=0x4F), which is why ChannelData is
+//! recognised only when it comes from an address registered as a TURN server. Our own QUIC never
+//! greases the fixed bit (`grease_quic_bit(false)` in the transport), so it never falls into the
+//! STUN or rendezvous ranges.
+//!
+//! # Who reads the socket
+//!
+//! Exactly one reader at a time, so nothing is read twice or raced for:
+//!
+//! - While a QUIC endpoint is attached ([`MuxSocket::quinn_socket`]), quinn's endpoint driver
+//!   reads through [`quinn::AsyncUdpSocket::poll_recv`] straight into quinn's own buffers (with
+//!   GRO and batched `recvmmsg`, like quinn's stock socket). Each buffer is classified in place:
+//!   QUIC stays where it is (no copy, no allocation); ChannelData from the TURN server is unwrapped
+//!   in place (the payload moves back 4 bytes) and re-addressed to the peer; STUN and rendezvous
+//!   datagrams are copied out to their consumers and dropped from the batch.
+//! - Otherwise (before quinn starts, or after its endpoint let go of the socket) a small pump task
+//!   reads and dispatches the non-QUIC traffic, so STUN and TURN work without quinn. It waits on
+//!   socket readiness: no polling loop.
+//!
+//! GRO may coalesce several same-size datagrams from one source into one buffer. Buffers are
+//! rewritten in place when every segment is QUIC, or every segment is ChannelData of one channel
+//! (bulk relayed traffic); a rare mixed buffer is split through a small queue of pooled buffers
+//! that the next `poll_recv` hands to quinn first.
+//!
+//! # Relay routing (sending)
+//!
+//! [`crate::turn::TurnClient::bind_peer`] binds a TURN channel to a peer address and registers
+//! the route here. From then on quinn's datagrams to that peer are wrapped as ChannelData (GSO
+//! batches stay batches: each segment grows by the 4-byte header) and sent to the TURN server,
+//! and ChannelData arriving on that channel reaches quinn as coming from the peer. The QUIC
+//! connection never notices: only the path differs.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::Waker;
+
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, trace, warn};
+
+mod channel_data;
+mod quinn_side;
+
+use channel_data::{channel_data_header, push_channel_data};
+pub use channel_data::{
+    decode_channel_data, encode_channel_data, ChannelDataError, CHANNEL_DATA_HEADER,
+    CHANNEL_NUMBERS,
+};
+use quinn_side::QuinnSocket;
+
+/// First bytes of STUN messages (RFC 7983): the two most significant bits of the type are zero.
+pub const STUN_FIRST_BYTES: RangeInclusive<u8> = 0..=3;
+/// First bytes reserved for fybrk's rendezvous and probe messages. RFC 7983 gives 20..=63 to
+/// DTLS, which fybrk never speaks on this socket; 0x20..=0x3F is the part of it clear of ZRTP
+/// (16..=19) and still far from QUIC, which always has bit 0x40 set on our side.
+pub const RENDEZVOUS_FIRST_BYTES: RangeInclusive<u8> = 0x20..=0x3F;
+
+/// STUN header length, and where its transaction id sits (RFC 8489 §5).
+const STUN_HEADER: usize = 20;
+const STUN_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+const TID: std::ops::Range<usize> = 8..20;
+
+/// Diverted datagrams (STUN, rendezvous) waiting for their consumer. These are control messages,
+/// a few per second; 256 absorbs a burst while the consumer is busy and bounds the memory a
+/// flood can pin. Past it, datagrams are dropped (their senders retransmit).
+const DIVERT_QUEUE: usize = 256;
+/// Split-off QUIC datagrams waiting for quinn. A GRO buffer holds at most 64 segments, so this is
+/// several buffers' worth; quinn drains it on its very next `poll_recv`.
+const PENDING_MAX: usize = 256;
+/// Buffers kept for reuse by that queue, so splitting does not allocate in steady state.
+const POOL_MAX: usize = 64;
+/// The pump's receive buffer: the largest UDP payload, which also bounds a GRO buffer.
+const PUMP_BUF: usize = 64 * 1024;
+/// Datagrams the pump handles per wake-up before yielding to other tasks.
+const PUMP_BATCH: usize = 64;
+
+/// A datagram diverted from QUIC: STUN or rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Who sent it.
+    pub from: SocketAddr,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// What a datagram is, by its first byte and whether it came from a TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramKind {
+    /// STUN (and TURN control messages, which are STUN).
+    Stun,
+    /// fybrk rendezvous or probe message.
+    Rendezvous,
+    /// TURN ChannelData (only from a TURN server).
+    ChannelData,
+    /// Everything else is handed to quinn.
+    Quic,
+}
+
+/// Classifies a datagram by its first byte (RFC 7983/9443); see the module documentation.
+pub fn classify(first_byte: u8, from_turn_server: bool) -> DatagramKind {
+    match first_byte {
+        0..=3 => DatagramKind::Stun,
+        0x20..=0x3F => DatagramKind::Rendezvous,
+        0x40..=0x4F if from_turn_server => DatagramKind::ChannelData,
+        _ => DatagramKind::Quic,
+    }
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// The socket's reader task needs a tokio runtime.
+    #[error("the UDP socket must be created from inside a tokio runtime")]
+    NoRuntime,
+    /// The address could not be bound.
+    #[error("cannot bind a UDP socket on {addr}: {source} (is another program using that port?)")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS's reason.
+        source: io::Error,
+    },
+    /// The socket could not be configured.
+    #[error("cannot set up the UDP socket: {0}")]
+    Socket(#[source] io::Error),
+    /// A QUIC endpoint already reads this socket.
+    #[error("a QUIC endpoint already runs on this socket; drop it before starting another")]
+    QuinnAttached,
+}
+
+/// Where quinn's datagrams to one peer go instead: a channel on a TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRoute {
+    /// The TURN server's address.
+    pub server: SocketAddr,
+    /// The channel bound to the peer on that server.
+    pub channel: u16,
+}
+
+/// Counters since the socket was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MuxStats {
+    /// QUIC datagrams that arrived as ChannelData through a TURN relay.
+    pub relayed_rx: u64,
+    /// QUIC datagrams sent as ChannelData through a TURN relay.
+    pub relayed_tx: u64,
+    /// STUN messages received.
+    pub stun_rx: u64,
+    /// Rendezvous messages received.
+    pub rendezvous_rx: u64,
+    /// Datagrams dropped: a full or closed consumer queue, QUIC with no endpoint attached,
+    /// ChannelData on an unknown channel.
+    pub dropped: u64,
+}
+
+/// The one UDP socket of a daemon, shared by QUIC, STUN, TURN and rendezvous. Cheap to clone;
+/// the socket lives while a clone or the attached QUIC endpoint does.
+#[derive(Clone)]
+pub struct MuxSocket {
+    owner: Arc<Owner>,
+}
+
+/// Dropping the last [`MuxSocket`] clone stops the pump; an attached quinn keeps the socket.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.reader.send_modify(|r| r.handles = false);
+    }
+}
+
+/// Who may read the socket now (see "Who reads the socket").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReaderState {
+    /// A quinn endpoint is attached and reads.
+    quinn: bool,
+    /// Some [`MuxSocket`] clone is alive; without one the pump has nobody to serve.
+    handles: bool,
+}
+
+struct Shared {
+    io: tokio::net::UdpSocket,
+    udp: UdpSocketState,
+    routes: RwLock<Routes>,
+    /// Whether any TURN server is registered: lets the QUIC path skip the route lock entirely
+    /// when no relay is in use.
+    relaying: AtomicBool,
+    waiters: Mutex<HashMap<[u8; 12], Waiter>>,
+    stun_tx: mpsc::Sender<Datagram>,
+    rendezvous_tx: mpsc::Sender<Datagram>,
+    stun_rx: Mutex<Option<mpsc::Receiver<Datagram>>>,
+    rendezvous_rx: Mutex<Option<mpsc::Receiver<Datagram>>>,
+    pending: Mutex<Pending>,
+    reader: watch::Sender<ReaderState>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Routes {
+    servers: HashSet<SocketAddr>,
+    by_peer: HashMap<SocketAddr, RelayRoute>,
+    by_channel: HashMap<(SocketAddr, u16), SocketAddr>,
+}
+
+/// A STUN transaction waiting for its response.
+struct Waiter {
+    from: SocketAddr,
+    tx: oneshot::Sender<Datagram>,
+}
+
+/// QUIC datagrams split out of a mixed GRO buffer, waiting for quinn's next `poll_recv`.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<Queued>,
+    pool: Vec<Vec<u8>>,
+    waker: Option<Waker>,
+}
+
+struct Queued {
+    from: SocketAddr,
+    dst_ip: Option<IpAddr>,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Counters {
+    relayed_rx: AtomicU64,
+    relayed_tx: AtomicU64,
+    stun_rx: AtomicU64,
+    rendezvous_rx: AtomicU64,
+    dropped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+// A panic while holding one of these locks leaves plain data (maps, queues) that is still
+// consistent, so poisoning is ignored rather than spread.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MuxSocket {
+    /// Binds a UDP socket on `addr` (port 0 for any). Must be called inside a tokio runtime.
+    pub fn bind(addr: SocketAddr) -> Result<MuxSocket, MuxError> {
+        tokio::runtime::Handle::try_current().map_err(|_| MuxError::NoRuntime)?;
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| MuxError::Bind { addr, source })?;
+        Self::from_std(socket)
+    }
+
+    /// Takes over an already bound UDP socket. Must be called inside a tokio runtime.
+    pub fn from_std(socket: std::net::UdpSocket) -> Result<MuxSocket, MuxError> {
+        tokio::runtime::Handle::try_current().map_err(|_| MuxError::NoRuntime)?;
+        socket.set_nonblocking(true).map_err(MuxError::Socket)?;
+        // Sets what quinn's stock socket sets: GRO, ECN and destination-address reporting,
+        // no IP fragmentation.
+        let udp = UdpSocketState::new((&socket).into()).map_err(MuxError::Socket)?;
+        let io = tokio::net::UdpSocket::from_std(socket).map_err(MuxError::Socket)?;
+        let (stun_tx, stun_rx) = mpsc::channel(DIVERT_QUEUE);
+        let (rendezvous_tx, rendezvous_rx) = mpsc::channel(DIVERT_QUEUE);
+        let (reader, _) = watch::channel(ReaderState {
+            quinn: false,
+            handles: true,
+        });
+        let shared = Arc::new(Shared {
+            io,
+            udp,
+            routes: RwLock::new(Routes::default()),
+            relaying: AtomicBool::new(false),
+            waiters: Mutex::new(HashMap::new()),
+            stun_tx,
+            rendezvous_tx,
+            stun_rx: Mutex::new(Some(stun_rx)),
+            rendezvous_rx: Mutex::new(Some(rendezvous_rx)),
+            pending: Mutex::new(Pending::default()),
+            reader,
+            stats: Counters::default(),
+        });
+        tokio::spawn(pump(Arc::clone(&shared)));
+        Ok(MuxSocket {
+            owner: Arc::new(Owner { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.owner.shared
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.shared().io.local_addr()
+    }
+
+    /// The socket as quinn sees it, for [`crate::transport::Transport::bind_with`]. One QUIC
+    /// endpoint at a time: it becomes the socket's reader until it lets go of the socket.
+    pub fn quinn_socket(&self) -> Result<Arc<dyn quinn::AsyncUdpSocket>, MuxError> {
+        let mut attached = false;
+        self.shared().reader.send_if_modified(|r| {
+            if r.quinn {
+                return false;
+            }
+            r.quinn = true;
+            attached = true;
+            true
+        });
+        if !attached {
+            return Err(MuxError::QuinnAttached);
+        }
+        Ok(Arc::new(QuinnSocket {
+            shared: Arc::clone(self.shared()),
+        }))
+    }
+
+    /// Sends one datagram as is (STUN, TURN control, rendezvous, probes): never wrapped for a
+    /// relay.
+    pub async fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.shared().io.send_to(data, to).await.map(|_| ())
+    }
+
+    /// STUN messages that no transaction of ours waits for (e.g. requests from peers). Can be
+    /// taken once; until then, and after the receiver is dropped, such messages are dropped
+    /// once [`DIVERT_QUEUE`] of them wait.
+    pub fn take_stun_receiver(&self) -> Option<mpsc::Receiver<Datagram>> {
+        lock(&self.shared().stun_rx).take()
+    }
+
+    /// Rendezvous and probe messages (first byte in [`RENDEZVOUS_FIRST_BYTES`]). Can be taken
+    /// once.
+    pub fn take_rendezvous_receiver(&self) -> Option<mpsc::Receiver<Datagram>> {
+        lock(&self.shared().rendezvous_rx).take()
+    }
+
+    /// The relay route quinn's datagrams to `peer` take, if any.
+    pub fn relay_route(&self, peer: SocketAddr) -> Option<RelayRoute> {
+        read(&self.shared().routes).by_peer.get(&peer).copied()
+    }
+
+    /// Counters since the socket was created.
+    pub fn stats(&self) -> MuxStats {
+        let c = &self.shared().stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MuxStats {
+            relayed_rx: get(&c.relayed_rx),
+            relayed_tx: get(&c.relayed_tx),
+            stun_rx: get(&c.stun_rx),
+            rendezvous_rx: get(&c.rendezvous_rx),
+            dropped: get(&c.dropped),
+        }
+    }
+
+    /// Starts waiting for the STUN response with transaction id `tid` from `from`. Register
+    /// before sending the request, so a fast answer cannot be missed.
+    pub(crate) fn expect_stun_reply(&self, tid: [u8; 12], from: SocketAddr) -> StunWaiter {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared().waiters).insert(tid, Waiter { from, tx });
+        StunWaiter {
+            rx,
+            tid,
+            shared: Arc::clone(self.shared()),
+        }
+    }
+
+    /// Treats datagrams from `server` as coming from a TURN server (ChannelData recognised).
+    pub(crate) fn add_turn_server(&self, server: SocketAddr) {
+        let mut routes = write(&self.shared().routes);
+        routes.servers.insert(server);
+        self.shared().relaying.store(true, Ordering::Release);
+    }
+
+    /// Forgets `server` and every route through it.
+    pub(crate) fn remove_turn_server(&self, server: SocketAddr) {
+        let mut routes = write(&self.shared().routes);
+        routes.servers.remove(&server);
+        routes.by_peer.retain(|_, r| r.server != server);
+        routes.by_channel.retain(|(s, _), _| *s != server);
+        self.shared()
+            .relaying
+            .store(!routes.servers.is_empty(), Ordering::Release);
+    }
+
+    /// Sends quinn's datagrams for `peer` through `route`, and delivers that channel's
+    /// ChannelData to quinn as coming from `peer`.
+    pub(crate) fn route_via_relay(&self, peer: SocketAddr, route: RelayRoute) {
+        let mut routes = write(&self.shared().routes);
+        if let Some(old) = routes.by_peer.insert(peer, route) {
+            routes.by_channel.remove(&(old.server, old.channel));
+        }
+        routes
+            .by_channel
+            .insert((route.server, route.channel), peer);
+    }
+
+    /// Sends quinn's datagrams for `peer` directly again.
+    pub(crate) fn unroute(&self, peer: SocketAddr) {
+        let mut routes = write(&self.shared().routes);
+        if let Some(old) = routes.by_peer.remove(&peer) {
+            routes.by_channel.remove(&(old.server, old.channel));
+        }
+    }
+}
+
+impl fmt::Debug for MuxSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MuxSocket")
+            .field("local_addr", &self.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for one STUN response; unregisters itself when dropped.
+pub(crate) struct StunWaiter {
+    rx: oneshot::Receiver<Datagram>,
+    tid: [u8; 12],
+    shared: Arc<Shared>,
+}
+
+impl StunWaiter {
+    /// The response, or `None` if the socket went away.
+    pub(crate) async fn recv(&mut self) -> Option<Datagram> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for StunWaiter {
+    fn drop(&mut self) {
+        lock(&self.shared.waiters).remove(&self.tid);
+    }
+}
+
+/// Reads the socket while no quinn endpoint does.
+async fn pump(shared: Arc<Shared>) {
+    let mut state = shared.reader.subscribe();
+    let mut buf = vec![0u8; PUMP_BUF];
+    loop {
+        let now = *state.borrow_and_update();
+        if !now.handles {
+            return;
+        }
+        if now.quinn {
+            // quinn reads; wake up again when it lets go (or the socket is dropped).
+            if state.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            ready = shared.io.readable() => match ready {
+                Ok(()) => shared.pump_batch(&mut buf),
+                Err(e) => {
+                    warn!("UDP socket unusable, STUN/TURN receive stops: {e}");
+                    return;
+                }
+            },
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+impl Shared {
+    /// Reads what is waiting (up to [`PUMP_BATCH`] datagrams) and dispatches it.
+    fn pump_batch(&self, buf: &mut [u8]) {
+        for _ in 0..PUMP_BATCH {
+            let mut meta = [RecvMeta::default()];
+            let received = {
+                let mut bufs = [IoSliceMut::new(buf)];
+                self.io.try_io(Interest::READABLE, || {
+                    self.udp.recv((&self.io).into(), &mut bufs, &mut meta)
+                })
+            };
+            match received {
+                Ok(0) => {}
+                Ok(_) => {
+                    let mut meta = meta[0];
+                    if self.demux(buf, &mut meta) {
+                        // QUIC, but quinn is not reading: unless it attached a moment ago,
+                        // nobody wants it (the peer retransmits once quinn runs).
+                        self.queue_for_quinn(meta.addr, meta.dst_ip, &buf[..meta.len]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // E.g. ECONNREFUSED from an ICMP error: consumed by this read, so try again.
+                Err(e) => trace!("UDP receive error: {e}"),
+            }
+        }
+    }
+
+    /// Classifies one received buffer (one datagram, or several GRO segments of one source)
+    /// and sends what is not for quinn where it belongs. Returns whether the buffer, possibly
+    /// rewritten in place (`meta` adjusted), is for quinn.
+    fn demux(&self, buf: &mut [u8], meta: &mut RecvMeta) -> bool {
+        let len = meta.len.min(buf.len());
+        if len == 0 {
+            return false;
+        }
+        let stride = if meta.stride == 0 || meta.stride > len {
+            len
+        } else {
+            meta.stride
+        };
+        let from_turn = self.relaying.load(Ordering::Acquire)
+            && read(&self.routes).servers.contains(&meta.addr);
+        if !from_turn {
+            if buf[..len]
+                .chunks(stride)
+                .all(|seg| classify(seg[0], false) == DatagramKind::Quic)
+            {
+                return true;
+            }
+        } else if self.unwrap_in_place(buf, len, stride, meta) {
+            return true;
+        }
+        self.split(&buf[..len], stride, meta, from_turn);
+        false
+    }
+
+    /// Unwraps a buffer of ChannelData segments, all on one channel and (but the last) all
+    /// full, in place: each payload moves to where an unwrapped GRO buffer would have it.
+    fn unwrap_in_place(
+        &self,
+        buf: &mut [u8],
+        len: usize,
+        stride: usize,
+        meta: &mut RecvMeta,
+    ) -> bool {
+        let segments = len.div_ceil(stride);
+        let mut channel = None;
+        for (k, seg) in buf[..len].chunks(stride).enumerate() {
+            if classify(seg[0], true) != DatagramKind::ChannelData {
+                return false;
+            }
+            let Ok((ch, payload)) = channel_data_header(seg) else {
+                return false;
+            };
+            let full = payload + CHANNEL_DATA_HEADER == stride;
+            if payload == 0 || channel.is_some_and(|c| c != ch) || (k + 1 < segments && !full) {
+                return false;
+            }
+            channel = Some(ch);
+        }
+        let Some(channel) = channel else {
+            return false;
+        };
+        let Some(peer) = read(&self.routes)
+            .by_channel
+            .get(&(meta.addr, channel))
+            .copied()
+        else {
+            return false;
+        };
+        let new_stride = stride - CHANNEL_DATA_HEADER;
+        let mut out = 0;
+        for k in 0..segments {
+            let start = k * stride;
+            let end = (start + stride).min(len);
+            let Ok((_, payload)) = channel_data_header(&buf[start..end]) else {
+                return false; // checked above
+            };
+            let from = start + CHANNEL_DATA_HEADER;
+            // Destinations never overtake sources (`out <= start`), and copy_within allows
+            // overlap.
+            buf.copy_within(from..from + payload, out);
+            out += payload;
+        }
+        bump(&self.stats.relayed_rx, segments as u64);
+        meta.addr = peer;
+        meta.len = out;
+        meta.stride = if segments == 1 { out } else { new_stride };
+        true
+    }
+
+    /// The slow path: handles each segment on its own; QUIC goes through the pending queue.
+    fn split(&self, buf: &[u8], stride: usize, meta: &RecvMeta, from_turn: bool) {
+        for seg in buf.chunks(stride) {
+            match classify(seg[0], from_turn) {
+                DatagramKind::Stun => self.divert_stun(meta.addr, seg),
+                DatagramKind::Rendezvous => {
+                    bump(&self.stats.rendezvous_rx, 1);
+                    self.forward(&self.rendezvous_tx, meta.addr, seg, "rendezvous");
+                }
+                DatagramKind::ChannelData => {
+                    let Ok((channel, payload)) = decode_channel_data(seg) else {
+                        debug!(from = %meta.addr, "dropping malformed ChannelData");
+                        bump(&self.stats.dropped, 1);
+                        continue;
+                    };
+                    let peer = read(&self.routes)
+                        .by_channel
+                        .get(&(meta.addr, channel))
+                        .copied();
+                    match peer {
+                        Some(peer) if !payload.is_empty() => {
+                            bump(&self.stats.relayed_rx, 1);
+                            self.queue_for_quinn(peer, meta.dst_ip, payload);
+                        }
+                        _ => {
+                            trace!(from = %meta.addr, channel, "ChannelData on an unknown channel");
+                            bump(&self.stats.dropped, 1);
+                        }
+                    }
+                }
+                DatagramKind::Quic => self.queue_for_quinn(meta.addr, meta.dst_ip, seg),
+            }
+        }
+    }
+
+    /// Hands a STUN message to the transaction waiting for it, else to the STUN receiver.
+    fn divert_stun(&self, from: SocketAddr, data: &[u8]) {
+        bump(&self.stats.stun_rx, 1);
+        let waiter = {
+            let mut waiters = lock(&self.waiters);
+            let tid = (data.len() >= STUN_HEADER && data[4..8] == STUN_COOKIE)
+                .then(|| <[u8; 12]>::try_from(&data[TID]).ok())
+                .flatten();
+            match tid {
+                Some(tid) => match waiters.get(&tid) {
+                    Some(w) if w.from == from => waiters.remove(&tid),
+                    _ => None,
+                },
+                // Too short or mangled to carry a transaction id: give it to a transaction
+                // waiting on that server, so the client can report a broken server instead of
+                // timing out.
+                None => {
+                    let key = waiters
+                        .iter()
+                        .find(|(_, w)| w.from == from)
+                        .map(|(k, _)| *k);
+                    key.and_then(|k| waiters.remove(&k))
+                }
+            }
+        };
+        let datagram = Datagram {
+            from,
+            data: data.to_vec(),
+        };
+        match waiter {
+            Some(w) => {
+                // The transaction may have given up a moment ago; then nobody needs it.
+                let _ = w.tx.send(datagram);
+            }
+            None => self.forward(&self.stun_tx, from, data, "STUN"),
+        }
+    }
+
+    fn forward(&self, tx: &mpsc::Sender<Datagram>, from: SocketAddr, data: &[u8], what: &str) {
+        let datagram = Datagram {
+            from,
+            data: data.to_vec(),
+        };
+        if tx.try_send(datagram).is_err() {
+            trace!(%from, "dropping {what} datagram: nobody is reading, or the queue is full");
+            bump(&self.stats.dropped, 1);
+        }
+    }
+
+    /// Queues a QUIC datagram for quinn's next `poll_recv`, if quinn is attached.
+    fn queue_for_quinn(&self, from: SocketAddr, dst_ip: Option<IpAddr>, data: &[u8]) {
+        if !self.reader.borrow().quinn {
+            trace!(%from, "dropping QUIC datagram: no QUIC endpoint runs on this socket");
+            bump(&self.stats.dropped, 1);
+            return;
+        }
+        let waker = {
+            let mut pending = lock(&self.pending);
+            if pending.queue.len() >= PENDING_MAX {
+                drop(pending);
+                bump(&self.stats.dropped, 1);
+                return;
+            }
+            let mut buf = pending.pool.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(data);
+            pending.queue.push_back(Queued {
+                from,
+                dst_ip,
+                data: buf,
+            });
+            pending.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Moves queued datagrams into quinn's buffers; registers `waker` for later pushes.
+    fn take_pending(
+        &self,
+        waker: &Waker,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let mut pending = lock(&self.pending);
+        if !pending.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            pending.waker = Some(waker.clone());
+        }
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some(item) = pending.queue.pop_front() else {
+                break;
+            };
+            let len = item.data.len();
+            // quinn's buffers hold the largest UDP payload; a queued datagram always fits.
+            if len <= bufs[n].len() {
+                bufs[n][..len].copy_from_slice(&item.data);
+                meta[n] = RecvMeta {
+                    addr: item.from,
+                    len,
+                    stride: len,
+                    ecn: None,
+                    dst_ip: item.dst_ip,
+                };
+                n += 1;
+            }
+            if pending.pool.len() < POOL_MAX {
+                pending.pool.push(item.data);
+            }
+        }
+        n
+    }
+
+    /// Classifies a batch quinn received; moves what stays for quinn to the front. Returns how
+    /// many buffers quinn gets.
+    fn demux_batch(&self, bufs: &mut [IoSliceMut<'_>], metas: &mut [RecvMeta]) -> usize {
+        let mut kept = 0;
+        for i in 0..bufs.len().min(metas.len()) {
+            let mut meta = metas[i];
+            if self.demux(&mut bufs[i], &mut meta) {
+                // quinn reads `bufs[k]` with `metas[k]`: swapping the slices moves a buffer
+                // without copying it.
+                bufs.swap(kept, i);
+                metas[kept] = meta;
+                kept += 1;
+            }
+        }
+        kept
+    }
+
+    /// Sends quinn's datagrams for a relayed peer as ChannelData to the TURN server.
+    fn send_relayed(&self, route: RelayRoute, transmit: &Transmit<'_>) -> io::Result<()> {
+        thread_local! {
+            // One scratch buffer per thread: wrapping needs no allocation in steady state and no
+            // lock between connections sending from different threads.
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        if segment + CHANNEL_DATA_HEADER > usize::from(u16::MAX) {
+            // Cannot happen with quinn's packet sizes; dropped like quinn-udp drops a datagram
+            // the OS refuses, since an error here would end the connection.
+            debug!(peer = %transmit.destination, "datagram too large for TURN ChannelData");
+            return Ok(());
+        }
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            out.clear();
+            let mut segments = 0;
+            for payload in transmit.contents.chunks(segment) {
+                // Checked above: every segment fits the 16-bit length.
+                let len = payload.len() as u16;
+                push_channel_data(route.channel, len, payload, &mut out);
+                segments += 1;
+            }
+            let wrapped = Transmit {
+                destination: route.server,
+                // The relay does not carry ECN marks on to the peer.
+                ecn: None,
+                contents: &out,
+                segment_size: transmit.segment_size.map(|s| s + CHANNEL_DATA_HEADER),
+                src_ip: transmit.src_ip,
+            };
+            let sent = self.io.try_io(Interest::WRITABLE, || {
+                self.udp.send((&self.io).into(), &wrapped)
+            });
+            if sent.is_ok() {
+                bump(&self.stats.relayed_tx, segments);
+            }
+            sent
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+use std::net::UdpSocket as StdUdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::identity::DeviceKey;
+use crate::testing::{Coturn, PASS, USER};
+use crate::tls::{AllowList, PeerPolicy};
+use crate::transport::{Transport, CLOSE_SHUTDOWN};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn config(coturn: &Coturn, pass: &str) -> TurnConfig {
+    coturn.url(pass).parse().expect("turn URL")
+}
+
+#[test]
+fn turn_urls_parse() {
+    let c: TurnConfig = "turn:relay.example.org:3479?user=alice&pass=s3cret"
+        .parse()
+        .expect("parse");
+    assert_eq!(
+        (
+            c.host.as_str(),
+            c.port,
+            c.username.as_str(),
+            c.password.as_str()
+        ),
+        ("relay.example.org", 3479, "alice", "s3cret")
+    );
+    let c: TurnConfig = "TURN:[2001:db8::7]?transport=udp&username=a%26b&password=p%3Dq%25"
+        .parse()
+        .expect("parse");
+    assert_eq!(
+        (c.host.as_str(), c.port),
+        ("2001:db8::7", DEFAULT_TURN_PORT)
+    );
+    assert_eq!((c.username.as_str(), c.password.as_str()), ("a&b", "p=q%"));
+    assert_eq!(c.to_string(), "turn:[2001:db8::7]:3478?user=a&b");
+    assert!(
+        !format!("{c:?}").contains("p=q%"),
+        "Debug hides the password"
+    );
+}
+
+#[test]
+fn bad_turn_urls_say_what_is_wrong_without_showing_the_password() {
+    for (value, says) in [
+        ("relay:3478?user=u&pass=hunter2", "must start with turn:"),
+        (
+            "turns:relay:5349?user=u&pass=hunter2",
+            "turns: (TURN over TLS) is not supported",
+        ),
+        ("turn:relay:3478?pass=hunter2", "user= is missing"),
+        ("turn:relay:3478?user=u", "pass= is missing"),
+        ("turn:relay:99999?user=u&pass=hunter2", "port \"99999\""),
+        (
+            "turn:relay?user=u&pass=hunter2&ttl=5",
+            "unknown parameter \"ttl\"",
+        ),
+        (
+            "turn:relay?user=u&pass=hunter2&transport=tcp",
+            "transport=tcp is not supported",
+        ),
+        ("turn:relay?user=u%zz&pass=hunter2", "bad %-escape"),
+    ] {
+        let err = value.parse::<TurnConfig>().expect_err(value);
+        let msg = err.to_string();
+        assert!(msg.contains(says), "{value}: {msg}");
+        assert!(
+            msg.contains("expected turn:HOST:PORT?user=USER&pass=PASSWORD"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "the password leaked: {msg}");
+    }
+}
+
+#[test]
+fn refresh_comes_a_minute_early_or_at_half_time() {
+    let s = Duration::from_secs;
+    assert_eq!(refresh_after(s(600)), s(540));
+    assert_eq!(refresh_after(s(3600)), s(3540));
+    assert_eq!(refresh_after(s(100)), s(50));
+}
+
+#[tokio::test]
+async fn an_allocation_gets_a_relayed_address() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let client = TurnClient::allocate(&mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    let relayed = client.relayed_addr();
+    assert_eq!(relayed.ip(), IpAddr::from([127, 0, 0, 1]));
+    assert!(
+        relayed.port() >= 61_000,
+        "from coturn's relay range: {relayed}"
+    );
+    assert_eq!(client.mapped_addr(), Some(mux.local_addr().expect("addr")));
+    assert_eq!(client.server_addr(), coturn.addr());
+    assert!(client.is_active());
+    client.close().await.expect("deallocate");
+    assert!(mux.relay_route(relayed).is_none());
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_clearly() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let err = TurnClient::allocate(&mux, &config(&coturn, "not-the-password"))
+        .await
+        .expect_err("wrong password");
+    assert!(
+        matches!(err, TurnError::Unauthorized { code: 401, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("TURN server refused the credentials"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("user \"{USER}\"")), "{msg}");
+    assert!(msg.contains("check user= and pass="), "{msg}");
+}
+
+#[tokio::test]
+async fn a_stale_nonce_is_renewed_transparently() {
+    // coturn hands out nonces valid for one second.
+    let Some(coturn) = Coturn::start_with(&["stale-nonce=1"]) else {
+        return;
+    };
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let client = TurnClient::allocate(&mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_peer, peer_addr) = raw_peer();
+    client
+        .bind_peer(peer_addr)
+        .await
+        .expect("bind with a renewed nonce");
+    assert!(client.stale_nonces() >= 1, "coturn should have said 438");
+}
+
+#[tokio::test]
+async fn an_allocation_left_behind_on_this_socket_is_replaced() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let first = TurnClient::allocate(&mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    // Dropped without deallocating, like a crashed daemon: the server still holds it.
+    drop(first);
+    let second = TurnClient::allocate(&mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate again after a 437");
+    assert!(second.is_active());
+}
+
+fn raw_peer() -> (StdUdpSocket, SocketAddr) {
+    let s = StdUdpSocket::bind(loopback()).expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let addr = s.local_addr().expect("addr");
+    (s, addr)
+}
+
+#[tokio::test]
+async fn refreshes_keep_channels_alive_past_their_lifetime() {
+    // Channels and permissions that lapse after 2 s unless refreshed.
+    let Some(coturn) = Coturn::start_with(&["channel-lifetime=2", "permission-lifetime=2"]) else {
+        return;
+    };
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let timers = Timers {
+        allocation: Some(Duration::from_millis(500)),
+        permissions: Duration::from_millis(500),
+    };
+    let client = TurnClient::allocate_with(&mux, &config(&coturn, PASS), timers)
+        .await
+        .expect("allocate");
+    let (peer, peer_addr) = raw_peer();
+    let channel = client.bind_peer(peer_addr).await.expect("bind");
+    assert_eq!(
+        mux.relay_route(peer_addr),
+        Some(RelayRoute {
+            server: coturn.addr(),
+            channel
+        })
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(client.refreshes() >= 3, "refreshes: {}", client.refreshes());
+    assert!(client.is_active());
+    // The peer's datagram still comes through the relay on our channel.
+    let before = mux.stats().relayed_rx;
+    peer.send_to(&[0xC1, 1, 2, 3], client.relayed_addr())
+        .expect("send to the relayed address");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mux.stats().relayed_rx == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing came through the relay; coturn log:\n{}",
+            coturn.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Node {
+    mux: MuxSocket,
+    key: DeviceKey,
+    allow: Arc<AllowList>,
+    transport: Arc<Transport>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let mux = MuxSocket::bind(loopback()).expect("bind");
+        let key = DeviceKey::generate().expect("key");
+        let allow = Arc::new(AllowList::new());
+        let policy: Arc<dyn PeerPolicy> = allow.clone();
+        let socket = mux.quinn_socket().expect("attach quinn");
+        let transport = Arc::new(Transport::bind_with(socket, &key, policy).expect("transport"));
+        Node {
+            mux,
+            key,
+            allow,
+            transport,
+        }
+    }
+}
+
+const BULK: usize = 4 << 20;
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_through_the_relay_moves_4_mib() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    // `a` reaches the world only through its relay; `b` dials a's relayed address.
+    let a = Node::new();
+    let b = Node::new();
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    // Allocated after quinn took the socket: TURN's replies come through quinn's reads.
+    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    let relayed = relay.relayed_addr();
+    let b_addr = b.mux.local_addr().expect("addr");
+    relay.bind_peer(b_addr).await.expect("bind b");
+
+    let server = Arc::clone(&a.transport);
+    let serve = tokio::spawn(async move {
+        let accepted = server.accept().await.expect("accepted");
+        let remote = accepted.connection.remote_address();
+        let mut send = accepted.connection.open_uni().await.expect("open");
+        send.write_all(&pattern(BULK)).await.expect("write");
+        send.finish().expect("finish");
+        let mut recv = accepted.connection.accept_uni().await.expect("ack stream");
+        let ack = recv.read_to_end(64).await.expect("ack");
+        (remote, ack)
+    });
+
+    let (conn, peer) = b
+        .transport
+        .connect(relayed, a.key.id())
+        .await
+        .expect("connect through the relay");
+    assert_eq!(peer, a.key.id());
+    assert_eq!(
+        conn.remote_address(),
+        relayed,
+        "b sees a at its relayed address"
+    );
+    let mut recv = conn.accept_uni().await.expect("bulk stream");
+    let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
+    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
+    let mut ack = conn.open_uni().await.expect("open ack");
+    ack.write_all(b"got it").await.expect("ack");
+    ack.finish().expect("finish");
+
+    let (remote, ack) = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("server done")
+        .expect("server task");
+    assert_eq!(remote, b_addr, "a sees b at b's own address");
+    assert_eq!(ack, b"got it");
+
+    let stats = a.mux.stats();
+    let packets = BULK / 1500;
+    assert!(stats.relayed_tx as usize > packets, "{stats:?}");
+    assert!(stats.relayed_rx > 0, "{stats:?}");
+    assert_eq!(b.mux.stats().relayed_tx, 0, "b sends directly");
+    conn.close(CLOSE_SHUTDOWN, b"done");
+}
