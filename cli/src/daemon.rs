@@ -15,7 +15,7 @@ use fybrk_net::identity::{DeviceId, DeviceKey};
 use fybrk_store::{Store, StoreError, StoreOptions};
 use std::net::SocketAddr;
 
-use crate::node::{Listen, Node};
+use crate::node::{Listen, Node, Traversal};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
@@ -26,9 +26,44 @@ use crate::state::StateDir;
 /// How often the daemon frees chunks nothing references any more.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
 
+/// How the daemon talks to other devices (`mount` options).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NetArgs {
+    /// UDP address for connections from other devices (QUIC). Default 0.0.0.0:22100; if
+    /// that port is taken, a random one (kept for next time).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Rendezvous server (`fybrk rendezvous`) through which devices behind NATs find each
+    /// other. Without one, devices are reached at the addresses they were last seen at.
+    #[arg(long, value_name = "HOST:PORT", env = "FYBRK_RENDEZVOUS")]
+    pub rendezvous: Option<String>,
+    /// STUN server for learning this device's public address (repeat for more; also
+    /// FYBRK_STUN, comma separated). Default: stun.l.google.com:19302 and stun1..3. Used only
+    /// with --rendezvous.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
+}
+
+impl NetArgs {
+    /// The same options as command-line arguments, for the daemon child.
+    fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(l) = self.listen {
+            out.extend(["--listen".to_string(), l.to_string()]);
+        }
+        if let Some(r) = &self.rendezvous {
+            out.extend(["--rendezvous".to_string(), r.clone()]);
+        }
+        for s in &self.stun {
+            out.extend(["--stun".to_string(), s.clone()]);
+        }
+        out
+    }
+}
+
 /// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
-pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, listen: Option<SocketAddr>) -> Result<()> {
+pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Result<()> {
     preflight(state, mnt)?;
     state.create()?;
     let log = std::fs::OpenOptions::new()
@@ -47,9 +82,7 @@ pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, listen: Option<So
     if let Some(name) = name {
         cmd.arg("--name").arg(name);
     }
-    if let Some(listen) = listen {
-        cmd.arg("--listen").arg(listen.to_string());
-    }
+    cmd.args(net.to_args());
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -131,7 +164,7 @@ pub fn run(
     state: &StateDir,
     mnt: &Path,
     name: Option<&str>,
-    listen: Option<SocketAddr>,
+    net: &NetArgs,
     notify_ready: bool,
 ) -> Result<()> {
     limit_malloc_arenas();
@@ -142,7 +175,7 @@ pub fn run(
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let started = start(state, mnt, name, listen);
+    let started = start(state, mnt, name, net);
     if notify_ready {
         let mut out = std::io::stdout().lock();
         let line = match &started {
@@ -192,12 +225,7 @@ struct Daemon {
     _lock: std::fs::File,
 }
 
-fn start(
-    state: &StateDir,
-    mnt: &Path,
-    name: Option<&str>,
-    listen: Option<SocketAddr>,
-) -> Result<Daemon> {
+fn start(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Result<Daemon> {
     preflight(state, mnt)?;
     state.create()?;
     let lock = state.lock()?;
@@ -247,7 +275,7 @@ fn start(
     };
     let fs = Arc::new(Fs::new(store, cfg));
     let (inval_tx, invalidations) = std::sync::mpsc::channel();
-    let listen = match listen {
+    let listen = match net.listen {
         Some(addr) => Listen {
             addr,
             explicit: true,
@@ -261,6 +289,10 @@ fn start(
         fs.clone(),
         key,
         listen,
+        Traversal {
+            rendezvous: net.rendezvous.clone(),
+            stun: net.stun.clone(),
+        },
         inval_tx,
     )?;
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())

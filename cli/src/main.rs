@@ -43,10 +43,8 @@ enum Cmd {
         /// This device's name as other devices see it (default: the hostname). Remembered.
         #[arg(long)]
         name: Option<String>,
-        /// UDP address for connections from other devices (QUIC). Default 0.0.0.0:22100; if
-        /// that port is taken, a random one.
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        net: daemon::NetArgs,
         /// Internal: report readiness on stdout (used when daemonizing).
         #[arg(long, hide = true)]
         notify_ready: bool,
@@ -149,14 +147,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             foreground,
             name,
-            listen,
+            net,
             notify_ready,
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
-                daemon::run(&state, &mnt, name.as_deref(), listen, notify_ready)?;
+                daemon::run(&state, &mnt, name.as_deref(), &net, notify_ready)?;
             } else {
-                daemon::spawn(&state, &mnt, name.as_deref(), listen)?;
+                daemon::spawn(&state, &mnt, name.as_deref(), &net)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -85,6 +85,16 @@ pub struct Listen {
     pub explicit: bool,
 }
 
+/// How the daemon reaches devices that are not on its network.
+#[derive(Clone, Debug, Default)]
+pub struct Traversal {
+    /// `HOST:PORT` of a rendezvous server (`fybrk rendezvous`). Without one, peers are reached
+    /// only at the addresses they were last seen at, and no STUN server is asked.
+    pub rendezvous: Option<String>,
+    /// `--stun` values (empty: `FYBRK_STUN`, else the defaults).
+    pub stun: Vec<String>,
+}
+
 impl Default for Listen {
     fn default() -> Listen {
         Listen {
@@ -131,6 +141,14 @@ enum InviteOutcome {
 
 struct Shared {
     state: StateDir,
+    /// The one UDP socket: QUIC, STUN and rendezvous datagrams share it (one NAT mapping).
+    mux: fybrk_net::mux::MuxSocket,
+    /// Introductions through the rendezvous server, when one is configured.
+    rendezvous: Option<fybrk_net::rendezvous::ClientHandle>,
+    /// That server's address, for invitations.
+    rendezvous_addr: Option<SocketAddr>,
+    /// The reflexive address and NAT type, refreshed (only with a rendezvous server).
+    nat: Option<fybrk_net::stun::NatMonitor>,
     id: DeviceId,
     name: String,
     fs: Arc<Fs>,
@@ -181,6 +199,7 @@ pub fn commit_watcher(
 
 impl Node {
     /// Binds the UDP socket, starts the endpoint and connects to every paired device.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         state: &StateDir,
         device: &DeviceKey,
@@ -188,6 +207,7 @@ impl Node {
         fs: Arc<Fs>,
         folder_key: FolderKey,
         listen: Listen,
+        traversal: Traversal,
         invalidate: std::sync::mpsc::Sender<Vec<String>>,
     ) -> Result<Node> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -200,17 +220,48 @@ impl Node {
         grow_buffers(&socket);
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
-        let transport = {
+        // Rendezvous datagrams go out on a plain non-blocking clone of the socket (the client
+        // driver needs a send that never waits); everything else through the mux.
+        let raw = socket.try_clone().context("cannot clone the UDP socket")?;
+        raw.set_nonblocking(true)?;
+        let listen_addr = socket.local_addr()?;
+        let (mux, transport) = {
             let _enter = rt.enter();
-            Transport::bind(socket, device, allow.clone())
-                .context("cannot start the QUIC endpoint")?
+            let mux = fybrk_net::mux::MuxSocket::from_std(socket)
+                .context("cannot start the UDP socket")?;
+            let quinn = mux
+                .quinn_socket()
+                .context("cannot start the QUIC endpoint")?;
+            let transport = Transport::bind_with(quinn, device, allow.clone())
+                .context("cannot start the QUIC endpoint")?;
+            (mux, transport)
         };
-        let listen_addr = transport.local_addr()?;
+        let (rendezvous, nat, rendezvous_addr) = match &traversal.rendezvous {
+            None => (None, None, None),
+            Some(server) => {
+                let _enter = rt.enter();
+                let (handle, nat, addr) = start_traversal(
+                    &rt,
+                    &mux,
+                    raw,
+                    state,
+                    server,
+                    &traversal.stun,
+                    listen_addr,
+                    allow.clone(),
+                )?;
+                (Some(handle), nat, Some(addr))
+            }
+        };
         let store = fs.store();
         let (local_seq, _) = watch::channel(store.sequence());
         store.on_commit(commit_watcher(local_seq.clone(), invalidate.clone()));
         let shared = Arc::new(Shared {
             state: state.clone(),
+            mux,
+            rendezvous,
+            rendezvous_addr,
+            nat,
             id: device.id(),
             name: name.to_owned(),
             fs,
@@ -275,7 +326,7 @@ impl Node {
             *sh.id.as_bytes(),
             &sh.name,
             &candidate_addrs(sh.listen_addr),
-            None,
+            sh.rendezvous_addr.map(fybrk_pair::Rendezvous::Addr),
             store.folder_id(),
             now,
         )
@@ -371,6 +422,17 @@ impl Node {
     }
 }
 
+/// Whether `ip` is on this device's network: loopback, private (RFC 1918), link-local, or
+/// IPv6 unique-local.
+fn is_lan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local()
+        }
+    }
+}
+
 /// Binds the UDP socket. Port 0, or a busy default port, means "any free port": the one picked
 /// is remembered in the state dir and taken again next time, because paired devices find this
 /// one at the address they last saw (until the rendezvous server of the NAT work exists).
@@ -413,6 +475,75 @@ fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
     }
 }
 
+/// Starts the rendezvous client on the shared socket, and the STUN monitor.
+#[allow(clippy::too_many_arguments)]
+fn start_traversal(
+    rt: &tokio::runtime::Runtime,
+    mux: &fybrk_net::mux::MuxSocket,
+    raw: UdpSocket,
+    state: &StateDir,
+    server: &str,
+    stun: &[String],
+    listen_addr: SocketAddr,
+    allow: Arc<AllowList>,
+) -> Result<(
+    fybrk_net::rendezvous::ClientHandle,
+    Option<fybrk_net::stun::NatMonitor>,
+    SocketAddr,
+)> {
+    use std::net::ToSocketAddrs;
+    let server_addr = server
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the rendezvous server {server:?} (HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("the rendezvous server {server:?} has no address"))?;
+    let key = Arc::new(
+        DeviceKey::load(&state.device_key())
+            .with_context(|| format!("cannot load {}", state.device_key().display()))?,
+    );
+    let now = Instant::now();
+    let lan: Vec<SocketAddr> = candidate_addrs(listen_addr)
+        .into_iter()
+        .filter(|a| !a.ip().is_loopback() || server_addr.ip().is_loopback())
+        .collect();
+    let client = fybrk_net::rendezvous::Client::new(
+        key,
+        fybrk_net::rendezvous::ClientConfig {
+            server: server_addr,
+            lan,
+        },
+        allow,
+        now,
+        fybrk_net::rendezvous::WallClock::system(now),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let mut diverted = mux
+        .take_rendezvous_receiver()
+        .context("the rendezvous receiver is taken")?;
+    rt.spawn(async move {
+        while let Some(d) = diverted.recv().await {
+            if tx.send((d.from, d.data)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let send = move |to: SocketAddr, data: &[u8]| raw.send_to(data, to).map(|_| ());
+    let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
+    rt.spawn(async move {
+        while let Some(e) = events.recv().await {
+            tracing::info!(event = ?e, "rendezvous");
+        }
+    });
+    let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow!("{e}"))?;
+    let monitor = fybrk_net::stun::NatMonitor::spawn(
+        mux.clone(),
+        servers,
+        fybrk_net::stun::MONITOR_INTERVAL,
+    );
+    tracing::info!(server = %server_addr, "using the rendezvous server");
+    Ok((handle, Some(monitor), server_addr))
+}
+
 /// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
 /// a peer sent a large file (hundreds of datagrams dropped per GiB, each a QUIC retransmission).
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -434,7 +565,8 @@ fn grow_buffers(socket: &UdpSocket) {
 }
 
 /// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
-/// machine's interface addresses (loopback last) with the listen port.
+/// machine's interface addresses with the listen port (loopback only if there is nothing else:
+/// the invitation is for another device).
 fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     if !listen.ip().is_unspecified() {
         return vec![listen];
@@ -453,7 +585,10 @@ fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
             }
         }
     }
-    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()));
+    if addrs.is_empty() {
+        // No network at all: only this machine can reach us.
+        addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()));
+    }
     addrs.dedup();
     addrs
 }
@@ -625,6 +760,13 @@ impl Shared {
                 }
             }
         }
+        // Not reachable directly: ask the rendezvous server to introduce us (the inviter is
+        // registered there while its invitation is open).
+        if conn.is_none() && inv.rendezvous.is_some() {
+            if let Some(c) = self.introduce(inviter).await {
+                conn = Some(c);
+            }
+        }
         let conn = match (conn, last_err) {
             (Some(c), _) => c,
             (None, Some(fybrk_net::transport::ConnectError::Refused { .. })) => bail!(
@@ -742,6 +884,12 @@ impl Shared {
                     Err(e) => tracing::debug!(peer = %peer.abbrev(), %addr, "dial failed: {e}"),
                 }
             }
+            if !connected {
+                if let Some(conn) = self.introduce(peer).await {
+                    self.attach(peer, conn, true);
+                    connected = true;
+                }
+            }
             if connected {
                 continue;
             }
@@ -749,6 +897,32 @@ impl Shared {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = wake.notified() => {}
+            }
+        }
+    }
+
+    /// Asks the rendezvous server to introduce `peer` (both sides probe each other's
+    /// candidates at once), then dials the path that answered. `None` without a server, or if
+    /// the peer is not registered or no path answered.
+    async fn introduce(&self, peer: DeviceId) -> Option<quinn::Connection> {
+        let handle = self.rendezvous.as_ref()?;
+        let path = match handle.connect(peer).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(peer = %peer.abbrev(), "no introduction: {e}");
+                return None;
+            }
+        };
+        tracing::info!(peer = %peer.abbrev(), addr = %path.addr, kind = ?path.kind, "hole punched");
+        match self
+            .transport
+            .connect_timeout(path.addr, peer, DIAL_TIMEOUT)
+            .await
+        {
+            Ok((conn, _)) => Some(conn),
+            Err(e) => {
+                tracing::info!(peer = %peer.abbrev(), addr = %path.addr, "dial after punching failed: {e}");
+                None
             }
         }
     }
@@ -876,11 +1050,26 @@ impl Shared {
                     let stats = l.conn.stats();
                     pending_items += l.pending.0;
                     pending_bytes += l.pending.1;
+                    let addr = l.conn.remote_address();
+                    let path = if self.mux.relay_route(addr).is_some() {
+                        "relay"
+                    } else if is_lan(addr.ip()) {
+                        "lan"
+                    } else {
+                        "direct"
+                    };
+                    let loss = if stats.path.sent_packets == 0 {
+                        0.0
+                    } else {
+                        stats.path.lost_packets as f64 / stats.path.sent_packets as f64
+                    };
                     json!({
                         "id": id.to_string(),
                         "name": p.name,
                         "connected": true,
-                        "addr": l.conn.remote_address(),
+                        "path": path,
+                        "loss": loss,
+                        "addr": addr,
                         "rtt_ms": l.conn.rtt().as_secs_f64() * 1000.0,
                         "bytes_in": stats.udp_rx.bytes,
                         "bytes_out": stats.udp_tx.bytes,
@@ -908,8 +1097,16 @@ impl Shared {
                 }),
             })
             .collect();
+        let nat = self.nat.as_ref().and_then(|m| m.latest()).map(|r| {
+            json!({
+                "public_addr": r.public_addr(),
+                "mapping": format!("{:?}", r.mapping),
+                "udp_works": r.udp_works,
+            })
+        });
         json!({
             "listen_addr": self.listen_addr,
+            "nat": nat,
             "peers": peers,
             "pending_items": pending_items,
             "pending_bytes": pending_bytes,

@@ -62,6 +62,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test file names it
 pub use coturn::Coturn;
 #[allow(unused_imports)] // re-exports for test files; each uses some
 pub use udp::{received, stun_binding, udp_in, whoami, Echo};

@@ -1,0 +1,102 @@
+//! fybrk daemons behind NAT routers in the lab (`tests/lab/`): pairing through the rendezvous
+//! server and syncing over a hole-punched direct path. Root only (skips loudly outside CI).
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use fybrk_tests::{describe, fybrk_bin, run_timeout, wait_for, Mount};
+use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
+
+const RENDEZVOUS_PORT: u16 = 22101;
+
+/// Starts `fybrk mount` for `m` inside `dev`'s LAN namespace, with the lab's rendezvous server
+/// and coturn as the only STUN server (nothing outside the lab is ever asked).
+fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr) {
+    let rendezvous = SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string();
+    let mut cmd = dev.cmd(fybrk_bin());
+    cmd.arg("--state")
+        .arg(&m.state)
+        .arg("mount")
+        .arg(&m.mnt)
+        .args(["--listen", "0.0.0.0:0", "--name", name])
+        .args(["--rendezvous", &rendezvous, "--stun", &stun.to_string()]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(60));
+    if !out.status.success() {
+        m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
+    }
+    m.adopt_daemon();
+}
+
+fn payload(m: &Mount) -> String {
+    let png = m.root().join("invite.png");
+    let out = m.run(
+        &["pair", "--no-wait", "--json", "--png", png.to_str().expect("utf-8 path")],
+        Duration::from_secs(30),
+    );
+    if !out.status.success() {
+        m.fail(&format!("pair failed\n{}", describe(&out)));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| m.fail(&format!("pair printed {line:?}: {e}")));
+    v["payload"].as_str().expect("payload").to_owned()
+}
+
+fn path_to(m: &Mount, other: &Mount) -> Option<String> {
+    let id = other.status_json()["device_id"].as_str()?.to_owned();
+    let s = m.status_json();
+    let p = s["peers"].as_array()?.iter().find(|p| p["id"] == id.as_str())?;
+    if p["connected"] != true {
+        return None;
+    }
+    p["path"].as_str().map(str::to_owned)
+}
+
+/// Two homes behind endpoint-independent NATs: `fybrk pair` on one, `pair-with` on the other
+/// (neither can reach the other's LAN address), the rendezvous server introduces them, both
+/// punch, and the folder syncs over a direct path.
+#[test]
+fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
+    if !lab::ready() {
+        return;
+    }
+    let lab = Lab::new("hh");
+    let coturn = lab.start_coturn("u", "p");
+    let mut rdv = Command::new(fybrk_bin());
+    rdv.args([
+        "rendezvous",
+        "--listen",
+        &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
+    ]);
+    let _rdv = lab.spawn_in_public("rendezvous", rdv);
+    let dev_a = lab.add_device(RouterKind::Home);
+    let dev_b = lab.add_device(RouterKind::Home);
+    let Some(mut a) = Mount::prepare() else {
+        return;
+    };
+    let Some(mut b) = Mount::prepare() else {
+        return;
+    };
+    mount_in(&dev_a, &mut a, "alpha", coturn.addr);
+    mount_in(&dev_b, &mut b, "bravo", coturn.addr);
+
+    let p = payload(&a);
+    let out = b.run(&["pair-with", &p], Duration::from_secs(120));
+    if !out.status.success() {
+        b.fail(&format!("pair-with through the rendezvous failed\n{}", describe(&out)));
+    }
+    std::fs::write(a.path("hello.txt"), b"across two NATs").expect("write on alpha");
+    wait_for("hello.txt on bravo", Duration::from_secs(60), || {
+        match std::fs::read(b.path("hello.txt")) {
+            Ok(d) if d == b"across two NATs" => Ok(()),
+            Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    let path = path_to(&b, &a);
+    assert_eq!(path.as_deref(), Some("direct"), "bravo's path to alpha");
+}
