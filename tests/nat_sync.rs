@@ -100,3 +100,25 @@ fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
     let path = path_to(&b, &a);
     assert_eq!(path.as_deref(), Some("direct"), "bravo's path to alpha");
 }
+
+/// `fybrk nat-check` behind a home router reports UDP working and the router's public address.
+#[test]
+fn nat_check_sees_the_routers_public_address() {
+    if !lab::ready() {
+        return;
+    }
+    let lab = Lab::new("nc");
+    let coturn = lab.start_coturn("u", "p");
+    let dev = lab.add_device(RouterKind::Home);
+    let mut cmd = dev.cmd(fybrk_bin());
+    cmd.args(["nat-check", "--json", "--stun", &coturn.addr.to_string()]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "nat-check failed\n{}", describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nat-check --json");
+    assert_eq!(v["udp_works"], true, "{v}");
+    let public: SocketAddr = v["public_addr"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no public address: {v}"));
+    assert_eq!(public.ip(), std::net::IpAddr::V4(dev.public_ip()), "{v}");
+}

@@ -97,6 +97,17 @@ enum Cmd {
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22101")]
         listen: std::net::SocketAddr,
     },
+    /// Check the network like `tailscale netcheck`: whether UDP gets out, this device's public
+    /// address as each STUN server sees it, and whether the NAT keeps one mapping (peers can
+    /// punch through) or changes it per destination (a relay will be needed).
+    NatCheck {
+        /// STUN server to ask (repeat for more; also FYBRK_STUN). Default: Google's public ones.
+        #[arg(long, value_name = "HOST:PORT")]
+        stun: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a paired device: it can no longer connect or receive changes.
     Unpair {
         /// Its id, a unique prefix of the id, or its name.
@@ -168,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),
+        Cmd::NatCheck { stun, json } => nat_check(&stun, json),
         Cmd::Unmount { dir } => {
             unmount(&state, &mounts::absolute(&dir)?)?;
             Ok(ExitCode::SUCCESS)
@@ -238,6 +250,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `fybrk nat-check`.
+fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
+    use fybrk_net::stun::Mapping;
+    let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let report = rt.block_on(async {
+        let mux = fybrk_net::mux::MuxSocket::bind("0.0.0.0:0".parse()?)?;
+        let local = mux.local_addr()?;
+        Ok::<_, anyhow::Error>((local, fybrk_net::stun::nat_check(&mux, &servers).await))
+    })?;
+    let (local, r) = report;
+    let mapping = match r.mapping {
+        Mapping::EndpointIndependent => "endpoint-independent",
+        Mapping::EndpointDependent => "endpoint-dependent (symmetric)",
+        Mapping::Unknown => "unknown",
+    };
+    if json_out {
+        let servers: Vec<serde_json::Value> = r
+            .reflexive
+            .iter()
+            .map(|(s, a)| serde_json::json!({ "server": s, "reflexive": a }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "local_addr": local,
+                "udp_works": r.udp_works,
+                "public_addr": r.public_addr(),
+                "mapping": mapping,
+                "servers": servers,
+                "errors": r.errors.iter().map(|(s, e)| serde_json::json!({ "server": s, "error": e })).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!("local socket   {local}");
+        println!("UDP            {}", if r.udp_works { "works" } else { "BLOCKED: no STUN server answered" });
+        for (server, addr) in &r.reflexive {
+            match addr {
+                Some(a) => println!("  {server:<28} sees us at {a}"),
+                None => {
+                    let why = r.errors.iter().find(|(s, _)| s == server).map(|(_, e)| e.as_str());
+                    println!("  {server:<28} {}", why.unwrap_or("no answer"));
+                }
+            }
+        }
+        println!("public address {}", r.public_addr().map_or("unknown".into(), |a| a.to_string()));
+        println!("NAT mapping    {mapping}");
+        println!(
+            "verdict        {}",
+            match (r.udp_works, r.mapping) {
+                (false, _) => "no UDP: peers can only be reached through a TURN relay (--turn)",
+                (true, Mapping::EndpointIndependent) => "direct connections through hole punching should work",
+                (true, Mapping::EndpointDependent) => "hole punching will mostly fail; expect a relay with peers behind NAT",
+                (true, Mapping::Unknown) => "ask at least two STUN servers to know the NAT type",
+            }
+        );
+    }
+    Ok(if r.udp_works { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 /// `fybrk rendezvous`: serves until SIGINT/SIGTERM.
