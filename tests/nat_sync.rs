@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, wait_for, Mount};
+use fybrk_tests::{describe, fybrk_bin, run_timeout, wait_for, Gen, Mount};
 use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
 
 const RENDEZVOUS_PORT: u16 = 22101;
@@ -56,15 +56,15 @@ fn path_to(m: &Mount, other: &Mount) -> Option<String> {
     p["path"].as_str().map(str::to_owned)
 }
 
-/// Two homes behind endpoint-independent NATs: `fybrk pair` on one, `pair-with` on the other
-/// (neither can reach the other's LAN address), the rendezvous server introduces them, both
-/// punch, and the folder syncs over a direct path.
-#[test]
-fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
+/// Two devices behind routers of kinds `ka` and `kb`: `fybrk pair` on one, `pair-with` on
+/// the other (neither can reach the other's LAN address), the rendezvous server introduces them,
+/// both punch, and `data` written on the first arrives intact on the second. Returns the path
+/// the second reports to the first.
+fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8]) -> Option<String> {
     if !lab::ready() {
-        return;
+        return None;
     }
-    let lab = Lab::new("hh");
+    let lab = Lab::new(tag);
     let coturn = lab.start_coturn("u", "p");
     let mut rdv = Command::new(fybrk_bin());
     rdv.args([
@@ -73,32 +73,79 @@ fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
         &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
     ]);
     let _rdv = lab.spawn_in_public("rendezvous", rdv);
-    let dev_a = lab.add_device(RouterKind::Home);
-    let dev_b = lab.add_device(RouterKind::Home);
-    let Some(mut a) = Mount::prepare() else {
-        return;
-    };
-    let Some(mut b) = Mount::prepare() else {
-        return;
-    };
+    let dev_a = lab.add_device(ka);
+    let dev_b = lab.add_device(kb);
+    let mut a = Mount::prepare()?;
+    let mut b = Mount::prepare()?;
     mount_in(&dev_a, &mut a, "alpha", coturn.addr);
     mount_in(&dev_b, &mut b, "bravo", coturn.addr);
+    if loss > 0 {
+        dev_a.set_loss(loss);
+        dev_b.set_loss(loss);
+    }
 
     let p = payload(&a);
     let out = b.run(&["pair-with", &p], Duration::from_secs(120));
     if !out.status.success() {
         b.fail(&format!("pair-with through the rendezvous failed\n{}", describe(&out)));
     }
-    std::fs::write(a.path("hello.txt"), b"across two NATs").expect("write on alpha");
-    wait_for("hello.txt on bravo", Duration::from_secs(60), || {
-        match std::fs::read(b.path("hello.txt")) {
-            Ok(d) if d == b"across two NATs" => Ok(()),
-            Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+    std::fs::write(a.path("data.bin"), data).expect("write on alpha");
+    wait_for("data.bin on bravo", Duration::from_secs(120), || {
+        match std::fs::read(b.path("data.bin")) {
+            Ok(d) if d == data => Ok(()),
+            Ok(d) => Err(format!("{} of {} bytes, or different", d.len(), data.len())),
             Err(e) => Err(e.to_string()),
         }
     });
-    let path = path_to(&b, &a);
-    assert_eq!(path.as_deref(), Some("direct"), "bravo's path to alpha");
+    b.assert_verify_ok();
+    path_to(&b, &a)
+}
+
+#[test]
+fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
+    let path = pair_and_sync("hh", RouterKind::Home, RouterKind::Home, 0, b"across two NATs");
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+#[test]
+fn home_and_port_restricted_sync_directly() {
+    let data = Gen::new(11).bytes(3 << 20);
+    let path = pair_and_sync("hp", RouterKind::Home, RouterKind::PortRestricted, 0, &data);
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+#[test]
+fn double_nat_and_home_sync_directly() {
+    let path = pair_and_sync("dh", RouterKind::DoubleNat, RouterKind::Home, 0, b"through a CGNAT");
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+/// Symmetric (endpoint-dependent mapping) against a home router: the home router lets in any
+/// port of an address its device wrote to, so the symmetric side's probe from its new mapping
+/// gets through and the punch works (peer-reflexive candidate). Direct, no relay.
+#[test]
+fn symmetric_and_home_sync_directly() {
+    let path = pair_and_sync("sh", RouterKind::Symmetric, RouterKind::Home, 0, b"one symmetric");
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+/// 5 % of datagrams dropped each way on both routers: pairing and a 4 MiB file still get
+/// through intact (QUIC retransmits).
+#[test]
+fn five_percent_loss_still_syncs_intact() {
+    let data = Gen::new(5).bytes(4 << 20);
+    let path = pair_and_sync("ls", RouterKind::Home, RouterKind::Home, 5, &data);
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
 }
 
 /// `fybrk nat-check` behind a home router reports UDP working and the router's public address.
