@@ -61,6 +61,18 @@ fn path_to(m: &Mount, other: &Mount) -> Option<String> {
 /// both punch, and `data` written on the first arrives intact on the second. Returns the path
 /// the second reports to the first.
 fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8]) -> Option<String> {
+    pair_and_sync_then(tag, ka, kb, loss, data, |_, _, _| {})
+}
+
+/// [`pair_and_sync`], then `then(a, b, rendezvous server)` before the path is read.
+fn pair_and_sync_then(
+    tag: &str,
+    ka: RouterKind,
+    kb: RouterKind,
+    loss: u8,
+    data: &[u8],
+    then: impl FnOnce(&Mount, &Mount, lab::LabChild),
+) -> Option<String> {
     if !lab::ready() {
         return None;
     }
@@ -72,7 +84,7 @@ fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8
         "--listen",
         &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
     ]);
-    let _rdv = lab.spawn_in_public("rendezvous", rdv);
+    let rdv = lab.spawn_in_public("rendezvous", rdv);
     let dev_a = lab.add_device(ka);
     let dev_b = lab.add_device(kb);
     let mut a = Mount::prepare()?;
@@ -98,6 +110,7 @@ fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8
         }
     });
     b.assert_verify_ok();
+    then(&a, &b, rdv);
     path_to(&b, &a)
 }
 
@@ -143,6 +156,34 @@ fn symmetric_and_home_sync_directly() {
 fn five_percent_loss_still_syncs_intact() {
     let data = Gen::new(5).bytes(4 << 20);
     let path = pair_and_sync("ls", RouterKind::Home, RouterKind::Home, 5, &data);
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+/// The rendezvous server goes away after the devices connected: they keep syncing over the
+/// path they have (it only introduces; no data goes through it).
+#[test]
+fn rendezvous_down_after_connecting_does_not_stop_sync() {
+    let path = pair_and_sync_then(
+        "rd",
+        RouterKind::Home,
+        RouterKind::Home,
+        0,
+        b"first",
+        |a, b, rdv| {
+            drop(rdv);
+            std::fs::write(a.path("after.txt"), b"server gone").expect("write on alpha");
+            std::fs::write(b.path("back.txt"), b"and back").expect("write on bravo");
+            for (m, name, want) in [(b, "after.txt", &b"server gone"[..]), (a, "back.txt", b"and back")] {
+                wait_for(name, Duration::from_secs(60), || match std::fs::read(m.path(name)) {
+                    Ok(d) if d == want => Ok(()),
+                    Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+        },
+    );
     if let Some(path) = path {
         assert_eq!(path, "direct");
     }
