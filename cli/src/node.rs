@@ -122,7 +122,12 @@ struct Link {
     pending: (u64, u64),
     /// Nothing in flight either way.
     idle: bool,
+    /// UDP bytes in + out, sampled every second (the last few), for the current throughput.
+    samples: std::collections::VecDeque<(Instant, u64)>,
 }
+
+/// Throughput samples kept per link: the rate shown is over the last this-many seconds.
+const RATE_WINDOW: usize = 5;
 
 /// An invitation this device made, while it can still be used.
 struct Invite {
@@ -157,6 +162,8 @@ struct Shared {
     allow: Arc<AllowList>,
     book: Mutex<PeerBook>,
     links: Mutex<HashMap<DeviceId, Link>>,
+    /// Connections made per peer since the daemon started, the first included.
+    connects: Mutex<HashMap<DeviceId, u32>>,
     next_generation: AtomicU64,
     /// Wakes a peer's dialler: its link ended, or it was unpaired.
     dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
@@ -270,6 +277,7 @@ impl Node {
             allow,
             book: Mutex::new(book),
             links: Mutex::new(HashMap::new()),
+            connects: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             dialers: Mutex::new(HashMap::new()),
             local_seq,
@@ -419,6 +427,34 @@ impl Node {
         if let Err(e) = sh.persist() {
             tracing::warn!(error = %e, "cannot save peers");
         }
+    }
+}
+
+/// A one-word stability score from the connection's round trip, loss rate, reconnects since
+/// the daemon started, and whether it is relayed.
+fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: &str) -> &'static str {
+    let mut score = 0;
+    score += match rtt_ms {
+        r if r < 50.0 => 0,
+        r if r < 150.0 => 1,
+        _ => 2,
+    };
+    score += match loss {
+        l if l < 0.01 => 0,
+        l if l < 0.05 => 1,
+        _ => 2,
+    };
+    score += match reconnects {
+        0..=1 => 0,
+        2..=5 => 1,
+        _ => 2,
+    };
+    score += u32::from(path == "relay");
+    match score {
+        0 => "excellent",
+        1 => "good",
+        2 | 3 => "fair",
+        _ => "poor",
     }
 }
 
@@ -646,6 +682,14 @@ impl Shared {
                     }
                     now < i.session.expires_unix()
                 });
+            }
+            for link in lock(&self.links).values_mut() {
+                let st = link.conn.stats();
+                link.samples
+                    .push_back((Instant::now(), st.udp_rx.bytes + st.udp_tx.bytes));
+                while link.samples.len() > RATE_WINDOW {
+                    link.samples.pop_front();
+                }
             }
             if last_save.elapsed() >= SAVE_INTERVAL {
                 last_save = Instant::now();
@@ -963,6 +1007,7 @@ impl Shared {
                     since: Instant::now(),
                     pending: (0, 0),
                     idle: false,
+                    samples: std::collections::VecDeque::new(),
                 },
             );
         }
@@ -970,6 +1015,7 @@ impl Shared {
             p.remember_addr(conn.remote_address());
             p.last_seen_unix = Some(unix_now());
         });
+        *lock(&self.connects).entry(peer).or_insert(0) += 1;
         tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), initiator, "connected");
         tokio::spawn(self.clone().run_link(peer, conn, initiator, generation));
     }
@@ -1063,14 +1109,25 @@ impl Shared {
                     } else {
                         stats.path.lost_packets as f64 / stats.path.sent_packets as f64
                     };
+                    let rate = match (l.samples.front(), l.samples.back()) {
+                        (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                            b1.saturating_sub(*b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+                        }
+                        _ => 0.0,
+                    };
+                    let reconnects = lock(&self.connects).get(id).copied().unwrap_or(1).saturating_sub(1);
+                    let rtt_ms = l.conn.rtt().as_secs_f64() * 1000.0;
                     json!({
                         "id": id.to_string(),
                         "name": p.name,
                         "connected": true,
                         "path": path,
                         "loss": loss,
+                        "throughput_bps": rate,
+                        "reconnects": reconnects,
+                        "quality": quality(rtt_ms, loss, reconnects, path),
                         "addr": addr,
-                        "rtt_ms": l.conn.rtt().as_secs_f64() * 1000.0,
+                        "rtt_ms": rtt_ms,
                         "bytes_in": stats.udp_rx.bytes,
                         "bytes_out": stats.udp_tx.bytes,
                         "lost_packets": stats.path.lost_packets,
@@ -1086,6 +1143,8 @@ impl Shared {
                     "id": id.to_string(),
                     "name": p.name,
                     "connected": false,
+                    "path": null,
+                    "loss": null,
                     "addr": p.addrs.first(),
                     "rtt_ms": null,
                     "bytes_in": 0,

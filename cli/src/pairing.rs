@@ -234,9 +234,13 @@ pub fn print_peers_status(s: &Value) {
                 )
             };
             println!(
-                "  {name:<16} {short}  {}  rtt {:.1} ms  in {}  out {}  {state}",
+                "  {name:<16} {short}  {} {}  rtt {:.1} ms  {}/s  loss {:.1} %  {}  in {}  out {}  {state}",
+                p["path"].as_str().unwrap_or("?"),
                 p["addr"].as_str().unwrap_or("?"),
                 p["rtt_ms"].as_f64().unwrap_or(0.0),
+                human_bytes(p["throughput_bps"].as_f64().unwrap_or(0.0) as u64),
+                p["loss"].as_f64().unwrap_or(0.0) * 100.0,
+                p["quality"].as_str().unwrap_or("?"),
                 human_bytes(p["bytes_in"].as_u64().unwrap_or(0)),
                 human_bytes(p["bytes_out"].as_u64().unwrap_or(0)),
             );
