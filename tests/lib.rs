@@ -229,8 +229,7 @@ pub fn mount_entry(path: &Path) -> Option<String> {
     let table = fs::read_to_string("/proc/self/mounts").ok()?;
     table
         .lines()
-        .filter(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(want.as_str()))
-        .last()
+        .rfind(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(want.as_str()))
         .map(str::to_string)
 }
 

@@ -65,8 +65,7 @@ pub fn mounts() -> Vec<MountEntry> {
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
     mounts()
         .into_iter()
-        .filter(|m| m.mount_point == path)
-        .last()
+        .rfind(|m| m.mount_point == path)
 }
 
 fn is_root() -> bool {

@@ -445,7 +445,7 @@ impl Store {
     pub fn commit_changes(
         &self,
         records: Vec<(FileRecord, Versioning)>,
-        mut writer: Option<&mut ChunkWriter>,
+        writer: Option<&mut ChunkWriter>,
         sync: bool,
     ) -> Result<Vec<FileRecord>> {
         let db = &self.inner.db;
@@ -528,7 +528,7 @@ impl Store {
         db.write_opt(batch, &opts)?;
         st.seq = seq;
         st.stats = stats;
-        if let Some(w) = writer.as_deref_mut() {
+        if let Some(w) = writer {
             w.clear_pending();
         }
         let watchers = self
