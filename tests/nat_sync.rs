@@ -15,7 +15,7 @@ const RENDEZVOUS_PORT: u16 = 22101;
 
 /// Starts `fybrk mount` for `m` inside `dev`'s LAN namespace, with the lab's rendezvous server
 /// and coturn as the only STUN server (nothing outside the lab is ever asked).
-fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr) {
+fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr, extra: &[String]) {
     let rendezvous = SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string();
     let mut cmd = dev.cmd(fybrk_bin());
     cmd.arg("--state")
@@ -23,7 +23,8 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr) {
         .arg("mount")
         .arg(&m.mnt)
         .args(["--listen", "0.0.0.0:0", "--name", name])
-        .args(["--rendezvous", &rendezvous, "--stun", &stun.to_string()]);
+        .args(["--rendezvous", &rendezvous, "--stun", &stun.to_string()])
+        .args(extra);
     let out = run_timeout(&mut cmd, Duration::from_secs(60));
     if !out.status.success() {
         m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
@@ -61,7 +62,7 @@ fn path_to(m: &Mount, other: &Mount) -> Option<String> {
 /// both punch, and `data` written on the first arrives intact on the second. Returns the path
 /// the second reports to the first.
 fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8]) -> Option<String> {
-    pair_and_sync_then(tag, ka, kb, loss, data, |_, _, _| {})
+    pair_and_sync_then(tag, ka, kb, loss, false, data, |_, _, _| {})
 }
 
 /// [`pair_and_sync`], then `then(a, b, rendezvous server)` before the path is read.
@@ -70,6 +71,7 @@ fn pair_and_sync_then(
     ka: RouterKind,
     kb: RouterKind,
     loss: u8,
+    relay: bool,
     data: &[u8],
     then: impl FnOnce(&Mount, &Mount, lab::LabChild),
 ) -> Option<String> {
@@ -89,8 +91,16 @@ fn pair_and_sync_then(
     let dev_b = lab.add_device(kb);
     let mut a = Mount::prepare()?;
     let mut b = Mount::prepare()?;
-    mount_in(&dev_a, &mut a, "alpha", coturn.addr);
-    mount_in(&dev_b, &mut b, "bravo", coturn.addr);
+    let extra: Vec<String> = if relay {
+        vec![
+            "--turn".into(),
+            format!("turn:{}?user={}&pass={}", coturn.addr, coturn.user, coturn.pass),
+        ]
+    } else {
+        Vec::new()
+    };
+    mount_in(&dev_a, &mut a, "alpha", coturn.addr, &extra);
+    mount_in(&dev_b, &mut b, "bravo", coturn.addr, &extra);
     if loss > 0 {
         dev_a.set_loss(loss);
         dev_b.set_loss(loss);
@@ -170,6 +180,7 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
         RouterKind::Home,
         RouterKind::Home,
         0,
+        false,
         b"first",
         |a, b, rdv| {
             drop(rdv);
@@ -186,6 +197,25 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
     );
     if let Some(path) = path {
         assert_eq!(path, "direct");
+    }
+}
+
+/// Both behind symmetric NATs: no punch gets through, so each dials the other's TURN relayed
+/// address through its own allocation on coturn, and the file arrives over the relay.
+#[test]
+fn symmetric_and_symmetric_sync_through_the_relay() {
+    let data = Gen::new(17).bytes(2 << 20);
+    let path = pair_and_sync_then(
+        "ss",
+        RouterKind::Symmetric,
+        RouterKind::Symmetric,
+        0,
+        true,
+        &data,
+        |_, _, _| {},
+    );
+    if let Some(path) = path {
+        assert_eq!(path, "relay");
     }
 }
 

@@ -42,6 +42,10 @@ pub struct NetArgs {
     /// with --rendezvous.
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
+    /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
+    /// FYBRK_TURN). Used with --rendezvous; both devices need one for a relayed connection.
+    #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
+    pub turn: Option<String>,
 }
 
 impl NetArgs {
@@ -56,6 +60,9 @@ impl NetArgs {
         }
         for s in &self.stun {
             out.extend(["--stun".to_string(), s.clone()]);
+        }
+        if let Some(t) = &self.turn {
+            out.extend(["--turn".to_string(), t.clone()]);
         }
         out
     }
@@ -292,6 +299,7 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Res
         Traversal {
             rendezvous: net.rendezvous.clone(),
             stun: net.stun.clone(),
+            turn: net.turn.clone(),
         },
         inval_tx,
     )?;

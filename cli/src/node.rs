@@ -93,6 +93,8 @@ pub struct Traversal {
     pub rendezvous: Option<String>,
     /// `--stun` values (empty: `FYBRK_STUN`, else the defaults).
     pub stun: Vec<String>,
+    /// `turn:HOST:PORT?user=..&pass=..`: a relay for peers no punch reaches.
+    pub turn: Option<String>,
 }
 
 impl Default for Listen {
@@ -152,6 +154,8 @@ struct Shared {
     rendezvous: Option<fybrk_net::rendezvous::ClientHandle>,
     /// That server's address, for invitations.
     rendezvous_addr: Option<SocketAddr>,
+    /// The TURN allocation, when a relay is configured and the allocation succeeded.
+    turn: Option<Arc<fybrk_net::turn::TurnClient>>,
     /// The reflexive address and NAT type, refreshed (only with a rendezvous server).
     nat: Option<fybrk_net::stun::NatMonitor>,
     id: DeviceId,
@@ -243,21 +247,21 @@ impl Node {
                 .context("cannot start the QUIC endpoint")?;
             (mux, transport)
         };
-        let (rendezvous, nat, rendezvous_addr) = match &traversal.rendezvous {
-            None => (None, None, None),
+        let (rendezvous, nat, rendezvous_addr, turn) = match &traversal.rendezvous {
+            None => (None, None, None, None),
             Some(server) => {
                 let _enter = rt.enter();
-                let (handle, nat, addr) = start_traversal(
+                let (handle, nat, addr, turn) = start_traversal(
                     &rt,
                     &mux,
                     raw,
                     state,
                     server,
-                    &traversal.stun,
+                    &traversal,
                     listen_addr,
                     allow.clone(),
                 )?;
-                (Some(handle), nat, Some(addr))
+                (Some(handle), nat, Some(addr), turn)
             }
         };
         let store = fs.store();
@@ -268,6 +272,7 @@ impl Node {
             mux,
             rendezvous,
             rendezvous_addr,
+            turn,
             nat,
             id: device.id(),
             name: name.to_owned(),
@@ -519,14 +524,16 @@ fn start_traversal(
     raw: UdpSocket,
     state: &StateDir,
     server: &str,
-    stun: &[String],
+    traversal: &Traversal,
     listen_addr: SocketAddr,
     allow: Arc<AllowList>,
 ) -> Result<(
     fybrk_net::rendezvous::ClientHandle,
     Option<fybrk_net::stun::NatMonitor>,
     SocketAddr,
+    Option<Arc<fybrk_net::turn::TurnClient>>,
 )> {
+    let stun = &traversal.stun;
     use std::net::ToSocketAddrs;
     let server_addr = server
         .to_socket_addrs()
@@ -565,11 +572,50 @@ fn start_traversal(
     });
     let send = move |to: SocketAddr, data: &[u8]| raw.send_to(data, to).map(|_| ());
     let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
-    rt.spawn(async move {
-        while let Some(e) = events.recv().await {
-            tracing::info!(event = ?e, "rendezvous");
+    let turn = match &traversal.turn {
+        None => None,
+        Some(url) => {
+            let config: fybrk_net::turn::TurnConfig =
+                url.parse().map_err(|e| anyhow!("--turn: {e}"))?;
+            match rt.block_on(fybrk_net::turn::TurnClient::allocate(mux, &config)) {
+                Ok(t) => {
+                    tracing::info!(relayed = %t.relayed_addr(), "TURN relay allocated");
+                    let relayed = t.relayed_addr();
+                    let h = handle.clone();
+                    rt.spawn(async move {
+                        let _ = h.set_relay(Some(relayed)).await;
+                    });
+                    Some(Arc::new(t))
+                }
+                Err(e) => {
+                    tracing::warn!("no TURN relay: {e}");
+                    None
+                }
+            }
         }
-    });
+    };
+    {
+        // An introduction names the peer's relayed address: bind a channel to it at once, so
+        // a relayed connection is ready when the punch fails.
+        let turn = turn.clone();
+        rt.spawn(async move {
+            while let Some(e) = events.recv().await {
+                tracing::info!(event = ?e, "rendezvous");
+                if let (
+                    fybrk_net::rendezvous::ClientEvent::PunchStarted {
+                        peer_relay: Some(r),
+                        ..
+                    },
+                    Some(t),
+                ) = (&e, &turn)
+                {
+                    if let Err(err) = t.bind_peer(*r).await {
+                        tracing::warn!(relay = %r, "cannot bind a TURN channel: {err}");
+                    }
+                }
+            }
+        });
+    }
     let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow!("{e}"))?;
     let monitor = fybrk_net::stun::NatMonitor::spawn(
         mux.clone(),
@@ -577,7 +623,7 @@ fn start_traversal(
         fybrk_net::stun::MONITOR_INTERVAL,
     );
     tracing::info!(server = %server_addr, "using the rendezvous server");
-    Ok((handle, Some(monitor), server_addr))
+    Ok((handle, Some(monitor), server_addr, turn))
 }
 
 /// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
@@ -952,6 +998,9 @@ impl Shared {
         let handle = self.rendezvous.as_ref()?;
         let path = match handle.connect(peer).await {
             Ok(p) => p,
+            Err(fybrk_net::rendezvous::ConnectError::PunchFailed {
+                relay: Some(relay), ..
+            }) => return self.dial_relayed(peer, relay).await,
             Err(e) => {
                 tracing::debug!(peer = %peer.abbrev(), "no introduction: {e}");
                 return None;
@@ -966,6 +1015,29 @@ impl Shared {
             Ok((conn, _)) => Some(conn),
             Err(e) => {
                 tracing::info!(peer = %peer.abbrev(), addr = %path.addr, "dial after punching failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// No punched path: dial the peer's relayed address through our own TURN allocation (the
+    /// relay forwards between the two allocations). Needs a relay on both sides.
+    async fn dial_relayed(&self, peer: DeviceId, relay: SocketAddr) -> Option<quinn::Connection> {
+        let Some(turn) = &self.turn else {
+            tracing::info!(peer = %peer.abbrev(), %relay, "no direct path, and no TURN relay here (--turn) to reach its relay");
+            return None;
+        };
+        if let Err(e) = turn.bind_peer(relay).await {
+            tracing::warn!(%relay, "cannot bind a TURN channel: {e}");
+            return None;
+        }
+        match self.transport.connect_timeout(relay, peer, DIAL_TIMEOUT).await {
+            Ok((conn, _)) => {
+                tracing::info!(peer = %peer.abbrev(), %relay, "connected through the relay");
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::info!(peer = %peer.abbrev(), %relay, "relayed dial failed: {e}");
                 None
             }
         }

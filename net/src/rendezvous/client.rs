@@ -80,6 +80,10 @@ pub enum ClientEvent {
         nonce: u64,
         /// Whether we asked.
         initiator: bool,
+        /// The peer's address as the server sees it.
+        peer_observed: SocketAddr,
+        /// The peer's TURN relayed address, if it has one.
+        peer_relay: Option<SocketAddr>,
     },
     /// A direct path to `peer` works.
     Punched {
@@ -100,6 +104,8 @@ pub enum ClientEvent {
         nonce: u64,
         /// Whether we asked.
         initiator: bool,
+        /// The peer's TURN relayed address, if it has one: dial it through a relay.
+        peer_relay: Option<SocketAddr>,
     },
     /// The server does not know `peer` (offline, or registered elsewhere).
     PeerUnknown {
@@ -142,6 +148,8 @@ pub struct Client {
     connects: HashMap<u64, PendingConnect>,
     punches: HashMap<u64, PunchSession>,
     events: VecDeque<ClientEvent>,
+    /// Our TURN relayed address, announced with the registration.
+    relay: Option<SocketAddr>,
 }
 
 /// Registration state.
@@ -174,6 +182,7 @@ struct PendingConnect {
 struct PunchSession {
     puncher: Puncher,
     initiator: bool,
+    peer_relay: Option<SocketAddr>,
     reported: bool,
     /// When the session is forgotten (probing over, linger over).
     ends: Instant,
@@ -221,6 +230,7 @@ impl Client {
             connects: HashMap::new(),
             punches: HashMap::new(),
             events: VecDeque::new(),
+            relay: None,
         }
     }
 
@@ -256,6 +266,16 @@ impl Client {
             return Vec::new();
         }
         self.config.lan = lan;
+        self.reg.backoff.reset();
+        self.send_register(now)
+    }
+
+    /// Announces (or withdraws) our TURN relayed address: registers again at once.
+    pub fn set_relay(&mut self, relay: Option<SocketAddr>, now: Instant) -> Vec<Transmit> {
+        if relay == self.relay {
+            return Vec::new();
+        }
+        self.relay = relay;
         self.reg.backoff.reset();
         self.send_register(now)
     }
@@ -373,6 +393,7 @@ impl Client {
             candidates: self.config.lan.clone(),
             timestamp_ms,
             cookie: self.reg.cookies[0],
+            relay: self.relay,
         };
         self.reg.in_flight = Some(timestamp_ms);
         self.reg.next_send = now
@@ -526,10 +547,13 @@ impl Client {
             peer: m.peer,
             nonce: m.nonce,
             initiator: m.initiator,
+            peer_observed: m.observed,
+            peer_relay: m.peer_relay,
         });
         let mut session = PunchSession {
             puncher,
             initiator: m.initiator,
+            peer_relay: m.peer_relay,
             reported: false,
             ends: now + PUNCH_TIMEOUT + PUNCH_LINGER,
         };
@@ -617,6 +641,7 @@ impl Client {
             }
             s.reported = true;
             let (peer, nonce, initiator) = (s.puncher.peer(), s.puncher.nonce(), s.initiator);
+            let peer_relay = s.peer_relay;
             self.events.push_back(match outcome {
                 PunchOutcome::Connected(path) => {
                     info!(peer = %peer.abbrev(), addr = %path.addr, kind = ?path.kind, rtt = ?path.rtt, "hole punched");
@@ -633,6 +658,7 @@ impl Client {
                         peer,
                         nonce,
                         initiator,
+                        peer_relay,
                     }
                 }
             });

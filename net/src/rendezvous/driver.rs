@@ -98,8 +98,13 @@ pub enum ConnectError {
     #[error("the rendezvous server did not answer: check the rendezvous address and this device's network")]
     ServerUnreachable,
     /// No candidate of the peer answered a probe.
-    #[error("no direct path to device {0} (hole punching failed, e.g. both sides behind symmetric NATs): use the relay")]
-    PunchFailed(String),
+    #[error("no direct path to device {peer} (hole punching failed, e.g. both sides behind symmetric NATs): use the relay")]
+    PunchFailed {
+        /// The device.
+        peer: String,
+        /// Its TURN relayed address, if it registered one.
+        relay: Option<SocketAddr>,
+    },
     /// The client driver stopped.
     #[error("the rendezvous client stopped")]
     Stopped,
@@ -117,6 +122,8 @@ pub enum ClientMessage {
     },
     /// This device's own addresses changed.
     SetLanCandidates(Vec<SocketAddr>),
+    /// This device's TURN relayed address (or none any more).
+    SetRelay(Option<SocketAddr>),
 }
 
 /// Talks to a running client driver. Dropping every handle stops the driver.
@@ -134,6 +141,14 @@ impl ClientHandle {
             .await
             .map_err(|_| ConnectError::Stopped)?;
         answer.await.map_err(|_| ConnectError::Stopped)?
+    }
+
+    /// Announces this device's TURN relayed address.
+    pub async fn set_relay(&self, relay: Option<SocketAddr>) -> Result<(), ConnectError> {
+        self.commands
+            .send(ClientMessage::SetRelay(relay))
+            .await
+            .map_err(|_| ConnectError::Stopped)
     }
 
     /// Announces new own addresses.
@@ -233,6 +248,9 @@ where
                     Some(ClientMessage::SetLanCandidates(lan)) => {
                         out = self.client.set_lan_candidates(lan, Instant::now());
                     }
+                    Some(ClientMessage::SetRelay(relay)) => {
+                        out = self.client.set_relay(relay, Instant::now());
+                    }
                 },
                 () = tokio::time::sleep_until(deadline.into()) => {
                     let now = Instant::now();
@@ -252,9 +270,18 @@ where
         while let Some(event) = self.client.poll_event() {
             let answer = match &event {
                 ClientEvent::Punched { nonce, path, .. } => Some((*nonce, Ok(*path))),
-                ClientEvent::PunchFailed { nonce, peer, .. } => {
-                    Some((*nonce, Err(ConnectError::PunchFailed(peer.to_string()))))
-                }
+                ClientEvent::PunchFailed {
+                    nonce,
+                    peer,
+                    peer_relay,
+                    ..
+                } => Some((
+                    *nonce,
+                    Err(ConnectError::PunchFailed {
+                        peer: peer.to_string(),
+                        relay: *peer_relay,
+                    }),
+                )),
                 ClientEvent::PeerUnknown { nonce, peer } => {
                     Some((*nonce, Err(ConnectError::PeerUnknown(peer.to_string()))))
                 }

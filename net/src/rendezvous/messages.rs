@@ -54,9 +54,18 @@ const MAX_ADDR_LEN: usize = 20;
 const MAX_U64_LEN: usize = 10;
 
 /// The largest possible `Punch` datagram: type, peer id, peer key, observed address, LAN list
-/// (length byte + addresses), nonce, initiator flag, cookie echo.
-pub const MAX_PUNCH_LEN: usize =
-    1 + 32 + 32 + MAX_ADDR_LEN + 1 + MAX_LAN_CANDIDATES * MAX_ADDR_LEN + MAX_U64_LEN + 1 + 16;
+/// (length byte + addresses), nonce, initiator flag, cookie echo, relay (option byte + address).
+pub const MAX_PUNCH_LEN: usize = 1
+    + 32
+    + 32
+    + MAX_ADDR_LEN
+    + 1
+    + MAX_LAN_CANDIDATES * MAX_ADDR_LEN
+    + MAX_U64_LEN
+    + 1
+    + 16
+    + 1
+    + MAX_ADDR_LEN;
 
 /// Every `Connect` datagram is exactly this long: it makes the server send two `Punch` messages
 /// (one to each side), and both together fit in it.
@@ -130,6 +139,9 @@ pub struct Register {
     /// The cookie from the server's last [`Registered`], if any. Without a valid one the server
     /// only answers with a fresh cookie and stores nothing.
     pub cookie: Option<Cookie>,
+    /// The device's TURN relayed address, if it has one: peers that cannot punch through
+    /// reach it there.
+    pub relay: Option<SocketAddr>,
 }
 
 /// Server -> device: the answer to [`Register`].
@@ -182,6 +194,8 @@ pub struct Punch {
     /// The receiver's current cookie, echoed: a datagram that merely claims to come from the
     /// server's address cannot make a device probe anything.
     pub cookie_echo: Cookie,
+    /// The peer's TURN relayed address, if it registered one (not probed: the fallback).
+    pub peer_relay: Option<SocketAddr>,
 }
 
 /// Server -> device: `target` is not registered (offline, or not using this server).

@@ -14,10 +14,10 @@
 //!
 //! | byte | message      | direction        | signed by      | body |
 //! |------|--------------|------------------|----------------|------|
-//! | 0x20 | `Register`   | device -> server | device key     | id, public key, LAN candidates (<= 8), timestamp, cookie? |
+//! | 0x20 | `Register`   | device -> server | device key     | id, public key, LAN candidates (<= 8), timestamp, cookie?, TURN relayed address? |
 //! | 0x21 | `Registered` | server -> device | -              | observed address, echoed timestamp, cookie, confirmed, ttl |
-//! | 0x22 | `Connect`    | device -> server | device key     | id, target id, nonce, timestamp, cookie; padded to 546 B |
-//! | 0x23 | `Punch`      | server -> both   | -              | peer id, peer key, peer observed + LAN candidates, nonce, initiator, cookie echo |
+//! | 0x22 | `Connect`    | device -> server | device key     | id, target id, nonce, timestamp, cookie; padded to 588 B |
+//! | 0x23 | `Punch`      | server -> both   | -              | peer id, peer key, peer observed + LAN candidates, nonce, initiator, cookie echo, peer relayed address? |
 //! | 0x24 | `Unknown`    | server -> device | -              | target id, nonce |
 //! | 0x25 | `Error`      | server -> device | -              | code (clock skew, not registered, full), echoed timestamp, server time |
 //! | 0x30 | `Probe`      | device -> device | device key     | from id, nonce, seq |

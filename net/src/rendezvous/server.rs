@@ -105,6 +105,7 @@ struct Registration {
     public_key: [u8; 32],
     observed: SocketAddr,
     lan: Vec<SocketAddr>,
+    relay: Option<SocketAddr>,
     /// Latest timestamp accepted from this device; anything not newer is a replay.
     last_ms: u64,
     expires: Instant,
@@ -245,6 +246,7 @@ impl Server {
                     public_key: reg.public_key,
                     observed: from,
                     lan: reg.candidates,
+                    relay: reg.relay,
                     last_ms: reg.timestamp_ms,
                     expires: now + REGISTRATION_TTL,
                     cookie,
@@ -312,6 +314,7 @@ impl Server {
             nonce: req.nonce,
             initiator: true,
             cookie_echo: req.cookie,
+            peer_relay: target.relay,
         };
         let to_target = Punch {
             peer: req.id,
@@ -321,6 +324,7 @@ impl Server {
             nonce: req.nonce,
             initiator: false,
             cookie_echo: target.cookie,
+            peer_relay: asker.relay,
         };
         let mut out = encoded(from, to_asker.encode());
         out.extend(encoded(target.observed, to_target.encode()));

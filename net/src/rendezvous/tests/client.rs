@@ -209,7 +209,8 @@ fn introductions_the_policy_refuses_are_ignored() {
     assert!(net.events[a].contains(&ClientEvent::PunchFailed {
         peer: peer_b,
         nonce,
-        initiator: true
+        initiator: true,
+        peer_relay: None,
     }));
 }
 
@@ -320,6 +321,7 @@ fn a_punch_forged_from_the_server_address_is_ignored() {
         nonce: 1,
         initiator: false,
         cookie_echo: [0; 16], // the attacker does not know A's cookie
+        peer_relay: None,
     }
     .encode()
     .unwrap();

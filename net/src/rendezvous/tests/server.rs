@@ -42,6 +42,7 @@ impl Dev {
             candidates: self.lan.clone(),
             timestamp_ms: self.last_ms,
             cookie: self.cookie,
+            relay: None,
         }
         .encode(&self.key)
         .unwrap()
@@ -183,6 +184,7 @@ fn invalid_signatures_are_dropped_silently() {
         candidates: vec![],
         timestamp_ms: EPOCH_MS,
         cookie: None,
+        relay: None,
     }
     .encode(&a.key)
     .unwrap();
