@@ -251,7 +251,7 @@ impl Node {
             None => (None, None, None, None),
             Some(server) => {
                 let _enter = rt.enter();
-                let (handle, nat, addr, turn) = start_traversal(
+                let t = start_traversal(
                     &rt,
                     &mux,
                     raw,
@@ -261,7 +261,7 @@ impl Node {
                     listen_addr,
                     allow.clone(),
                 )?;
-                (Some(handle), nat, Some(addr), turn)
+                (Some(t.handle), Some(t.nat), Some(t.server), t.turn)
             }
         };
         let store = fs.store();
@@ -516,7 +516,16 @@ fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
     }
 }
 
-/// Starts the rendezvous client on the shared socket, and the STUN monitor.
+/// What [`start_traversal`] started.
+struct Traversing {
+    handle: fybrk_net::rendezvous::ClientHandle,
+    nat: fybrk_net::stun::NatMonitor,
+    server: SocketAddr,
+    turn: Option<Arc<fybrk_net::turn::TurnClient>>,
+}
+
+/// Starts the rendezvous client on the shared socket, the STUN monitor and, with `--turn`,
+/// the relay allocation.
 #[allow(clippy::too_many_arguments)]
 fn start_traversal(
     rt: &tokio::runtime::Runtime,
@@ -527,12 +536,7 @@ fn start_traversal(
     traversal: &Traversal,
     listen_addr: SocketAddr,
     allow: Arc<AllowList>,
-) -> Result<(
-    fybrk_net::rendezvous::ClientHandle,
-    Option<fybrk_net::stun::NatMonitor>,
-    SocketAddr,
-    Option<Arc<fybrk_net::turn::TurnClient>>,
-)> {
+) -> Result<Traversing> {
     let stun = &traversal.stun;
     use std::net::ToSocketAddrs;
     let server_addr = server
@@ -623,7 +627,12 @@ fn start_traversal(
         fybrk_net::stun::MONITOR_INTERVAL,
     );
     tracing::info!(server = %server_addr, "using the rendezvous server");
-    Ok((handle, Some(monitor), server_addr, turn))
+    Ok(Traversing {
+        handle,
+        nat: monitor,
+        server: server_addr,
+        turn,
+    })
 }
 
 /// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
