@@ -120,7 +120,30 @@ fn pair_and_sync_then(
         }
     });
     b.assert_verify_ok();
+    {
+        let state = b.state.clone();
+        let mnt = b.mnt.clone();
+        let ns_cmd = move || {
+            let mut m = dev_b.cmd(fybrk_bin());
+            m.arg("--state").arg(&state).arg("mount").arg(&mnt);
+            m
+        };
+        let extra = extra.clone();
+        let stun = coturn.addr;
+        RESTART.with(|r| {
+            *r.borrow_mut() = Some(Box::new(move || {
+                let rendezvous = SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string();
+                let mut cmd = ns_cmd();
+                cmd.args(["--listen", "0.0.0.0:0", "--name", "bravo"])
+                    .args(["--rendezvous", &rendezvous, "--stun", &stun.to_string()])
+                    .args(&extra);
+                let out = run_timeout(&mut cmd, Duration::from_secs(60));
+                assert!(out.status.success(), "remount: {}", describe(&out));
+            }));
+        });
+    }
     then(&a, &b, rdv);
+    RESTART.with(|r| r.borrow_mut().take());
     path_to(&b, &a)
 }
 
@@ -239,4 +262,57 @@ fn nat_check_sees_the_routers_public_address() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no public address: {v}"));
     assert_eq!(public.ip(), std::net::IpAddr::V4(dev.public_ip()), "{v}");
+}
+
+/// Figures for `scripts/bench/nat.sh` (ignored: a benchmark, not a test). For a home-home pair
+/// (direct) and a symmetric-symmetric pair (relayed through coturn): the connection time, from
+/// starting the second daemon to a file written while it was down being readable on it, and
+/// the throughput of a 64 MiB file written on the first until verified on the second.
+#[test]
+#[ignore]
+fn nat_bench() {
+    if !lab::ready() {
+        return;
+    }
+    println!("{:<22} {:>10} {:>14} {:>12}", "pair", "path", "connect (s)", "MiB/s");
+    for (tag, ka, kb) in [
+        ("bd", RouterKind::Home, RouterKind::Home),
+        ("br", RouterKind::Symmetric, RouterKind::Symmetric),
+    ] {
+        let data = Gen::new(99).bytes(64 << 20);
+        let mut figures = None;
+        let path = pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _| {
+            let b_state = b.state.to_str().expect("utf-8").to_owned();
+            let b_mnt = b.mnt.to_str().expect("utf-8").to_owned();
+            let out = b.run(&["unmount", &b_mnt], Duration::from_secs(60));
+            assert!(out.status.success(), "{}", describe(&out));
+            std::fs::write(a.path("while-down.txt"), b"hello").expect("write on alpha");
+            let _ = b_state;
+            let start = std::time::Instant::now();
+            RESTART.with(|r| (r.borrow_mut().as_mut().expect("restart hook"))());
+            wait_for("while-down.txt", Duration::from_secs(120), || {
+                std::fs::read(b.path("while-down.txt"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| if d == b"hello" { Ok(()) } else { Err("partial".into()) })
+            });
+            let connect = start.elapsed();
+            let start = std::time::Instant::now();
+            std::fs::write(a.path("big.bin"), &data).expect("write big");
+            wait_for("big.bin", Duration::from_secs(600), || match std::fs::read(b.path("big.bin")) {
+                Ok(d) if d == data => Ok(()),
+                Ok(d) => Err(format!("{} bytes", d.len())),
+                Err(e) => Err(e.to_string()),
+            });
+            let secs = start.elapsed().as_secs_f64();
+            figures = Some((connect.as_secs_f64(), 64.0 / secs));
+        });
+        if let (Some(path), Some((connect, rate))) = (path, figures) {
+            println!("{:<22} {:>10} {:>14.2} {:>12.1}", format!("{ka:?}-{kb:?}"), path, connect, rate);
+        }
+    }
+}
+
+thread_local! {
+    /// How `nat_bench` restarts the second device's daemon (set by `pair_and_sync_then`).
+    static RESTART: std::cell::RefCell<Option<Box<dyn FnMut()>>> = const { std::cell::RefCell::new(None) };
 }

@@ -54,8 +54,9 @@ pub const DEFAULT_PORT: u16 = 22100;
 /// TLS exporter label binding a pairing proof to one connection.
 const PAIR_LABEL: &[u8] = b"EXPORTER-fybrk-pair-v1";
 
-/// How long one dial of one address may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one dial of one address may take: a QUIC handshake takes one or two round trips,
+/// so 3 s leaves room for loss and still moves on quickly to the next way in.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a pairing exchange may take once connected.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(15);
@@ -916,11 +917,17 @@ impl Shared {
     fn add_peer(self: &Arc<Self>, id: DeviceId, name: &str, addr: SocketAddr) {
         {
             let mut book = lock(&self.book);
+            // A relayed address only works through the channel of one introduction.
+            let addrs = if self.mux.relay_route(addr).is_some() {
+                Vec::new()
+            } else {
+                vec![addr]
+            };
             book.insert(
                 id,
                 Peer {
                     name: name.to_owned(),
-                    addrs: vec![addr],
+                    addrs,
                     last_seen_unix: Some(unix_now()),
                     seen: 0,
                 },
@@ -1092,8 +1099,13 @@ impl Shared {
                 },
             );
         }
+        let relayed = self.mux.relay_route(conn.remote_address()).is_some();
         lock(&self.book).update(&peer, |p| {
-            p.remember_addr(conn.remote_address());
+            // A relayed address is reached through a channel made for one introduction; the
+            // next time the rendezvous server hands it out again.
+            if !relayed {
+                p.remember_addr(conn.remote_address());
+            }
             p.last_seen_unix = Some(unix_now());
         });
         *lock(&self.connects).entry(peer).or_insert(0) += 1;

@@ -31,10 +31,10 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long to probe before giving up. The two `Punch` messages leave the server together, so
 /// the sides start within a few hundred milliseconds of each other; NATs that let probes through
-/// do so within the first round trips. Five seconds (100 rounds) covers slow links and loss of
+/// do so within the first round trips. Three seconds (60 rounds) covers slow links and loss of
 /// many probes; past it a direct path is very unlikely (e.g. symmetric NATs on both sides) and
 /// the caller should fall back to the relay.
-pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long to wait for a better kind of path after a worse one answered. Three probe rounds:
 /// a LAN probe that was dropped because the peer had not started yet is repeated twice within

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# NAT traversal figures in the lab (tests/lab/): needs root (network namespaces, nftables) and
+# coturn (scripts/setup-deps.sh --test installs it).
+#
+#   sudo scripts/bench/nat.sh
+#
+# For a home-home pair (direct, hole-punched through the lab's rendezvous server) and a
+# symmetric-symmetric pair (relayed through coturn), prints:
+#   connect (s)  from starting the second device's daemon to a file written while it was down
+#                being readable on it (targets: direct <= 2 s, relayed <= 5 s)
+#   MiB/s        a 64 MiB file written on the first device until verified on the second
+#                (target: relayed >= 50 % of direct)
+# It runs the ignored test `nat_bench` in tests/nat_sync.rs; nothing leaves the lab.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+case "${1:-}" in
+    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+esac
+if [[ $(id -u) -ne 0 ]]; then
+    echo "nat.sh: needs root (network namespaces)" >&2
+    exit 1
+fi
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+cargo build --release -p fybrk >/dev/null
+CI=true cargo test --release -p fybrk-tests --test nat_sync nat_bench -- --ignored --nocapture 2>&1 \
+    | grep -E "^(pair|Home|Symmetric|test result)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
