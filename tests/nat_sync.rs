@@ -65,7 +65,13 @@ fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8
     pair_and_sync_then(tag, ka, kb, loss, false, data, |_, _, _| {})
 }
 
-/// [`pair_and_sync`], then `then(a, b, rendezvous server)` before the path is read.
+/// The lab's servers, handed to a scenario's `then` (dropping one stops it).
+struct Servers {
+    rendezvous: lab::LabChild,
+    coturn: lab::Coturn,
+}
+
+/// [`pair_and_sync`], then `then(a, b, servers)` before the path is read.
 fn pair_and_sync_then(
     tag: &str,
     ka: RouterKind,
@@ -73,7 +79,7 @@ fn pair_and_sync_then(
     loss: u8,
     relay: bool,
     data: &[u8],
-    then: impl FnOnce(&Mount, &Mount, lab::LabChild),
+    then: impl FnOnce(&Mount, &Mount, Servers),
 ) -> Option<String> {
     if !lab::ready() {
         return None;
@@ -142,7 +148,14 @@ fn pair_and_sync_then(
             }));
         });
     }
-    then(&a, &b, rdv);
+    then(
+        &a,
+        &b,
+        Servers {
+            rendezvous: rdv,
+            coturn,
+        },
+    );
     RESTART.with(|r| r.borrow_mut().take());
     path_to(&b, &a)
 }
@@ -205,8 +218,8 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
         0,
         false,
         b"first",
-        |a, b, rdv| {
-            drop(rdv);
+        |a, b, servers| {
+            drop(servers.rendezvous);
             std::fs::write(a.path("after.txt"), b"server gone").expect("write on alpha");
             std::fs::write(b.path("back.txt"), b"and back").expect("write on bravo");
             for (m, name, want) in [(b, "after.txt", &b"server gone"[..]), (a, "back.txt", b"and back")] {
@@ -216,6 +229,35 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
                     Err(e) => Err(e.to_string()),
                 });
             }
+        },
+    );
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+/// Both have a TURN relay but a direct path exists: killing coturn in the middle of a transfer
+/// changes nothing (the relay is only a fallback), and the file arrives intact.
+#[test]
+fn coturn_killed_mid_transfer_while_direct_changes_nothing() {
+    let big = Gen::new(23).bytes(48 << 20);
+    let path = pair_and_sync_then(
+        "ck",
+        RouterKind::Home,
+        RouterKind::Home,
+        0,
+        true,
+        b"first",
+        |a, b, servers| {
+            std::fs::write(a.path("big.bin"), &big).expect("write on alpha");
+            drop(servers.coturn);
+            wait_for("big.bin on bravo", Duration::from_secs(120), || {
+                match std::fs::read(b.path("big.bin")) {
+                    Ok(d) if d == big => Ok(()),
+                    Ok(d) => Err(format!("{} bytes", d.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
         },
     );
     if let Some(path) = path {
@@ -281,7 +323,7 @@ fn nat_bench() {
     ] {
         let data = Gen::new(99).bytes(64 << 20);
         let mut figures = None;
-        let path = pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _| {
+        let path = pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _servers| {
             let b_state = b.state.to_str().expect("utf-8").to_owned();
             let b_mnt = b.mnt.to_str().expect("utf-8").to_owned();
             let out = b.run(&["unmount", &b_mnt], Duration::from_secs(60));
