@@ -385,7 +385,11 @@ fn verify_passes_on_a_clean_store_and_fails_on_damage() {
     m.assert_verify_ok();
 
     let mut candidates = Vec::new();
-    files_with_ext(&fybrk_tests::store_dir(&m.state), &["blob", "sst"], &mut candidates);
+    files_with_ext(
+        &fybrk_tests::store_dir(&m.state),
+        &["blob", "sst"],
+        &mut candidates,
+    );
     candidates.sort();
     let Some((len, victim)) = candidates.pop() else {
         let mut all = Vec::new();

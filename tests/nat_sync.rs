@@ -35,7 +35,13 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr, extra: &[
 fn payload(m: &Mount) -> String {
     let png = m.root().join("invite.png");
     let out = m.run(
-        &["pair", "--no-wait", "--json", "--png", png.to_str().expect("utf-8 path")],
+        &[
+            "pair",
+            "--no-wait",
+            "--json",
+            "--png",
+            png.to_str().expect("utf-8 path"),
+        ],
         Duration::from_secs(30),
     );
     if !out.status.success() {
@@ -50,7 +56,10 @@ fn payload(m: &Mount) -> String {
 fn path_to(m: &Mount, other: &Mount) -> Option<String> {
     let id = other.status_json()["device_id"].as_str()?.to_owned();
     let s = m.status_json();
-    let p = s["peers"].as_array()?.iter().find(|p| p["id"] == id.as_str())?;
+    let p = s["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id.as_str())?;
     if p["connected"] != true {
         return None;
     }
@@ -61,7 +70,13 @@ fn path_to(m: &Mount, other: &Mount) -> Option<String> {
 /// the other (neither can reach the other's LAN address), the rendezvous server introduces them,
 /// both punch, and `data` written on the first arrives intact on the second. Returns the path
 /// the second reports to the first.
-fn pair_and_sync(tag: &str, ka: RouterKind, kb: RouterKind, loss: u8, data: &[u8]) -> Option<String> {
+fn pair_and_sync(
+    tag: &str,
+    ka: RouterKind,
+    kb: RouterKind,
+    loss: u8,
+    data: &[u8],
+) -> Option<String> {
     pair_and_sync_then(tag, ka, kb, loss, false, data, |_, _, _| {})
 }
 
@@ -100,7 +115,10 @@ fn pair_and_sync_then(
     let extra: Vec<String> = if relay {
         vec![
             "--turn".into(),
-            format!("turn:{}?user={}&pass={}", coturn.addr, coturn.user, coturn.pass),
+            format!(
+                "turn:{}?user={}&pass={}",
+                coturn.addr, coturn.user, coturn.pass
+            ),
         ]
     } else {
         Vec::new()
@@ -115,16 +133,21 @@ fn pair_and_sync_then(
     let p = payload(&a);
     let out = b.run(&["pair-with", &p], Duration::from_secs(120));
     if !out.status.success() {
-        b.fail(&format!("pair-with through the rendezvous failed\n{}", describe(&out)));
+        b.fail(&format!(
+            "pair-with through the rendezvous failed\n{}",
+            describe(&out)
+        ));
     }
     std::fs::write(a.path("data.bin"), data).expect("write on alpha");
-    wait_for("data.bin on bravo", Duration::from_secs(120), || {
-        match std::fs::read(b.path("data.bin")) {
+    wait_for(
+        "data.bin on bravo",
+        Duration::from_secs(120),
+        || match std::fs::read(b.path("data.bin")) {
             Ok(d) if d == data => Ok(()),
             Ok(d) => Err(format!("{} of {} bytes, or different", d.len(), data.len())),
             Err(e) => Err(e.to_string()),
-        }
-    });
+        },
+    );
     b.assert_verify_ok();
     {
         let state = b.state.clone();
@@ -162,7 +185,13 @@ fn pair_and_sync_then(
 
 #[test]
 fn home_home_pairs_through_the_rendezvous_and_syncs_directly() {
-    let path = pair_and_sync("hh", RouterKind::Home, RouterKind::Home, 0, b"across two NATs");
+    let path = pair_and_sync(
+        "hh",
+        RouterKind::Home,
+        RouterKind::Home,
+        0,
+        b"across two NATs",
+    );
     if let Some(path) = path {
         assert_eq!(path, "direct");
     }
@@ -179,7 +208,13 @@ fn home_and_port_restricted_sync_directly() {
 
 #[test]
 fn double_nat_and_home_sync_directly() {
-    let path = pair_and_sync("dh", RouterKind::DoubleNat, RouterKind::Home, 0, b"through a CGNAT");
+    let path = pair_and_sync(
+        "dh",
+        RouterKind::DoubleNat,
+        RouterKind::Home,
+        0,
+        b"through a CGNAT",
+    );
     if let Some(path) = path {
         assert_eq!(path, "direct");
     }
@@ -190,7 +225,13 @@ fn double_nat_and_home_sync_directly() {
 /// gets through and the punch works (peer-reflexive candidate). Direct, no relay.
 #[test]
 fn symmetric_and_home_sync_directly() {
-    let path = pair_and_sync("sh", RouterKind::Symmetric, RouterKind::Home, 0, b"one symmetric");
+    let path = pair_and_sync(
+        "sh",
+        RouterKind::Symmetric,
+        RouterKind::Home,
+        0,
+        b"one symmetric",
+    );
     if let Some(path) = path {
         assert_eq!(path, "direct");
     }
@@ -222,11 +263,16 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
             drop(servers.rendezvous);
             std::fs::write(a.path("after.txt"), b"server gone").expect("write on alpha");
             std::fs::write(b.path("back.txt"), b"and back").expect("write on bravo");
-            for (m, name, want) in [(b, "after.txt", &b"server gone"[..]), (a, "back.txt", b"and back")] {
-                wait_for(name, Duration::from_secs(60), || match std::fs::read(m.path(name)) {
-                    Ok(d) if d == want => Ok(()),
-                    Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
-                    Err(e) => Err(e.to_string()),
+            for (m, name, want) in [
+                (b, "after.txt", &b"server gone"[..]),
+                (a, "back.txt", b"and back"),
+            ] {
+                wait_for(name, Duration::from_secs(60), || {
+                    match std::fs::read(m.path(name)) {
+                        Ok(d) if d == want => Ok(()),
+                        Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+                        Err(e) => Err(e.to_string()),
+                    }
                 });
             }
         },
@@ -251,13 +297,15 @@ fn coturn_killed_mid_transfer_while_direct_changes_nothing() {
         |a, b, servers| {
             std::fs::write(a.path("big.bin"), &big).expect("write on alpha");
             drop(servers.coturn);
-            wait_for("big.bin on bravo", Duration::from_secs(120), || {
-                match std::fs::read(b.path("big.bin")) {
+            wait_for(
+                "big.bin on bravo",
+                Duration::from_secs(120),
+                || match std::fs::read(b.path("big.bin")) {
                     Ok(d) if d == big => Ok(()),
                     Ok(d) => Err(format!("{} bytes", d.len())),
                     Err(e) => Err(e.to_string()),
-                }
-            });
+                },
+            );
         },
     );
     if let Some(path) = path {
@@ -316,40 +364,58 @@ fn nat_bench() {
     if !lab::ready() {
         return;
     }
-    println!("{:<22} {:>10} {:>14} {:>12}", "pair", "path", "connect (s)", "MiB/s");
+    println!(
+        "{:<22} {:>10} {:>14} {:>12}",
+        "pair", "path", "connect (s)", "MiB/s"
+    );
     for (tag, ka, kb) in [
         ("bd", RouterKind::Home, RouterKind::Home),
         ("br", RouterKind::Symmetric, RouterKind::Symmetric),
     ] {
         let data = Gen::new(99).bytes(64 << 20);
         let mut figures = None;
-        let path = pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _servers| {
-            let b_state = b.state.to_str().expect("utf-8").to_owned();
-            let b_mnt = b.mnt.to_str().expect("utf-8").to_owned();
-            let out = b.run(&["unmount", &b_mnt], Duration::from_secs(60));
-            assert!(out.status.success(), "{}", describe(&out));
-            std::fs::write(a.path("while-down.txt"), b"hello").expect("write on alpha");
-            let _ = b_state;
-            let start = std::time::Instant::now();
-            RESTART.with(|r| (r.borrow_mut().as_mut().expect("restart hook"))());
-            wait_for("while-down.txt", Duration::from_secs(120), || {
-                std::fs::read(b.path("while-down.txt"))
-                    .map_err(|e| e.to_string())
-                    .and_then(|d| if d == b"hello" { Ok(()) } else { Err("partial".into()) })
+        let path =
+            pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _servers| {
+                let b_state = b.state.to_str().expect("utf-8").to_owned();
+                let b_mnt = b.mnt.to_str().expect("utf-8").to_owned();
+                let out = b.run(&["unmount", &b_mnt], Duration::from_secs(60));
+                assert!(out.status.success(), "{}", describe(&out));
+                std::fs::write(a.path("while-down.txt"), b"hello").expect("write on alpha");
+                let _ = b_state;
+                let start = std::time::Instant::now();
+                RESTART.with(|r| (r.borrow_mut().as_mut().expect("restart hook"))());
+                wait_for("while-down.txt", Duration::from_secs(120), || {
+                    std::fs::read(b.path("while-down.txt"))
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| {
+                            if d == b"hello" {
+                                Ok(())
+                            } else {
+                                Err("partial".into())
+                            }
+                        })
+                });
+                let connect = start.elapsed();
+                let start = std::time::Instant::now();
+                std::fs::write(a.path("big.bin"), &data).expect("write big");
+                wait_for("big.bin", Duration::from_secs(600), || match std::fs::read(
+                    b.path("big.bin"),
+                ) {
+                    Ok(d) if d == data => Ok(()),
+                    Ok(d) => Err(format!("{} bytes", d.len())),
+                    Err(e) => Err(e.to_string()),
+                });
+                let secs = start.elapsed().as_secs_f64();
+                figures = Some((connect.as_secs_f64(), 64.0 / secs));
             });
-            let connect = start.elapsed();
-            let start = std::time::Instant::now();
-            std::fs::write(a.path("big.bin"), &data).expect("write big");
-            wait_for("big.bin", Duration::from_secs(600), || match std::fs::read(b.path("big.bin")) {
-                Ok(d) if d == data => Ok(()),
-                Ok(d) => Err(format!("{} bytes", d.len())),
-                Err(e) => Err(e.to_string()),
-            });
-            let secs = start.elapsed().as_secs_f64();
-            figures = Some((connect.as_secs_f64(), 64.0 / secs));
-        });
         if let (Some(path), Some((connect, rate))) = (path, figures) {
-            println!("{:<22} {:>10} {:>14.2} {:>12.1}", format!("{ka:?}-{kb:?}"), path, connect, rate);
+            println!(
+                "{:<22} {:>10} {:>14.2} {:>12.1}",
+                format!("{ka:?}-{kb:?}"),
+                path,
+                connect,
+                rate
+            );
         }
     }
 }

@@ -21,14 +21,23 @@ pub enum Request {
     Gc,
     Unmount,
     /// Make an invitation valid this long.
-    Pair { expires_secs: u64 },
+    Pair {
+        expires_secs: u64,
+    },
     /// Wait up to `wait_secs` until invitation `invite` is used or expires.
-    PairWait { invite: u64, wait_secs: u64 },
+    PairWait {
+        invite: u64,
+        wait_secs: u64,
+    },
     /// Join the folder of the device that made this invitation.
-    PairWith { payload: String },
+    PairWith {
+        payload: String,
+    },
     Peers,
     /// Unpair a device (id, id prefix or name).
-    Unpair { id: String },
+    Unpair {
+        id: String,
+    },
 }
 
 /// Sends `req` to the daemon behind `socket` and returns its JSON reply.

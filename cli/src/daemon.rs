@@ -469,7 +469,11 @@ fn status_json(store: &Store, node: &Node, mnt: &Path, identity: &Identity) -> s
     } else {
         s.logical_bytes as f64 / s.stored_bytes as f64
     };
-    let folder_id: String = store.folder_id().iter().map(|b| format!("{b:02x}")).collect();
+    let folder_id: String = store
+        .folder_id()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut out = json!({
         "mount_point": mnt,
         "device_id": identity.id.to_string(),

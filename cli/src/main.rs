@@ -137,11 +137,13 @@ fn main() -> ExitCode {
 
 fn init_logging(cmd: &Cmd) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if matches!(cmd, Cmd::Mount { .. } | Cmd::Rendezvous { .. }) {
-            "info"
-        } else {
-            "warn"
-        })
+        tracing_subscriber::EnvFilter::new(
+            if matches!(cmd, Cmd::Mount { .. } | Cmd::Rendezvous { .. }) {
+                "info"
+            } else {
+                "warn"
+            },
+        )
     });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -290,29 +292,49 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
         );
     } else {
         println!("local socket   {local}");
-        println!("UDP            {}", if r.udp_works { "works" } else { "BLOCKED: no STUN server answered" });
+        println!(
+            "UDP            {}",
+            if r.udp_works {
+                "works"
+            } else {
+                "BLOCKED: no STUN server answered"
+            }
+        );
         for (server, addr) in &r.reflexive {
             match addr {
                 Some(a) => println!("  {server:<28} sees us at {a}"),
                 None => {
-                    let why = r.errors.iter().find(|(s, _)| s == server).map(|(_, e)| e.as_str());
+                    let why = r
+                        .errors
+                        .iter()
+                        .find(|(s, _)| s == server)
+                        .map(|(_, e)| e.as_str());
                     println!("  {server:<28} {}", why.unwrap_or("no answer"));
                 }
             }
         }
-        println!("public address {}", r.public_addr().map_or("unknown".into(), |a| a.to_string()));
+        println!(
+            "public address {}",
+            r.public_addr().map_or("unknown".into(), |a| a.to_string())
+        );
         println!("NAT mapping    {mapping}");
         println!(
             "verdict        {}",
             match (r.udp_works, r.mapping) {
                 (false, _) => "no UDP: peers can only be reached through a TURN relay (--turn)",
-                (true, Mapping::EndpointIndependent) => "direct connections through hole punching should work",
-                (true, Mapping::EndpointDependent) => "hole punching will mostly fail; expect a relay with peers behind NAT",
+                (true, Mapping::EndpointIndependent) =>
+                    "direct connections through hole punching should work",
+                (true, Mapping::EndpointDependent) =>
+                    "hole punching will mostly fail; expect a relay with peers behind NAT",
                 (true, Mapping::Unknown) => "ask at least two STUN servers to know the NAT type",
             }
         );
     }
-    Ok(if r.udp_works { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if r.udp_works {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 /// `fybrk rendezvous`: serves until SIGINT/SIGTERM.

@@ -63,9 +63,7 @@ pub fn mounts() -> Vec<MountEntry> {
 
 /// The mount at exactly `path`, if any (the last one wins, as in the kernel).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mounts()
-        .into_iter()
-        .rfind(|m| m.mount_point == path)
+    mounts().into_iter().rfind(|m| m.mount_point == path)
 }
 
 fn is_root() -> bool {

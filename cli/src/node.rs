@@ -353,7 +353,11 @@ impl Node {
             session: InviterSession::new(&inv, key),
             window: Some(sh.allow.open_pairing()),
         });
-        tracing::info!(invite = number, expires_unix = inv.expires_unix, "pairing invitation open");
+        tracing::info!(
+            invite = number,
+            expires_unix = inv.expires_unix,
+            "pairing invitation open"
+        );
         Ok(json!({
             "invite": number,
             "payload": inv.encode(),
@@ -622,11 +626,8 @@ fn start_traversal(
         });
     }
     let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow!("{e}"))?;
-    let monitor = fybrk_net::stun::NatMonitor::spawn(
-        mux.clone(),
-        servers,
-        fybrk_net::stun::MONITOR_INTERVAL,
-    );
+    let monitor =
+        fybrk_net::stun::NatMonitor::spawn(mux.clone(), servers, fybrk_net::stun::MONITOR_INTERVAL);
     tracing::info!(server = %server_addr, "using the rendezvous server");
     Ok(Traversing {
         handle,
@@ -645,10 +646,16 @@ const SOCKET_BUFFER: usize = 4 << 20;
 fn grow_buffers(socket: &UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     for (name, r) in [
-        ("receive", setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
-            .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER))),
-        ("send", setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
-            .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER))),
+        (
+            "receive",
+            setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+                .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER)),
+        ),
+        (
+            "send",
+            setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+                .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER)),
+        ),
     ] {
         if let Err(e) = r {
             tracing::debug!(error = %e, "cannot raise the UDP {name} buffer");
@@ -679,7 +686,10 @@ fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     }
     if addrs.is_empty() {
         // No network at all: only this machine can reach us.
-        addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port()));
+        addrs.push(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen.port(),
+        ));
     }
     addrs.dedup();
     addrs
@@ -778,10 +788,15 @@ impl Shared {
             // The invitation whose secret the request proves answers (used, expired, rate
             // limited, or welcome). If none does, the secret is wrong: every open invitation
             // counts a bad proof, so guessing is rate limited.
-            match invites.iter().position(|i| i.session.matches(&req, &binding)) {
+            match invites
+                .iter()
+                .position(|i| i.session.matches(&req, &binding))
+            {
                 Some(i) => {
                     let inv = &mut invites[i];
-                    let r = inv.session.handle_join(&req, &binding, peer.as_bytes(), now);
+                    let r = inv
+                        .session
+                        .handle_join(&req, &binding, peer.as_bytes(), now);
                     if r.is_ok() {
                         // Used up: close its pairing window now (it stays listed until it
                         // expires, so a late joiner hears "already used").
@@ -792,7 +807,10 @@ impl Shared {
                 None => {
                     let mut refused = None;
                     for inv in invites.iter_mut().filter(|i| i.session.is_open(now)) {
-                        if let Err(e) = inv.session.handle_join(&req, &binding, peer.as_bytes(), now) {
+                        if let Err(e) =
+                            inv.session
+                                .handle_join(&req, &binding, peer.as_bytes(), now)
+                        {
                             refused.get_or_insert(e);
                         }
                     }
@@ -895,7 +913,12 @@ impl Shared {
             Ok::<_, anyhow::Error>(joiner.handle_reply(reply)?)
         })
         .await
-        .map_err(|_| anyhow!("{} did not answer the join request in time", inv.inviter_name))?;
+        .map_err(|_| {
+            anyhow!(
+                "{} did not answer the join request in time",
+                inv.inviter_name
+            )
+        })?;
         conn.close(CLOSE_SHUTDOWN, b"joined");
         let welcome = welcome?;
         if welcome.folder_id != inv.folder {
@@ -1047,7 +1070,11 @@ impl Shared {
             tracing::warn!(%relay, "cannot bind a TURN channel: {e}");
             return None;
         }
-        match self.transport.connect_timeout(relay, peer, DIAL_TIMEOUT).await {
+        match self
+            .transport
+            .connect_timeout(relay, peer, DIAL_TIMEOUT)
+            .await
+        {
             Ok((conn, _)) => {
                 tracing::info!(peer = %peer.abbrev(), %relay, "connected through the relay");
                 Some(conn)
@@ -1139,20 +1166,27 @@ impl Shared {
         );
         let mut saved = seen;
         let sh = self.clone();
-        let result = run_peer(conn.clone(), initiator, session, &mut replica, Some(local), |s, r| {
-            if let Some(link) = lock(&sh.links).get_mut(&peer) {
-                if link.generation == generation {
-                    link.pending = s.pending();
-                    link.idle = s.is_idle();
+        let result = run_peer(
+            conn.clone(),
+            initiator,
+            session,
+            &mut replica,
+            Some(local),
+            |s, r| {
+                if let Some(link) = lock(&sh.links).get_mut(&peer) {
+                    if link.generation == generation {
+                        link.pending = s.pending();
+                        link.idle = s.is_idle();
+                    }
                 }
-            }
-            let now_seen = r.seen_from(short);
-            if now_seen != saved {
-                saved = now_seen;
-                lock(&sh.book).update(&peer, |p| p.seen = now_seen);
-            }
-            false
-        })
+                let now_seen = r.seen_from(short);
+                if now_seen != saved {
+                    saved = now_seen;
+                    lock(&sh.book).update(&peer, |p| p.seen = now_seen);
+                }
+                false
+            },
+        )
         .await;
         let seen = replica.seen_from(short);
         lock(&self.book).update(&peer, |p| {
@@ -1208,7 +1242,11 @@ impl Shared {
                         }
                         _ => 0.0,
                     };
-                    let reconnects = lock(&self.connects).get(id).copied().unwrap_or(1).saturating_sub(1);
+                    let reconnects = lock(&self.connects)
+                        .get(id)
+                        .copied()
+                        .unwrap_or(1)
+                        .saturating_sub(1);
                     let rtt_ms = l.conn.rtt().as_secs_f64() * 1000.0;
                     json!({
                         "id": id.to_string(),

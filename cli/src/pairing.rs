@@ -62,7 +62,9 @@ pub fn pair(
     let payload = inv["payload"].as_str().context("daemon sent no payload")?;
     let qr = inv["qr"].as_str().unwrap_or(payload);
     let expires_unix = inv["expires_unix"].as_u64().unwrap_or(0);
-    let number = inv["invite"].as_u64().context("daemon sent no invite number")?;
+    let number = inv["invite"]
+        .as_u64()
+        .context("daemon sent no invite number")?;
     let png = png.unwrap_or_else(|| PathBuf::from(format!("fybrk-pair-{}.png", unix_now())));
     let png = std::path::absolute(&png).unwrap_or(png);
     fybrk_pair::save_png(qr, &png)
@@ -107,7 +109,10 @@ pub fn pair(
             break r;
         }
         if tty {
-            let left = r["expires_unix"].as_u64().unwrap_or(0).saturating_sub(unix_now());
+            let left = r["expires_unix"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(unix_now());
             print!("\r  {} left   ", fmt_secs(left));
             let _ = std::io::stdout().flush();
         }

@@ -162,7 +162,9 @@ impl PeerBook {
         let mut hits: Vec<DeviceId> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.name == q || (!qn.is_empty() && norm(&id.to_string()).starts_with(&qn)))
+            .filter(|(id, p)| {
+                p.name == q || (!qn.is_empty() && norm(&id.to_string()).starts_with(&qn))
+            })
             .map(|(id, _)| *id)
             .collect();
         hits.dedup();
@@ -217,6 +219,9 @@ mod tests {
         assert_eq!(book.find("phone").unwrap(), b);
         assert_eq!(book.find(&a.to_string()).unwrap(), a);
         assert_eq!(book.find(&a.to_string()[..12]).unwrap(), a);
-        assert!(book.find("tablet").unwrap_err().contains("no paired device"));
+        assert!(book
+            .find("tablet")
+            .unwrap_err()
+            .contains("no paired device"));
     }
 }

@@ -220,3 +220,33 @@ impl Drop for Coturn {
         let _ = self.child.wait();
     }
 }
+
+/// One QUIC endpoint on a [`crate::mux::MuxSocket`] on loopback, with an empty allow list:
+/// the mux and TURN tests' device.
+pub(crate) struct Node {
+    pub(crate) mux: crate::mux::MuxSocket,
+    pub(crate) key: crate::identity::DeviceKey,
+    pub(crate) allow: std::sync::Arc<crate::tls::AllowList>,
+    pub(crate) transport: std::sync::Arc<crate::transport::Transport>,
+}
+
+impl Node {
+    /// Must be called inside a tokio runtime.
+    pub(crate) fn new() -> Node {
+        use std::sync::Arc;
+        let mux = crate::mux::MuxSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let key = crate::identity::DeviceKey::generate().expect("key");
+        let allow = Arc::new(crate::tls::AllowList::new());
+        let policy: Arc<dyn crate::tls::PeerPolicy> = allow.clone();
+        let socket = mux.quinn_socket().expect("attach quinn");
+        let transport = Arc::new(
+            crate::transport::Transport::bind_with(socket, &key, policy).expect("transport"),
+        );
+        Node {
+            mux,
+            key,
+            allow,
+            transport,
+        }
+    }
+}

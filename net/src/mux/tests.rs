@@ -6,9 +6,7 @@ use proptest::prelude::*;
 use quinn::udp::{RecvMeta, Transmit};
 
 use super::*;
-use crate::identity::DeviceKey;
-use crate::tls::{AllowList, PeerPolicy};
-use crate::transport::Transport;
+use crate::testing::Node;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -347,30 +345,6 @@ async fn one_quinn_at_a_time_and_the_pump_resumes_after_it() {
     let (peer, _) = raw();
     peer.send_to(&[0x30, 1], to).expect("send");
     assert_eq!(next(&mut rendezvous).await.data, [0x30, 1]);
-}
-
-struct Node {
-    mux: MuxSocket,
-    key: DeviceKey,
-    allow: Arc<AllowList>,
-    transport: Arc<Transport>,
-}
-
-impl Node {
-    fn new() -> Node {
-        let mux = MuxSocket::bind(loopback()).expect("bind");
-        let key = DeviceKey::generate().expect("key");
-        let allow = Arc::new(AllowList::new());
-        let policy: Arc<dyn PeerPolicy> = allow.clone();
-        let socket = mux.quinn_socket().expect("attach");
-        let transport = Arc::new(Transport::bind_with(socket, &key, policy).expect("transport"));
-        Node {
-            mux,
-            key,
-            allow,
-            transport,
-        }
-    }
 }
 
 #[tokio::test]

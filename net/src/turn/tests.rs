@@ -3,10 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::identity::DeviceKey;
-use crate::testing::{Coturn, PASS, USER};
-use crate::tls::{AllowList, PeerPolicy};
-use crate::transport::{Transport, CLOSE_SHUTDOWN};
+use crate::testing::{Coturn, Node, PASS, USER};
+use crate::transport::CLOSE_SHUTDOWN;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -211,30 +209,6 @@ async fn refreshes_keep_channels_alive_past_their_lifetime() {
             coturn.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Node {
-    mux: MuxSocket,
-    key: DeviceKey,
-    allow: Arc<AllowList>,
-    transport: Arc<Transport>,
-}
-
-impl Node {
-    fn new() -> Node {
-        let mux = MuxSocket::bind(loopback()).expect("bind");
-        let key = DeviceKey::generate().expect("key");
-        let allow = Arc::new(AllowList::new());
-        let policy: Arc<dyn PeerPolicy> = allow.clone();
-        let socket = mux.quinn_socket().expect("attach quinn");
-        let transport = Arc::new(Transport::bind_with(socket, &key, policy).expect("transport"));
-        Node {
-            mux,
-            key,
-            allow,
-            transport,
-        }
     }
 }
 
