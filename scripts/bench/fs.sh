@@ -46,6 +46,8 @@ RAND_RUNTIME=${RAND_RUNTIME:-60}
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 # rustup's default location, for a shell that has not sourced ~/.cargo/env yet.
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
@@ -58,18 +60,7 @@ if ! command -v fio >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; the
     bash "$ROOT/scripts/setup-deps.sh" --test
 fi
 
-if [[ -n ${FYBRK_BIN:-} ]]; then
-    FYBRK=$FYBRK_BIN
-else
-    target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
-    [[ $target_dir == /* ]] || target_dir="$ROOT/$target_dir"
-    FYBRK="$target_dir/release/fybrk"
-    if [[ ! -x $FYBRK ]]; then
-        say "building $FYBRK (release)"
-        (cd "$ROOT" && cargo build --release -p fybrk)
-    fi
-fi
-[[ -x $FYBRK ]] || die "fybrk binary not found at $FYBRK"
+find_fybrk
 
 IS_ROOT=0
 [[ $(id -u) -eq 0 ]] && IS_ROOT=1

@@ -74,6 +74,8 @@ BENCH_DIR=${BENCH_DIR:-/var/tmp/fybrk-bench}
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 [[ $(id -u) -eq 0 ]] || die "run as root: the private network namespace, nftables counters and FUSE mounts need it"
 
@@ -97,18 +99,7 @@ if [[ -z ${SYNC_BENCH_IN_NETNS:-} ]]; then
         apt-get install -y syncthing >/dev/null || { apt-get update >/dev/null && apt-get install -y syncthing >/dev/null; }
     fi
     if [[ $RUN_FYBRK -eq 1 ]]; then
-        if [[ -n ${FYBRK_BIN:-} ]]; then
-            FYBRK=$FYBRK_BIN
-        else
-            target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
-            [[ $target_dir == /* ]] || target_dir="$ROOT/$target_dir"
-            FYBRK="$target_dir/release/fybrk"
-            if [[ ! -x $FYBRK ]]; then
-                say "building $FYBRK (release)"
-                (cd "$ROOT" && cargo build --release -p fybrk)
-            fi
-        fi
-        [[ -x $FYBRK ]] || die "fybrk binary not found at $FYBRK"
+        find_fybrk
         export FYBRK_BIN=$FYBRK
     fi
     # Re-run this script in a new network namespace: only a loopback, nothing can leave.
