@@ -15,8 +15,12 @@
 //! |------------|--------------------------------------------|-----------------------------------|
 //! | 0..=3      | STUN (the two top bits of a STUN type are 0)| the waiting STUN/TURN transaction, else [`MuxSocket::take_stun_receiver`] |
 //! | 0x20..=0x3F| fybrk rendezvous and probe messages        | [`MuxSocket::take_rendezvous_receiver`] |
-//! | 64..=79    | TURN ChannelData, *only* from a TURN server| unwrapped, to quinn as from the channel's peer |
+//! | 64..=79    | TURN ChannelData, *only* from a TURN server| unwrapped, then sorted again by its own first byte, as from the channel's peer |
 //! | anything else | QUIC (fixed bit 0x40 set, see below)    | quinn                             |
+//!
+//! A STUN message from a TURN server may be a Data indication (a peer's datagram that arrived
+//! on our relayed address before a channel to that peer existed): it is unwrapped and sorted
+//! like ChannelData.
 //!
 //! QUIC short headers (0x40..=0x7F) overlap ChannelData (0x40..=0x4F), which is why ChannelData is
 //! recognised only when it comes from an address registered as a TURN server. Our own QUIC never
@@ -42,19 +46,32 @@
 //! (bulk relayed traffic); a rare mixed buffer is split through a small queue of pooled buffers
 //! that the next `poll_recv` hands to quinn first.
 //!
-//! # Relay routing (sending)
+//! # Relay routing
 //!
-//! [`crate::turn::TurnClient::bind_peer`] binds a TURN channel to a peer address and registers
-//! the route here. From then on quinn's datagrams to that peer are wrapped as ChannelData (GSO
-//! batches stay batches: each segment grows by the 4-byte header) and sent to the TURN server,
-//! and ChannelData arriving on that channel reaches quinn as coming from the peer. The QUIC
-//! connection never notices: only the path differs.
+//! A route sends the datagrams for one address (as quinn and the rendezvous client see it)
+//! through a TURN server to a peer: as ChannelData once a channel is bound (GSO batches stay
+//! batches: each segment grows by the 4-byte header), as Send indications before. What arrives
+//! through the route reaches its consumers as coming from that address. The QUIC connection
+//! never notices: only the path differs. Routes come from three places:
+//!
+//! - **Explicit**: [`crate::turn::TurnClient::bind_peer`] binds a channel to a peer address and
+//!   routes that address through it.
+//! - **Learned**: a peer that sends to our relayed address (a one-sided relay: the peer reaches
+//!   our relay directly) is answered the way it came. Its datagrams are presented under an
+//!   *alias*, an address in 240.0.0.0/8 ([`is_relay_alias`]), so the same peer address reached
+//!   directly and through the relay are two different paths to quinn and the puncher (the
+//!   relayed one must not capture the direct one's replies). A channel to the peer is bound in
+//!   the background; until then replies go as Send indications.
+//! - **Relay everything** ([`MuxSocket::set_relay_all`]): on a network that blocks all UDP but
+//!   the TURN server's, every datagram to any other address goes through the relay (a channel
+//!   is bound on first use, which also permits the peer), and arrives as from the real
+//!   address.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -66,6 +83,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, trace, warn};
 
 mod channel_data;
+mod indication;
 mod quinn_side;
 
 use channel_data::{channel_data_header, push_channel_data};
@@ -73,6 +91,7 @@ pub use channel_data::{
     decode_channel_data, encode_channel_data, ChannelDataError, CHANNEL_DATA_HEADER,
     CHANNEL_NUMBERS,
 };
+use indication::{parse_data_indication, push_send_indication, SEND_OVERHEAD};
 use quinn_side::QuinnSocket;
 
 /// First bytes of STUN messages (RFC 7983): the two most significant bits of the type are zero.
@@ -94,6 +113,13 @@ const DIVERT_QUEUE: usize = 256;
 /// Split-off QUIC datagrams waiting for quinn. A GRO buffer holds at most 64 segments, so this is
 /// several buffers' worth; quinn drains it on its very next `poll_recv`.
 const PENDING_MAX: usize = 256;
+/// Learned relay routes (peers that reached our relayed address) kept at most; past it, new
+/// peers are not answered through the relay. Each costs a channel on the TURN server (4,096).
+const MAX_LEARNED: u32 = 1024;
+/// Relay aliases live in 240.0.0.0/8 (reserved, never routed): see "Relay routing".
+const ALIAS_NET: u8 = 240;
+/// Pending channel-bind requests per TURN server.
+const BIND_QUEUE: usize = 64;
 /// Buffers kept for reuse by that queue, so splitting does not allocate in steady state.
 const POOL_MAX: usize = 64;
 /// The pump's receive buffer: the largest UDP payload, which also bounds a GRO buffer.
@@ -155,13 +181,21 @@ pub enum MuxError {
     QuinnAttached,
 }
 
-/// Where quinn's datagrams to one peer go instead: a channel on a TURN server.
+/// Where datagrams to one address go instead: through a TURN server to a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayRoute {
     /// The TURN server's address.
     pub server: SocketAddr,
-    /// The channel bound to the peer on that server.
-    pub channel: u16,
+    /// The peer's own address, as the TURN server sees it.
+    pub peer: SocketAddr,
+    /// The channel bound to the peer on that server; until there is one, Send indications.
+    pub channel: Option<u16>,
+}
+
+/// Whether `addr` is a relay alias: a peer that reached this device through its TURN relay
+/// (see "Relay routing"). [`MuxSocket::relay_route`] has the peer's real address.
+pub fn is_relay_alias(addr: SocketAddr) -> bool {
+    matches!(addr.ip(), IpAddr::V4(ip) if ip.octets()[0] == ALIAS_NET)
 }
 
 /// Counters since the socket was created.
@@ -222,13 +256,82 @@ struct Shared {
     pending: Mutex<Pending>,
     reader: watch::Sender<ReaderState>,
     stats: Counters,
+    /// Transaction ids of Send indications.
+    indications: AtomicU64,
 }
 
 #[derive(Default)]
 struct Routes {
-    servers: HashSet<SocketAddr>,
-    by_peer: HashMap<SocketAddr, RelayRoute>,
+    /// TURN servers, each with where to ask for a channel to a peer.
+    servers: HashMap<SocketAddr, mpsc::Sender<SocketAddr>>,
+    /// Address (as consumers see it) -> route.
+    by_addr: HashMap<SocketAddr, RelayRoute>,
+    /// (server, channel) -> address.
     by_channel: HashMap<(SocketAddr, u16), SocketAddr>,
+    /// (server, peer) -> address.
+    by_peer: HashMap<(SocketAddr, SocketAddr), SocketAddr>,
+    /// Everything goes through this server (see "Relay routing").
+    relay_all: Option<SocketAddr>,
+    learned: u32,
+    next_alias: u32,
+}
+
+impl Routes {
+    fn insert(&mut self, addr: SocketAddr, route: RelayRoute) {
+        self.remove(addr);
+        if let Some(channel) = route.channel {
+            self.by_channel.insert((route.server, channel), addr);
+        }
+        self.by_peer.insert((route.server, route.peer), addr);
+        self.by_addr.insert(addr, route);
+    }
+
+    fn remove(&mut self, addr: SocketAddr) -> Option<RelayRoute> {
+        let old = self.by_addr.remove(&addr)?;
+        if let Some(channel) = old.channel {
+            self.by_channel.remove(&(old.server, channel));
+        }
+        self.by_peer.remove(&(old.server, old.peer));
+        Some(old)
+    }
+
+    /// Adds a route for `peer` through `server` under `addr` (a fresh alias if `None`) and asks
+    /// for a channel to it. `None` if the learned routes are full.
+    fn learn(
+        &mut self,
+        server: SocketAddr,
+        peer: SocketAddr,
+        addr: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        if self.learned >= MAX_LEARNED {
+            return None;
+        }
+        let addr = match addr {
+            Some(a) => a,
+            None => loop {
+                self.next_alias = self.next_alias.wrapping_add(1) & 0x00FF_FFFF;
+                let [_, a, b, c] = self.next_alias.to_be_bytes();
+                let alias = SocketAddr::new(Ipv4Addr::new(ALIAS_NET, a, b, c).into(), peer.port());
+                if self.next_alias != 0 && !self.by_addr.contains_key(&alias) {
+                    break alias;
+                }
+            },
+        };
+        self.learned += 1;
+        self.insert(
+            addr,
+            RelayRoute {
+                server,
+                peer,
+                channel: None,
+            },
+        );
+        if let Some(binds) = self.servers.get(&server) {
+            // A full queue only delays the channel: Send indications work meanwhile.
+            let _ = binds.try_send(peer);
+        }
+        Some(addr)
+    }
 }
 
 /// A STUN transaction waiting for its response.
@@ -312,6 +415,7 @@ impl MuxSocket {
             pending: Mutex::new(Pending::default()),
             reader,
             stats: Counters::default(),
+            indications: AtomicU64::new(0),
         });
         tokio::spawn(pump(Arc::clone(&shared)));
         Ok(MuxSocket {
@@ -367,11 +471,6 @@ impl MuxSocket {
         lock(&self.shared().rendezvous_rx).take()
     }
 
-    /// The relay route quinn's datagrams to `peer` take, if any.
-    pub fn relay_route(&self, peer: SocketAddr) -> Option<RelayRoute> {
-        read(&self.shared().routes).by_peer.get(&peer).copied()
-    }
-
     /// Counters since the socket was created.
     pub fn stats(&self) -> MuxStats {
         let c = &self.shared().stats;
@@ -397,42 +496,115 @@ impl MuxSocket {
         }
     }
 
-    /// Treats datagrams from `server` as coming from a TURN server (ChannelData recognised).
-    pub(crate) fn add_turn_server(&self, server: SocketAddr) {
-        let mut routes = write(&self.shared().routes);
-        routes.servers.insert(server);
+    /// Treats datagrams from `server` as coming from a TURN server (ChannelData and Data
+    /// indications recognised). The receiver gets the peers that need a channel on it: peers
+    /// of learned routes, and new destinations while relaying everything.
+    pub(crate) fn add_turn_server(&self, server: SocketAddr) -> mpsc::Receiver<SocketAddr> {
+        let (tx, rx) = mpsc::channel(BIND_QUEUE);
+        write(&self.shared().routes).servers.insert(server, tx);
         self.shared().relaying.store(true, Ordering::Release);
+        rx
     }
 
     /// Forgets `server` and every route through it.
     pub(crate) fn remove_turn_server(&self, server: SocketAddr) {
         let mut routes = write(&self.shared().routes);
         routes.servers.remove(&server);
-        routes.by_peer.retain(|_, r| r.server != server);
-        routes.by_channel.retain(|(s, _), _| *s != server);
+        let gone: Vec<SocketAddr> = routes
+            .by_addr
+            .iter()
+            .filter(|(_, r)| r.server == server)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in gone {
+            routes.remove(addr);
+        }
+        if routes.relay_all == Some(server) {
+            routes.relay_all = None;
+        }
+        routes.learned = 0;
         self.shared()
             .relaying
             .store(!routes.servers.is_empty(), Ordering::Release);
     }
 
-    /// Sends quinn's datagrams for `peer` through `route`, and delivers that channel's
-    /// ChannelData to quinn as coming from `peer`.
-    pub(crate) fn route_via_relay(&self, peer: SocketAddr, route: RelayRoute) {
-        let mut routes = write(&self.shared().routes);
-        if let Some(old) = routes.by_peer.insert(peer, route) {
-            routes.by_channel.remove(&(old.server, old.channel));
-        }
-        routes
-            .by_channel
-            .insert((route.server, route.channel), peer);
+    /// Sends datagrams for `addr` through `route`, and delivers what arrives on it as coming
+    /// from `addr`.
+    pub(crate) fn route_via_relay(&self, addr: SocketAddr, route: RelayRoute) {
+        write(&self.shared().routes).insert(addr, route);
     }
 
-    /// Sends quinn's datagrams for `peer` directly again.
-    pub(crate) fn unroute(&self, peer: SocketAddr) {
+    /// Sends datagrams for `addr` directly again.
+    pub(crate) fn unroute(&self, addr: SocketAddr) {
+        write(&self.shared().routes).remove(addr);
+    }
+
+    /// A channel to `peer` on `server` is bound: the route to it uses ChannelData from now on.
+    pub(crate) fn channel_bound(&self, server: SocketAddr, peer: SocketAddr, channel: u16) {
         let mut routes = write(&self.shared().routes);
-        if let Some(old) = routes.by_peer.remove(&peer) {
-            routes.by_channel.remove(&(old.server, old.channel));
+        if let Some(&addr) = routes.by_peer.get(&(server, peer)) {
+            if let Some(route) = routes.by_addr.get(&addr).copied() {
+                routes.insert(
+                    addr,
+                    RelayRoute {
+                        channel: Some(channel),
+                        ..route
+                    },
+                );
+            }
         }
+    }
+
+    /// No channel to `peer` on `server` could be bound: forget a learned route to it that has
+    /// none (the next datagram to or from the peer asks again).
+    pub(crate) fn channel_failed(&self, server: SocketAddr, peer: SocketAddr) {
+        let mut routes = write(&self.shared().routes);
+        if let Some(&addr) = routes.by_peer.get(&(server, peer)) {
+            if routes
+                .by_addr
+                .get(&addr)
+                .is_some_and(|r| r.channel.is_none())
+            {
+                routes.remove(addr);
+                routes.learned = routes.learned.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Sends every datagram to an address other than a TURN server through the TURN server
+    /// `server` (registered by a [`crate::turn::TurnClient`]), or, with `None`, directly again.
+    /// For networks that block all UDP but the TURN server's.
+    pub fn set_relay_all(&self, server: Option<SocketAddr>) {
+        let mut routes = write(&self.shared().routes);
+        if server.is_some_and(|s| !routes.servers.contains_key(&s)) {
+            warn!(server = ?server, "relaying everything needs a TURN allocation on that server");
+            return;
+        }
+        routes.relay_all = server;
+    }
+
+    /// The TURN server everything goes through, if [`set_relay_all`](Self::set_relay_all) set
+    /// one.
+    pub fn relay_all(&self) -> Option<SocketAddr> {
+        read(&self.shared().routes).relay_all
+    }
+
+    /// The route datagrams to `addr` take, if they go through a relay.
+    pub fn relay_route(&self, addr: SocketAddr) -> Option<RelayRoute> {
+        read(&self.shared().routes).by_addr.get(&addr).copied()
+    }
+
+    /// Sends one datagram now, through the relay if a route says so (rendezvous messages and
+    /// probes, which must take the same path as QUIC). Never waits: `WouldBlock` if the socket
+    /// is full, like any lost datagram.
+    pub fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        self.shared().send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        })
     }
 }
 
@@ -535,7 +707,7 @@ impl Shared {
             meta.stride
         };
         let from_turn = self.relaying.load(Ordering::Acquire)
-            && read(&self.routes).servers.contains(&meta.addr);
+            && read(&self.routes).servers.contains_key(&meta.addr);
         if !from_turn {
             if buf[..len]
                 .chunks(stride)
@@ -569,7 +741,11 @@ impl Shared {
                 return false;
             };
             let full = payload + CHANNEL_DATA_HEADER == stride;
-            if payload == 0 || channel.is_some_and(|c| c != ch) || (k + 1 < segments && !full) {
+            if payload == 0
+                || classify(seg[CHANNEL_DATA_HEADER], false) != DatagramKind::Quic
+                || channel.is_some_and(|c| c != ch)
+                || (k + 1 < segments && !full)
+            {
                 return false;
             }
             channel = Some(ch);
@@ -609,7 +785,13 @@ impl Shared {
     fn split(&self, buf: &[u8], stride: usize, meta: &RecvMeta, from_turn: bool) {
         for seg in buf.chunks(stride) {
             match classify(seg[0], from_turn) {
-                DatagramKind::Stun => self.divert_stun(meta.addr, seg),
+                DatagramKind::Stun => match parse_data_indication(seg).filter(|_| from_turn) {
+                    Some((peer, payload)) => match self.learned_addr(meta.addr, peer) {
+                        Some(addr) => self.deliver_relayed(addr, meta.dst_ip, payload),
+                        None => bump(&self.stats.dropped, 1),
+                    },
+                    None => self.divert_stun(meta.addr, seg),
+                },
                 DatagramKind::Rendezvous => {
                     bump(&self.stats.rendezvous_rx, 1);
                     self.forward(&self.rendezvous_tx, meta.addr, seg, "rendezvous");
@@ -620,16 +802,13 @@ impl Shared {
                         bump(&self.stats.dropped, 1);
                         continue;
                     };
-                    let peer = read(&self.routes)
+                    let addr = read(&self.routes)
                         .by_channel
                         .get(&(meta.addr, channel))
                         .copied();
-                    match peer {
-                        Some(peer) if !payload.is_empty() => {
-                            bump(&self.stats.relayed_rx, 1);
-                            self.queue_for_quinn(peer, meta.dst_ip, payload);
-                        }
-                        _ => {
+                    match addr {
+                        Some(addr) => self.deliver_relayed(addr, meta.dst_ip, payload),
+                        None => {
                             trace!(from = %meta.addr, channel, "ChannelData on an unknown channel");
                             bump(&self.stats.dropped, 1);
                         }
@@ -638,6 +817,45 @@ impl Shared {
                 DatagramKind::Quic => self.queue_for_quinn(meta.addr, meta.dst_ip, seg),
             }
         }
+    }
+
+    /// Sorts a datagram that came through a relay by its own first byte, as from `addr`.
+    fn deliver_relayed(&self, addr: SocketAddr, dst_ip: Option<IpAddr>, payload: &[u8]) {
+        let Some(&first) = payload.first() else {
+            bump(&self.stats.dropped, 1);
+            return;
+        };
+        match classify(first, false) {
+            DatagramKind::Stun => self.divert_stun(addr, payload),
+            DatagramKind::Rendezvous => {
+                bump(&self.stats.rendezvous_rx, 1);
+                self.forward(&self.rendezvous_tx, addr, payload, "rendezvous");
+            }
+            DatagramKind::ChannelData | DatagramKind::Quic => {
+                bump(&self.stats.relayed_rx, 1);
+                self.queue_for_quinn(addr, dst_ip, payload);
+            }
+        }
+    }
+
+    /// The address a peer that sent to our relayed address on `server` is presented under:
+    /// its route's, or a new learned one (see "Relay routing"). `None` if no more can be
+    /// learned.
+    fn learned_addr(&self, server: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        if let Some(addr) = read(&self.routes).by_peer.get(&(server, peer)) {
+            return Some(*addr);
+        }
+        let mut routes = write(&self.routes);
+        if let Some(addr) = routes.by_peer.get(&(server, peer)) {
+            return Some(*addr);
+        }
+        // Relaying everything, nothing arrives directly: the real address is unambiguous.
+        let addr = (routes.relay_all == Some(server)).then_some(peer);
+        let learned = routes.learn(server, peer, addr);
+        if learned.is_none() {
+            warn!(%peer, "too many peers reached us through the relay; not answering this one");
+        }
+        learned
     }
 
     /// Hands a STUN message to the transaction waiting for it, else to the STUN receiver.
@@ -771,7 +989,44 @@ impl Shared {
         kept
     }
 
-    /// Sends quinn's datagrams for a relayed peer as ChannelData to the TURN server.
+    /// Sends a datagram (or GSO batch) directly, or through the relay its route names.
+    fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if self.relaying.load(Ordering::Acquire) {
+            if let Some(route) = self.route_for(transmit.destination) {
+                return self.send_relayed(route, transmit);
+            }
+        }
+        if is_relay_alias(transmit.destination) {
+            // Its route went with its TURN server: lost, like any datagram.
+            bump(&self.stats.dropped, 1);
+            return Ok(());
+        }
+        self.io.try_io(Interest::WRITABLE, || {
+            self.udp.send((&self.io).into(), transmit)
+        })
+    }
+
+    /// The route to `to`; while relaying everything, a new one for a new destination.
+    fn route_for(&self, to: SocketAddr) -> Option<RelayRoute> {
+        {
+            let routes = read(&self.routes);
+            if let Some(route) = routes.by_addr.get(&to) {
+                return Some(*route);
+            }
+            if routes.relay_all.is_none() || routes.servers.contains_key(&to) {
+                return None;
+            }
+        }
+        let mut routes = write(&self.routes);
+        let server = routes.relay_all?;
+        if !routes.by_addr.contains_key(&to) {
+            routes.learn(server, to, Some(to))?;
+        }
+        routes.by_addr.get(&to).copied()
+    }
+
+    /// Sends datagrams for a relayed peer to the TURN server: as ChannelData on the route's
+    /// channel, else as Send indications.
     fn send_relayed(&self, route: RelayRoute, transmit: &Transmit<'_>) -> io::Result<()> {
         thread_local! {
             // One scratch buffer per thread: wrapping needs no allocation in steady state and no
@@ -782,12 +1037,36 @@ impl Shared {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
-        if segment + CHANNEL_DATA_HEADER > usize::from(u16::MAX) {
+        if segment + SEND_OVERHEAD > usize::from(u16::MAX) {
             // Cannot happen with quinn's packet sizes; dropped like quinn-udp drops a datagram
             // the OS refuses, since an error here would end the connection.
-            debug!(peer = %transmit.destination, "datagram too large for TURN ChannelData");
+            debug!(peer = %transmit.destination, "datagram too large for a TURN relay");
             return Ok(());
         }
+        let Some(channel) = route.channel else {
+            return SCRATCH.with(|scratch| {
+                let mut out = scratch.borrow_mut();
+                for payload in transmit.contents.chunks(segment) {
+                    out.clear();
+                    let n = self.indications.fetch_add(1, Ordering::Relaxed);
+                    let mut tid = [0u8; 12];
+                    tid[4..].copy_from_slice(&n.to_be_bytes());
+                    push_send_indication(route.peer, payload, tid, &mut out);
+                    let wrapped = Transmit {
+                        destination: route.server,
+                        ecn: None,
+                        contents: &out,
+                        segment_size: None,
+                        src_ip: transmit.src_ip,
+                    };
+                    self.io.try_io(Interest::WRITABLE, || {
+                        self.udp.send((&self.io).into(), &wrapped)
+                    })?;
+                    bump(&self.stats.relayed_tx, 1);
+                }
+                Ok(())
+            });
+        };
         SCRATCH.with(|scratch| {
             let mut out = scratch.borrow_mut();
             out.clear();
@@ -795,7 +1074,7 @@ impl Shared {
             for payload in transmit.contents.chunks(segment) {
                 // Checked above: every segment fits the 16-bit length.
                 let len = payload.len() as u16;
-                push_channel_data(route.channel, len, payload, &mut out);
+                push_channel_data(channel, len, payload, &mut out);
                 segments += 1;
             }
             let wrapped = Transmit {

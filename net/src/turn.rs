@@ -590,6 +590,8 @@ struct Inner {
 pub struct TurnClient {
     inner: Arc<Inner>,
     maintainer: tokio::task::JoinHandle<()>,
+    /// Binds the channels the mux asks for (see [`bind_requested`]).
+    binder: tokio::task::JoinHandle<()>,
 }
 
 impl fmt::Debug for TurnClient {
@@ -635,7 +637,7 @@ impl TurnClient {
             auth: Mutex::new(None),
             stale_nonces: AtomicU64::new(0),
         };
-        mux.add_turn_server(server);
+        let binds = mux.add_turn_server(server);
         let granted = match allocate_on(&session).await {
             Ok(granted) => granted,
             Err(e) => {
@@ -659,7 +661,12 @@ impl TurnClient {
             refreshes: AtomicU64::new(0),
         });
         let maintainer = tokio::spawn(maintain(Arc::clone(&inner), timers, granted.lifetime));
-        Ok(TurnClient { inner, maintainer })
+        let binder = tokio::spawn(bind_requested(Arc::clone(&inner), binds));
+        Ok(TurnClient {
+            inner,
+            maintainer,
+            binder,
+        })
     }
 
     /// Our relayed address: peers send to it to reach us through the server.
@@ -707,44 +714,13 @@ impl TurnClient {
     /// (which also permits it) and registers the route in the [`MuxSocket`]. Returns the channel
     /// number. Binding an already bound peer only renews it.
     pub async fn bind_peer(&self, peer: SocketAddr) -> Result<u16, TurnError> {
-        let inner = &self.inner;
-        inner.ensure_active()?;
-        if peer.is_ipv4() != inner.relayed.is_ipv4() {
-            return Err(TurnError::FamilyMismatch {
-                peer,
-                relayed: inner.relayed,
-            });
-        }
-        let _one_at_a_time = inner.binding.lock().await;
-        let number = {
-            let mut state = lock(&inner.state);
-            match state.channels.get(&peer) {
-                Some(c) => c.number,
-                None => {
-                    let number = state.next_channel;
-                    if !CHANNEL_NUMBERS.contains(&number) {
-                        return Err(TurnError::ChannelsExhausted {
-                            server: inner.session.server,
-                        });
-                    }
-                    state.next_channel += 1;
-                    number
-                }
-            }
-        };
-        inner.channel_bind(peer, number).await?;
-        lock(&inner.state).channels.insert(
-            peer,
-            Channel {
-                number,
-                routed: true,
-            },
-        );
-        inner.session.mux.route_via_relay(
+        let number = self.inner.bind_channel(peer).await?;
+        self.inner.session.mux.route_via_relay(
             peer,
             RelayRoute {
-                server: inner.session.server,
-                channel: number,
+                server: self.inner.session.server,
+                peer,
+                channel: Some(number),
             },
         );
         debug!(%peer, channel = number, "relaying through TURN");
@@ -763,6 +739,7 @@ impl TurnClient {
     /// Frees the allocation on the server now and stops relaying through it.
     pub async fn close(self) -> Result<(), TurnError> {
         self.maintainer.abort();
+        self.binder.abort();
         self.inner.deactivate();
         self.inner.session.refresh(Duration::ZERO).await.map(|_| ())
     }
@@ -771,6 +748,7 @@ impl TurnClient {
 impl Drop for TurnClient {
     fn drop(&mut self) {
         self.maintainer.abort();
+        self.binder.abort();
         self.inner.deactivate();
     }
 }
@@ -847,6 +825,44 @@ impl Inner {
         self.session.mux.remove_turn_server(self.session.server);
     }
 
+    /// Binds a channel to `peer` (which also permits it), or renews the one it has, and keeps
+    /// it refreshed. Returns the channel number.
+    async fn bind_channel(&self, peer: SocketAddr) -> Result<u16, TurnError> {
+        self.ensure_active()?;
+        if peer.is_ipv4() != self.relayed.is_ipv4() {
+            return Err(TurnError::FamilyMismatch {
+                peer,
+                relayed: self.relayed,
+            });
+        }
+        let _one_at_a_time = self.binding.lock().await;
+        let number = {
+            let mut state = lock(&self.state);
+            match state.channels.get(&peer) {
+                Some(c) => c.number,
+                None => {
+                    let number = state.next_channel;
+                    if !CHANNEL_NUMBERS.contains(&number) {
+                        return Err(TurnError::ChannelsExhausted {
+                            server: self.session.server,
+                        });
+                    }
+                    state.next_channel += 1;
+                    number
+                }
+            }
+        };
+        self.channel_bind(peer, number).await?;
+        lock(&self.state).channels.insert(
+            peer,
+            Channel {
+                number,
+                routed: true,
+            },
+        );
+        Ok(number)
+    }
+
     async fn channel_bind(&self, peer: SocketAddr, number: u16) -> Result<(), TurnError> {
         self.session
             .request(CHANNEL_BIND, "the channel binding", &move || {
@@ -894,6 +910,26 @@ impl Inner {
             self.channel_bind(peer, number).await?;
         }
         self.create_permission(&permissions).await
+    }
+}
+
+/// Binds a channel for each peer the mux asks for: peers that reached our relayed address (a
+/// learned route, answered with Send indications until then), and destinations while the mux
+/// relays everything. One at a time, in order; a failed bind drops the route so the next
+/// datagram asks again.
+async fn bind_requested(inner: Arc<Inner>, mut requests: tokio::sync::mpsc::Receiver<SocketAddr>) {
+    let server = inner.session.server;
+    while let Some(peer) = requests.recv().await {
+        match inner.bind_channel(peer).await {
+            Ok(number) => {
+                debug!(%peer, channel = number, "TURN channel for a relayed peer");
+                inner.session.mux.channel_bound(server, peer, number);
+            }
+            Err(e) => {
+                warn!(%server, %peer, "cannot bind a TURN channel: {e}");
+                inner.session.mux.channel_failed(server, peer);
+            }
+        }
     }
 }
 

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -14,7 +13,7 @@ use quinn::udp::{RecvMeta, Transmit};
 use tokio::io::Interest;
 use tracing::trace;
 
-use super::{lock, read, Pending, Shared};
+use super::{lock, Pending, Shared};
 
 /// The socket as quinn sees it; see [`MuxSocket::quinn_socket`].
 pub(super) struct QuinnSocket {
@@ -46,14 +45,7 @@ impl quinn::AsyncUdpSocket for QuinnSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        let s = &*self.shared;
-        if s.relaying.load(Ordering::Acquire) {
-            let route = read(&s.routes).by_peer.get(&transmit.destination).copied();
-            if let Some(route) = route {
-                return s.send_relayed(route, transmit);
-            }
-        }
-        s.io.try_io(Interest::WRITABLE, || s.udp.send((&s.io).into(), transmit))
+        self.shared.send(transmit)
     }
 
     fn poll_recv(

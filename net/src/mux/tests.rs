@@ -182,7 +182,8 @@ async fn channel_data_is_unwrapped_in_place_and_readdressed() {
         peer,
         RelayRoute {
             server,
-            channel: 0x4001,
+            peer,
+            channel: Some(0x4001),
         },
     );
     let shared = mux.shared();
@@ -236,7 +237,14 @@ async fn a_mixed_gro_buffer_is_split_and_queued_for_quinn() {
     );
     mux.add_turn_server(server);
     for (peer, channel) in [(peer1, 0x4000), (peer2, 0x4001)] {
-        mux.route_via_relay(peer, RelayRoute { server, channel });
+        mux.route_via_relay(
+            peer,
+            RelayRoute {
+                server,
+                peer,
+                channel: Some(channel),
+            },
+        );
     }
     // Two channels and a STUN message in one (same-size) GRO buffer.
     let a = channel_data(0x4000, &[0x41; 40]);
@@ -282,7 +290,8 @@ async fn quinn_datagrams_to_a_relayed_peer_are_wrapped_for_the_server() {
         peer_addr,
         RelayRoute {
             server: server_addr,
-            channel: 0x4ABC,
+            peer: peer_addr,
+            channel: Some(0x4ABC),
         },
     );
     // A GSO batch of three datagrams: 100, 100 and 50 bytes.

@@ -191,7 +191,8 @@ async fn refreshes_keep_channels_alive_past_their_lifetime() {
         mux.relay_route(peer_addr),
         Some(RelayRoute {
             server: coturn.addr(),
-            channel
+            peer: peer_addr,
+            channel: Some(channel),
         })
     );
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -280,5 +281,143 @@ async fn quic_through_the_relay_moves_4_mib() {
     assert!(stats.relayed_tx as usize > packets, "{stats:?}");
     assert!(stats.relayed_rx > 0, "{stats:?}");
     assert_eq!(b.mux.stats().relayed_tx, 0, "b sends directly");
+    conn.close(CLOSE_SHUTDOWN, b"done");
+}
+
+/// One-sided relay: `b` has no relay and simply sends to `a`'s relayed address. `a` answers
+/// the way it came, under an alias, and binds a channel to `b` in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reaches_our_relay_is_answered_through_it() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let a = Node::new();
+    let b = Node::new();
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    let b_addr = b.mux.local_addr().expect("addr");
+    // What an introduction does: permit the peer's IP, nothing else.
+    relay
+        .create_permission(&[b_addr.ip()])
+        .await
+        .expect("permission");
+
+    let server = Arc::clone(&a.transport);
+    let serve = tokio::spawn(async move {
+        let accepted = server.accept().await.expect("accepted");
+        let mut send = accepted.connection.open_uni().await.expect("open");
+        send.write_all(&pattern(BULK)).await.expect("write");
+        send.finish().expect("finish");
+        let mut recv = accepted.connection.accept_uni().await.expect("ack stream");
+        let ack = recv.read_to_end(64).await.expect("ack");
+        (accepted.connection, ack)
+    });
+    let (conn, _) = b
+        .transport
+        .connect(relay.relayed_addr(), a.key.id())
+        .await
+        .expect("connect to the relayed address");
+    let mut recv = conn.accept_uni().await.expect("bulk stream");
+    let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
+    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
+    let mut ack = conn.open_uni().await.expect("open ack");
+    ack.write_all(b"got it").await.expect("ack");
+    ack.finish().expect("finish");
+    let (accepted, ack) = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("server done")
+        .expect("server task");
+    assert_eq!(ack, b"got it");
+
+    let alias = accepted.remote_address();
+    assert!(
+        crate::mux::is_relay_alias(alias),
+        "a sees b under an alias, not {alias}"
+    );
+    let route = a.mux.relay_route(alias).expect("a route for the alias");
+    assert_eq!((route.server, route.peer), (coturn.addr(), b_addr));
+    assert!(route.channel.is_some(), "a channel was bound: {route:?}");
+    assert!(
+        a.mux.relay_route(b_addr).is_none(),
+        "b's own address stays direct for a"
+    );
+    assert_eq!(b.mux.stats().relayed_tx, 0, "b sends directly");
+    conn.close(CLOSE_SHUTDOWN, b"done");
+}
+
+/// A network that lets UDP through to the TURN server only: everything else goes through the
+/// relay, rendezvous-style datagrams and QUIC alike, and answers come back as from the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaying_everything_reaches_any_peer_through_the_turn_server() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let a = Node::new();
+    let b = Node::new();
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    a.mux.set_relay_all(Some(coturn.addr()));
+    assert_eq!(a.mux.relay_all(), Some(coturn.addr()));
+
+    // A rendezvous-style datagram to a plain socket: the first one may go before the channel
+    // (and with it the permission) exists, so keep sending until one arrives.
+    let (peer, peer_addr) = raw_peer();
+    peer.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut rendezvous = a.mux.take_rendezvous_receiver().expect("receiver");
+    let mut buf = [0u8; 1500];
+    let mut arrived = None;
+    for _ in 0..50 {
+        a.mux.try_send_to(b"\x21hello", peer_addr).expect("send");
+        if let Ok((n, from)) = peer.recv_from(&mut buf) {
+            arrived = Some((buf[..n].to_vec(), from));
+            break;
+        }
+    }
+    let (data, from) = arrived.expect("the datagram went through the relay");
+    assert_eq!(data, b"\x21hello");
+    assert_eq!(
+        from,
+        relay.relayed_addr(),
+        "it left from the relayed address"
+    );
+    peer.send_to(b"\x22back", from).expect("answer");
+    let back = tokio::time::timeout(Duration::from_secs(5), rendezvous.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!((back.from, back.data), (peer_addr, b"\x22back".to_vec()));
+
+    // QUIC to b's own address goes through the relay too; b sees a's relayed address.
+    let b_addr = b.mux.local_addr().expect("addr");
+    let server = Arc::clone(&b.transport);
+    let serve = tokio::spawn(async move {
+        let accepted = server.accept().await.expect("accepted");
+        let mut recv = accepted.connection.accept_uni().await.expect("stream");
+        let got = recv.read_to_end(BULK + 1).await.expect("read");
+        (accepted.connection, got)
+    });
+    let (conn, _) = a
+        .transport
+        .connect(b_addr, b.key.id())
+        .await
+        .expect("connect through the relay");
+    assert_eq!(conn.remote_address(), b_addr, "a sees b at b's address");
+    let mut send = conn.open_uni().await.expect("open");
+    send.write_all(&pattern(BULK)).await.expect("write");
+    send.finish().expect("finish");
+    let (accepted, got) = tokio::time::timeout(Duration::from_secs(20), serve)
+        .await
+        .expect("server done")
+        .expect("server task");
+    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
+    assert_eq!(accepted.remote_address(), relay.relayed_addr());
+    assert!(a.mux.stats().relayed_tx as usize > BULK / 1500);
     conn.close(CLOSE_SHUTDOWN, b"done");
 }
