@@ -77,22 +77,28 @@ fn pair_and_sync(
     loss: u8,
     data: &[u8],
 ) -> Option<String> {
-    pair_and_sync_then(tag, ka, kb, loss, false, data, |_, _, _| {})
+    pair_and_sync_then(tag, ka, kb, loss, false, false, data, |_, _, _| {})
 }
 
-/// The lab's servers, handed to a scenario's `then` (dropping one stops it).
+/// The lab's servers, handed to a scenario's `then` (dropping one stops it), and the devices'
+/// routers.
 struct Servers {
     rendezvous: lab::LabChild,
     coturn: lab::Coturn,
+    routers: [Option<lab::Router>; 2],
 }
 
-/// [`pair_and_sync`], then `then(a, b, servers)` before the path is read.
+/// [`pair_and_sync`], then `then(a, b, servers)` before the path is read. With `relay` both
+/// devices have the lab's coturn as TURN relay; with `block_direct` their routers drop each
+/// other's public address (until `then` lifts it).
+#[allow(clippy::too_many_arguments)]
 fn pair_and_sync_then(
     tag: &str,
     ka: RouterKind,
     kb: RouterKind,
     loss: u8,
     relay: bool,
+    block_direct: bool,
     data: &[u8],
     then: impl FnOnce(&Mount, &Mount, Servers),
 ) -> Option<String> {
@@ -110,6 +116,15 @@ fn pair_and_sync_then(
     let rdv = lab.spawn_in_public("rendezvous", rdv);
     let dev_a = lab.add_device(ka);
     let dev_b = lab.add_device(kb);
+    let routers = [dev_a.router(), dev_b.router()];
+    if block_direct {
+        // No direct path between the two: each router drops the other's public address.
+        for (router, other) in [(&routers[0], &dev_b), (&routers[1], &dev_a)] {
+            if let Some(r) = router {
+                r.block(&[other.public_ip()]);
+            }
+        }
+    }
     let mut a = Mount::prepare()?;
     let mut b = Mount::prepare()?;
     let extra: Vec<String> = if relay {
@@ -134,8 +149,11 @@ fn pair_and_sync_then(
     let out = b.run(&["pair-with", &p], Duration::from_secs(120));
     if !out.status.success() {
         b.fail(&format!(
-            "pair-with through the rendezvous failed\n{}",
-            describe(&out)
+            "pair-with through the rendezvous failed\n{}\n--- rendezvous server\n{}\n--- coturn\n{}\n--- alpha\n{}",
+            describe(&out),
+            rdv.output_tail(40),
+            coturn.log_tail(40),
+            a.log_tail(),
         ));
     }
     std::fs::write(a.path("data.bin"), data).expect("write on alpha");
@@ -177,6 +195,7 @@ fn pair_and_sync_then(
         Servers {
             rendezvous: rdv,
             coturn,
+            routers,
         },
     );
     RESTART.with(|r| r.borrow_mut().take());
@@ -258,6 +277,7 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
         RouterKind::Home,
         0,
         false,
+        false,
         b"first",
         |a, b, servers| {
             drop(servers.rendezvous);
@@ -293,6 +313,7 @@ fn coturn_killed_mid_transfer_while_direct_changes_nothing() {
         RouterKind::Home,
         0,
         true,
+        false,
         b"first",
         |a, b, servers| {
             std::fs::write(a.path("big.bin"), &big).expect("write on alpha");
@@ -324,11 +345,93 @@ fn symmetric_and_symmetric_sync_through_the_relay() {
         RouterKind::Symmetric,
         0,
         true,
+        false,
         &data,
         |_, _, _| {},
     );
     if let Some(path) = path {
         assert_eq!(path, "relay");
+    }
+}
+
+/// A device whose network lets UDP out only to the TURN server: its rendezvous registration,
+/// the introduction's probes and QUIC all go through coturn, and the home device on the other
+/// side answers on the blocked device's relayed address.
+#[test]
+fn udp_blocked_device_pairs_and_syncs_through_the_relay() {
+    let turn = SocketAddr::from((lab::TURN_IP, lab::coturn::TURN_PORT));
+    let data = Gen::new(19).bytes(2 << 20);
+    let path = pair_and_sync_then(
+        "ub",
+        RouterKind::Home,
+        RouterKind::UdpBlockedExceptTurn(turn),
+        0,
+        true,
+        false,
+        &data,
+        |a, b, _| {
+            let s = b.status_json();
+            assert_eq!(
+                s["relay"]["everything"], true,
+                "the blocked side relays all: {s}"
+            );
+            assert_eq!(
+                path_to(a, b).as_deref(),
+                Some("relay"),
+                "{}",
+                a.status_json()
+            );
+        },
+    );
+    if let Some(path) = path {
+        assert_eq!(path, "relay");
+    }
+}
+
+/// Two home devices whose routers first drop each other's address connect through the relay;
+/// once the block is lifted, the relayed link finds the direct path and moves to it, and
+/// syncing goes on over it.
+#[test]
+fn a_relayed_link_moves_to_a_direct_path_when_one_opens() {
+    let later = Gen::new(29).bytes(1 << 20);
+    let path = pair_and_sync_then(
+        "up",
+        RouterKind::Home,
+        RouterKind::Home,
+        0,
+        true,
+        true,
+        b"through the relay",
+        |a, b, servers| {
+            assert_eq!(
+                path_to(b, a).as_deref(),
+                Some("relay"),
+                "{}",
+                b.status_json()
+            );
+            for r in servers.routers.iter().flatten() {
+                r.block(&[]);
+            }
+            wait_for("a direct path", Duration::from_secs(60), || {
+                match (path_to(a, b), path_to(b, a)) {
+                    (Some(x), Some(y)) if x == "direct" && y == "direct" => Ok(()),
+                    other => Err(format!("paths {other:?}")),
+                }
+            });
+            std::fs::write(a.path("later.bin"), &later).expect("write on alpha");
+            wait_for(
+                "later.bin on bravo",
+                Duration::from_secs(60),
+                || match std::fs::read(b.path("later.bin")) {
+                    Ok(d) if d == later => Ok(()),
+                    Ok(d) => Err(format!("{} bytes, or different", d.len())),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        },
+    );
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
     }
 }
 
@@ -375,7 +478,7 @@ fn nat_bench() {
         let data = Gen::new(99).bytes(64 << 20);
         let mut figures = None;
         let path =
-            pair_and_sync_then(tag, ka, kb, 0, true, b"warm-up", |a, b, _servers| {
+            pair_and_sync_then(tag, ka, kb, 0, true, false, b"warm-up", |a, b, _servers| {
                 let b_state = b.state.to_str().expect("utf-8").to_owned();
                 let b_mnt = b.mnt.to_str().expect("utf-8").to_owned();
                 let out = b.run(&["unmount", &b_mnt], Duration::from_secs(60));

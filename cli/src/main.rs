@@ -471,5 +471,36 @@ pub(crate) fn print_status(s: &Value) {
         "listening     {} (UDP)",
         s["listen_addr"].as_str().unwrap_or("?")
     );
+    let nat = &s["nat"];
+    if !nat.is_null() {
+        let public = nat["public_addr"].as_str().unwrap_or("unknown");
+        match nat["udp_works"].as_bool() {
+            Some(false) => println!("public        no answer from the STUN servers over UDP"),
+            _ => println!(
+                "public        {public} ({} mapping)",
+                match nat["mapping"].as_str() {
+                    Some("EndpointIndependent") => "endpoint-independent",
+                    Some("EndpointDependent") => "symmetric NAT, endpoint-dependent",
+                    _ => "unknown",
+                }
+            ),
+        }
+    }
+    let relay = &s["relay"];
+    if !relay.is_null() {
+        let str_of = |k: &str| relay[k].as_str().unwrap_or("?");
+        let how = match (relay["active"].as_bool(), relay["everything"].as_bool()) {
+            (Some(false), _) => "lost, not relaying",
+            (_, Some(true)) => {
+                "all traffic goes through it: this network lets UDP out only to the TURN server"
+            }
+            _ => "used only for peers with no direct path",
+        };
+        println!(
+            "relay         {} via {} ({how})",
+            str_of("relayed_addr"),
+            str_of("server")
+        );
+    }
     pairing::print_peers_status(s);
 }

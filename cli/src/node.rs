@@ -24,9 +24,9 @@
 //! the folder key, moves its files into a store of that folder ([`Shared::adopt_folder`]), and
 //! only then trusts the inviter, so the first replication runs on the new store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -73,6 +73,16 @@ const SIMULTANEOUS: Duration = Duration::from_secs(3);
 
 /// Application close code: a second connection to a peer that already has one.
 const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
+
+/// A relayed link looks for a direct path this long after it came up, then at growing intervals
+/// (x1.5) up to [`UPGRADE_MAX`]: the NAT or network that forced the relay may have changed.
+const UPGRADE_FIRST: Duration = Duration::from_secs(15);
+const UPGRADE_MAX: Duration = Duration::from_secs(300);
+
+/// With a TURN relay, a device whose rendezvous server has not answered this long after start
+/// assumes a network that lets UDP through to the TURN server only, and sends everything
+/// through the relay.
+const RELAY_ALL_AFTER: Duration = Duration::from_secs(3);
 
 /// Chunks copied into a new store before they are written out, when joining a folder.
 const ADOPT_FLUSH_CHUNKS: usize = 64;
@@ -127,6 +137,8 @@ struct Link {
     idle: bool,
     /// UDP bytes in + out, sampled every second (the last few), for the current throughput.
     samples: std::collections::VecDeque<(Instant, u64)>,
+    /// Through a TURN relay (ours or the peer's).
+    relayed: bool,
 }
 
 /// Throughput samples kept per link: the rate shown is over the last this-many seconds.
@@ -157,6 +169,8 @@ struct Shared {
     rendezvous_addr: Option<SocketAddr>,
     /// The TURN allocation, when a relay is configured and the allocation succeeded.
     turn: Option<Arc<fybrk_net::turn::TurnClient>>,
+    /// Peers' relayed addresses, as introductions named them: a connection to one is relayed.
+    peer_relays: Arc<Mutex<HashSet<SocketAddr>>>,
     /// The reflexive address and NAT type, refreshed (only with a rendezvous server).
     nat: Option<fybrk_net::stun::NatMonitor>,
     id: DeviceId,
@@ -232,10 +246,6 @@ impl Node {
         grow_buffers(&socket);
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
-        // Rendezvous datagrams go out on a plain non-blocking clone of the socket (the client
-        // driver needs a send that never waits); everything else through the mux.
-        let raw = socket.try_clone().context("cannot clone the UDP socket")?;
-        raw.set_nonblocking(true)?;
         let listen_addr = socket.local_addr()?;
         let (mux, transport) = {
             let _enter = rt.enter();
@@ -248,6 +258,7 @@ impl Node {
                 .context("cannot start the QUIC endpoint")?;
             (mux, transport)
         };
+        let peer_relays = Arc::new(Mutex::new(HashSet::new()));
         let (rendezvous, nat, rendezvous_addr, turn) = match &traversal.rendezvous {
             None => (None, None, None, None),
             Some(server) => {
@@ -255,12 +266,12 @@ impl Node {
                 let t = start_traversal(
                     &rt,
                     &mux,
-                    raw,
                     state,
                     server,
                     &traversal,
                     listen_addr,
                     allow.clone(),
+                    peer_relays.clone(),
                 )?;
                 (Some(t.handle), Some(t.nat), Some(t.server), t.turn)
             }
@@ -274,6 +285,7 @@ impl Node {
             rendezvous,
             rendezvous_addr,
             turn,
+            peer_relays,
             nat,
             id: device.id(),
             name: name.to_owned(),
@@ -535,12 +547,12 @@ struct Traversing {
 fn start_traversal(
     rt: &tokio::runtime::Runtime,
     mux: &fybrk_net::mux::MuxSocket,
-    raw: UdpSocket,
     state: &StateDir,
     server: &str,
     traversal: &Traversal,
     listen_addr: SocketAddr,
     allow: Arc<AllowList>,
+    peer_relays: Arc<Mutex<HashSet<SocketAddr>>>,
 ) -> Result<Traversing> {
     let stun = &traversal.stun;
     use std::net::ToSocketAddrs;
@@ -579,7 +591,9 @@ fn start_traversal(
             }
         }
     });
-    let send = move |to: SocketAddr, data: &[u8]| raw.send_to(data, to).map(|_| ());
+    // Through the mux, so rendezvous messages and probes take a relay route like QUIC does.
+    let send_mux = mux.clone();
+    let send = move |to: SocketAddr, data: &[u8]| send_mux.try_send_to(data, to);
     let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
     let turn = match &traversal.turn {
         None => None,
@@ -603,25 +617,64 @@ fn start_traversal(
             }
         }
     };
+    let registered = Arc::new(AtomicBool::new(false));
     {
-        // An introduction names the peer's relayed address: bind a channel to it at once, so
-        // a relayed connection is ready when the punch fails.
+        // An introduction names the peer's public and relayed addresses: permit both on our
+        // relay at once, so the peer's probes (and then QUIC) can reach us through it, from
+        // its NAT or through its own relay.
         let turn = turn.clone();
+        let registered = registered.clone();
         rt.spawn(async move {
             while let Some(e) = events.recv().await {
                 tracing::info!(event = ?e, "rendezvous");
-                if let (
-                    fybrk_net::rendezvous::ClientEvent::PunchStarted {
-                        peer_relay: Some(r),
-                        ..
-                    },
-                    Some(t),
-                ) = (&e, &turn)
-                {
-                    if let Err(err) = t.bind_peer(*r).await {
-                        tracing::warn!(relay = %r, "cannot bind a TURN channel: {err}");
+                match &e {
+                    fybrk_net::rendezvous::ClientEvent::Registered { .. } => {
+                        registered.store(true, Ordering::Release);
                     }
+                    fybrk_net::rendezvous::ClientEvent::PunchStarted {
+                        peer_observed,
+                        peer_relay,
+                        ..
+                    } => {
+                        if let Some(r) = peer_relay {
+                            lock(&peer_relays).insert(*r);
+                        }
+                        if let Some(t) = &turn {
+                            let mut ips = vec![peer_observed.ip()];
+                            ips.extend(peer_relay.map(|r| r.ip()));
+                            ips.dedup();
+                            if let Err(err) = t.create_permission(&ips).await {
+                                tracing::warn!(
+                                    ?ips,
+                                    "cannot permit the peer on our TURN relay: {err}"
+                                );
+                            }
+                        }
+                    }
+                    _ => {}
                 }
+            }
+        });
+    }
+    if let Some(t) = &turn {
+        let (mux, turn, handle) = (mux.clone(), t.clone(), handle.clone());
+        rt.spawn(async move {
+            tokio::time::sleep(RELAY_ALL_AFTER).await;
+            if !registered.load(Ordering::Acquire) {
+                let turn_server = turn.server_addr();
+                tracing::warn!(
+                    rendezvous = %server_addr, turn = %turn_server,
+                    "the rendezvous server does not answer over UDP, the TURN server does: this \
+                     network seems to let UDP through to the TURN server only, so everything \
+                     goes through the relay"
+                );
+                mux.set_relay_all(Some(turn_server));
+                // A channel to the rendezvous server first (a datagram before it would be
+                // dropped for want of a permission), then register through it at once.
+                if let Err(e) = turn.bind_peer(server_addr).await {
+                    tracing::warn!("cannot reach the rendezvous server through the relay: {e}");
+                }
+                let _ = handle.register_now().await;
             }
         });
     }
@@ -881,7 +934,7 @@ impl Shared {
         // Not reachable directly: ask the rendezvous server to introduce us (the inviter is
         // registered there while its invitation is open).
         if conn.is_none() && inv.rendezvous.is_some() {
-            if let Some(c) = self.introduce(inviter).await {
+            if let Some(c) = self.introduce(inviter, false).await {
                 conn = Some(c);
             }
         }
@@ -941,7 +994,7 @@ impl Shared {
         {
             let mut book = lock(&self.book);
             // A relayed address only works through the channel of one introduction.
-            let addrs = if self.mux.relay_route(addr).is_some() {
+            let addrs = if self.is_relayed(addr) {
                 Vec::new()
             } else {
                 vec![addr]
@@ -975,6 +1028,7 @@ impl Shared {
     /// Keeps one connection to `peer` up while it is paired: dials when there is none.
     async fn dial_loop(self: Arc<Self>, peer: DeviceId, wake: Arc<Notify>) {
         let mut backoff = Backoff::RECONNECT;
+        let mut upgrade: Option<(u64, Duration)> = None;
         loop {
             let current = lock(&self.dialers)
                 .get(&peer)
@@ -982,11 +1036,31 @@ impl Shared {
             if !current || !self.allow.contains(&peer) {
                 return;
             }
-            let linked_since = lock(&self.links).get(&peer).map(|l| l.since);
-            if let Some(since) = linked_since {
+            let link = lock(&self.links)
+                .get(&peer)
+                .map(|l| (l.since, l.generation, l.relayed));
+            if let Some((since, generation, relayed)) = link {
                 let notified = wake.notified();
                 // Re-check after registering: the link may have ended in between.
                 if lock(&self.links).contains_key(&peer) {
+                    if relayed && self.rendezvous.is_some() && self.mux.relay_all().is_none() {
+                        // A relayed link keeps looking for a direct path.
+                        let delay = match upgrade {
+                            Some((g, d)) if g == generation => d,
+                            _ => UPGRADE_FIRST,
+                        };
+                        upgrade = Some((generation, delay.mul_f32(1.5).min(UPGRADE_MAX)));
+                        tokio::select! {
+                            () = notified => {}
+                            () = tokio::time::sleep(delay) => {
+                                if let Some(conn) = self.introduce(peer, true).await {
+                                    tracing::info!(peer = %peer.abbrev(), "moving off the relay");
+                                    self.attach(peer, conn, true);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     notified.await;
                 }
                 if since.elapsed() >= STABLE_LINK {
@@ -1014,7 +1088,7 @@ impl Shared {
                 }
             }
             if !connected {
-                if let Some(conn) = self.introduce(peer).await {
+                if let Some(conn) = self.introduce(peer, false).await {
                     self.attach(peer, conn, true);
                     connected = true;
                 }
@@ -1031,21 +1105,25 @@ impl Shared {
     }
 
     /// Asks the rendezvous server to introduce `peer` (both sides probe each other's
-    /// candidates at once), then dials the path that answered. `None` without a server, or if
-    /// the peer is not registered or no path answered.
-    async fn introduce(&self, peer: DeviceId) -> Option<quinn::Connection> {
+    /// candidates at once: LAN, public and relayed addresses), then dials the best path that
+    /// answered. `None` without a server, if the peer is not registered, if no path answered,
+    /// or, with `direct_only`, if only a relayed one did.
+    async fn introduce(&self, peer: DeviceId, direct_only: bool) -> Option<quinn::Connection> {
         let handle = self.rendezvous.as_ref()?;
         let path = match handle.connect(peer).await {
             Ok(p) => p,
-            Err(fybrk_net::rendezvous::ConnectError::PunchFailed {
-                relay: Some(relay), ..
-            }) => return self.dial_relayed(peer, relay).await,
             Err(e) => {
                 tracing::debug!(peer = %peer.abbrev(), "no introduction: {e}");
                 return None;
             }
         };
-        tracing::info!(peer = %peer.abbrev(), addr = %path.addr, kind = ?path.kind, "hole punched");
+        let relayed =
+            path.kind == fybrk_net::rendezvous::CandidateKind::Relay || self.is_relayed(path.addr);
+        if direct_only && relayed {
+            tracing::debug!(peer = %peer.abbrev(), "still no direct path");
+            return None;
+        }
+        tracing::info!(peer = %peer.abbrev(), addr = %path.addr, kind = ?path.kind, relayed, "path found");
         match self
             .transport
             .connect_timeout(path.addr, peer, DIAL_TIMEOUT)
@@ -1059,31 +1137,12 @@ impl Shared {
         }
     }
 
-    /// No punched path: dial the peer's relayed address through our own TURN allocation (the
-    /// relay forwards between the two allocations). Needs a relay on both sides.
-    async fn dial_relayed(&self, peer: DeviceId, relay: SocketAddr) -> Option<quinn::Connection> {
-        let Some(turn) = &self.turn else {
-            tracing::info!(peer = %peer.abbrev(), %relay, "no direct path, and no TURN relay here (--turn) to reach its relay");
-            return None;
-        };
-        if let Err(e) = turn.bind_peer(relay).await {
-            tracing::warn!(%relay, "cannot bind a TURN channel: {e}");
-            return None;
-        }
-        match self
-            .transport
-            .connect_timeout(relay, peer, DIAL_TIMEOUT)
-            .await
-        {
-            Ok((conn, _)) => {
-                tracing::info!(peer = %peer.abbrev(), %relay, "connected through the relay");
-                Some(conn)
-            }
-            Err(e) => {
-                tracing::info!(peer = %peer.abbrev(), %relay, "relayed dial failed: {e}");
-                None
-            }
-        }
+    /// Whether traffic to `addr` goes through a TURN relay: ours (a route in the mux, or
+    /// everything while relaying everything) or the peer's (its relayed address).
+    fn is_relayed(&self, addr: SocketAddr) -> bool {
+        self.mux.relay_route(addr).is_some()
+            || self.mux.relay_all().is_some()
+            || lock(&self.peer_relays).contains(&addr)
     }
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
@@ -1091,6 +1150,7 @@ impl Shared {
         let dialer = if initiator { self.id } else { peer };
         let preferred = dialer == self.id.min(peer);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let relayed = self.is_relayed(conn.remote_address());
         {
             let mut links = lock(&self.links);
             // Checked under the links lock: `unpair` removes the id first, then the link.
@@ -1123,10 +1183,10 @@ impl Shared {
                     pending: (0, 0),
                     idle: false,
                     samples: std::collections::VecDeque::new(),
+                    relayed,
                 },
             );
         }
-        let relayed = self.mux.relay_route(conn.remote_address()).is_some();
         lock(&self.book).update(&peer, |p| {
             // A relayed address is reached through a channel made for one introduction; the
             // next time the rendezvous server hands it out again.
@@ -1223,8 +1283,10 @@ impl Shared {
                     let stats = l.conn.stats();
                     pending_items += l.pending.0;
                     pending_bytes += l.pending.1;
+                    // A peer that reached our relay is known under an alias: show its address.
                     let addr = l.conn.remote_address();
-                    let path = if self.mux.relay_route(addr).is_some() {
+                    let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
+                    let path = if l.relayed {
                         "relay"
                     } else if is_lan(addr.ip()) {
                         "lan"
@@ -1294,9 +1356,18 @@ impl Shared {
                 "udp_works": r.udp_works,
             })
         });
+        let relay = self.turn.as_ref().map(|t| {
+            json!({
+                "server": t.server_addr(),
+                "relayed_addr": t.relayed_addr(),
+                "active": t.is_active(),
+                "everything": self.mux.relay_all().is_some(),
+            })
+        });
         json!({
             "listen_addr": self.listen_addr,
             "nat": nat,
+            "relay": relay,
             "peers": peers,
             "pending_items": pending_items,
             "pending_bytes": pending_bytes,

@@ -192,6 +192,24 @@ pub struct RelayRoute {
     pub channel: Option<u16>,
 }
 
+/// Whether `ip` is only meaningful on a local network: private, shared (CGNAT), loopback or
+/// link-local.
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || (a == 100 && b & 0xC0 == 64)
+        }
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback() || first & 0xFE00 == 0xFC00 || first & 0xFFC0 == 0xFE80
+        }
+    }
+}
+
 /// Whether `addr` is a relay alias: a peer that reached this device through its TURN relay
 /// (see "Relay routing"). [`MuxSocket::relay_route`] has the peer's real address.
 pub fn is_relay_alias(addr: SocketAddr) -> bool {
@@ -332,6 +350,17 @@ impl Routes {
         }
         Some(addr)
     }
+}
+
+/// How a send treats tokio's readiness tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reactor {
+    /// quinn's sends: `WouldBlock` clears the readiness, so quinn's poller waits for writable.
+    Track,
+    /// One-off sends that never wait ([`MuxSocket::try_send_to`]): straight to the socket.
+    /// tokio reports `WouldBlock` until its reactor has seen the socket writable once, which
+    /// would lose the first rendezvous message of a fresh socket.
+    Bypass,
 }
 
 /// A STUN transaction waiting for its response.
@@ -598,13 +627,14 @@ impl MuxSocket {
     /// probes, which must take the same path as QUIC). Never waits: `WouldBlock` if the socket
     /// is full, like any lost datagram.
     pub fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.shared().send(&Transmit {
+        let transmit = Transmit {
             destination: to,
             ecn: None,
             contents: data,
             segment_size: None,
             src_ip: None,
-        })
+        };
+        self.shared().send(&transmit, Reactor::Bypass)
     }
 }
 
@@ -990,10 +1020,10 @@ impl Shared {
     }
 
     /// Sends a datagram (or GSO batch) directly, or through the relay its route names.
-    fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+    fn send(&self, transmit: &Transmit<'_>, reactor: Reactor) -> io::Result<()> {
         if self.relaying.load(Ordering::Acquire) {
             if let Some(route) = self.route_for(transmit.destination) {
-                return self.send_relayed(route, transmit);
+                return self.send_relayed(route, transmit, reactor);
             }
         }
         if is_relay_alias(transmit.destination) {
@@ -1001,9 +1031,16 @@ impl Shared {
             bump(&self.stats.dropped, 1);
             return Ok(());
         }
-        self.io.try_io(Interest::WRITABLE, || {
-            self.udp.send((&self.io).into(), transmit)
-        })
+        self.send_now(transmit, reactor)
+    }
+
+    fn send_now(&self, transmit: &Transmit<'_>, reactor: Reactor) -> io::Result<()> {
+        match reactor {
+            Reactor::Track => self.io.try_io(Interest::WRITABLE, || {
+                self.udp.send((&self.io).into(), transmit)
+            }),
+            Reactor::Bypass => self.udp.send((&self.io).into(), transmit),
+        }
     }
 
     /// The route to `to`; while relaying everything, a new one for a new destination.
@@ -1019,6 +1056,11 @@ impl Shared {
         }
         let mut routes = write(&self.routes);
         let server = routes.relay_all?;
+        if is_local(to.ip()) && !is_local(server.ip()) {
+            // A LAN peer is reached directly (the relay could not reach it anyway; coturn even
+            // stops relaying for an allocation whose peer turns out unreachable).
+            return None;
+        }
         if !routes.by_addr.contains_key(&to) {
             routes.learn(server, to, Some(to))?;
         }
@@ -1027,7 +1069,12 @@ impl Shared {
 
     /// Sends datagrams for a relayed peer to the TURN server: as ChannelData on the route's
     /// channel, else as Send indications.
-    fn send_relayed(&self, route: RelayRoute, transmit: &Transmit<'_>) -> io::Result<()> {
+    fn send_relayed(
+        &self,
+        route: RelayRoute,
+        transmit: &Transmit<'_>,
+        reactor: Reactor,
+    ) -> io::Result<()> {
         thread_local! {
             // One scratch buffer per thread: wrapping needs no allocation in steady state and no
             // lock between connections sending from different threads.
@@ -1059,9 +1106,7 @@ impl Shared {
                         segment_size: None,
                         src_ip: transmit.src_ip,
                     };
-                    self.io.try_io(Interest::WRITABLE, || {
-                        self.udp.send((&self.io).into(), &wrapped)
-                    })?;
+                    self.send_now(&wrapped, reactor)?;
                     bump(&self.stats.relayed_tx, 1);
                 }
                 Ok(())
@@ -1085,9 +1130,7 @@ impl Shared {
                 segment_size: transmit.segment_size.map(|s| s + CHANNEL_DATA_HEADER),
                 src_ip: transmit.src_ip,
             };
-            let sent = self.io.try_io(Interest::WRITABLE, || {
-                self.udp.send((&self.io).into(), &wrapped)
-            });
+            let sent = self.send_now(&wrapped, reactor);
             if sent.is_ok() {
                 bump(&self.stats.relayed_tx, segments);
             }

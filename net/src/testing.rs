@@ -225,7 +225,7 @@ impl Drop for Coturn {
 /// the mux and TURN tests' device.
 pub(crate) struct Node {
     pub(crate) mux: crate::mux::MuxSocket,
-    pub(crate) key: crate::identity::DeviceKey,
+    pub(crate) key: std::sync::Arc<crate::identity::DeviceKey>,
     pub(crate) allow: std::sync::Arc<crate::tls::AllowList>,
     pub(crate) transport: std::sync::Arc<crate::transport::Transport>,
 }
@@ -235,7 +235,7 @@ impl Node {
     pub(crate) fn new() -> Node {
         use std::sync::Arc;
         let mux = crate::mux::MuxSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-        let key = crate::identity::DeviceKey::generate().expect("key");
+        let key = Arc::new(crate::identity::DeviceKey::generate().expect("key"));
         let allow = Arc::new(crate::tls::AllowList::new());
         let policy: Arc<dyn crate::tls::PeerPolicy> = allow.clone();
         let socket = mux.quinn_socket().expect("attach quinn");

@@ -457,6 +457,29 @@ impl Device {
     }
 }
 
+/// A device's outermost router, to change its rules while the device is in use elsewhere.
+#[derive(Debug, Clone)]
+pub struct Router {
+    ns: String,
+}
+
+impl Router {
+    /// Makes the router drop everything it would forward to or from `ips` (e.g. another
+    /// device's public address: no direct path between the two); replaces the previous list, an
+    /// empty one lifts the block.
+    pub fn block(&self, ips: &[Ipv4Addr]) {
+        nft_load(&self.ns, &nft::block(ips));
+    }
+}
+
+impl Device {
+    /// Its outermost router (the CGNAT of a double NAT); `None` for [`RouterKind::Open`].
+    pub fn router(&self) -> Option<Router> {
+        let ns = self.cgnat_ns.as_ref().or(self.router_ns.as_ref())?;
+        Some(Router { ns: ns.clone() })
+    }
+}
+
 /// A process spawned in the lab; killed (SIGKILL) and reaped on drop.
 pub struct LabChild {
     name: String,

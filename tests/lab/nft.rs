@@ -144,3 +144,25 @@ pub(super) fn loss(percent: u8, on_router: bool) -> String {
     s.push_str("}\n");
     s
 }
+
+/// The `lab_block` table: a router drops every packet it forwards to or from one of `ips`,
+/// before its NAT sees it. Replaces the previous list; an empty one removes the table.
+pub(super) fn block(ips: &[std::net::Ipv4Addr]) -> String {
+    let mut s = String::from("table ip lab_block\ndelete table ip lab_block\n");
+    if ips.is_empty() {
+        return s;
+    }
+    let set = ips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(
+        s,
+        "table ip lab_block {{\n  chain fwd_block {{\n    \
+         type filter hook forward priority filter - 20; policy accept;\n    \
+         ip daddr {{ {set} }} drop\n    ip saddr {{ {set} }} drop\n  }}\n}}"
+    )
+    .unwrap();
+    s
+}

@@ -45,7 +45,7 @@ impl quinn::AsyncUdpSocket for QuinnSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.shared.send(transmit)
+        self.shared.send(transmit, super::Reactor::Track)
     }
 
     fn poll_recv(

@@ -280,6 +280,13 @@ impl Client {
         self.send_register(now)
     }
 
+    /// Registers again at once, with a fresh backoff: the path to the server changed (e.g. it
+    /// now goes through a TURN relay).
+    pub fn register_now(&mut self, now: Instant) -> Vec<Transmit> {
+        self.reg.backoff.reset();
+        self.send_register(now)
+    }
+
     /// Asks the server to introduce us to `peer`; returns the attempt's nonce (named by the
     /// events that report the outcome) and what to send. Before the first registration
     /// completes, the request waits for it.
@@ -520,6 +527,9 @@ impl Client {
             warn!(peer = %m.peer.abbrev(), "too many hole punches at once; ignoring one");
             return Vec::new();
         }
+        // A device that reaches the server only through its relay is observed at its relayed
+        // address: that is a relay path, not a direct one.
+        let reflexive = Some(m.observed).filter(|o| Some(*o) != m.peer_relay);
         let candidates = m
             .lan
             .iter()
@@ -527,9 +537,13 @@ impl Client {
                 addr,
                 kind: CandidateKind::Lan,
             })
-            .chain(std::iter::once(Candidate {
-                addr: m.observed,
+            .chain(reflexive.map(|addr| Candidate {
+                addr,
                 kind: CandidateKind::Reflexive,
+            }))
+            .chain(m.peer_relay.map(|addr| Candidate {
+                addr,
+                kind: CandidateKind::Relay,
             }));
         let puncher = Puncher::new(
             Arc::clone(&self.key),

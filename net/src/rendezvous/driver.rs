@@ -124,6 +124,8 @@ pub enum ClientMessage {
     SetLanCandidates(Vec<SocketAddr>),
     /// This device's TURN relayed address (or none any more).
     SetRelay(Option<SocketAddr>),
+    /// The path to the server changed: register again now.
+    RegisterNow,
 }
 
 /// Talks to a running client driver. Dropping every handle stops the driver.
@@ -147,6 +149,14 @@ impl ClientHandle {
     pub async fn set_relay(&self, relay: Option<SocketAddr>) -> Result<(), ConnectError> {
         self.commands
             .send(ClientMessage::SetRelay(relay))
+            .await
+            .map_err(|_| ConnectError::Stopped)
+    }
+
+    /// Registers again now (the path to the server changed, e.g. it goes through a relay).
+    pub async fn register_now(&self) -> Result<(), ConnectError> {
+        self.commands
+            .send(ClientMessage::RegisterNow)
             .await
             .map_err(|_| ConnectError::Stopped)
     }
@@ -250,6 +260,9 @@ where
                     }
                     Some(ClientMessage::SetRelay(relay)) => {
                         out = self.client.set_relay(relay, Instant::now());
+                    }
+                    Some(ClientMessage::RegisterNow) => {
+                        out = self.client.register_now(Instant::now());
                     }
                 },
                 () = tokio::time::sleep_until(deadline.into()) => {

@@ -11,7 +11,8 @@
 //! with a working pair because each answers every valid probe it receives.
 //!
 //! Preference: a LAN candidate wins at once (nothing is better). If a worse kind answers first,
-//! the puncher waits [`SETTLE_GRACE`] for a better one before settling.
+//! the puncher waits [`SETTLE_GRACE`] for a better one before settling, and [`RELAY_GRACE`] if
+//! only a relay answered (direct paths through NATs open a few rounds in).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,12 @@ pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(3);
 /// it, and LAN round trips are milliseconds.
 pub const SETTLE_GRACE: Duration = Duration::from_millis(150);
 
+/// How long to wait for a direct path after only the peer's TURN relay answered. A relay answers
+/// at the first round; a path through two NATs opens once both sides' probes have left, a few
+/// rounds later. A second covers that with margin and keeps a relayed connection quick; a
+/// relayed link keeps looking for a direct path afterwards anyway.
+pub const RELAY_GRACE: Duration = Duration::from_secs(1);
+
 /// The most candidates probed (LAN + reflexive + peer-reflexive). Bounds the probe traffic a
 /// hostile candidate list can cause and keeps `seq` arithmetic simple (8 bits of index).
 pub const MAX_CANDIDATES: usize = 16;
@@ -55,6 +62,19 @@ pub enum CandidateKind {
     /// An address the peer's probes came from that no one announced (e.g. a NAT that maps per
     /// destination): learned during the punch.
     PeerReflexive,
+    /// Through a TURN relay: the peer's relayed address, or a peer that reached ours (a relay
+    /// alias, see [`crate::mux::is_relay_alias`]). Works behind any NAT; last resort.
+    Relay,
+}
+
+impl CandidateKind {
+    /// How long to wait for a better path once a path of this kind answered.
+    fn grace(self) -> Duration {
+        match self {
+            CandidateKind::Relay => RELAY_GRACE,
+            _ => SETTLE_GRACE,
+        }
+    }
 }
 
 /// An address to probe.
@@ -238,11 +258,13 @@ impl Puncher {
             && self.candidates.len() < MAX_CANDIDATES
             && !self.candidates.iter().any(|c| c.addr == from)
         {
-            trace!(%from, peer = %self.peer.abbrev(), "peer-reflexive candidate");
-            self.candidates.push(Candidate {
-                addr: from,
-                kind: CandidateKind::PeerReflexive,
-            });
+            let kind = if crate::mux::is_relay_alias(from) {
+                CandidateKind::Relay
+            } else {
+                CandidateKind::PeerReflexive
+            };
+            trace!(%from, peer = %self.peer.abbrev(), ?kind, "peer-reflexive candidate");
+            self.candidates.push(Candidate { addr: from, kind });
         }
         let ack = Probe {
             from: self.key.id(),
@@ -289,8 +311,9 @@ impl Puncher {
         let best_possible = self.candidates.first().map_or(best.kind, |c| c.kind);
         if best.kind <= best_possible {
             self.finish(PunchOutcome::Connected(best));
-        } else if self.settle_at.is_none() {
-            self.settle_at = Some(now + SETTLE_GRACE);
+        } else {
+            let settle = now + best.kind.grace();
+            self.settle_at = Some(self.settle_at.map_or(settle, |at| at.min(settle)));
         }
     }
 

@@ -421,3 +421,93 @@ async fn relaying_everything_reaches_any_peer_through_the_turn_server() {
     assert!(a.mux.stats().relayed_tx as usize > BULK / 1500);
     conn.close(CLOSE_SHUTDOWN, b"done");
 }
+
+/// A rendezvous client on `node`'s socket, as the daemon runs it.
+fn rendezvous_client(
+    node: &Node,
+    server: SocketAddr,
+) -> (
+    crate::rendezvous::ClientHandle,
+    tokio::sync::mpsc::UnboundedReceiver<crate::rendezvous::ClientEvent>,
+) {
+    use crate::rendezvous::{spawn_client, Client, ClientConfig, WallClock};
+    let now = std::time::Instant::now();
+    let client = Client::new(
+        Arc::clone(&node.key),
+        ClientConfig {
+            server,
+            lan: Vec::new(),
+        },
+        node.allow.clone(),
+        now,
+        WallClock::system(now),
+    );
+    let mut diverted = node.mux.take_rendezvous_receiver().expect("receiver");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(d) = diverted.recv().await {
+            if tx.send((d.from, d.data)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mux = node.mux.clone();
+    let send = move |to: SocketAddr, data: &[u8]| mux.try_send_to(data, to);
+    let (handle, events, _task) = spawn_client(client, send, rx);
+    (handle, events)
+}
+
+async fn registered(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::rendezvous::ClientEvent>,
+) -> SocketAddr {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Some(crate::rendezvous::ClientEvent::Registered { observed }) => break observed,
+                Some(_) => {}
+                None => panic!("the client stopped"),
+            }
+        }
+    })
+    .await
+    .expect("registered in time")
+}
+
+/// A device that relays everything registers with the rendezvous server through the relay
+/// (the server sees its relayed address), and an introduction to a device with plain UDP finds
+/// a path: through the relay, since every path of the first device is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_relays_everything_registers_and_punches_through_the_relay() {
+    let Some(coturn) = Coturn::start() else {
+        return;
+    };
+    let server_socket = StdUdpSocket::bind(loopback()).expect("bind");
+    let server = server_socket.local_addr().expect("addr");
+    tokio::spawn(crate::rendezvous::run_server(server_socket));
+    let (a, b) = (Node::new(), Node::new());
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
+        .await
+        .expect("allocate");
+    a.mux.set_relay_all(Some(coturn.addr()));
+    // What the daemon does on an introduction: permit the peer on the relay.
+    relay
+        .create_permission(&[IpAddr::from([127, 0, 0, 1])])
+        .await
+        .expect("permission");
+    let (a_handle, mut a_events) = rendezvous_client(&a, server);
+    let (_b_handle, mut b_events) = rendezvous_client(&b, server);
+    assert_eq!(registered(&mut a_events).await, relay.relayed_addr());
+    assert_eq!(
+        registered(&mut b_events).await,
+        b.mux.local_addr().expect("addr")
+    );
+
+    let path = tokio::time::timeout(Duration::from_secs(10), a_handle.connect(b.key.id()))
+        .await
+        .expect("in time")
+        .expect("a path");
+    assert_eq!(path.addr, b.mux.local_addr().expect("addr"));
+    assert!(a.mux.relay_route(path.addr).is_some(), "through the relay");
+}

@@ -9,7 +9,7 @@ use crate::identity::DeviceKey;
 use crate::rendezvous::messages::{decode, Message, Probe};
 use crate::rendezvous::puncher::{
     Candidate, CandidateKind, PunchOutcome, Puncher, MAX_CANDIDATES, PROBE_INTERVAL, PUNCH_TIMEOUT,
-    SETTLE_GRACE,
+    RELAY_GRACE, SETTLE_GRACE,
 };
 use crate::rendezvous::Transmit;
 
@@ -241,6 +241,75 @@ fn reflexive_is_taken_when_lan_stays_silent() {
         panic!()
     };
     assert_eq!(path.kind, CandidateKind::Reflexive);
+}
+
+fn relay(a: &str) -> Candidate {
+    Candidate {
+        addr: addr(a),
+        kind: CandidateKind::Relay,
+    }
+}
+
+/// Runs the puncher's timers until it decides; returns when.
+fn settle(p: &mut Puncher, mut now: Instant) -> Instant {
+    while p.outcome().is_none() {
+        now = p.poll_timeout().unwrap();
+        p.handle_timeout(now);
+    }
+    now
+}
+
+#[test]
+fn a_relay_answer_waits_longer_for_a_direct_one() {
+    let (a, b) = (key(), key());
+    let t0 = Instant::now();
+    let cands = vec![reflexive("198.51.100.2:6000"), relay("198.51.100.9:50000")];
+    let mut p = puncher(&a, &b, cands.clone(), t0);
+    let sent = p.handle_timeout(t0);
+    let to = |a: &str| sent.iter().find(|t| t.0 == addr(a)).unwrap().clone();
+    let (refl, rel) = (to("198.51.100.2:6000"), to("198.51.100.9:50000"));
+
+    // Only the relay answers: taken after RELAY_GRACE, not SETTLE_GRACE.
+    let answered = t0 + Duration::from_millis(10);
+    p.handle_ack(rel.0, &signed_ack(&ack_for(&b, &rel)), answered);
+    assert_eq!(settle(&mut p, answered), answered + RELAY_GRACE);
+    let Some(PunchOutcome::Connected(path)) = p.outcome() else {
+        panic!()
+    };
+    assert_eq!(path.kind, CandidateKind::Relay);
+
+    // A direct answer within the grace wins, SETTLE_GRACE after it.
+    let mut p = puncher(&a, &b, cands, t0);
+    p.handle_timeout(t0);
+    p.handle_ack(rel.0, &signed_ack(&ack_for(&b, &rel)), answered);
+    let direct = answered + Duration::from_millis(400);
+    p.handle_ack(refl.0, &signed_ack(&ack_for(&b, &refl)), direct);
+    // The reflexive candidate is the best possible here: taken at once.
+    let Some(PunchOutcome::Connected(path)) = p.outcome() else {
+        panic!("decided at once")
+    };
+    assert_eq!((path.addr, path.kind), (refl.0, CandidateKind::Reflexive));
+}
+
+#[test]
+fn a_probe_through_our_relay_teaches_a_relay_candidate() {
+    let (a, b) = (key(), key());
+    let t0 = Instant::now();
+    let mut p = puncher(&a, &b, vec![reflexive("198.51.100.2:6000")], t0);
+    p.handle_timeout(t0);
+    let probe = Probe {
+        from: b.id(),
+        nonce: p.nonce(),
+        seq: 0,
+    };
+    let bytes = probe.encode_probe(&b).unwrap();
+    let Ok(Message::Probe(signed)) = decode(&bytes) else {
+        panic!("a probe")
+    };
+    let alias = addr("240.0.0.1:6000");
+    assert!(p.handle_probe(alias, &signed, t0).is_some(), "answered");
+    let learned = p.candidates().iter().find(|c| c.addr == alias).unwrap();
+    assert_eq!(learned.kind, CandidateKind::Relay);
 }
 
 #[test]
