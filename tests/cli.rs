@@ -1,5 +1,5 @@
 //! The command line's contract: refused mounts with clear messages, `status --json`, `unmount`,
-//! signals, `--foreground`, and `verify` noticing damage.
+//! signals, `--foreground`, `verify` noticing damage, and the config file.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -481,4 +481,277 @@ fn device_identity_is_made_once_private_and_stable() {
         format!("name not remembered: {again}")
     });
     m.unmount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The config file
+// ---------------------------------------------------------------------------------------------
+
+/// `fybrk rendezvous` on a free loopback port, stopped on drop.
+struct RendezvousServer {
+    _child: ChildGuard,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+}
+
+impl RendezvousServer {
+    fn start() -> RendezvousServer {
+        use std::io::BufRead;
+        let mut child = Command::new(fybrk_tests::fybrk_bin())
+            .args(["rendezvous", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fybrk rendezvous");
+        let out = child.stdout.take().expect("rendezvous stdout");
+        let guard = ChildGuard(child);
+        // "fybrk rendezvous: serving on UDP 127.0.0.1:PORT"
+        let mut line = String::new();
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read the rendezvous server's first line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|a| a.starts_with("127.0.0.1:"))
+            .unwrap_or_else(|| panic!("fybrk rendezvous printed {line:?}"))
+            .to_owned();
+        RendezvousServer {
+            _child: guard,
+            addr,
+        }
+    }
+}
+
+/// The daemon log from byte `from` on.
+fn log_since(m: &Mount, from: u64) -> String {
+    let log = fs::read(m.state.join("daemon.log")).unwrap_or_default();
+    String::from_utf8_lossy(&log[(from as usize).min(log.len())..]).into_owned()
+}
+
+fn log_len(m: &Mount) -> u64 {
+    fs::metadata(m.state.join("daemon.log")).map_or(0, |md| md.len())
+}
+
+/// Waits until the daemon's log (from byte `from`) says it registered at a rendezvous server.
+fn assert_registers(m: &Mount, from: u64, what: &str) {
+    let registered = wait_until(Duration::from_secs(15), || {
+        log_since(m, from).contains("registered at the rendezvous server")
+    });
+    m.check(registered, || {
+        format!("{what}: the daemon never registered at the rendezvous server")
+    });
+}
+
+/// A config file that only points STUN at a port where nothing answers: no test asks a public
+/// STUN server.
+const NO_STUN: &str = "stun = [\"127.0.0.1:9\"]\n";
+
+#[test]
+fn a_malformed_config_file_stops_mount_before_anything_is_mounted() {
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
+    let _guard = MountPointGuard(m.mnt.clone());
+    let default = m.state.join("config.toml");
+    let default_s = default.display().to_string();
+    // (file contents, what the error must say besides the file name)
+    let cases: &[(&str, &[&str])] = &[
+        ("name = \"a\"\nrendezvous = \n", &[":2:14:"]),
+        (
+            "listen = \"127.0.0.1:0\"\nrendevous = \"127.0.0.1:1\"\n",
+            &[":2:1:", "unknown key `rendevous`", "`rendezvous`", "`turn`"],
+        ),
+        (
+            "turn = \"turn:127.0.0.1:3478?pass=hunter2\"\n",
+            &[":1:8: turn:", "user= is missing"],
+        ),
+        (
+            "\nlisten = \"localhost:22100\"\n",
+            &[":2:10: listen:", "not an IP:PORT"],
+        ),
+        ("rendezvous = \"nowhere\"\n", &[":1:14: rendezvous:"]),
+    ];
+    for (text, needles) in cases {
+        fs::write(&default, text).unwrap();
+        let out = m.try_mount();
+        m.adopt_daemon();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        m.check(!out.status.success(), || {
+            format!("mount with config {text:?} succeeded\n{}", describe(&out))
+        });
+        for needle in std::iter::once(&default_s.as_str()).chain(needles.iter()) {
+            m.check(err.contains(needle), || {
+                format!(
+                    "config {text:?}: stderr should contain {needle:?}\n{}",
+                    describe(&out)
+                )
+            });
+        }
+        m.check(!err.contains("hunter2"), || {
+            format!("the error shows the TURN password\n{}", describe(&out))
+        });
+        assert_nothing_started(&m, &m.mnt);
+    }
+
+    // --config FILE: that file, not the state dir's, and it must exist.
+    fs::write(&default, "name = \"fine\"\n").unwrap();
+    let named = m.root().join("other.toml");
+    let named_s = named.display().to_string();
+    let out = m.try_mount_with(&["--config", &named_s]);
+    m.adopt_daemon();
+    assert_refused(
+        &m,
+        &out,
+        &["does not exist"],
+        "--config naming a missing file",
+    );
+    m.check(
+        String::from_utf8_lossy(&out.stderr).contains(&named_s),
+        || format!("the error should name {named_s}\n{}", describe(&out)),
+    );
+    assert_nothing_started(&m, &m.mnt);
+    fs::write(&named, "turn = 5\n").unwrap();
+    let out = fybrk_tests::run_timeout(
+        m.cmd(&["mount"]).arg(&m.mnt).env("FYBRK_CONFIG", &named),
+        Duration::from_secs(60),
+    );
+    m.adopt_daemon();
+    m.check(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(&format!("{named_s}:1:8: turn:")),
+        || format!("FYBRK_CONFIG naming a bad file\n{}", describe(&out)),
+    );
+    assert_nothing_started(&m, &m.mnt);
+}
+
+#[test]
+fn the_config_file_sets_the_rendezvous_server_listen_address_and_name() {
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
+    let rdv = RendezvousServer::start();
+    let config = m.state.join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "# written by the test\nlisten = \"127.0.0.1:0\"\nname = \"from-config\"\n\
+             rendezvous = \"{}\"\n{NO_STUN}\
+             turn = \"turn:127.0.0.1:9?user=u&pass=file-secret\"\n",
+            rdv.addr
+        ),
+    )
+    .unwrap();
+    m.mount();
+    assert_registers(&m, 0, "rendezvous from the config file");
+    let st = m.status_json();
+    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
+        format!(
+            "status should show the rendezvous server {}: {st}",
+            rdv.addr
+        )
+    });
+    m.check(
+        st["config_file"] == config.display().to_string().as_str(),
+        || format!("status should name the config file: {st}"),
+    );
+    m.check(st["device_name"] == "from-config", || {
+        format!("name from the config file: {st}")
+    });
+    m.check(
+        st["listen_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        || format!("listen address from the config file: {st}"),
+    );
+    let out = m.run(&["status"], Duration::from_secs(30));
+    m.check(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("rendezvous    {}", rdv.addr)),
+        || {
+            format!(
+                "`fybrk status` should show the rendezvous server\n{}",
+                describe(&out)
+            )
+        },
+    );
+    // The daemon read the TURN password from the file itself: it is not on its command line.
+    let cmdline = fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap_or_default();
+    m.check(
+        !String::from_utf8_lossy(&cmdline).contains("file-secret"),
+        || "the TURN password from the config file is in the daemon's command line".into(),
+    );
+    m.unmount();
+}
+
+#[test]
+fn the_command_line_and_the_environment_win_over_the_config_file() {
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
+    let rdv = RendezvousServer::start();
+    // Nothing serves 127.0.0.1:1: only an override makes the daemon register.
+    fs::write(
+        m.state.join("config.toml"),
+        format!(
+            "listen = \"127.0.0.1:0\"\nname = \"from-config\"\nrendezvous = \"127.0.0.1:1\"\n\
+             {NO_STUN}"
+        ),
+    )
+    .unwrap();
+
+    // Flags.
+    let from = log_len(&m);
+    m.mount_with(&[
+        "--rendezvous",
+        &rdv.addr,
+        "--name",
+        "from-flag",
+        "--turn",
+        "turn:127.0.0.1:9?user=u&pass=flag-secret",
+    ]);
+    assert_registers(&m, from, "--rendezvous over the config file");
+    let st = m.status_json();
+    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
+        format!("--rendezvous should win over the file: {st}")
+    });
+    m.check(st["device_name"] == "from-flag", || {
+        format!("--name should win over the file: {st}")
+    });
+    // The daemon child got the --turn password through its environment, not its arguments.
+    let cmdline = fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap_or_default();
+    m.check(
+        !String::from_utf8_lossy(&cmdline).contains("flag-secret"),
+        || "the --turn password is in the daemon's command line".into(),
+    );
+    m.unmount();
+
+    // The environment (with the name now remembered, the file's name wins over that).
+    let from = log_len(&m);
+    let out = fybrk_tests::run_timeout(
+        m.cmd(&["mount"])
+            .arg(&m.mnt)
+            .env("FYBRK_RENDEZVOUS", &rdv.addr),
+        Duration::from_secs(60),
+    );
+    m.adopt_daemon();
+    m.check(out.status.success() && is_mounted(&m.mnt), || {
+        format!("mount with FYBRK_RENDEZVOUS failed\n{}", describe(&out))
+    });
+    assert_registers(&m, from, "FYBRK_RENDEZVOUS over the config file");
+    let st = m.status_json();
+    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
+        format!("FYBRK_RENDEZVOUS should win over the file: {st}")
+    });
+    m.check(st["device_name"] == "from-config", || {
+        format!("the file's name should apply without --name: {st}")
+    });
+    let out = m.run(
+        &["unmount", m.mnt.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    m.check(out.status.success() && !is_mounted(&m.mnt), || {
+        format!("unmount failed\n{}", describe(&out))
+    });
 }

@@ -471,9 +471,11 @@ fn nat_bench() {
         "{:<22} {:>10} {:>14} {:>12}",
         "pair", "path", "connect (s)", "MiB/s"
     );
+    let turn = SocketAddr::from((lab::TURN_IP, lab::coturn::TURN_PORT));
     for (tag, ka, kb) in [
         ("bd", RouterKind::Home, RouterKind::Home),
         ("br", RouterKind::Symmetric, RouterKind::Symmetric),
+        ("bu", RouterKind::Home, RouterKind::UdpBlockedExceptTurn(turn)),
     ] {
         let data = Gen::new(99).bytes(64 << 20);
         let mut figures = None;

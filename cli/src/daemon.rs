@@ -19,6 +19,7 @@ use crate::node::{Listen, Node, Traversal};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
+use crate::config::Config;
 use crate::control::{self, Request};
 use crate::mounts;
 use crate::state::StateDir;
@@ -26,30 +27,35 @@ use crate::state::StateDir;
 /// How often the daemon frees chunks nothing references any more.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
 
-/// How the daemon talks to other devices (`mount` options).
+/// How the daemon talks to other devices (`mount` options). Each is also a key of the config
+/// file (see [`Config`]); a flag or its environment variable wins over the file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct NetArgs {
-    /// UDP address for connections from other devices (QUIC). Default 0.0.0.0:22100; if
-    /// that port is taken, a random one (kept for next time).
+    /// UDP address for connections from other devices (QUIC; also the config file's
+    /// `listen`). Default 0.0.0.0:22100; if that port is taken, a random one (kept for next
+    /// time).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Rendezvous server (`fybrk rendezvous`) through which devices behind NATs find each
-    /// other. Without one, devices are reached at the addresses they were last seen at.
+    /// other (also the config file's `rendezvous`). Without one, devices are reached at the
+    /// addresses they were last seen at.
     #[arg(long, value_name = "HOST:PORT", env = "FYBRK_RENDEZVOUS")]
     pub rendezvous: Option<String>,
     /// STUN server for learning this device's public address (repeat for more; also
-    /// FYBRK_STUN, comma separated). Default: stun.l.google.com:19302 and stun1..3. Used only
-    /// with --rendezvous.
+    /// FYBRK_STUN, comma separated, or the config file's `stun`). Default:
+    /// stun.l.google.com:19302 and stun1..3. Used only with --rendezvous.
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
     /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
-    /// FYBRK_TURN). Used with --rendezvous; both devices need one for a relayed connection.
+    /// FYBRK_TURN, or the config file's `turn`). Used with --rendezvous; both devices need one
+    /// for a relayed connection.
     #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
     pub turn: Option<String>,
 }
 
 impl NetArgs {
-    /// The same options as command-line arguments, for the daemon child.
+    /// The same options as command-line arguments, for the daemon child, except `--turn`: its
+    /// password would show in `ps`. The child gets that in `FYBRK_TURN` (see [`spawn`]).
     fn to_args(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(l) = self.listen {
@@ -61,16 +67,23 @@ impl NetArgs {
         for s in &self.stun {
             out.extend(["--stun".to_string(), s.clone()]);
         }
-        if let Some(t) = &self.turn {
-            out.extend(["--turn".to_string(), t.clone()]);
-        }
         out
     }
 }
 
 /// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
-pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Result<()> {
+/// `config` is `--config`; `name` and `net` are the command line's (and environment's) options:
+/// the child reads the config file itself, so a TURN password in it never shows in `ps`.
+pub fn spawn(
+    state: &StateDir,
+    config: Option<&Path>,
+    mnt: &Path,
+    name: Option<&str>,
+    net: &NetArgs,
+) -> Result<()> {
+    // A bad config file is reported here, on the terminal, before anything starts.
+    let file = Config::load(config, state)?;
     preflight(state, mnt)?;
     state.create()?;
     let log = std::fs::OpenOptions::new()
@@ -80,9 +93,11 @@ pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) ->
         .with_context(|| format!("cannot open {}", state.log().display()))?;
     let exe = std::env::current_exe().context("cannot find the fybrk executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--state")
-        .arg(&state.root)
-        .arg("mount")
+    cmd.arg("--state").arg(&state.root);
+    if let (Some(_), Some(path)) = (config, &file.path) {
+        cmd.arg("--config").arg(path);
+    }
+    cmd.arg("mount")
         .arg(mnt)
         .arg("--foreground")
         .arg("--notify-ready");
@@ -90,6 +105,10 @@ pub fn spawn(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) ->
         cmd.arg("--name").arg(name);
     }
     cmd.args(net.to_args());
+    if let Some(turn) = &net.turn {
+        // Given as --turn or FYBRK_TURN here: either way it still beats the config file.
+        cmd.env("FYBRK_TURN", turn);
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -166,9 +185,11 @@ fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
 }
 
 /// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
-/// first line on stdout tells the parent `ready` or `error: ...`.
+/// first line on stdout tells the parent `ready` or `error: ...`. `config`, `name` and `net` as
+/// for [`spawn`].
 pub fn run(
     state: &StateDir,
+    config: Option<&Path>,
     mnt: &Path,
     name: Option<&str>,
     net: &NetArgs,
@@ -182,7 +203,7 @@ pub fn run(
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let started = start(state, mnt, name, net);
+    let started = start(state, config, mnt, name, net);
     if notify_ready {
         let mut out = std::io::stdout().lock();
         let line = match &started {
@@ -220,10 +241,20 @@ struct Identity {
     name: String,
 }
 
+/// Where the daemon's options came from, as shown by `status`.
+#[derive(Clone)]
+struct Settings {
+    /// The config file read at start, if there was one.
+    config: Option<PathBuf>,
+    /// The rendezvous server (`HOST:PORT`) from the command line, environment or config file.
+    rendezvous: Option<String>,
+}
+
 struct Daemon {
     state: StateDir,
     mount_point: PathBuf,
     identity: Identity,
+    settings: Settings,
     fs: Arc<Fs>,
     node: Node,
     /// Paths changed by peers, for the kernel invalidator (started with the session).
@@ -232,7 +263,17 @@ struct Daemon {
     _lock: std::fs::File,
 }
 
-fn start(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Result<Daemon> {
+fn start(
+    state: &StateDir,
+    config: Option<&Path>,
+    mnt: &Path,
+    name: Option<&str>,
+    net: &NetArgs,
+) -> Result<Daemon> {
+    let file = Config::load(config, state)?;
+    let stun_env = std::env::var(fybrk_net::stun::STUN_ENV).ok();
+    let (net, name) = file.apply(net, name, stun_env.as_deref());
+    let name = name.as_deref();
     preflight(state, mnt)?;
     state.create()?;
     let lock = state.lock()?;
@@ -248,6 +289,13 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Res
         name: crate::state::device_name(state, name)?,
     };
     tracing::info!(device = %identity.id, name = %identity.name, "device identity");
+    if let Some(path) = &file.path {
+        tracing::info!(file = %path.display(), "read the config file");
+        let shared = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+        if file.turn.is_some() && shared {
+            tracing::warn!(file = %path.display(), "the config file holds a TURN password and other users can read it: chmod 600 it");
+        }
+    }
     crate::node::finish_join(state, identity.id.short())?;
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
@@ -310,6 +358,10 @@ fn start(state: &StateDir, mnt: &Path, name: Option<&str>, net: &NetArgs) -> Res
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
         identity,
+        settings: Settings {
+            config: file.path,
+            rendezvous: net.rendezvous,
+        },
         fs,
         node,
         invalidations,
@@ -395,12 +447,13 @@ impl Daemon {
             let mnt = mnt.clone();
             let unmount = unmount.clone();
             let identity = self.identity.clone();
+            let settings = self.settings.clone();
             let node = node.clone();
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
                     control::serve(listener, move |req| {
-                        handle(req, &fs, &node, &mnt, &identity, &unmount)
+                        handle(req, &fs, &node, &mnt, &identity, &settings, &unmount)
                     });
                 })?;
         }
@@ -435,10 +488,11 @@ fn handle(
     node: &Node,
     mnt: &Path,
     identity: &Identity,
+    settings: &Settings,
     unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>,
 ) -> Result<serde_json::Value> {
     match req {
-        Request::Status => Ok(status_json(&fs.store(), node, mnt, identity)),
+        Request::Status => Ok(status_json(&fs.store(), node, mnt, identity, settings)),
         Request::Verify => Ok(serde_json::to_value(fs.store().verify()?)?),
         Request::Gc => Ok(serde_json::to_value(fs.store().gc()?)?),
         Request::Unmount => {
@@ -462,7 +516,13 @@ fn handle(
     }
 }
 
-fn status_json(store: &Store, node: &Node, mnt: &Path, identity: &Identity) -> serde_json::Value {
+fn status_json(
+    store: &Store,
+    node: &Node,
+    mnt: &Path,
+    identity: &Identity,
+    settings: &Settings,
+) -> serde_json::Value {
     let s = store.stats();
     let ratio = if s.stored_bytes == 0 {
         1.0
@@ -488,6 +548,8 @@ fn status_json(store: &Store, node: &Node, mnt: &Path, identity: &Identity) -> s
         "chunks": s.chunks,
         "dedup_ratio": ratio,
         "sequence": store.sequence(),
+        "config_file": settings.config,
+        "rendezvous": settings.rendezvous,
     });
     if let (Some(out), serde_json::Value::Object(net)) = (out.as_object_mut(), node.status()) {
         out.extend(net);

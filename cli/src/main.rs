@@ -1,5 +1,6 @@
 //! `fybrk`: the command line and the daemon.
 
+mod config;
 mod control;
 mod daemon;
 mod mounts;
@@ -27,6 +28,10 @@ struct Cli {
     /// State directory (database, key, socket, log). Default: $XDG_DATA_HOME/fybrk.
     #[arg(long, global = true, env = "FYBRK_STATE", value_name = "DIR")]
     state: Option<PathBuf>,
+    /// Config file with defaults for `mount` (listen, name, rendezvous, stun, turn). Default:
+    /// config.toml in the state dir, if it exists.
+    #[arg(long, global = true, env = "FYBRK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -40,7 +45,8 @@ enum Cmd {
         /// Stay attached; Ctrl-C or SIGTERM unmounts.
         #[arg(long)]
         foreground: bool,
-        /// This device's name as other devices see it (default: the hostname). Remembered.
+        /// This device's name as other devices see it (also the config file's `name`;
+        /// default: the hostname). Remembered.
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -101,7 +107,8 @@ enum Cmd {
     /// address as each STUN server sees it, and whether the NAT keeps one mapping (peers can
     /// punch through) or changes it per destination (a relay will be needed).
     NatCheck {
-        /// STUN server to ask (repeat for more; also FYBRK_STUN). Default: Google's public ones.
+        /// STUN server to ask (repeat for more; also FYBRK_STUN or the config file's `stun`).
+        /// Default: Google's public ones.
         #[arg(long, value_name = "HOST:PORT")]
         stun: Vec<String>,
         /// Machine-readable output.
@@ -165,9 +172,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
-                daemon::run(&state, &mnt, name.as_deref(), &net, notify_ready)?;
+                daemon::run(
+                    &state,
+                    cli.config.as_deref(),
+                    &mnt,
+                    name.as_deref(),
+                    &net,
+                    notify_ready,
+                )?;
             } else {
-                daemon::spawn(&state, &mnt, name.as_deref(), &net)?;
+                daemon::spawn(&state, cli.config.as_deref(), &mnt, name.as_deref(), &net)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -181,7 +195,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),
-        Cmd::NatCheck { stun, json } => nat_check(&stun, json),
+        Cmd::NatCheck { stun, json } => {
+            // The same STUN servers as the daemon: --stun, else FYBRK_STUN, else the config file.
+            let file = config::Config::load(cli.config.as_deref(), &state)?;
+            let stun_env = std::env::var(fybrk_net::stun::STUN_ENV).ok();
+            let flags = daemon::NetArgs {
+                stun,
+                ..daemon::NetArgs::default()
+            };
+            let (net, _) = file.apply(&flags, None, stun_env.as_deref());
+            nat_check(&net.stun, json)
+        }
         Cmd::Unmount { dir } => {
             unmount(&state, &mounts::absolute(&dir)?)?;
             Ok(ExitCode::SUCCESS)
@@ -471,6 +495,12 @@ pub(crate) fn print_status(s: &Value) {
         "listening     {} (UDP)",
         s["listen_addr"].as_str().unwrap_or("?")
     );
+    if let Some(r) = s["rendezvous"].as_str() {
+        println!("rendezvous    {r}");
+    }
+    if let Some(c) = s["config_file"].as_str() {
+        println!("config file   {c}");
+    }
     let nat = &s["nat"];
     if !nat.is_null() {
         let public = nat["public_addr"].as_str().unwrap_or("unknown");

@@ -206,10 +206,10 @@ pub fn sync_dir(path: &Path) -> Result<()> {
 /// hostname.
 pub fn device_name(state: &StateDir, given: Option<&str>) -> Result<String> {
     if let Some(name) = given {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        if !valid_device_name(name) {
             bail!("--name must be 1 to 64 printable characters");
         }
+        let name = name.trim();
         fs::write(state.device_name(), name)
             .with_context(|| format!("cannot save {}", state.device_name().display()))?;
         return Ok(name.to_owned());
@@ -218,6 +218,12 @@ pub fn device_name(state: &StateDir, given: Option<&str>) -> Result<String> {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
         _ => Ok(fybrk_net::identity::default_device_name()),
     }
+}
+
+/// Whether `name` (trimmed) can be a device name: 1 to 64 bytes, no control characters.
+pub fn valid_device_name(name: &str) -> bool {
+    let name = name.trim();
+    !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control)
 }
 
 /// True if `p` is a directory with no entries.

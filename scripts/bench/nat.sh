@@ -4,8 +4,10 @@
 #
 #   sudo scripts/bench/nat.sh
 #
-# For a home-home pair (direct, hole-punched through the lab's rendezvous server) and a
-# symmetric-symmetric pair (relayed through coturn), prints:
+# For a home-home pair (direct, hole-punched through the lab's rendezvous server), a
+# symmetric-symmetric pair (relayed through coturn: one side reaches the other's relayed
+# address) and a home / UDP-blocked pair (the blocked side sends everything through coturn),
+# prints:
 #   connect (s)  from starting the second device's daemon to a file written while it was down
 #                being readable on it (targets: direct <= 2 s, relayed <= 5 s)
 #   MiB/s        a 64 MiB file written on the first device until verified on the second
@@ -15,7 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 case "${1:-}" in
-    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "nat.sh: needs root (network namespaces)" >&2

@@ -1,0 +1,430 @@
+//! The config file: `config.toml` in the state dir, or the file named by `--config` /
+//! `FYBRK_CONFIG`. It holds defaults for `fybrk mount`'s network options and device name:
+//!
+//! ```toml
+//! listen = "0.0.0.0:22100"
+//! name = "laptop"
+//! rendezvous = "rdv.example.org:22101"
+//! stun = ["stun.example.org:3478"]
+//! turn = "turn:turn.example.org:3478?user=me&pass=secret"
+//! ```
+//!
+//! Every key is optional. The command line wins over the environment (`FYBRK_RENDEZVOUS`,
+//! `FYBRK_STUN`, `FYBRK_TURN`), which wins over this file, which wins over the built-in defaults.
+//! Values are checked when the file is read, so a mistake stops `fybrk mount` before anything is
+//! mounted, with the file, line and column in the message.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::daemon::NetArgs;
+use crate::state::StateDir;
+
+/// The config file's name in the state dir.
+pub const FILE_NAME: &str = "config.toml";
+
+/// The options a config file gave, checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    /// The file they came from; `None` when there is none.
+    pub path: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub name: Option<String>,
+    pub rendezvous: Option<String>,
+    pub stun: Vec<String>,
+    pub turn: Option<String>,
+}
+
+/// A config file that cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config FILE` names a file that is not there (the default file may be missing).
+    #[error("the config file {} does not exist (given by --config or FYBRK_CONFIG)", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Bad TOML, an unknown key, a value of the wrong type, or a value that does not parse.
+    #[error("config file {}:{line}:{column}: {what}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        what: String,
+    },
+}
+
+/// The file as written, with where each value is (for error messages).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    rendezvous: Option<Spanned<String>>,
+    stun: Option<Vec<Spanned<String>>>,
+    turn: Option<Spanned<String>>,
+}
+
+impl Config {
+    /// Reads `explicit` (`--config`), else `STATE/config.toml`. A missing default file is no
+    /// config; a missing explicit one is an error.
+    pub fn load(explicit: Option<&Path>, state: &StateDir) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+            None => state.root.join(FILE_NAME),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match explicit {
+                Some(_) => Err(ConfigError::Missing { path }),
+                None => Ok(Config::default()),
+            },
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses and checks the text of the config file at `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, what: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                what,
+            }
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            // serde speaks of fields and sequences; a TOML file has keys and arrays. One line:
+            // the daemon reports its start-up error to `fybrk mount` as one line.
+            let mut what = e
+                .message()
+                .trim()
+                .replace("unknown field", "unknown key")
+                .replace("a sequence", "an array")
+                .replace('\n', "; ");
+            // A value of the wrong type: say whose.
+            if let Some(key) = e.span().and_then(|s| key_of_value_at(text, s.start)) {
+                what = format!("{key}: {what}");
+            }
+            invalid(e.span(), what)
+        })?;
+        // Each value is checked where it is, so the message can point at it.
+        let check = |key: &str, v: &Spanned<String>, ok: Result<(), String>| {
+            ok.map_err(|why| invalid(Some(v.span()), format!("{key}: {why}")))
+        };
+        let listen = match &raw.listen {
+            None => None,
+            Some(v) => {
+                let addr = v.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        Some(v.span()),
+                        format!(
+                            "listen: {:?} is not an IP:PORT address (e.g. 0.0.0.0:22100)",
+                            v.get_ref()
+                        ),
+                    )
+                })?;
+                Some(addr)
+            }
+        };
+        if let Some(v) = &raw.name {
+            let ok = crate::state::valid_device_name(v.get_ref())
+                .then_some(())
+                .ok_or_else(|| "a device name is 1 to 64 printable characters".to_string());
+            check("name", v, ok)?;
+        }
+        if let Some(v) = &raw.rendezvous {
+            check("rendezvous", v, check_host_port(v.get_ref()))?;
+        }
+        for v in raw.stun.iter().flatten() {
+            let ok = v
+                .get_ref()
+                .parse::<fybrk_net::stun::StunServer>()
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            check("stun", v, ok)?;
+        }
+        if let Some(v) = &raw.turn {
+            // The error masks the password.
+            let ok = v
+                .get_ref()
+                .parse::<fybrk_net::turn::TurnConfig>()
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            check("turn", v, ok)?;
+        }
+        let text = |v: Option<Spanned<String>>| v.map(|v| v.into_inner().trim().to_string());
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            listen,
+            name: text(raw.name),
+            rendezvous: text(raw.rendezvous),
+            stun: raw
+                .stun
+                .into_iter()
+                .flatten()
+                .map(Spanned::into_inner)
+                .collect(),
+            turn: text(raw.turn),
+        })
+    }
+
+    /// The mount options in force: `net` and `name` from the command line (clap has already
+    /// put `FYBRK_RENDEZVOUS` and `FYBRK_TURN` in where no flag was given), `stun_env` the
+    /// value of `FYBRK_STUN`, and this file for whatever is still unset.
+    pub fn apply(
+        &self,
+        net: &NetArgs,
+        name: Option<&str>,
+        stun_env: Option<&str>,
+    ) -> (NetArgs, Option<String>) {
+        let stun = if !net.stun.is_empty() || stun_env.is_some_and(|e| !e.trim().is_empty()) {
+            // Left to `stun_servers`, which takes the flags, else the environment.
+            net.stun.clone()
+        } else {
+            self.stun.clone()
+        };
+        let net = NetArgs {
+            listen: net.listen.or(self.listen),
+            rendezvous: net.rendezvous.clone().or_else(|| self.rendezvous.clone()),
+            stun,
+            turn: net.turn.clone().or_else(|| self.turn.clone()),
+        };
+        let name = name.map(str::to_string).or_else(|| self.name.clone());
+        (net, name)
+    }
+}
+
+/// Checks `HOST:PORT` (a rendezvous server's port has no default). The name is looked up when
+/// the daemon starts.
+fn check_host_port(s: &str) -> Result<(), String> {
+    let bad = || format!("{s:?} is not HOST:PORT (e.g. rdv.example.org:22101)");
+    let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    if host.is_empty() || host.contains(char::is_whitespace) || !port_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The key whose value is at byte `offset` of `text`, if `text` is valid TOML.
+fn key_of_value_at(text: &str, offset: usize) -> Option<String> {
+    let table: std::collections::BTreeMap<String, Spanned<toml::Value>> =
+        toml::from_str(text).ok()?;
+    table
+        .into_iter()
+        .find(|(_, v)| v.span().contains(&offset))
+        .map(|(k, _)| k)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/fybrk.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("{text:?} parsed: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(
+            r#"
+listen = "127.0.0.1:9000"
+name = "laptop"
+rendezvous = "rdv.example.org:22101"
+stun = ["stun.example.org:3478", "192.0.2.1"]
+turn = "turn:turn.example.org:3478?user=u&pass=p"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.name.as_deref(), Some("laptop"));
+        assert_eq!(c.rendezvous.as_deref(), Some("rdv.example.org:22101"));
+        assert_eq!(c.stun, ["stun.example.org:3478", "192.0.2.1"]);
+        assert_eq!(
+            c.turn.as_deref(),
+            Some("turn:turn.example.org:3478?user=u&pass=p")
+        );
+        assert_eq!(c.path.as_deref(), Some(Path::new("/etc/fybrk.toml")));
+    }
+
+    #[test]
+    fn an_empty_file_sets_nothing() {
+        let c = parse("# nothing here\n").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                path: Some("/etc/fybrk.toml".into()),
+                ..Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_toml_names_the_file_line_and_column() {
+        let e = error("name = \"a\"\nrendezvous = \n");
+        assert!(e.starts_with("config file /etc/fybrk.toml:2:"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_valid_ones() {
+        let e = error("listen = \"0.0.0.0:1\"\nrendevous = \"x:1\"\n");
+        assert!(e.starts_with("config file /etc/fybrk.toml:2:1: "), "{e}");
+        assert!(e.contains("unknown key `rendevous`"), "{e}");
+        for key in ["listen", "name", "rendezvous", "stun", "turn"] {
+            assert!(e.contains(&format!("`{key}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_is_an_error() {
+        let e = error("stun = \"stun.example.org:3478\"\n");
+        assert!(
+            e.starts_with("config file /etc/fybrk.toml:1:8: stun: "),
+            "{e}"
+        );
+        assert!(e.contains("expected an array"), "{e}");
+        let e = error("name = \"a\"\nlisten = 22100\n");
+        assert!(
+            e.starts_with("config file /etc/fybrk.toml:2:10: listen: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_position() {
+        let e = error("\n\nlisten = \"localhost\"\n");
+        assert!(
+            e.starts_with("config file /etc/fybrk.toml:3:10: listen:"),
+            "{e}"
+        );
+        let e = error("rendezvous = \"rdv.example.org\"\n");
+        assert!(e.contains(":1:14: rendezvous:"), "{e}");
+        let e = error("stun = [\"a:1\",\n  \"b:port\"]\n");
+        assert!(e.contains(":2:3: stun:"), "{e}");
+        let e = error("name = \"\"\n");
+        assert!(e.contains(":1:8: name:"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_turn_url_names_the_key_and_hides_the_password() {
+        let e = error("turn = \"turn:relay.example.org:3478?pass=hunter2\"\n");
+        assert!(e.contains(":1:8: turn:"), "{e}");
+        assert!(e.contains("user= is missing"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_default_file_is_no_config_but_a_missing_explicit_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir {
+            root: dir.path().to_path_buf(),
+        };
+        assert_eq!(Config::load(None, &state).unwrap(), Config::default());
+        let named = dir.path().join("nope.toml");
+        let e = Config::load(Some(&named), &state).unwrap_err().to_string();
+        assert!(e.contains("nope.toml does not exist"), "{e}");
+
+        std::fs::write(dir.path().join(FILE_NAME), "name = \"from-state\"\n").unwrap();
+        let c = Config::load(None, &state).unwrap();
+        assert_eq!(c.name.as_deref(), Some("from-state"));
+        std::fs::write(&named, "name = \"named\"\n").unwrap();
+        let c = Config::load(Some(&named), &state).unwrap();
+        assert_eq!(c.name.as_deref(), Some("named"));
+    }
+
+    fn file() -> Config {
+        parse(
+            r#"
+listen = "127.0.0.1:9000"
+name = "file-name"
+rendezvous = "file.example.org:1"
+stun = ["file-stun.example.org:1"]
+turn = "turn:file.example.org:1?user=u&pass=p"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_file_fills_what_the_command_line_leaves_unset() {
+        let (net, name) = file().apply(&NetArgs::default(), None, None);
+        assert_eq!(net.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(net.rendezvous.as_deref(), Some("file.example.org:1"));
+        assert_eq!(net.stun, ["file-stun.example.org:1"]);
+        assert_eq!(
+            net.turn.as_deref(),
+            Some("turn:file.example.org:1?user=u&pass=p")
+        );
+        assert_eq!(name.as_deref(), Some("file-name"));
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file() {
+        let cli = NetArgs {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            rendezvous: Some("cli.example.org:2".into()),
+            stun: vec!["cli-stun.example.org:2".into()],
+            turn: Some("turn:cli.example.org:2?user=c&pass=c".into()),
+        };
+        let (net, name) = file().apply(&cli, Some("cli-name"), Some("env-stun:3"));
+        assert_eq!(net.listen, cli.listen);
+        assert_eq!(net.rendezvous, cli.rendezvous);
+        assert_eq!(net.stun, cli.stun);
+        assert_eq!(net.turn, cli.turn);
+        assert_eq!(name.as_deref(), Some("cli-name"));
+    }
+
+    #[test]
+    fn fybrk_stun_wins_over_the_file() {
+        // An empty list tells `stun_servers` to read FYBRK_STUN.
+        let (net, _) = file().apply(&NetArgs::default(), None, Some("env-stun:3"));
+        assert!(net.stun.is_empty());
+        // An empty FYBRK_STUN is no setting.
+        let (net, _) = file().apply(&NetArgs::default(), None, Some(" "));
+        assert_eq!(net.stun, ["file-stun.example.org:1"]);
+    }
+
+    #[test]
+    fn no_file_and_no_flags_leave_the_defaults() {
+        let (net, name) = Config::default().apply(&NetArgs::default(), None, None);
+        assert!(net.listen.is_none() && net.rendezvous.is_none() && net.turn.is_none());
+        assert!(net.stun.is_empty() && name.is_none());
+    }
+
+    #[test]
+    fn host_port() {
+        assert!(check_host_port("rdv.example.org:22101").is_ok());
+        assert!(check_host_port("[2001:db8::1]:22101").is_ok());
+        for bad in ["rdv.example.org", ":22101", "rdv:0", "rdv:x", "a b:1", ""] {
+            assert!(check_host_port(bad).is_err(), "{bad:?}");
+        }
+    }
+}
