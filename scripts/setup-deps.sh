@@ -40,9 +40,10 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   e2fsprogs        chattr/lsattr/mkfs.ext4, for tests that compare against a native filesystem
 #   coturn           real STUN/TURN server for the NAT lab (turnserver; its turnutils_* clients)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
+#   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network
 #   syncthing        the side-by-side peer in the sync benchmark
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
-    coturn nftables iproute2 syncthing hyperfine)
+    coturn nftables iproute2 conntrack syncthing hyperfine)
 
 pkgs=("${base_pkgs[@]}")
 if [[ $with_test -eq 1 ]]; then

@@ -80,15 +80,17 @@ fn pair_and_sync(
     pair_and_sync_then(tag, ka, kb, loss, false, false, data, |_, _, _| {})
 }
 
-/// The lab's servers, handed to a scenario's `then` (dropping one stops it), and the devices'
-/// routers.
-struct Servers {
+/// What a scenario's `then` gets besides the mounts: the lab's servers (dropping one stops it)
+/// and the two devices.
+struct Scene<'l> {
+    lab: &'l Lab,
     rendezvous: lab::LabChild,
     coturn: lab::Coturn,
-    routers: [Option<lab::Router>; 2],
+    dev_a: Device,
+    dev_b: Device,
 }
 
-/// [`pair_and_sync`], then `then(a, b, servers)` before the path is read. With `relay` both
+/// [`pair_and_sync`], then `then(a, b, scene)` before the path is read. With `relay` both
 /// devices have the lab's coturn as TURN relay; with `block_direct` their routers drop each
 /// other's public address (until `then` lifts it).
 #[allow(clippy::too_many_arguments)]
@@ -100,7 +102,7 @@ fn pair_and_sync_then(
     relay: bool,
     block_direct: bool,
     data: &[u8],
-    then: impl FnOnce(&Mount, &Mount, Servers),
+    then: impl FnOnce(&Mount, &Mount, Scene<'_>),
 ) -> Option<String> {
     if !lab::ready() {
         return None;
@@ -116,11 +118,10 @@ fn pair_and_sync_then(
     let rdv = lab.spawn_in_public("rendezvous", rdv);
     let dev_a = lab.add_device(ka);
     let dev_b = lab.add_device(kb);
-    let routers = [dev_a.router(), dev_b.router()];
     if block_direct {
         // No direct path between the two: each router drops the other's public address.
-        for (router, other) in [(&routers[0], &dev_b), (&routers[1], &dev_a)] {
-            if let Some(r) = router {
+        for (dev, other) in [(&dev_a, &dev_b), (&dev_b, &dev_a)] {
+            if let Some(r) = dev.router() {
                 r.block(&[other.public_ip()]);
             }
         }
@@ -170,6 +171,7 @@ fn pair_and_sync_then(
     {
         let state = b.state.clone();
         let mnt = b.mnt.clone();
+        let dev_b = dev_b.clone();
         let ns_cmd = move || {
             let mut m = dev_b.cmd(fybrk_bin());
             m.arg("--state").arg(&state).arg("mount").arg(&mnt);
@@ -192,10 +194,12 @@ fn pair_and_sync_then(
     then(
         &a,
         &b,
-        Servers {
+        Scene {
+            lab: &lab,
             rendezvous: rdv,
             coturn,
-            routers,
+            dev_a,
+            dev_b,
         },
     );
     RESTART.with(|r| r.borrow_mut().take());
@@ -334,6 +338,188 @@ fn coturn_killed_mid_transfer_while_direct_changes_nothing() {
     }
 }
 
+/// How a device's network changes under its running daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetChange {
+    /// Its router forgets every NAT mapping and hands out new public ports (a router reboot).
+    LostMappings,
+    /// Its router gets a new public address (the ISP reassigned it).
+    NewAddress,
+}
+
+/// How long a synced pair may take to sync again after one device's network changed. Where
+/// quinn's path migration cannot help, QUIC's idle timeout (30 s) notices the dead path; then
+/// both sides dial the addresses they know (3 s each) and ask the rendezvous server, which has
+/// the changed device's new address by then (it refreshes every 25 s): about 33 s in the lab.
+/// The rest is slack for a loaded CI machine.
+const RECOVERY: Duration = Duration::from_secs(75);
+
+/// The pid in `STATE/daemon.pid`.
+fn daemon_pid(m: &Mount) -> i32 {
+    let p = m.state.join("daemon.pid");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| m.fail(&format!("{p:?}: {e}")));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| m.fail(&format!("{p:?} holds {text:?}: {e}")))
+}
+
+/// Whether `m`'s daemon dialled its latest connection: its last `connected` log line says.
+fn dialled_last(m: &Mount) -> Option<bool> {
+    let log = std::fs::read_to_string(m.state.join("daemon.log")).ok()?;
+    let line = log.lines().rev().find(|l| l.contains(" connected peer="))?;
+    Some(line.contains("initiator=true"))
+}
+
+/// How long a connection must have been up before a test changes the network under it: longer
+/// than a dial or introduction still in flight from connecting (3 s punch, 3 s dial), whose
+/// new connection would otherwise replace the old one and hide what the change does.
+const SETTLED: u64 = 8;
+
+/// How many seconds `m` has been connected to `other`, if it is.
+fn connected_secs(m: &Mount, other: &Mount) -> Option<u64> {
+    let id = other.status_json()["device_id"].as_str()?.to_owned();
+    let s = m.status_json();
+    let p = s["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id.as_str())?;
+    p["connected_secs"].as_u64()
+}
+
+/// Whether `a` dialled the connection between `a` and `b`, once it has been up for [`SETTLED`]
+/// seconds on both sides and their logs agree.
+fn a_dialled(a: &Mount, b: &Mount) -> bool {
+    wait_for("a settled connection", Duration::from_secs(60), || {
+        let up = (connected_secs(a, b), connected_secs(b, a));
+        if !matches!(up, (Some(x), Some(y)) if x >= SETTLED && y >= SETTLED) {
+            return Err(format!("connected for (alpha, bravo) {up:?} s"));
+        }
+        match (dialled_last(a), dialled_last(b)) {
+            (Some(x), Some(y)) if x != y => Ok(x),
+            other => Err(format!("(alpha, bravo) dialled: {other:?}")),
+        }
+    })
+}
+
+/// Waits until `m` holds `name` with `want`.
+fn wait_file(m: &Mount, name: &str, want: &[u8], timeout: Duration) {
+    wait_for(name, timeout, || match std::fs::read(m.path(name)) {
+        Ok(d) if d == want => Ok(()),
+        Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+        Err(e) => Err(e.to_string()),
+    });
+}
+
+/// Changes the network of one device of a synced pair (alpha's if `on_a`), then writes a file
+/// on each side and waits until each reached the other. Returns how long that took.
+fn change_and_resync(
+    scene: &mut Scene<'_>,
+    (a, b): (&Mount, &Mount),
+    change: NetChange,
+    on_a: bool,
+    round: u32,
+) -> Duration {
+    let (dev, changed, other) = if on_a {
+        (&mut scene.dev_a, a, b)
+    } else {
+        (&mut scene.dev_b, b, a)
+    };
+    let new_ip = match change {
+        NetChange::LostMappings => {
+            dev.lose_mappings();
+            None
+        }
+        NetChange::NewAddress => Some(scene.lab.renumber(dev)),
+    };
+    let start = std::time::Instant::now();
+    let there = format!("round{round}-from-changed.txt");
+    let back = format!("round{round}-from-other.txt");
+    std::fs::write(changed.path(&there), there.as_bytes()).expect("write on the changed device");
+    std::fs::write(other.path(&back), back.as_bytes()).expect("write on the other device");
+    wait_file(other, &there, there.as_bytes(), RECOVERY);
+    wait_file(changed, &back, back.as_bytes(), RECOVERY);
+    let took = start.elapsed();
+    if let Some(ip) = new_ip {
+        // The other side sees the peer at its new address.
+        let id = changed.status_json()["device_id"]
+            .as_str()
+            .expect("device_id")
+            .to_owned();
+        wait_for("the peer at its new address", RECOVERY, || {
+            let s = other.status_json();
+            let addr = s["peers"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["id"] == id.as_str()))
+                .map(|p| p["addr"].clone());
+            match addr
+                .as_ref()
+                .and_then(|a| a.as_str()?.parse::<SocketAddr>().ok())
+            {
+                Some(addr) if addr.ip() == std::net::IpAddr::V4(ip) => Ok(()),
+                _ => Err(format!("peer address {addr:?}, want {ip}")),
+            }
+        });
+    }
+    took
+}
+
+/// Two home devices synced directly through the rendezvous; then one device's network changes
+/// (`change`), twice: first on the side that accepted the QUIC connection (the dialler's quinn
+/// client drops datagrams from an address it does not know), then on the side that dialled
+/// (quinn's server side follows a client's new address, if its router lets it in). Each time a
+/// file written on each side reaches the other within [`RECOVERY`], with the same daemons.
+fn network_change_recovers(tag: &str, change: NetChange) {
+    if !lab::ready() || !fybrk_tests::have_tool("conntrack") {
+        return;
+    }
+    let path = pair_and_sync_then(
+        tag,
+        RouterKind::Home,
+        RouterKind::Home,
+        0,
+        false,
+        false,
+        b"before the change",
+        |a, b, mut scene| {
+            let pids = (daemon_pid(a), daemon_pid(b));
+            for (round, role) in [(1, "acceptor"), (2, "dialler")] {
+                let on_a = a_dialled(a, b) == (role == "dialler");
+                let took = change_and_resync(&mut scene, (a, b), change, on_a, round);
+                eprintln!(
+                    "{change:?} on the {role} ({}): synced again after {:.1} s",
+                    if on_a { "alpha" } else { "bravo" },
+                    took.as_secs_f64()
+                );
+            }
+            assert_eq!((daemon_pid(a), daemon_pid(b)), pids, "a daemon restarted");
+            for m in [a, b] {
+                m.check(fybrk_tests::pid_alive(daemon_pid(m)), || {
+                    "the daemon died".to_string()
+                });
+                m.assert_verify_ok();
+            }
+            wait_file(b, "data.bin", b"before the change", Duration::from_secs(5));
+        },
+    );
+    if let Some(path) = path {
+        assert_eq!(path, "direct");
+    }
+}
+
+/// A router that forgot its NAT mappings (rebooted): the device's traffic leaves from a new
+/// public port, and the pair syncs again without a restart.
+#[test]
+fn lost_nat_mappings_recover_without_restart() {
+    network_change_recovers("lm", NetChange::LostMappings);
+}
+
+/// The router's public address changes (the ISP reassigned it): the pair syncs again without a
+/// restart, and the other side shows the peer at its new address.
+#[test]
+fn new_public_address_recovers_without_restart() {
+    network_change_recovers("na", NetChange::NewAddress);
+}
+
 /// Both behind symmetric NATs: no punch gets through, so each dials the other's TURN relayed
 /// address through its own allocation on coturn, and the file arrives over the relay.
 #[test]
@@ -402,14 +588,17 @@ fn a_relayed_link_moves_to_a_direct_path_when_one_opens() {
         true,
         true,
         b"through the relay",
-        |a, b, servers| {
+        |a, b, scene| {
             assert_eq!(
                 path_to(b, a).as_deref(),
                 Some("relay"),
                 "{}",
                 b.status_json()
             );
-            for r in servers.routers.iter().flatten() {
+            for r in [scene.dev_a.router(), scene.dev_b.router()]
+                .into_iter()
+                .flatten()
+            {
                 r.block(&[]);
             }
             wait_for("a direct path", Duration::from_secs(60), || {
@@ -475,7 +664,11 @@ fn nat_bench() {
     for (tag, ka, kb) in [
         ("bd", RouterKind::Home, RouterKind::Home),
         ("br", RouterKind::Symmetric, RouterKind::Symmetric),
-        ("bu", RouterKind::Home, RouterKind::UdpBlockedExceptTurn(turn)),
+        (
+            "bu",
+            RouterKind::Home,
+            RouterKind::UdpBlockedExceptTurn(turn),
+        ),
     ] {
         let data = Gen::new(99).bytes(64 << 20);
         let mut figures = None;

@@ -33,10 +33,12 @@
 //!   [`Lab::add_device`]`(RouterKind) -> Device`, [`Lab::public_ip`]`(i)`,
 //!   [`Lab::public_udp`]`(addr) -> UdpSocket`, [`Lab::echo`]`(i, port) -> Echo`,
 //!   [`Lab::public_cmd`]`(program) -> Command`, [`Lab::spawn_in_public`]`(name, Command) -> LabChild`,
-//!   [`Lab::start_coturn`]`(user, pass) -> Coturn`.
+//!   [`Lab::start_coturn`]`(user, pass) -> Coturn`, [`Lab::renumber`]`(&mut Device) -> Ipv4Addr`
+//!   (a new public address, as an ISP reassigns one).
 //! - [`Device`]: `ns()`, `lan_ip()`, `public_ip()` (its outermost router's WAN address),
 //!   `cmd(program) -> Command` (runs in the device's namespace), `udp(port) -> UdpSocket`,
-//!   `set_loss(percent)`.
+//!   `set_loss(percent)`, `lose_mappings()` (its router forgets every NAT mapping and hands out
+//!   new public ports).
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -81,6 +83,9 @@ const NS_PREFIX: &str = "fyl";
 const OWNER_DIR: &str = "/run/fybrk-lab";
 /// Devices per lab: the device number is an octet of its addresses (192.168.k.2, 203.0.113.1+k).
 const MAX_DEVICES: u32 = 250;
+/// [`Lab::renumber`] hands out WAN addresses from 203.0.113.254 down; they must not meet the
+/// devices' (203.0.113.2 up).
+const LAST_WAN_OCTET: u32 = 254;
 /// A setup command (`ip`, `nft`) runs in milliseconds; this only catches a hung one.
 const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long teardown waits for killed processes to leave a namespace.
@@ -139,6 +144,8 @@ pub struct Lab {
     /// In creation order; teardown goes backwards.
     namespaces: Mutex<Vec<String>>,
     devices: AtomicU32,
+    /// WAN addresses handed out by [`Lab::renumber`].
+    renumbered: AtomicU32,
 }
 
 impl Lab {
@@ -182,6 +189,7 @@ impl Lab {
             dir: Some(dir),
             namespaces: Mutex::new(Vec::new()),
             devices: AtomicU32::new(0),
+            renumbered: AtomicU32::new(0),
         };
         // From here a panic unwinds through Lab::drop, which removes what exists so far.
         let p = lab.add_ns("p");
@@ -267,8 +275,8 @@ impl Lab {
     pub fn add_device(&self, kind: RouterKind) -> Device {
         let k = self.devices.fetch_add(1, Ordering::Relaxed) + 1;
         assert!(
-            k <= MAX_DEVICES,
-            "a lab holds at most {MAX_DEVICES} devices"
+            k <= MAX_DEVICES && 1 + k < LAST_WAN_OCTET - self.renumbered.load(Ordering::Relaxed),
+            "a lab holds at most {MAX_DEVICES} devices, renumbered ones included"
         );
         let wan = Ipv4Addr::new(203, 0, 113, (1 + k) as u8);
         let lan_router = Ipv4Addr::new(192, 168, k as u8, 1);
@@ -277,6 +285,7 @@ impl Lab {
             random_port,
             filtering,
             udp_only_to,
+            port_xor: 0,
         };
         let (router_nat, cgnat) = match kind {
             RouterKind::Open => {
@@ -288,6 +297,7 @@ impl Lab {
                     ns: d,
                     router_ns: None,
                     cgnat_ns: None,
+                    outer_nat: None,
                     lan_ip: wan,
                     public_ip: wan,
                 };
@@ -301,6 +311,7 @@ impl Lab {
             ),
             RouterKind::DoubleNat => (nat(false, nft::Filtering::Address, None), true),
         };
+        let cgnat_nat = nat(false, nft::Filtering::AddressAndPort, None);
         let r = self.add_ns(&format!("r{k}"));
         let d = self.add_ns(&format!("d{k}"));
         let cgnat_ns = if cgnat {
@@ -308,14 +319,7 @@ impl Lab {
             self.attach_to_public(&c, "wan", wan, k);
             let carrier = Ipv4Addr::new(100, 64, k as u8, 1);
             link_below(&c, &r, "wan", carrier, Ipv4Addr::new(100, 64, k as u8, 2));
-            make_router(
-                &c,
-                &nft::Nat {
-                    random_port: false,
-                    filtering: nft::Filtering::AddressAndPort,
-                    udp_only_to: None,
-                },
-            );
+            make_router(&c, &cgnat_nat);
             Some(c)
         } else {
             self.attach_to_public(&r, "wan", wan, k);
@@ -328,10 +332,43 @@ impl Lab {
             index: k,
             ns: d,
             router_ns: Some(r),
+            outer_nat: Some(if cgnat_ns.is_some() {
+                cgnat_nat
+            } else {
+                router_nat
+            }),
             cgnat_ns,
             lan_ip: lan,
             public_ip: wan,
         }
+    }
+
+    /// Gives `dev` a new public address, as when an ISP reassigns one: its outermost router's
+    /// WAN (an Open device's own interface) moves to a fresh address of 203.0.113.0/24, and the
+    /// router forgets its NAT mappings. Returns the new address.
+    pub fn renumber(&self, dev: &mut Device) -> Ipv4Addr {
+        let n = self.renumbered.fetch_add(1, Ordering::Relaxed);
+        let octet = LAST_WAN_OCTET - n;
+        assert!(
+            octet > 1 + self.devices.load(Ordering::Relaxed),
+            "no free WAN address left to renumber to"
+        );
+        let new = Ipv4Addr::new(203, 0, 113, octet as u8);
+        let (ns, ifname) = dev.outer();
+        // Removing the address takes the routes through it along.
+        ip_batch(
+            ns,
+            &[
+                format!("addr del {}/24 dev {ifname}", dev.public_ip),
+                format!("addr add {new}/24 dev {ifname}"),
+                format!("route replace default via {WAN_GATEWAY}"),
+            ],
+        );
+        if dev.outer_nat.is_some() {
+            flush_conntrack(ns);
+        }
+        dev.public_ip = new;
+        new
     }
 
     /// Creates namespace `<id>-<role>` with its loopback up, and records it for teardown.
@@ -394,6 +431,8 @@ pub struct Device {
     ns: String,
     router_ns: Option<String>,
     cgnat_ns: Option<String>,
+    /// The NAT of the outermost router (the one the internet sees); `None` for Open.
+    outer_nat: Option<nft::Nat>,
     lan_ip: Ipv4Addr,
     public_ip: Ipv4Addr,
 }
@@ -444,6 +483,36 @@ impl Device {
     /// A UDP socket bound to `lan_ip:port` in the device's namespace (0: any port).
     pub fn udp(&self, port: u16) -> UdpSocket {
         udp_in(&self.ns, SocketAddr::new(IpAddr::V4(self.lan_ip), port))
+    }
+
+    /// The namespace and interface of its public address: the outermost router's `wan`, or an
+    /// Open device's `eth0`.
+    fn outer(&self) -> (&str, &str) {
+        match (&self.cgnat_ns, &self.router_ns) {
+            (Some(c), _) => (c, "wan"),
+            (None, Some(r)) => (r, "wan"),
+            (None, None) => (&self.ns, "eth0"),
+        }
+    }
+
+    /// Its outermost router forgets every NAT mapping (conntrack flushed, filtering state
+    /// reloaded) and from now on maps each device port to another public port, as a router that
+    /// rebooted does: the device's next packets leave from a new public port, and nothing sent
+    /// to the old one gets in. Each call picks other ports. Panics for an Open device.
+    pub fn lose_mappings(&mut self) {
+        let (ns, _) = self.outer();
+        let ns = ns.to_string();
+        let nat = self
+            .outer_nat
+            .as_mut()
+            .unwrap_or_else(|| panic!("lose_mappings: {} has no router", self.ns));
+        // Below 0x8000: a port from the ephemeral range (32768 up) stays in it.
+        nat.port_xor = (nat.port_xor + 0x1000) % 0x8000;
+        if nat.port_xor == 0 {
+            nat.port_xor = 0x1000;
+        }
+        nft_load(&ns, &nft::router(nat));
+        flush_conntrack(&ns);
     }
 
     /// Drops `percent` % of the packets its router forwards, in each direction independently
@@ -578,6 +647,11 @@ fn make_router(ns: &str, nat: &nft::Nat) {
             .unwrap_or_else(|e| panic!("ip_forward in {ns2}: {e}"))
     });
     nft_load(ns, &nft::router(nat));
+}
+
+/// Empties namespace `ns`'s conntrack table (`conntrack -F`): every NAT mapping is gone.
+fn flush_conntrack(ns: &str) {
+    run_ok(ns_command(ns, "conntrack").arg("-F"));
 }
 
 /// Runs `ip -n NS -batch -` with `lines` on stdin.

@@ -46,6 +46,10 @@ pub(super) struct Nat {
     pub(super) filtering: Filtering,
     /// Drop every UDP datagram from the LAN that is not addressed to this address (TURN only).
     pub(super) udp_only_to: Option<SocketAddr>,
+    /// Public UDP port = device port XOR this (0: the device's own port). Still one mapping per
+    /// device port, whatever the destination; [`super::Device::lose_mappings`] changes it, as a
+    /// router that rebooted hands out new ports.
+    pub(super) port_xor: u16,
 }
 
 /// How long Home remembers that the device wrote to an address: conntrack's timeout for an
@@ -55,11 +59,17 @@ const ADDRESS_FILTER_TIMEOUT: &str = "120s";
 /// The `lab` table of a router doing `nat` between `lan` and `wan`.
 pub(super) fn router(nat: &Nat) -> String {
     let masq = if nat.random_port {
-        "masquerade random"
+        "masquerade random".to_string()
+    } else if nat.port_xor != 0 {
+        format!(
+            "meta l4proto udp masquerade to :udp sport ^ {}\n    oifname \"wan\" masquerade",
+            nat.port_xor
+        )
     } else {
-        "masquerade"
+        "masquerade".to_string()
     };
-    let mut s = String::new();
+    // Declaring then deleting the table first makes a reload replace it (and forget `sent_to`).
+    let mut s = String::from("table ip lab\ndelete table ip lab\n");
     s.push_str("table ip lab {\n");
     writeln!(
         s,
@@ -67,6 +77,13 @@ pub(super) fn router(nat: &Nat) -> String {
          oifname \"wan\" {masq}\n  }}"
     )
     .unwrap();
+    // A router takes from the internet only what is addressed to it: after `Lab::renumber`,
+    // datagrams a neighbour still sends to the old address (its ARP cache) must not find the
+    // mapping through `pre_nat` below.
+    s.push_str(
+        "  chain pre_f {\n    type filter hook prerouting priority raw; policy accept;\n    \
+         iifname \"wan\" fib daddr type != local drop\n  }\n",
+    );
     s.push_str(
         "  chain input_f {\n    type filter hook input priority filter; policy accept;\n    \
          iifname \"wan\" ct state new,invalid drop\n  }\n",

@@ -244,7 +244,7 @@ impl Client {
         self.config.server
     }
 
-    /// Our address as the server last saw it.
+    /// Our address as the server last confirmed it.
     pub fn observed(&self) -> Option<SocketAddr> {
         self.reg.observed
     }
@@ -421,8 +421,6 @@ impl Client {
         if self.reg.cookies[0] != Some(m.cookie) {
             self.reg.cookies = [Some(m.cookie), self.reg.cookies[0]];
         }
-        let observed_changed = self.reg.observed != Some(m.observed);
-        self.reg.observed = Some(m.observed);
         if !m.confirmed {
             // The server wants proof that we receive at this address: send the cookie back.
             // The first time and after a NAT rebinding this is expected; a server that keeps
@@ -435,6 +433,10 @@ impl Client {
         }
         self.reg.unconfirmed_in_a_row = 0;
         self.reg.backoff.reset();
+        // Compared with the last confirmed address: after a NAT rebinding the server first
+        // answers unconfirmed from the new address, and that answer must not hide the change.
+        let observed_changed = self.reg.observed != Some(m.observed);
+        self.reg.observed = Some(m.observed);
         let was_registered = self.is_registered(now);
         let ttl = Duration::from_secs(u64::from(m.ttl_secs));
         self.reg.confirmed_until = Some(now + ttl);

@@ -182,6 +182,29 @@ fn registration_is_kept_alive() {
     assert!(net.clients[a].1.poll_timeout().unwrap() <= net.now + REREGISTER_INTERVAL);
 }
 
+/// The NAT's public mapping changes (a router reboot, a new address from the ISP): the next
+/// refresh comes from the new address, the server records it, and the client reports it.
+#[test]
+fn a_new_public_address_is_registered_and_reported() {
+    let mut net = Net::new();
+    let a = net.add("203.0.113.1:5000", &[]);
+    net.run_for(Duration::from_millis(100));
+    let moved = addr("203.0.113.77:6123");
+    net.clients[a].0 = moved;
+    net.run_for(REREGISTER_INTERVAL + Duration::from_secs(1));
+    assert!(net.clients[a].1.is_registered(net.now));
+    assert_eq!(net.clients[a].1.observed(), Some(moved));
+    assert_eq!(
+        net.events[a],
+        vec![
+            ClientEvent::Registered {
+                observed: addr("203.0.113.1:5000")
+            },
+            ClientEvent::Registered { observed: moved },
+        ]
+    );
+}
+
 #[test]
 fn unknown_peer_is_reported() {
     let mut net = Net::new();
