@@ -650,6 +650,14 @@ fn nat_check_sees_the_routers_public_address() {
 /// (direct) and a symmetric-symmetric pair (relayed through coturn): the connection time, from
 /// starting the second daemon to a file written while it was down being readable on it, and
 /// the throughput of a 64 MiB file written on the first until verified on the second.
+/// A router kind's short name for the bench table.
+fn label(kind: RouterKind) -> String {
+    match kind {
+        RouterKind::UdpBlockedExceptTurn(_) => "UdpBlocked".into(),
+        other => format!("{other:?}"),
+    }
+}
+
 #[test]
 #[ignore]
 fn nat_bench() {
@@ -709,7 +717,7 @@ fn nat_bench() {
         if let (Some(path), Some((connect, rate))) = (path, figures) {
             println!(
                 "{:<22} {:>10} {:>14.2} {:>12.1}",
-                format!("{ka:?}-{kb:?}"),
+                format!("{}-{}", label(ka), label(kb)),
                 path,
                 connect,
                 rate

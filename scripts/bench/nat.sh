@@ -26,5 +26,5 @@ fi
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo build --release -p fybrk >/dev/null
 CI=true cargo test --release -p fybrk-tests --test nat_sync nat_bench -- --ignored --nocapture 2>&1 \
-    | grep -E "^(pair|Home|Symmetric|test result)"
+    | grep -E "^(pair|Home|Symmetric|UdpBlocked|test result)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
