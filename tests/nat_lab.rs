@@ -536,7 +536,9 @@ fn a_lab_dropped_by_a_panic_leaves_no_namespace_or_process() {
     let result = std::panic::catch_unwind(|| {
         let lab = Lab::new("drop");
         let dev = lab.add_device(RouterKind::DoubleNat);
-        // A process the test started itself and forgot: the lab must still kill it.
+        // A process the test started itself and forgot: the lab must still kill it (and the
+        // test reaps it with waitpid below).
+        #[allow(clippy::zombie_processes)]
         let child = dev.cmd("sleep").arg("600").spawn().expect("spawn sleep");
         *seen.lock().unwrap() = (lab.id().to_string(), child.id() as i32);
         wait_until(Duration::from_secs(5), || {

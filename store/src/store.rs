@@ -12,6 +12,9 @@ use crate::db::{self, RefEntry, CHUNKS, LOG, META, ORPHANS, RECORDS, REFS};
 use crate::record::{children_prefix, path_key, peek_live_dir, Kind, ShortId};
 use crate::{ChunkId, ChunkRef, Crypto, FileRecord, FolderKey, Result, StoreError};
 
+/// A raw RocksDB key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// New chunks are written to the database in batches of about this many bytes, so a file larger
 /// than memory streams through instead of piling up in one write batch.
 const CHUNK_BATCH_BYTES: usize = 1 << 20;
@@ -291,10 +294,7 @@ impl Store {
         Ok(false)
     }
 
-    fn prefix_iter<'a>(
-        &'a self,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    fn prefix_iter<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Result<KeyValue>> + 'a {
         self.inner
             .db
             .iterator_cf(
