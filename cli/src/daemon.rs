@@ -260,6 +260,8 @@ struct Daemon {
     /// Paths changed by peers, for the kernel invalidator (started with the session).
     invalidations: std::sync::mpsc::Receiver<Vec<String>>,
     session: fuser::Session<FuseFs>,
+    /// The control socket, bound before `mount` returns: a `status` right after it must work.
+    control: UnixListener,
     _lock: std::fs::File,
 }
 
@@ -354,6 +356,10 @@ fn start(
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
         .map_err(|e| explain_mount_error(e, mnt))?;
     mounts::raise_readahead(mnt, 4096);
+    let _ = std::fs::remove_file(state.socket());
+    let control = UnixListener::bind(state.socket())
+        .with_context(|| format!("cannot listen on {}", state.socket().display()))?;
+    std::fs::set_permissions(state.socket(), std::fs::Permissions::from_mode(0o600))?;
     Ok(Daemon {
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
@@ -366,6 +372,7 @@ fn start(
         node,
         invalidations,
         session,
+        control,
         _lock: lock,
     })
 }
@@ -437,10 +444,7 @@ impl Daemon {
                 })?;
         }
 
-        let _ = std::fs::remove_file(self.state.socket());
-        let listener = UnixListener::bind(self.state.socket())
-            .with_context(|| format!("cannot listen on {}", self.state.socket().display()))?;
-        std::fs::set_permissions(self.state.socket(), std::fs::Permissions::from_mode(0o600))?;
+        let listener = self.control;
         let node = Arc::new(self.node);
         {
             let fs = self.fs.clone();

@@ -259,6 +259,7 @@ impl Node {
             (mux, transport)
         };
         let peer_relays = Arc::new(Mutex::new(HashSet::new()));
+        let mut address_changed = None;
         let (rendezvous, nat, rendezvous_addr, turn) = match &traversal.rendezvous {
             None => (None, None, None, None),
             Some(server) => {
@@ -273,6 +274,7 @@ impl Node {
                     allow.clone(),
                     peer_relays.clone(),
                 )?;
+                address_changed = Some(t.address_changed);
                 (Some(t.handle), Some(t.nat), Some(t.server), t.turn)
             }
         };
@@ -311,6 +313,9 @@ impl Node {
             let _enter = rt.enter();
             tokio::spawn(shared.clone().accept_loop());
             tokio::spawn(shared.clone().housekeeping());
+            if let Some(changed) = address_changed {
+                tokio::spawn(shared.clone().follow_network(changed));
+            }
             let peers: Vec<DeviceId> = lock(&shared.book).iter().map(|(id, _)| *id).collect();
             for peer in peers {
                 shared.start_dialer(peer);
@@ -536,6 +541,8 @@ fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
 /// What [`start_traversal`] started.
 struct Traversing {
     handle: fybrk_net::rendezvous::ClientHandle,
+    /// Notified when the rendezvous server sees us at a new address.
+    address_changed: Arc<Notify>,
     nat: fybrk_net::stun::NatMonitor,
     server: SocketAddr,
     turn: Option<Arc<fybrk_net::turn::TurnClient>>,
@@ -618,18 +625,25 @@ fn start_traversal(
         }
     };
     let registered = Arc::new(AtomicBool::new(false));
+    let address_changed = Arc::new(Notify::new());
     {
         // An introduction names the peer's public and relayed addresses: permit both on our
         // relay at once, so the peer's probes (and then QUIC) can reach us through it, from
         // its NAT or through its own relay.
         let turn = turn.clone();
         let registered = registered.clone();
+        let address_changed = address_changed.clone();
         rt.spawn(async move {
+            let mut seen_at = None;
             while let Some(e) = events.recv().await {
                 tracing::info!(event = ?e, "rendezvous");
                 match &e {
-                    fybrk_net::rendezvous::ClientEvent::Registered { .. } => {
+                    fybrk_net::rendezvous::ClientEvent::Registered { observed } => {
                         registered.store(true, Ordering::Release);
+                        if seen_at.is_some_and(|a| a != *observed) {
+                            address_changed.notify_one();
+                        }
+                        seen_at = Some(*observed);
                     }
                     fybrk_net::rendezvous::ClientEvent::PunchStarted {
                         peer_observed,
@@ -684,6 +698,7 @@ fn start_traversal(
     tracing::info!(server = %server_addr, "using the rendezvous server");
     Ok(Traversing {
         handle,
+        address_changed,
         nat: monitor,
         server: server_addr,
         turn,
@@ -1068,38 +1083,57 @@ impl Shared {
                 }
                 continue;
             }
-            let addrs = lock(&self.book)
-                .get(&peer)
-                .map(|p| p.addrs.clone())
-                .unwrap_or_default();
-            let mut connected = false;
-            for addr in addrs {
-                match self
-                    .transport
-                    .connect_timeout(addr, peer, DIAL_TIMEOUT)
-                    .await
-                {
-                    Ok((conn, _)) => {
-                        self.attach(peer, conn, true);
-                        connected = true;
-                        break;
-                    }
-                    Err(e) => tracing::debug!(peer = %peer.abbrev(), %addr, "dial failed: {e}"),
-                }
-            }
-            if !connected {
-                if let Some(conn) = self.introduce(peer, false).await {
-                    self.attach(peer, conn, true);
-                    connected = true;
-                }
-            }
-            if connected {
+            if let Some(conn) = self.dial(peer).await {
+                self.attach(peer, conn, true);
                 continue;
             }
             let delay = backoff.next_delay(&mut rand::thread_rng());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = wake.notified() => {}
+            }
+        }
+    }
+
+    /// One attempt to reach `peer`: its remembered addresses, then an introduction.
+    async fn dial(&self, peer: DeviceId) -> Option<quinn::Connection> {
+        let addrs = lock(&self.book)
+            .get(&peer)
+            .map(|p| p.addrs.clone())
+            .unwrap_or_default();
+        for addr in addrs {
+            match self
+                .transport
+                .connect_timeout(addr, peer, DIAL_TIMEOUT)
+                .await
+            {
+                Ok((conn, _)) => return Some(conn),
+                Err(e) => tracing::debug!(peer = %peer.abbrev(), %addr, "dial failed: {e}"),
+            }
+        }
+        self.introduce(peer, false).await
+    }
+
+    /// Our public address changed (a new NAT mapping, a new network): a link may be dead
+    /// without either side knowing until QUIC's idle timeout, since a quinn client drops
+    /// datagrams from a new server address and the peer's router may not let the new address
+    /// in. So every connected peer is dialled again at once; a new connection replaces the old
+    /// one on both sides (replication resumes from the persisted progress).
+    async fn follow_network(self: Arc<Self>, changed: Arc<Notify>) {
+        loop {
+            changed.notified().await;
+            let peers: Vec<DeviceId> = lock(&self.links).keys().copied().collect();
+            tracing::info!(
+                peers = peers.len(),
+                "our public address changed: reconnecting"
+            );
+            for peer in peers {
+                let sh = self.clone();
+                tokio::spawn(async move {
+                    if let Some(conn) = sh.dial(peer).await {
+                        sh.attach(peer, conn, true);
+                    }
+                });
             }
         }
     }
@@ -1137,12 +1171,11 @@ impl Shared {
         }
     }
 
-    /// Whether traffic to `addr` goes through a TURN relay: ours (a route in the mux, or
-    /// everything while relaying everything) or the peer's (its relayed address).
+    /// Whether traffic to `addr` goes through a TURN relay: ours (a route in the mux; while
+    /// relaying everything, every public address we sent to has one) or the peer's (its
+    /// relayed address).
     fn is_relayed(&self, addr: SocketAddr) -> bool {
-        self.mux.relay_route(addr).is_some()
-            || self.mux.relay_all().is_some()
-            || lock(&self.peer_relays).contains(&addr)
+        self.mux.relay_route(addr).is_some() || lock(&self.peer_relays).contains(&addr)
     }
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
