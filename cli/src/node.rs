@@ -1067,16 +1067,11 @@ impl Shared {
                         upgrade = Some((generation, delay.mul_f32(1.5).min(UPGRADE_MAX)));
                         tokio::select! {
                             () = notified => {}
-                            () = tokio::time::sleep(delay) => {
-                                if let Some(conn) = self.introduce(peer, true).await {
-                                    tracing::info!(peer = %peer.abbrev(), "moving off the relay");
-                                    self.attach(peer, conn, true);
-                                }
-                            }
+                            () = tokio::time::sleep(delay) => self.move_off_relay(peer).await,
                         }
-                        continue;
+                    } else {
+                        notified.await;
                     }
-                    notified.await;
                 }
                 if since.elapsed() >= STABLE_LINK {
                     backoff.reset();
@@ -1092,6 +1087,15 @@ impl Shared {
                 () = tokio::time::sleep(delay) => {}
                 () = wake.notified() => {}
             }
+        }
+    }
+
+    /// Looks for a direct path to `peer`, linked through a relay; a new connection over it
+    /// replaces the relayed one on both sides.
+    async fn move_off_relay(self: &Arc<Self>, peer: DeviceId) {
+        if let Some(conn) = self.introduce(peer, true).await {
+            tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), "moving off the relay");
+            self.attach(peer, conn, true);
         }
     }
 
