@@ -221,6 +221,32 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Accepts one connection on `transport`, sends it [`BULK`] bytes of [`pattern`] and returns
+/// the connection and the acknowledgement [`fetch_bulk`] sends back.
+fn serve_bulk(
+    transport: Arc<crate::transport::Transport>,
+) -> tokio::task::JoinHandle<(quinn::Connection, Vec<u8>)> {
+    tokio::spawn(async move {
+        let accepted = transport.accept().await.expect("accepted");
+        let mut send = accepted.connection.open_uni().await.expect("open");
+        send.write_all(&pattern(BULK)).await.expect("write");
+        send.finish().expect("finish");
+        let mut recv = accepted.connection.accept_uni().await.expect("ack stream");
+        let ack = recv.read_to_end(64).await.expect("ack");
+        (accepted.connection, ack)
+    })
+}
+
+/// The other end of [`serve_bulk`]: checks the bytes and acknowledges them.
+async fn fetch_bulk(conn: &quinn::Connection) {
+    let mut recv = conn.accept_uni().await.expect("bulk stream");
+    let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
+    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
+    let mut ack = conn.open_uni().await.expect("open ack");
+    ack.write_all(b"got it").await.expect("ack");
+    ack.finish().expect("finish");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_through_the_relay_moves_4_mib() {
     let Some(coturn) = Coturn::start() else {
@@ -239,18 +265,7 @@ async fn quic_through_the_relay_moves_4_mib() {
     let b_addr = b.mux.local_addr().expect("addr");
     relay.bind_peer(b_addr).await.expect("bind b");
 
-    let server = Arc::clone(&a.transport);
-    let serve = tokio::spawn(async move {
-        let accepted = server.accept().await.expect("accepted");
-        let remote = accepted.connection.remote_address();
-        let mut send = accepted.connection.open_uni().await.expect("open");
-        send.write_all(&pattern(BULK)).await.expect("write");
-        send.finish().expect("finish");
-        let mut recv = accepted.connection.accept_uni().await.expect("ack stream");
-        let ack = recv.read_to_end(64).await.expect("ack");
-        (remote, ack)
-    });
-
+    let serve = serve_bulk(Arc::clone(&a.transport));
     let (conn, peer) = b
         .transport
         .connect(relayed, a.key.id())
@@ -262,18 +277,16 @@ async fn quic_through_the_relay_moves_4_mib() {
         relayed,
         "b sees a at its relayed address"
     );
-    let mut recv = conn.accept_uni().await.expect("bulk stream");
-    let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
-    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
-    let mut ack = conn.open_uni().await.expect("open ack");
-    ack.write_all(b"got it").await.expect("ack");
-    ack.finish().expect("finish");
-
-    let (remote, ack) = tokio::time::timeout(Duration::from_secs(10), serve)
+    fetch_bulk(&conn).await;
+    let (accepted, ack) = tokio::time::timeout(Duration::from_secs(10), serve)
         .await
         .expect("server done")
         .expect("server task");
-    assert_eq!(remote, b_addr, "a sees b at b's own address");
+    assert_eq!(
+        accepted.remote_address(),
+        b_addr,
+        "a sees b at b's own address"
+    );
     assert_eq!(ack, b"got it");
 
     let stats = a.mux.stats();
@@ -305,27 +318,13 @@ async fn a_peer_that_reaches_our_relay_is_answered_through_it() {
         .await
         .expect("permission");
 
-    let server = Arc::clone(&a.transport);
-    let serve = tokio::spawn(async move {
-        let accepted = server.accept().await.expect("accepted");
-        let mut send = accepted.connection.open_uni().await.expect("open");
-        send.write_all(&pattern(BULK)).await.expect("write");
-        send.finish().expect("finish");
-        let mut recv = accepted.connection.accept_uni().await.expect("ack stream");
-        let ack = recv.read_to_end(64).await.expect("ack");
-        (accepted.connection, ack)
-    });
+    let serve = serve_bulk(Arc::clone(&a.transport));
     let (conn, _) = b
         .transport
         .connect(relay.relayed_addr(), a.key.id())
         .await
         .expect("connect to the relayed address");
-    let mut recv = conn.accept_uni().await.expect("bulk stream");
-    let got = recv.read_to_end(BULK + 1).await.expect("read 4 MiB");
-    assert!(got == pattern(BULK), "the 4 MiB arrived intact");
-    let mut ack = conn.open_uni().await.expect("open ack");
-    ack.write_all(b"got it").await.expect("ack");
-    ack.finish().expect("finish");
+    fetch_bulk(&conn).await;
     let (accepted, ack) = tokio::time::timeout(Duration::from_secs(10), serve)
         .await
         .expect("server done")
