@@ -221,6 +221,17 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Two devices that trust each other, `a` with an allocation on `coturn`.
+async fn relayed_pair(coturn: &Coturn) -> (Node, Node, TurnClient) {
+    let (a, b) = (Node::new(), Node::new());
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    let relay = TurnClient::allocate(&a.mux, &config(coturn, PASS))
+        .await
+        .expect("allocate");
+    (a, b, relay)
+}
+
 /// Accepts one connection on `transport`, sends it [`BULK`] bytes of [`pattern`] and returns
 /// the connection and the acknowledgement [`fetch_bulk`] sends back.
 fn serve_bulk(
@@ -253,14 +264,8 @@ async fn quic_through_the_relay_moves_4_mib() {
         return;
     };
     // `a` reaches the world only through its relay; `b` dials a's relayed address.
-    let a = Node::new();
-    let b = Node::new();
-    a.allow.add(b.key.id());
-    b.allow.add(a.key.id());
     // Allocated after quinn took the socket: TURN's replies come through quinn's reads.
-    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
-        .await
-        .expect("allocate");
+    let (a, b, relay) = relayed_pair(&coturn).await;
     let relayed = relay.relayed_addr();
     let b_addr = b.mux.local_addr().expect("addr");
     relay.bind_peer(b_addr).await.expect("bind b");
@@ -304,13 +309,7 @@ async fn a_peer_that_reaches_our_relay_is_answered_through_it() {
     let Some(coturn) = Coturn::start() else {
         return;
     };
-    let a = Node::new();
-    let b = Node::new();
-    a.allow.add(b.key.id());
-    b.allow.add(a.key.id());
-    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
-        .await
-        .expect("allocate");
+    let (a, b, relay) = relayed_pair(&coturn).await;
     let b_addr = b.mux.local_addr().expect("addr");
     // What an introduction does: permit the peer's IP, nothing else.
     relay
@@ -354,13 +353,7 @@ async fn relaying_everything_reaches_any_peer_through_the_turn_server() {
     let Some(coturn) = Coturn::start() else {
         return;
     };
-    let a = Node::new();
-    let b = Node::new();
-    a.allow.add(b.key.id());
-    b.allow.add(a.key.id());
-    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
-        .await
-        .expect("allocate");
+    let (a, b, relay) = relayed_pair(&coturn).await;
     a.mux.set_relay_all(Some(coturn.addr()));
     assert_eq!(a.mux.relay_all(), Some(coturn.addr()));
 
@@ -483,12 +476,7 @@ async fn a_device_that_relays_everything_registers_and_punches_through_the_relay
     let server_socket = StdUdpSocket::bind(loopback()).expect("bind");
     let server = server_socket.local_addr().expect("addr");
     tokio::spawn(crate::rendezvous::run_server(server_socket));
-    let (a, b) = (Node::new(), Node::new());
-    a.allow.add(b.key.id());
-    b.allow.add(a.key.id());
-    let relay = TurnClient::allocate(&a.mux, &config(&coturn, PASS))
-        .await
-        .expect("allocate");
+    let (a, b, relay) = relayed_pair(&coturn).await;
     a.mux.set_relay_all(Some(coturn.addr()));
     // What the daemon does on an introduction: permit the peer on the relay.
     relay
