@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -408,6 +408,7 @@ impl Store {
     /// and streamed to the database; [`Store::commit`] then publishes the records using them.
     pub fn writer(&self) -> ChunkWriter {
         ChunkWriter {
+            background: None,
             store: self.clone(),
             pins: self.pin([]),
             pending: Vec::new(),
@@ -448,6 +449,13 @@ impl Store {
         writer: Option<&mut ChunkWriter>,
         sync: bool,
     ) -> Result<Vec<FileRecord>> {
+        let mut writer = writer;
+        if let Some(w) = writer.as_deref_mut() {
+            // Its earlier batches must be in the database before the flush below, and sealing
+            // the rest is done before the write lock is taken.
+            w.settle()?;
+            w.seal_pending();
+        }
         let db = &self.inner.db;
         let mut st = lock(&self.inner.write);
         let mut batch = WriteBatch::default();
@@ -563,10 +571,11 @@ impl Store {
         batch: &mut WriteBatch,
         refs: &mut HashMap<ChunkId, RefEntry>,
         stats: &mut Stats,
-        chunks: &[(ChunkId, Vec<u8>)],
+        chunks: &[NewChunk],
     ) -> Result<()> {
-        for (id, sealed) in chunks {
-            let id = *id;
+        for NewChunk { id, data, sealed } in chunks {
+            debug_assert!(*sealed, "chunks are sealed before the write lock is taken");
+            let (id, sealed) = (*id, data);
             if refs.contains_key(&id) || self.has_chunk(&id)? {
                 continue;
             }
@@ -617,10 +626,16 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes a writer's buffered chunks on their own (used when a writer's buffer is full).
-    fn flush_chunks(&self, chunks: &[(ChunkId, Vec<u8>)]) -> Result<()> {
+    /// Writes a writer's full batch of chunks on their own, sealing the plaintext ones first
+    /// (outside the write lock).
+    fn flush_chunks(&self, chunks: &mut [NewChunk]) -> Result<()> {
+        for c in chunks.iter_mut() {
+            c.seal(self.crypto());
+        }
         let mut st = lock(&self.inner.write);
-        let mut batch = WriteBatch::default();
+        // Sized up front: growing a 1 MiB batch by doubling copied it several times over.
+        let bytes: usize = chunks.iter().map(|c| c.data.len() + 3 * 64).sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes + 256);
         let mut stats = st.stats;
         self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
         batch.put_cf(
@@ -673,51 +688,83 @@ pub enum Versioning {
     },
 }
 
+/// A chunk not yet in the database: plaintext from a local write (sealed by whoever writes it)
+/// or sealed bytes received from a peer.
+pub(crate) struct NewChunk {
+    id: ChunkId,
+    data: Vec<u8>,
+    sealed: bool,
+}
+
+impl NewChunk {
+    fn seal(&mut self, crypto: &Crypto) {
+        if !self.sealed {
+            self.data = crypto.seal(&self.id, &self.data);
+            self.sealed = true;
+        }
+    }
+}
+
+/// What the background writer hands back: a batch it could not write comes back whole, so no
+/// chunk is lost and the caller can try again (after a full disk, say).
+type BatchResult = std::result::Result<(), (StoreError, Vec<NewChunk>)>;
+
 /// Streams new content into the store: deduplicates, seals and writes chunks in bounded
 /// batches, and pins every chunk it hands out so garbage collection cannot free them before
 /// the record that uses them commits.
+///
+/// Full batches are sealed and written on a thread of the writer's own, started at the first
+/// full batch (a small file never needs one), while the caller cuts and hashes the next: a large
+/// write keeps both cores busy. At most one batch is in flight, so memory stays bounded.
 pub struct ChunkWriter {
+    /// First, so it is dropped first: its thread is joined before the pins go.
+    background: Option<Background>,
     store: Store,
     pins: Pins,
-    pending: Vec<(ChunkId, Vec<u8>)>,
+    pending: Vec<NewChunk>,
     pending_ids: HashSet<ChunkId>,
     pending_bytes: usize,
+}
+
+struct Background {
+    jobs: Option<mpsc::SyncSender<Vec<NewChunk>>>,
+    results: mpsc::Receiver<BatchResult>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ChunkWriter {
     /// Adds one chunk of plaintext and returns its reference.
     pub fn add(&mut self, plaintext: &[u8]) -> Result<ChunkRef> {
         let id = self.store.crypto().chunk_id(plaintext);
-        let store = self.store.clone();
-        self.stage(id, plaintext.len() as u32, || {
-            Ok(store.crypto().seal(&id, plaintext))
-        })
+        self.stage(id, plaintext.len() as u32, || plaintext.to_vec(), false)
     }
 
     /// Adds a chunk received sealed from a peer. It is decrypted and re-hashed first: a chunk
     /// that does not authenticate or does not match `id` is refused and never stored.
     pub fn add_sealed(&mut self, id: &ChunkId, sealed: Vec<u8>) -> Result<ChunkRef> {
         let len = self.store.crypto().open(id, &sealed)?.len() as u32;
-        self.stage(*id, len, || Ok(sealed))
+        self.stage(*id, len, || sealed, true)
     }
 
-    /// Pins `id` and buffers its sealed bytes unless the store already has it.
+    /// Pins `id` and buffers its bytes unless the store already has it.
     fn stage(
         &mut self,
         id: ChunkId,
         len: u32,
-        sealed: impl FnOnce() -> Result<Vec<u8>>,
+        data: impl FnOnce() -> Vec<u8>,
+        sealed: bool,
     ) -> Result<ChunkRef> {
         // Pin first, then look: GC checks pins under the same lock it deletes with, so a chunk
         // seen here stays until the pin goes.
         self.pins.extend([id]);
         if !self.pending_ids.contains(&id) && !self.store.has_chunk(&id)? {
-            let sealed = sealed()?;
-            self.pending_bytes += sealed.len();
-            self.pending.push((id, sealed));
+            let data = data();
+            self.pending_bytes += data.len();
+            self.pending.push(NewChunk { id, data, sealed });
             self.pending_ids.insert(id);
             if self.pending_bytes >= CHUNK_BATCH_BYTES {
-                self.flush()?;
+                self.ship()?;
             }
         }
         Ok(ChunkRef { id, len })
@@ -728,20 +775,115 @@ impl ChunkWriter {
         self.pins.extend(chunks.iter().map(|c| c.id));
     }
 
-    /// Writes the buffered chunks now (they stay unreferenced until a commit uses them).
+    /// Writes the buffered chunks now and waits until they are in the database (they stay
+    /// unreferenced until a commit uses them).
     pub fn flush(&mut self) -> Result<()> {
+        self.ship()?;
+        self.settle()
+    }
+
+    /// Hands the pending chunks to the background thread (after the previous batch is done).
+    fn ship(&mut self) -> Result<()> {
+        self.settle()?;
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.store.flush_chunks(&self.pending)?;
-        self.clear_pending();
-        Ok(())
+        let batch = std::mem::take(&mut self.pending);
+        let bg = match &mut self.background {
+            Some(bg) => bg,
+            None => self
+                .background
+                .insert(Background::start(self.store.clone())?),
+        };
+        match bg.jobs.as_ref().map(|jobs| jobs.send(batch)) {
+            Some(Ok(())) => {
+                bg.in_flight = true;
+                self.clear_pending();
+                Ok(())
+            }
+            // The thread is gone (it only ends when the channel closes, or by a panic): write
+            // the batch here instead.
+            Some(Err(mpsc::SendError(mut batch))) => {
+                self.background = None;
+                let r = self.store.flush_chunks(&mut batch);
+                self.pending = batch;
+                r.map(|()| self.clear_pending())
+            }
+            None => unreachable!("the job channel closes only on drop"),
+        }
+    }
+
+    /// Waits for the batch in flight; a batch that failed comes back into `pending`.
+    fn settle(&mut self) -> Result<()> {
+        let Some(bg) = self.background.as_mut().filter(|bg| bg.in_flight) else {
+            return Ok(());
+        };
+        bg.in_flight = false;
+        match bg.results.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((e, mut batch))) => {
+                // Back in front of what was added since, in order.
+                batch.append(&mut self.pending);
+                self.pending = batch;
+                self.pending_bytes = self.pending.iter().map(|c| c.data.len()).sum();
+                self.pending_ids = self.pending.iter().map(|c| c.id).collect();
+                Err(e)
+            }
+            Err(mpsc::RecvError) => Err(StoreError::Io(std::io::Error::other(
+                "the chunk writer thread stopped unexpectedly",
+            ))),
+        }
+    }
+
+    /// Seals the pending plaintext chunks (before a commit takes the write lock).
+    fn seal_pending(&mut self) {
+        let crypto = self.store.crypto();
+        for c in &mut self.pending {
+            c.seal(crypto);
+        }
     }
 
     fn clear_pending(&mut self) {
         self.pending.clear();
         self.pending_ids.clear();
         self.pending_bytes = 0;
+    }
+}
+
+impl Background {
+    fn start(store: Store) -> Result<Background> {
+        // Rendezvous channel: the caller fills the next batch while this one is written, and
+        // waits if it is done first.
+        let (jobs, job_rx) = mpsc::sync_channel::<Vec<NewChunk>>(0);
+        let (result_tx, results) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("chunk-writer".into())
+            .spawn(move || {
+                for mut batch in job_rx {
+                    let r = store.flush_chunks(&mut batch).map_err(|e| (e, batch));
+                    if result_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(StoreError::Io)?;
+        Ok(Background {
+            jobs: Some(jobs),
+            results,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after the batch in hand; wait for it, so the
+        // writer's pins outlive every chunk it writes.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -223,6 +223,37 @@ fn chunks_flushed_without_a_commit_are_collected() {
     assert!(store.verify().unwrap().is_ok());
 }
 
+#[test]
+fn large_writes_go_through_the_background_writer_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // 6 MiB, then the same 6 MiB again: six batches, the second half all duplicates of chunks
+    // that may still be in flight on the writer's thread.
+    let half = random(6 << 20, 21);
+    let data = [half.clone(), half.clone()].concat();
+    let r = write_file(&store, "big", &data);
+    assert_eq!(read_file(&store, "big"), data);
+    let distinct: std::collections::HashSet<_> = r.chunks.iter().map(|c| c.id).collect();
+    let s = store.stats();
+    assert_eq!(s.chunks, distinct.len() as u64, "a chunk stored twice");
+    // The second half re-synchronises its cut points with the first within a chunk or two.
+    assert!(s.stored_bytes < half.len() as u64 + (1 << 20), "{s:?}");
+    assert!(store.verify().unwrap().is_ok());
+
+    // A writer dropped with batches in flight (a crash in the middle of a big write): its
+    // chunks are all written or not at all, and GC frees every one of them.
+    {
+        let mut w = store.writer();
+        for piece in crate::chunker::chunks(&random(5 << 20, 22)[..]) {
+            w.add(&piece.unwrap().data).unwrap();
+        }
+    }
+    store.gc().unwrap();
+    assert_eq!(store.stats().chunks, s.chunks);
+    assert!(store.verify().unwrap().is_ok());
+    assert_eq!(read_file(&store, "big"), data);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
     /// Random writes, overwrites, deletes and GC passes: GC never frees a chunk a live record
