@@ -202,16 +202,24 @@ struct Stream {
 }
 
 impl Stream {
-    /// Cuts every chunk that is decided (all of them at `eof`).
+    /// Cuts every chunk that is decided (all of them at `eof`). A chunk the writer refuses (a
+    /// full disk) stays in `tail`, and those before it stay cut: the stream is consistent
+    /// either way, so a later attempt neither loses nor repeats a byte.
     fn drain(&mut self, eof: bool) -> FsResult<()> {
         let mut pos = 0;
-        while let Some(n) = chunker::first_cut(&self.tail[pos..], eof) {
-            self.chunks.push(self.writer.add(&self.tail[pos..pos + n])?);
+        let result = loop {
+            let Some(n) = chunker::first_cut(&self.tail[pos..], eof) else {
+                break Ok(());
+            };
+            match self.writer.add(&self.tail[pos..pos + n]) {
+                Ok(chunk) => self.chunks.push(chunk),
+                Err(e) => break Err(e.into()),
+            }
             pos += n;
-        }
+        };
         self.len += pos as u64;
         self.tail.drain(..pos);
-        Ok(())
+        result
     }
 }
 
@@ -310,8 +318,12 @@ impl OpenFile {
         let Some(mut s) = self.stream.take() else {
             return Ok(());
         };
-        // Readers go to the database for base chunks.
-        s.writer.flush()?;
+        // Readers go to the database for base chunks. If they cannot get there (a full disk),
+        // the file stays a stream, with everything in it.
+        if let Err(e) = s.writer.flush() {
+            self.stream = Some(s);
+            return Err(e.into());
+        }
         self.base = Arc::new(Layout::new(std::mem::take(&mut s.chunks)));
         self.base_valid = s.len;
         self.dirty = RangeSet::default();
@@ -429,19 +441,18 @@ impl OpenFile {
 
     /// A commit of `chunks` failed: keep them (and the writer with any unflushed ones) as the
     /// file's content so nothing written is lost and the next flush tries again.
-    pub fn commit_failed(&mut self, chunks: Vec<ChunkRef>, mut writer: ChunkWriter) {
-        if self.stream.take().is_none() {
+    pub fn commit_failed(&mut self, chunks: Vec<ChunkRef>, writer: ChunkWriter) {
+        match &mut self.stream {
+            // `rechunk` drained the whole stream into `chunks`, and left it in place: the
+            // writer goes back with the chunks it still holds. (Turning them into the base
+            // instead would make every read of a chunk not yet in the database an `EIO`.)
+            Some(s) => {
+                debug_assert!(s.tail.is_empty() && s.chunks == chunks);
+                s.writer = writer;
+            }
             // Staging still holds everything: the next rechunk redoes the work.
-            self.held = Some(writer);
-            return;
+            None => self.held = Some(writer),
         }
-        // Best effort: a full disk may refuse this too; then reads of these chunks fail with EIO
-        // until space frees up, but the data stays in memory for the next commit.
-        let _ = writer.flush();
-        self.base = Arc::new(Layout::new(chunks));
-        self.base_valid = self.base.len();
-        self.size = self.base.len();
-        self.held = Some(writer);
     }
 
     /// After a commit: the new chunk list is the committed version and staging is empty.

@@ -62,7 +62,7 @@ pub(crate) fn open(dir: &Path) -> Result<DB> {
         o.set_block_based_table_factory(&table);
         o
     };
-    let mut chunks = small(5 << 20);
+    let mut chunks = small(4 << 20);
     // Chunks are tens of KiB: integrated blob files keep them out of LSM compaction, which would
     // otherwise rewrite every chunk several times. Blob GC stays off in normal operation: with it
     // on, every background compaction relocated the live blobs of the oldest files, and that

@@ -17,7 +17,7 @@ type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// New chunks are written to the database in batches of about this many bytes, so a file larger
 /// than memory streams through instead of piling up in one write batch.
-const CHUNK_BATCH_BYTES: usize = 1 << 20;
+const CHUNK_BATCH_BYTES: usize = 512 << 10;
 
 /// Tuning knobs of a store.
 #[derive(Clone, Debug)]
