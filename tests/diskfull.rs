@@ -86,9 +86,10 @@ fn full_disk_reports_enospc_and_loses_nothing() {
     m.check(fs::read(m.path("after.bin")).ok() == Some(after), || {
         "after.bin reads back wrong".into()
     });
-    m.check(fs::read(m.path("keep.bin")).ok().as_ref() == Some(&keep), || {
-        "keep.bin changed after the disk was full".into()
-    });
+    m.check(
+        fs::read(m.path("keep.bin")).ok().as_ref() == Some(&keep),
+        || "keep.bin changed after the disk was full".into(),
+    );
     m.assert_verify_ok();
 
     // And a restart keeps all of it.

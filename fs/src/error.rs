@@ -32,6 +32,9 @@ pub enum FsError {
     /// A feature fybrk does not offer (hard links, extended attributes, ownership changes).
     #[error("operation not permitted")]
     NotPermitted,
+    /// The mode bits do not allow the caller this access.
+    #[error("permission denied")]
+    Denied,
     /// The handle is unknown or not open for this operation.
     #[error("bad file handle")]
     BadHandle,
@@ -62,6 +65,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::IllegalName => libc::EILSEQ,
             FsError::NotPermitted => libc::EPERM,
+            FsError::Denied => libc::EACCES,
             FsError::BadHandle => libc::EBADF,
             FsError::Busy => libc::EBUSY,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,

@@ -397,6 +397,21 @@ impl Fs {
         self.attr(ino, &r)
     }
 
+    /// Checks that the caller (`uid`, `gid`) may do `mask` to `ino` (`libc::R_OK`, `W_OK`,
+    /// `X_OK` bits, as in access(2)). The folder is mounted without the kernel's
+    /// `default_permissions` (see `fuse.rs`), so this is where mode bits are enforced.
+    pub fn check_access(&self, ino: u64, uid: u32, gid: u32, mask: u32) -> FsResult<()> {
+        if mask == 0 {
+            return Ok(());
+        }
+        let r = self.record_for(ino)?;
+        let owner = (self.cfg.uid, self.cfg.gid);
+        match permits(r.kind, r.mode, owner, (uid, gid), mask) {
+            true => Ok(()),
+            false => Err(FsError::Denied),
+        }
+    }
+
     /// chmod, chown (no-op only), truncate and utimens.
     pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
         if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid)
@@ -1049,5 +1064,62 @@ impl Fs {
             ffree: u64::from(u32::MAX),
             bsize: 4096,
         })
+    }
+}
+
+/// The kernel's `generic_permission` for one inode without ACLs: root may do anything but
+/// execute a file nobody may execute; everyone else gets the owner, group or other bits of
+/// `mode`, whichever class they are in. `mask` holds `R_OK` (4), `W_OK` (2), `X_OK` (1).
+pub fn permits(kind: Kind, mode: u32, owner: (u32, u32), caller: (u32, u32), mask: u32) -> bool {
+    let mask = mask & 0o7;
+    if caller.0 == 0 {
+        return mask & 0o1 == 0 || kind == Kind::Dir || mode & 0o111 != 0;
+    }
+    let bits = if caller.0 == owner.0 {
+        mode >> 6
+    } else if caller.1 == owner.1 {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & mask == mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: u32 = 4;
+    const W: u32 = 2;
+    const X: u32 = 1;
+    const ME: (u32, u32) = (1000, 1000);
+
+    #[test]
+    fn mode_bits_decide_for_the_owner_group_and_others() {
+        let file = |mode, caller, mask| permits(Kind::File, mode, ME, caller, mask);
+        assert!(file(0o600, ME, R | W));
+        assert!(!file(0o400, ME, W), "read-only file written");
+        assert!(!file(0o000, ME, R), "mode 000 read by its owner");
+        assert!(
+            !file(0o077, ME, R),
+            "the owner class decides, not group or other"
+        );
+        assert!(file(0o040, (2000, 1000), R), "group member");
+        assert!(!file(0o040, (2000, 3000), R), "stranger in group bits");
+        assert!(file(0o004, (2000, 3000), R), "stranger in other bits");
+        assert!(file(0o000, ME, 0), "existence is no permission");
+        let dir = |mode, mask| permits(Kind::Dir, mode, ME, ME, mask);
+        assert!(dir(0o700, W | X));
+        assert!(!dir(0o500, W | X), "create in a read-only directory");
+        assert!(!dir(0o600, X), "search without x");
+    }
+
+    #[test]
+    fn root_may_do_anything_but_execute_what_nobody_may() {
+        let root = (0, 0);
+        assert!(permits(Kind::File, 0o000, ME, root, R | W));
+        assert!(!permits(Kind::File, 0o666, ME, root, X));
+        assert!(permits(Kind::File, 0o001, ME, root, X));
+        assert!(permits(Kind::Dir, 0o000, ME, root, R | W | X));
     }
 }
