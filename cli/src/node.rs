@@ -79,6 +79,10 @@ const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
 const UPGRADE_FIRST: Duration = Duration::from_secs(15);
 const UPGRADE_MAX: Duration = Duration::from_secs(300);
 
+/// How often the LAN addresses given to the rendezvous server are read again (interfaces
+/// change when a laptop moves; the server's registrations last 90 s).
+const LAN_RESCAN: Duration = Duration::from_secs(20);
+
 /// With a TURN relay, a device whose rendezvous server has not answered this long after start
 /// assumes a network that lets UDP through to the TURN server only, and sends everything
 /// through the relay.
@@ -573,15 +577,11 @@ fn start_traversal(
             .with_context(|| format!("cannot load {}", state.device_key().display()))?,
     );
     let now = Instant::now();
-    let lan: Vec<SocketAddr> = candidate_addrs(listen_addr)
-        .into_iter()
-        .filter(|a| !a.ip().is_loopback() || server_addr.ip().is_loopback())
-        .collect();
     let client = fybrk_net::rendezvous::Client::new(
         key,
         fybrk_net::rendezvous::ClientConfig {
             server: server_addr,
-            lan,
+            lan: lan_candidates(listen_addr, server_addr),
         },
         allow,
         now,
@@ -602,6 +602,23 @@ fn start_traversal(
     let send_mux = mux.clone();
     let send = move |to: SocketAddr, data: &[u8]| send_mux.try_send_to(data, to);
     let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
+    {
+        // Interfaces come and go (a laptop joins another network): the LAN addresses the
+        // server hands to peers are read again now and then; the client registers again only
+        // when they changed.
+        let handle = handle.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(LAN_RESCAN);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let lan = lan_candidates(listen_addr, server_addr);
+                if handle.set_lan_candidates(lan).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let turn = match &traversal.turn {
         None => None,
         Some(url) => {
@@ -734,6 +751,15 @@ fn grow_buffers(socket: &UdpSocket) {
 /// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
 /// machine's interface addresses with the listen port (loopback only if there is nothing else:
 /// the invitation is for another device).
+/// The LAN candidates registered with the rendezvous server at `server`: this machine's
+/// addresses, loopback only when the server is on this machine too (tests).
+fn lan_candidates(listen: SocketAddr, server: SocketAddr) -> Vec<SocketAddr> {
+    candidate_addrs(listen)
+        .into_iter()
+        .filter(|a| !a.ip().is_loopback() || server.ip().is_loopback())
+        .collect()
+}
+
 fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     if !listen.ip().is_unspecified() {
         return vec![listen];

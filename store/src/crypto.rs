@@ -8,9 +8,9 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
-
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::inout::InOutBuf;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::Aes256Gcm;
 use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -18,8 +18,18 @@ use sha2::Sha256;
 use crate::{Result, StoreError};
 
 /// Bytes a sealed chunk adds to its plaintext: the nonce and the GCM tag.
-pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// `N` bytes from the operating system's generator (`getrandom`).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS generator only fails on a broken system (no /dev/urandom, no getrandom(2));
+    // carrying on without randomness would be worse than stopping.
+    getrandom::fill(&mut out).expect("the operating system's random generator failed");
+    out
+}
 
 /// The random secret of one folder. Whoever holds it can read the folder.
 #[derive(Clone)]
@@ -28,9 +38,7 @@ pub struct FolderKey([u8; 32]);
 impl FolderKey {
     /// A fresh random key from the OS generator.
     pub fn generate() -> FolderKey {
-        let mut key = [0u8; 32];
-        aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut OsRng, &mut key);
-        FolderKey(key)
+        FolderKey(random_bytes())
     }
 
     /// A key from its 32 raw bytes (as stored in `folder.key`).
@@ -112,14 +120,14 @@ impl Crypto {
 
     /// Encrypts a chunk under a fresh random nonce: `nonce || ciphertext || tag`.
     pub fn seal(&self, id: &ChunkId, plaintext: &[u8]) -> Vec<u8> {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let nonce: [u8; NONCE_LEN] = random_bytes();
         // nonce || plaintext, encrypted in place, then the tag: one copy of the data, not three.
         let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce, &id.0, &mut out[NONCE_LEN..])
+            .encrypt_inout_detached(&nonce.into(), &id.0, out[NONCE_LEN..].as_mut().into())
             // aes-gcm only fails for messages over 64 GiB; chunks are at most 256 KiB.
             .expect("chunk is far below the AES-GCM message limit");
         out.extend_from_slice(&tag);
@@ -132,16 +140,20 @@ impl Crypto {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(StoreError::CorruptChunk(*id, "too short"));
         }
-        let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        let plain = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &id.0,
-                },
-            )
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (Ok(nonce), Ok(tag)) = (
+            <[u8; NONCE_LEN]>::try_from(nonce),
+            <[u8; TAG_LEN]>::try_from(tag),
+        ) else {
+            return Err(StoreError::CorruptChunk(*id, "too short"));
+        };
+        // Decrypted straight from the sealed bytes into the output: one pass, no copy.
+        let mut plain = vec![0u8; ct.len()];
+        let buf = InOutBuf::new(ct, &mut plain)
+            .map_err(|_| StoreError::CorruptChunk(*id, "length mismatch"))?;
+        self.cipher
+            .decrypt_inout_detached(&nonce.into(), &id.0, buf, &tag.into())
             .map_err(|_| StoreError::CorruptChunk(*id, "authentication failed"))?;
         if self.chunk_id(&plain) != *id {
             return Err(StoreError::CorruptChunk(

@@ -8,6 +8,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::ChunkCache;
+use crate::crypto::random_bytes;
 use crate::db::{self, RefEntry, CHUNKS, LOG, META, ORPHANS, RECORDS, REFS};
 use crate::record::{children_prefix, path_key, peek_live_dir, Kind, ShortId};
 use crate::{ChunkId, ChunkRef, Crypto, FileRecord, FolderKey, Result, StoreError};
@@ -130,12 +131,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind, never a half-applied database
     // write (those are atomic batches), so continuing with the inner value is sound.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut out);
-    out
 }
 
 impl Store {
