@@ -574,6 +574,46 @@ fn udp_blocked_device_pairs_and_syncs_through_the_relay() {
     }
 }
 
+/// The blocked device's network opens up (its router lets all UDP out again): the daemon finds
+/// out by trying the rendezvous server directly now and then, leaves relay-everything mode, and
+/// the link to the peer moves to a direct path, with syncing going on over it.
+#[test]
+fn a_device_leaves_relay_everything_mode_when_udp_gets_through_again() {
+    let turn = SocketAddr::from((lab::TURN_IP, lab::coturn::TURN_PORT));
+    let later = Gen::new(31).bytes(1 << 20);
+    pair_and_sync_then(
+        "uo",
+        RouterKind::Home,
+        RouterKind::UdpBlockedExceptTurn(turn),
+        0,
+        true,
+        false,
+        b"through the relay",
+        |a, b, mut scene| {
+            assert_eq!(b.status_json()["relay"]["everything"], true);
+            scene.dev_b.unblock_udp();
+            // The daemon tries directly every 30 s; then both sides redial.
+            wait_for("a direct path", Duration::from_secs(90), || {
+                let everything = b.status_json()["relay"]["everything"].clone();
+                match (everything.as_bool(), path_to(a, b), path_to(b, a)) {
+                    (Some(false), Some(x), Some(y)) if x == "direct" && y == "direct" => Ok(()),
+                    other => Err(format!("relay everything, paths: {other:?}")),
+                }
+            });
+            std::fs::write(a.path("later.bin"), &later).expect("write on alpha");
+            wait_for(
+                "later.bin on bravo",
+                Duration::from_secs(60),
+                || match std::fs::read(b.path("later.bin")) {
+                    Ok(d) if d == later => Ok(()),
+                    Ok(d) => Err(format!("{} bytes, or different", d.len())),
+                    Err(e) => Err(e.to_string()),
+                },
+            );
+        },
+    );
+}
+
 /// Two home devices whose routers first drop each other's address connect through the relay;
 /// once the block is lifted, the relayed link finds the direct path and moves to it, and
 /// syncing goes on over it.

@@ -79,6 +79,11 @@ const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
 const UPGRADE_FIRST: Duration = Duration::from_secs(15);
 const UPGRADE_MAX: Duration = Duration::from_secs(300);
 
+/// In relay-everything mode, how often the daemon tries the rendezvous server directly to see
+/// whether UDP gets through again, and how long it waits for the answer each time.
+const RELAY_ALL_RECHECK: Duration = Duration::from_secs(30);
+const RELAY_PROBE_WAIT: Duration = Duration::from_secs(3);
+
 /// How often the LAN addresses given to the rendezvous server are read again (interfaces
 /// change when a laptop moves; the server's registrations last 90 s).
 const LAN_RESCAN: Duration = Duration::from_secs(20);
@@ -643,6 +648,8 @@ fn start_traversal(
     };
     let registered = Arc::new(AtomicBool::new(false));
     let address_changed = Arc::new(Notify::new());
+    // Where the rendezvous server last saw us.
+    let (observed_tx, observed_rx) = tokio::sync::watch::channel(None::<SocketAddr>);
     {
         // An introduction names the peer's public and relayed addresses: permit both on our
         // relay at once, so the peer's probes (and then QUIC) can reach us through it, from
@@ -657,6 +664,7 @@ fn start_traversal(
                 match &e {
                     fybrk_net::rendezvous::ClientEvent::Registered { observed } => {
                         registered.store(true, Ordering::Release);
+                        observed_tx.send_replace(Some(*observed));
                         if seen_at.is_some_and(|a| a != *observed) {
                             address_changed.notify_one();
                         }
@@ -689,24 +697,28 @@ fn start_traversal(
     }
     if let Some(t) = &turn {
         let (mux, turn, handle) = (mux.clone(), t.clone(), handle.clone());
+        let address_changed = address_changed.clone();
         rt.spawn(async move {
             tokio::time::sleep(RELAY_ALL_AFTER).await;
-            if !registered.load(Ordering::Acquire) {
-                let turn_server = turn.server_addr();
-                tracing::warn!(
-                    rendezvous = %server_addr, turn = %turn_server,
-                    "the rendezvous server does not answer over UDP, the TURN server does: this \
-                     network seems to let UDP through to the TURN server only, so everything \
-                     goes through the relay"
-                );
-                mux.set_relay_all(Some(turn_server));
-                // A channel to the rendezvous server first (a datagram before it would be
-                // dropped for want of a permission), then register through it at once.
-                if let Err(e) = turn.bind_peer(server_addr).await {
-                    tracing::warn!("cannot reach the rendezvous server through the relay: {e}");
-                }
-                let _ = handle.register_now().await;
+            if registered.load(Ordering::Acquire) {
+                return;
             }
+            let turn_server = turn.server_addr();
+            tracing::warn!(
+                rendezvous = %server_addr, turn = %turn_server,
+                "the rendezvous server does not answer over UDP, the TURN server does: this \
+                 network seems to let UDP through to the TURN server only, so everything goes \
+                 through the relay"
+            );
+            mux.set_relay_all(Some(turn_server));
+            // A channel to the rendezvous server first (a datagram before it would be dropped
+            // for want of a permission), then register through it at once.
+            if let Err(e) = turn.bind_peer(server_addr).await {
+                tracing::warn!("cannot reach the rendezvous server through the relay: {e}");
+            }
+            let _ = handle.register_now().await;
+            relay_all_until_udp_returns(&mux, &handle, server_addr, &turn, observed_rx).await;
+            address_changed.notify_one();
         });
     }
     let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow!("{e}"))?;
@@ -751,6 +763,48 @@ fn grow_buffers(socket: &UdpSocket) {
 /// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
 /// machine's interface addresses with the listen port (loopback only if there is nothing else:
 /// the invitation is for another device).
+/// In relay-everything mode: now and then registers with the rendezvous server directly, not
+/// through the relay. Returns once the server answers that way (and sees us at an address
+/// that is not the relay's), after leaving relay-everything mode: the network lets UDP
+/// through again (the laptop left the locked-down network). Until then each probe lasts
+/// `RELAY_PROBE_WAIT`, then registration goes back through the relay.
+async fn relay_all_until_udp_returns(
+    mux: &fybrk_net::mux::MuxSocket,
+    handle: &fybrk_net::rendezvous::ClientHandle,
+    server: SocketAddr,
+    turn: &fybrk_net::turn::TurnClient,
+    mut observed: tokio::sync::watch::Receiver<Option<SocketAddr>>,
+) {
+    let relayed = turn.relayed_addr().ip();
+    loop {
+        tokio::time::sleep(RELAY_ALL_RECHECK).await;
+        mux.set_probe_direct(Some(server));
+        observed.borrow_and_update();
+        let _ = handle.register_now().await;
+        let direct = tokio::time::timeout(RELAY_PROBE_WAIT, async {
+            while observed.changed().await.is_ok() {
+                if observed.borrow().is_some_and(|a| a.ip() != relayed) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if direct {
+            mux.set_relay_all(None);
+            tracing::info!(
+                rendezvous = %server,
+                "the rendezvous server answers directly again: UDP gets through, so the relay \
+                 is used only where no direct path answers"
+            );
+            return;
+        }
+        mux.set_probe_direct(None);
+        let _ = handle.register_now().await;
+    }
+}
+
 /// The LAN candidates registered with the rendezvous server at `server`: this machine's
 /// addresses, loopback only when the server is on this machine too (tests).
 fn lan_candidates(listen: SocketAddr, server: SocketAddr) -> Vec<SocketAddr> {

@@ -290,6 +290,9 @@ struct Routes {
     by_peer: HashMap<(SocketAddr, SocketAddr), SocketAddr>,
     /// Everything goes through this server (see "Relay routing").
     relay_all: Option<SocketAddr>,
+    /// While relaying everything, the one address still tried directly (to find out whether
+    /// UDP gets through again; see [`MuxSocket::set_probe_direct`]).
+    probe_direct: Option<SocketAddr>,
     learned: u32,
     next_alias: u32,
 }
@@ -602,14 +605,35 @@ impl MuxSocket {
 
     /// Sends every datagram to an address other than a TURN server through the TURN server
     /// `server` (registered by a [`crate::turn::TurnClient`]), or, with `None`, directly again.
-    /// For networks that block all UDP but the TURN server's.
+    /// For networks that block all UDP but the TURN server's. Leaving the mode drops the routes
+    /// it made (those under a peer's real address), so those peers are reached directly again.
     pub fn set_relay_all(&self, server: Option<SocketAddr>) {
         let mut routes = write(&self.shared().routes);
         if server.is_some_and(|s| !routes.servers.contains_key(&s)) {
             warn!(server = ?server, "relaying everything needs a TURN allocation on that server");
             return;
         }
+        if server.is_none() && routes.relay_all.is_some() {
+            let own: Vec<SocketAddr> = routes
+                .by_addr
+                .iter()
+                .filter(|(addr, r)| **addr == r.peer)
+                .map(|(addr, _)| *addr)
+                .collect();
+            for addr in own {
+                routes.remove(addr);
+                routes.learned = routes.learned.saturating_sub(1);
+            }
+        }
         routes.relay_all = server;
+        routes.probe_direct = None;
+    }
+
+    /// While relaying everything, sends to `addr` directly after all (`None`: relayed again),
+    /// without touching any route: a datagram to the rendezvous server that gets an answer
+    /// this way shows the network lets UDP through again.
+    pub fn set_probe_direct(&self, addr: Option<SocketAddr>) {
+        write(&self.shared().routes).probe_direct = addr;
     }
 
     /// The TURN server everything goes through, if [`set_relay_all`](Self::set_relay_all) set
@@ -1047,6 +1071,9 @@ impl Shared {
     fn route_for(&self, to: SocketAddr) -> Option<RelayRoute> {
         {
             let routes = read(&self.routes);
+            if routes.probe_direct == Some(to) {
+                return None;
+            }
             if let Some(route) = routes.by_addr.get(&to) {
                 return Some(*route);
             }

@@ -38,7 +38,7 @@
 //! - [`Device`]: `ns()`, `lan_ip()`, `public_ip()` (its outermost router's WAN address),
 //!   `cmd(program) -> Command` (runs in the device's namespace), `udp(port) -> UdpSocket`,
 //!   `set_loss(percent)`, `lose_mappings()` (its router forgets every NAT mapping and hands out
-//!   new public ports).
+//!   new public ports), `unblock_udp()` (a UDP-blocked router lets all UDP out again).
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -513,6 +513,20 @@ impl Device {
         }
         nft_load(&ns, &nft::router(nat));
         flush_conntrack(&ns);
+    }
+
+    /// Its router lets all UDP out again (a `UdpBlockedExceptTurn` router becomes an ordinary
+    /// port-restricted one, as when a laptop leaves a locked-down network for a normal one);
+    /// mappings and filtering state survive. Panics for an Open device.
+    pub fn unblock_udp(&mut self) {
+        let (ns, _) = self.outer();
+        let ns = ns.to_string();
+        let nat = self
+            .outer_nat
+            .as_mut()
+            .unwrap_or_else(|| panic!("unblock_udp: {} has no router", self.ns));
+        nat.udp_only_to = None;
+        nft_load(&ns, &nft::router(nat));
     }
 
     /// Drops `percent` % of the packets its router forwards, in each direction independently
