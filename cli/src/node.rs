@@ -760,9 +760,6 @@ fn grow_buffers(socket: &UdpSocket) {
     }
 }
 
-/// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
-/// machine's interface addresses with the listen port (loopback only if there is nothing else:
-/// the invitation is for another device).
 /// In relay-everything mode: now and then registers with the rendezvous server directly, not
 /// through the relay. Returns once the server answers that way (and sees us at an address
 /// that is not the relay's), after leaving relay-everything mode: the network lets UDP
@@ -814,6 +811,9 @@ fn lan_candidates(listen: SocketAddr, server: SocketAddr) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
+/// machine's interface addresses with the listen port (loopback only if there is nothing else:
+/// the invitation is for another device).
 fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     if !listen.ip().is_unspecified() {
         return vec![listen];
