@@ -294,7 +294,11 @@ fn rendezvous_down_after_connecting_does_not_stop_sync() {
                 wait_for(name, Duration::from_secs(60), || {
                     match std::fs::read(m.path(name)) {
                         Ok(d) if d == want => Ok(()),
-                        Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+                        Ok(d) => Err(format!(
+                            "{} bytes, starting {:?}",
+                            d.len(),
+                            String::from_utf8_lossy(&d[..d.len().min(64)])
+                        )),
                         Err(e) => Err(e.to_string()),
                     }
                 });
@@ -405,7 +409,11 @@ fn a_dialled(a: &Mount, b: &Mount) -> bool {
 fn wait_file(m: &Mount, name: &str, want: &[u8], timeout: Duration) {
     wait_for(name, timeout, || match std::fs::read(m.path(name)) {
         Ok(d) if d == want => Ok(()),
-        Ok(d) => Err(format!("content {:?}", String::from_utf8_lossy(&d))),
+        Ok(d) => Err(format!(
+            "{} bytes, starting {:?}",
+            d.len(),
+            String::from_utf8_lossy(&d[..d.len().min(64)])
+        )),
         Err(e) => Err(e.to_string()),
     });
 }
@@ -601,15 +609,7 @@ fn a_device_leaves_relay_everything_mode_when_udp_gets_through_again() {
                 }
             });
             std::fs::write(a.path("later.bin"), &later).expect("write on alpha");
-            wait_for(
-                "later.bin on bravo",
-                Duration::from_secs(60),
-                || match std::fs::read(b.path("later.bin")) {
-                    Ok(d) if d == later => Ok(()),
-                    Ok(d) => Err(format!("{} bytes, or different", d.len())),
-                    Err(e) => Err(e.to_string()),
-                },
-            );
+            wait_file(b, "later.bin", &later, Duration::from_secs(60));
         },
     );
 }
@@ -648,15 +648,7 @@ fn a_relayed_link_moves_to_a_direct_path_when_one_opens() {
                 }
             });
             std::fs::write(a.path("later.bin"), &later).expect("write on alpha");
-            wait_for(
-                "later.bin on bravo",
-                Duration::from_secs(60),
-                || match std::fs::read(b.path("later.bin")) {
-                    Ok(d) if d == later => Ok(()),
-                    Ok(d) => Err(format!("{} bytes, or different", d.len())),
-                    Err(e) => Err(e.to_string()),
-                },
-            );
+            wait_file(b, "later.bin", &later, Duration::from_secs(60));
         },
     );
     if let Some(path) = path {

@@ -500,33 +500,34 @@ impl Device {
     /// rebooted does: the device's next packets leave from a new public port, and nothing sent
     /// to the old one gets in. Each call picks other ports. Panics for an Open device.
     pub fn lose_mappings(&mut self) {
-        let (ns, _) = self.outer();
-        let ns = ns.to_string();
+        let ns = self.change_router("lose_mappings", |nat| {
+            // Below 0x8000: a port from the ephemeral range (32768 up) stays in it.
+            nat.port_xor = (nat.port_xor + 0x1000) % 0x8000;
+            if nat.port_xor == 0 {
+                nat.port_xor = 0x1000;
+            }
+        });
+        flush_conntrack(&ns);
+    }
+
+    /// Edits the outermost router's NAT settings with `edit` and reloads its rules; returns the
+    /// router's namespace. Panics (naming `what`) for an Open device.
+    fn change_router(&mut self, what: &str, edit: impl FnOnce(&mut nft::Nat)) -> String {
+        let ns = self.outer().0.to_string();
         let nat = self
             .outer_nat
             .as_mut()
-            .unwrap_or_else(|| panic!("lose_mappings: {} has no router", self.ns));
-        // Below 0x8000: a port from the ephemeral range (32768 up) stays in it.
-        nat.port_xor = (nat.port_xor + 0x1000) % 0x8000;
-        if nat.port_xor == 0 {
-            nat.port_xor = 0x1000;
-        }
+            .unwrap_or_else(|| panic!("{what}: {} has no router", self.ns));
+        edit(nat);
         nft_load(&ns, &nft::router(nat));
-        flush_conntrack(&ns);
+        ns
     }
 
     /// Its router lets all UDP out again (a `UdpBlockedExceptTurn` router becomes an ordinary
     /// port-restricted one, as when a laptop leaves a locked-down network for a normal one);
     /// mappings and filtering state survive. Panics for an Open device.
     pub fn unblock_udp(&mut self) {
-        let (ns, _) = self.outer();
-        let ns = ns.to_string();
-        let nat = self
-            .outer_nat
-            .as_mut()
-            .unwrap_or_else(|| panic!("unblock_udp: {} has no router", self.ns));
-        nat.udp_only_to = None;
-        nft_load(&ns, &nft::router(nat));
+        self.change_router("unblock_udp", |nat| nat.udp_only_to = None);
     }
 
     /// Drops `percent` % of the packets its router forwards, in each direction independently
