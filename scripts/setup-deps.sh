@@ -126,6 +126,16 @@ if [[ -n $need_rust && -n $have_rust ]]; then
     fi
 fi
 say "rust toolchain: $(cargo --version)"
+# The test command runs clippy with -D warnings. rustup's default profile has it; a minimal
+# profile does not, and then the run would fail on a missing tool rather than on a lint.
+if [[ $with_test -eq 1 ]] && ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        say "clippy missing: rustup component add clippy"
+        rustup component add clippy
+    else
+        die "cargo clippy is missing and there is no rustup to add it: install clippy for this toolchain"
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. /dev/fuse

@@ -5,18 +5,20 @@
 #
 # 1. scripts/setup-deps.sh --test   system packages for the tests (fuse3, coturn, nftables, ...)
 # 2. cargo build --release --workspace --all-targets
-# 3. cargo test  --release --workspace --no-fail-fast ARGS...
+# 3. cargo clippy --release --workspace --all-targets -- -D warnings   (a lint fails the run)
+# 4. cargo test  --release --workspace --no-fail-fast ARGS...
 #
 # Release only, on purpose: RocksDB's C++ takes ~13 minutes per profile on 2 cores, so building
 # debug as well would double the time. Tests that need root or /dev/fuse run for real as root,
-# skip loudly otherwise, and never skip when CI=true. Exits with cargo's status.
+# skip loudly otherwise, and never skip when CI=true. The tests run even when clippy found
+# something, so one run shows both; the exit status is non-zero if either failed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 case "${1:-}" in
-    -h | --help) sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 
 # rustup's default location, for a shell that has not sourced ~/.cargo/env yet.
@@ -69,6 +71,15 @@ if [[ $build_rc -ne 0 ]]; then
 fi
 end build ok
 
+begin "clippy: cargo clippy --release --workspace --all-targets -- -D warnings"
+clippy_rc=0
+cargo clippy --release --workspace --all-targets -- -D warnings || clippy_rc=$?
+if [[ $clippy_rc -eq 0 ]]; then
+    end clippy ok
+else
+    end clippy "FAILED (exit $clippy_rc)"
+fi
+
 begin "test: cargo test --release --workspace --no-fail-fast $*"
 test_rc=0
 cargo test --release --workspace --no-fail-fast "$@" || test_rc=$?
@@ -78,4 +89,7 @@ else
     end test "FAILED (exit $test_rc)"
 fi
 summary
-exit "$test_rc"
+if [[ $test_rc -ne 0 ]]; then
+    exit "$test_rc"
+fi
+exit "$clippy_rc"
