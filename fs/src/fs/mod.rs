@@ -16,7 +16,8 @@
 //! - `remote`: changes committed by peers: what the kernel must forget, writes to a file a peer
 //!   changed while it was open here, swapping the store.
 //!
-//! Nothing here talks to the kernel: `fuse.rs` translates requests and errno values.
+//! Nothing here talks to the kernel or imports `fuser`: `fuse.rs` translates requests and errno
+//! values, and the network reaches this module only through [`Fs::changed_remotely`].
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;

@@ -80,7 +80,8 @@ pub struct StatFs {
     pub bsize: u32,
 }
 
-/// What the kernel must forget after a peer changed a path: see [`Fs::changed_remotely`].
+/// What the kernel must forget after a peer changed a path: see
+/// [`Fs::changed_remotely`](super::Fs::changed_remotely).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalidation {
     /// The parent directory's inode, if the kernel may have looked it up.
