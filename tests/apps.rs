@@ -1,6 +1,9 @@
 //! Real applications in the mount: git, sqlite3 (rollback journal and WAL), an editor's atomic
 //! save, tar in and out, and mmap (read-only and shared writable).
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;

@@ -4,6 +4,9 @@
 //! Its own test binary (cargo runs test binaries one after another), and the two tests take a
 //! lock so they never run at the same time either: each alone keeps both cores busy.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;

@@ -1,6 +1,9 @@
 //! The command line's contract: refused mounts with clear messages, `status --json`, `unmount`,
 //! signals, `--foreground`, `verify` noticing damage, and the config file.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;

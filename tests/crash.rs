@@ -3,6 +3,9 @@
 //!
 //! Its own test binary, so it never shares the two cores with the other mounts.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,9 @@
 //! A full disk: the app gets ENOSPC, the daemon keeps serving, what was written before stays
 //! intact, and once space is back writes resume (no remount) and the store verifies clean.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::process::Command;

@@ -17,6 +17,9 @@
 //! it first: `cargo build --release -p fybrk`. Set `FYBRK_KEEP_FAILED=1` to keep the temp dir
 //! (state and log) of a failed test.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::CString;

@@ -5,6 +5,9 @@
 //! The seed is printed; replay a failure with `FYBRK_MODEL_SEED=<seed>` (and optionally
 //! `FYBRK_MODEL_OPS=<n>` to change the number of operations).
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -1,6 +1,9 @@
 //! fybrk daemons behind NAT routers in the lab (`tests/lab/`): pairing through the rendezvous
 //! server and syncing over a hole-punched direct path. Root only (skips loudly outside CI).
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 #[path = "lab/mod.rs"]
 mod lab;
 

@@ -3,6 +3,9 @@
 //! everything as `nobody`): each operation here must fail or succeed exactly as it would on a
 //! local disk.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;

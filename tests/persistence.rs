@@ -1,6 +1,9 @@
 //! What survives an unmount: every file's bytes and metadata, nothing in plaintext on disk, and
 //! identical content stored once.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;

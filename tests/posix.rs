@@ -1,5 +1,8 @@
 //! POSIX semantics through a real fybrk mount, one behaviour per test, each on its own mount.
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

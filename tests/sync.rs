@@ -17,6 +17,9 @@
 //! Its own test binary. Run: `cargo build --release -p fybrk && cargo test --release -p
 //! fybrk-tests --test sync -- --test-threads=2` (root and /dev/fuse, see `tests/lib.rs`).
 
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};

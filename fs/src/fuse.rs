@@ -563,7 +563,7 @@ impl Filesystem for FuseFs {
 /// create, unlink or rename invalidates the directory's attributes, it first fetched them again
 /// with a `GETATTR` round trip, a sixth of the cost of creating a small file. Without it only
 /// the mounting user (and not even root) can reach the folder at all, and the requests that
-/// need a permission check it here ([`FuseFs::allowed`], [`Fs::check_access`]), with the mode
+/// need a permission check it here (`FuseFs::allowed`, [`Fs::check_access`]), with the mode
 /// bits as stored, never stale.
 pub fn mount_config() -> Config {
     let mut cfg = Config::default();

@@ -19,8 +19,11 @@ pub struct Backoff {
 
 impl Backoff {
     /// Backoff for reconnecting to a peer: 500 ms is above a LAN or WAN round trip, so the first
-    /// retry is quick without hammering a peer that is restarting; 60 s bounds how stale a sync
-    /// can get after the peer comes back (a rendezvous notification also resets the backoff).
+    /// retry is quick without hammering a peer that is restarting; 60 s bounds how long a device
+    /// waits before it tries a peer that came back (the peer itself dials at once when it
+    /// starts). The daemon resets it only once a link has stayed up for a while (`STABLE_LINK`
+    /// in `cli/src/node.rs`), so a peer whose links drop right after the handshake keeps being
+    /// backed off; a link ending only cuts the current wait short.
     pub const RECONNECT: Backoff =
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 

@@ -1,6 +1,9 @@
 //! Store micro-benchmarks: chunking, hashing + sealing, opening, and a full write/read round
 //! trip through RocksDB. Run: `cargo bench -p fybrk-store --bench store`.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fybrk_store::{chunker, Crypto, FolderKey, Store, StoreOptions};
 

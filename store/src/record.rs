@@ -91,7 +91,7 @@ impl VersionVector {
 }
 
 /// Everything the folder knows about one path. Field order matters: `kind` and `deleted` come
-/// first so [`peek_live_dir`] can read them without decoding the chunk list.
+/// first so `peek_live_dir` can read them without decoding the chunk list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     /// File, directory or symlink.

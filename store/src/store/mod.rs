@@ -1,0 +1,237 @@
+//! The [`Store`]: chunks, records, change log and their bookkeeping, committed atomically.
+//!
+//! This module owns opening a store (key check, device id, persisted sequence and totals) and
+//! the shared state every handle points at. The rest is split by concern:
+//!
+//! - `read`: records, directory listings, the change log and chunk reads (through the cache).
+//! - `commit`: the one write path: records, new chunks, reference counts and change-log entries
+//!   in one RocksDB batch, and how versions are assigned ([`Versioning`]).
+//! - `writer`: the [`ChunkWriter`] that streams new chunks in bounded batches.
+//! - `pins`: chunks garbage collection must not free yet ([`Pins`]).
+//! - `stats`: the totals kept up to date by every commit ([`Stats`]).
+//!
+//! Nothing here knows about FUSE or the network.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rocksdb::{WriteBatch, DB};
+
+use crate::cache::ChunkCache;
+use crate::crypto::random_bytes;
+use crate::db::{self, META};
+use crate::record::ShortId;
+use crate::{Crypto, FolderKey, Result, StoreError};
+
+mod commit;
+mod pins;
+mod read;
+mod stats;
+mod writer;
+
+pub use commit::Versioning;
+pub(crate) use pins::PinTable;
+pub use pins::Pins;
+pub(crate) use read::decode_record;
+pub use stats::Stats;
+pub use writer::ChunkWriter;
+
+/// Tuning knobs of a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of decrypted chunks kept in the read cache.
+    pub cache_bytes: usize,
+    /// This device's short id (first 64 bits of its device id), recorded when the store is
+    /// created and used in version vectors. `None`: a random one.
+    pub device: Option<ShortId>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 4 << 20,
+            device: None,
+        }
+    }
+}
+
+/// Mutable state changed only under the write lock.
+struct WriteState {
+    /// The last local sequence number handed out.
+    seq: u64,
+    stats: Stats,
+    /// Chunk batches were written without the WAL since the last memtable flush (see
+    /// [`Store::flush_chunks`]); the next commit must flush them before referencing anything.
+    unlogged: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: DB,
+    pub(crate) crypto: Crypto,
+    device: ShortId,
+    folder_id: [u8; 16],
+    /// Serialises every write that reads before it writes (refcounts, records, sequence).
+    write: Mutex<WriteState>,
+    pub(crate) pins: Arc<PinTable>,
+    cache: ChunkCache,
+    /// Striped locks so two readers missing the same chunk decrypt it once: the kernel's
+    /// read-ahead sends neighbouring ranges to several FUSE threads at the same time, and a chunk
+    /// straddling two requests was otherwise decrypted and hashed twice.
+    loads: [Mutex<()>; 32],
+    /// Called after every commit (see [`Store::on_commit`]).
+    watchers: std::sync::RwLock<Vec<CommitWatcher>>,
+}
+
+/// A function told about every commit, after it is written.
+pub type CommitWatcher = Arc<dyn Fn(&Committed) + Send + Sync>;
+
+/// What one commit changed: handed to the watchers registered with [`Store::on_commit`].
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The store's sequence after the commit.
+    pub seq: u64,
+    /// Paths of the records written.
+    pub paths: Vec<String>,
+    /// True when any record came from a peer ([`Versioning::Remote`]): the filesystem must
+    /// drop what the kernel caches about these paths.
+    pub remote: bool,
+}
+
+/// A handle to an open folder store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind, never a half-applied database
+    // write (those are atomic batches), so continuing with the inner value is sound.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it on first use. Fails with [`StoreError::WrongKey`]
+    /// when `key` is not the key the store was created with.
+    pub fn open(dir: &Path, key: &FolderKey, options: StoreOptions) -> Result<Store> {
+        let db = db::open(dir)?;
+        let crypto = Crypto::new(key);
+        let meta = db
+            .cf_handle(META)
+            .expect("meta column family is created at open");
+        match db.get_cf(meta, b"key_check")? {
+            Some(check) if check.as_slice() != crypto.key_check() => {
+                return Err(StoreError::WrongKey)
+            }
+            Some(_) => {}
+            None => {
+                let mut b = WriteBatch::default();
+                b.put_cf(meta, b"key_check", crypto.key_check());
+                let device = options
+                    .device
+                    .map_or_else(random_bytes::<8>, u64::to_le_bytes);
+                b.put_cf(meta, b"device", device);
+                db.write(b)?;
+            }
+        }
+        let read_meta = |name: &str| -> Result<Vec<u8>> {
+            db.get_cf(meta, name)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    key: format!("meta/{name}"),
+                    reason: "missing".into(),
+                })
+        };
+        let fixed = |name: &str, v: Vec<u8>| StoreError::CorruptRecord {
+            key: format!("meta/{name}"),
+            reason: format!("expected a fixed-size value, got {} bytes", v.len()),
+        };
+        let device = read_meta("device")?;
+        let device = u64::from_le_bytes(device.try_into().map_err(|v| fixed("device", v))?);
+        let folder_id = crypto.folder_id();
+        let seq = match db.get_cf(meta, b"seq")? {
+            Some(v) => u64::from_le_bytes(v.try_into().map_err(|v| fixed("seq", v))?),
+            None => 0,
+        };
+        let stats = match db.get_cf(meta, b"stats")? {
+            Some(v) => postcard::from_bytes(&v).map_err(|e| StoreError::CorruptRecord {
+                key: "meta/stats".into(),
+                reason: e.to_string(),
+            })?,
+            None => Stats::default(),
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                crypto,
+                device,
+                folder_id,
+                write: Mutex::new(WriteState {
+                    seq,
+                    stats,
+                    unlogged: false,
+                }),
+                pins: Arc::new(PinTable::default()),
+                cache: ChunkCache::new(options.cache_bytes),
+                loads: std::array::from_fn(|_| Mutex::new(())),
+                watchers: std::sync::RwLock::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// This device's short id, used in version vectors.
+    pub fn device(&self) -> ShortId {
+        self.inner.device
+    }
+
+    /// The folder's id, derived from the folder key: every device holding the key agrees on
+    /// it without exchanging it, and it reveals nothing about the key.
+    pub fn folder_id(&self) -> [u8; 16] {
+        self.inner.folder_id
+    }
+
+    /// Registers `watcher`, called after every later commit with what it changed, in commit
+    /// order. It runs on the committing thread under the store's write lock (that is what keeps
+    /// the order): keep it short, e.g. signal a channel, and never commit from it.
+    pub fn on_commit(&self, watcher: CommitWatcher) {
+        self.inner
+            .watchers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(watcher);
+    }
+
+    /// Hashing and sealing of chunks under this folder's key.
+    pub fn crypto(&self) -> &Crypto {
+        &self.inner.crypto
+    }
+
+    /// Current totals.
+    pub fn stats(&self) -> Stats {
+        lock(&self.inner.write).stats
+    }
+
+    /// The last local sequence number.
+    pub fn sequence(&self) -> u64 {
+        lock(&self.inner.write).seq
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.inner
+            .db
+            .cf_handle(name)
+            .expect("all column families are created at open")
+    }
+
+    /// Makes everything written so far durable (fsync of the write-ahead log).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.inner.db.flush_wal(true)?)
+    }
+
+    /// Runs `f` with the write lock held (garbage collection needs the counts not to move).
+    pub(crate) fn with_write_lock<T>(&self, f: impl FnOnce(&mut Stats) -> Result<T>) -> Result<T> {
+        let mut st = lock(&self.inner.write);
+        let mut stats = st.stats;
+        let out = f(&mut stats)?;
+        st.stats = stats;
+        Ok(out)
+    }
+}

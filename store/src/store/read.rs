@@ -1,0 +1,147 @@
+//! Reads: records by path, directory listings, the change log, and chunks (through the cache,
+//! decrypted and re-hashed on every read from disk).
+
+use std::sync::Arc;
+
+use rocksdb::{Direction, IteratorMode};
+
+use super::{lock, Store};
+use crate::db::{CHUNKS, LOG, RECORDS, REFS};
+use crate::record::{children_prefix, path_key, peek_live_dir};
+use crate::{ChunkId, FileRecord, Result, StoreError};
+
+/// A raw RocksDB key and value.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+impl Store {
+    /// The record at `path`, tombstones included.
+    pub fn get(&self, path: &str) -> Result<Option<FileRecord>> {
+        let key = path_key(path);
+        match self.inner.db.get_pinned_cf(self.cf(RECORDS), &key)? {
+            Some(v) => Ok(Some(decode_record(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The live entries directly inside `dir` ("" is the root), in key order.
+    pub fn list_dir(&self, dir: &str) -> Result<Vec<FileRecord>> {
+        let prefix = children_prefix(dir);
+        let mut out = Vec::new();
+        for item in self.prefix_iter(&prefix) {
+            let (key, value) = item?;
+            let r = decode_record(&key, &value)?;
+            if r.is_live() {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of live subdirectories of `dir` (for a directory's `st_nlink`).
+    pub fn count_subdirs(&self, dir: &str) -> Result<u64> {
+        let mut n = 0;
+        for item in self.prefix_iter(&children_prefix(dir)) {
+            let (_, value) = item?;
+            n += u64::from(peek_live_dir(&value));
+        }
+        Ok(n)
+    }
+
+    /// True when `dir` has at least one live entry.
+    pub fn has_children(&self, dir: &str) -> Result<bool> {
+        for item in self.prefix_iter(&children_prefix(dir)) {
+            let (key, value) = item?;
+            if decode_record(&key, &value)?.is_live() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn prefix_iter<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        self.inner
+            .db
+            .iterator_cf(
+                self.cf(RECORDS),
+                IteratorMode::From(prefix, Direction::Forward),
+            )
+            .take_while(move |item| match item {
+                Ok((k, _)) => k.starts_with(prefix),
+                Err(_) => true,
+            })
+            .map(|item| item.map_err(StoreError::from))
+    }
+
+    /// Every record changed after local sequence number `since`, oldest first: what a peer that
+    /// has seen up to `since` is missing.
+    pub fn changes_since(&self, since: u64) -> Result<Vec<FileRecord>> {
+        let start = (since + 1).to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self
+            .inner
+            .db
+            .iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (_, key) = item?;
+            let value = self
+                .inner
+                .db
+                .get_pinned_cf(self.cf(RECORDS), &key)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "change log points at a missing record".into(),
+                })?;
+            out.push(decode_record(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The plaintext of a chunk, through the cache. Every read from disk decrypts and
+    /// re-hashes the chunk.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        if let Some(hit) = self.inner.cache.get(id) {
+            return Ok(hit);
+        }
+        let _loading = lock(&self.inner.loads[usize::from(id.0[0]) % 32]);
+        if let Some(hit) = self.inner.cache.get(id) {
+            return Ok(hit);
+        }
+        let sealed = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CHUNKS), id.0)?
+            .ok_or(StoreError::MissingChunk(*id))?;
+        let plain: Arc<[u8]> = self.inner.crypto.open(id, &sealed)?.into();
+        self.inner.cache.insert(*id, plain.clone());
+        Ok(plain)
+    }
+
+    /// A chunk as stored (sealed): what travels between peers, who hold the same folder key.
+    pub fn read_sealed(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.db.get_cf(self.cf(CHUNKS), id.0)?)
+    }
+
+    /// The whole content of the live file at `path` (`None` if there is none).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(r) = self.get(path)?.filter(FileRecord::is_live) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(r.size as usize);
+        for c in &r.chunks {
+            out.extend_from_slice(&self.read_chunk(&c.id)?);
+        }
+        Ok(Some(out))
+    }
+
+    /// True when the store holds chunk `id`.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())
+    }
+}
+
+pub(crate) fn decode_record(key: &[u8], value: &[u8]) -> Result<FileRecord> {
+    postcard::from_bytes(value).map_err(|e| StoreError::CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
