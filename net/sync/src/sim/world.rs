@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::store::{chunk_id, SimStore};
-use crate::sync::conflict::{decide, Decision};
-use crate::sync::{Action, Message, Session};
+use crate::conflict::{decide, Decision};
+use crate::{Action, Message, Session};
 
 /// The folder every simulated device syncs.
 pub(crate) const FOLDER: [u8; 16] = *b"fybrk-sim-folder";

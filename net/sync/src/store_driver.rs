@@ -380,10 +380,10 @@ mod tests {
     use fybrk_store::{FolderKey, StoreOptions};
 
     use super::*;
-    use crate::sync::messages::encode_frame;
-    use crate::sync::naming::CONFLICT_MARKER;
-    use crate::sync::test_support::{random, read_file, write_file};
-    use crate::sync::{FrameDecoder, Message, DEFAULT_MAX_FRAME};
+    use crate::messages::encode_frame;
+    use crate::naming::CONFLICT_MARKER;
+    use crate::test_support::{random, read_file, write_file};
+    use crate::{FrameDecoder, Message, DEFAULT_MAX_FRAME};
 
     /// Short ids whose top bits differ, so their conflict-name tags differ.
     const IDS: [ShortId; 2] = [0x1111_1111_1111_1111, 0x9999_9999_9999_9999];

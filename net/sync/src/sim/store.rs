@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use fybrk_store::record::ShortId;
 use fybrk_store::{ChunkId, ChunkRef, FileRecord, Kind};
 
-use crate::sync::conflict;
+use crate::conflict;
 
 /// The sim's chunk id: a hash of the bytes, so a corrupted chunk no longer matches its id
 /// (standing in for keyed BLAKE3 + AES-GCM, which the real driver checks).

@@ -1,7 +1,7 @@
 //! Deterministic end-to-end scenarios: offline catch-up, corrupt chunks, renames, conflicts.
 
 use super::world::{NetConfig, Op, World, DEVICE_IDS};
-use crate::sync::naming::conflict_copy_path;
+use crate::naming::conflict_copy_path;
 
 const SEC: i64 = 1_000_000_000;
 /// 2023-11-14 22:13:20 UTC.

@@ -22,7 +22,7 @@
 //!   5. a fixed order of the contents (chunk ids, target, mode, size), so even identical
 //!      mtimes from identical vectors give one answer everywhere.
 //!
-//! The loser is kept as a conflict copy ([`crate::sync::naming`]) unless nothing would be lost:
+//! The loser is kept as a conflict copy ([`crate::naming`]) unless nothing would be lost:
 //! a tombstone (two concurrent deletes are not a conflict), a directory (two concurrent
 //! directory records only merge their vectors), or the same data as the winner.
 //!

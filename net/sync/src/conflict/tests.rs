@@ -1,7 +1,7 @@
 //! Every rule of the conflict module, and the symmetry that makes devices converge.
 
 use super::*;
-use crate::sync::naming::{conflict_copy_path, device_tag};
+use crate::naming::{conflict_copy_path, device_tag};
 use fybrk_store::{ChunkId, ChunkRef};
 use proptest::prelude::*;
 
@@ -310,7 +310,7 @@ fn a_copy_goes_to_the_first_free_name() {
     let remote = file("r.txt", T + SEC, 2, vv(&[(B, 2)]));
     let copy = resolve(Some(&local), &remote).copy.unwrap();
     let first = copy_name("r.txt", T, A);
-    let second = crate::sync::naming::numbered_copy_path("r.txt", T, A, 1);
+    let second = crate::naming::numbered_copy_path("r.txt", T, A, 1);
     assert_eq!(copy.candidate(0), first);
     let place = |taken: &[(&str, FileRecord)]| {
         copy.place(|p| {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Default frame limit: 32 MiB. The largest message is normally a chunk response (at most
 /// 256 KiB of plaintext plus sealing overhead) or an index batch (kept near
-/// [`crate::sync::SessionConfig::batch_bytes`]); what needs the headroom is one record of a huge
+/// [`crate::SessionConfig::batch_bytes`]); what needs the headroom is one record of a huge
 /// file, which travels whole: about 37 bytes per chunk, so 32 MiB carries a ~850k-chunk list, a
 /// file of roughly 50 GiB at the 64 KiB average chunk size. The limit is also the most a peer
 /// can make us buffer per connection.

@@ -464,7 +464,7 @@ impl MuxSocket {
         self.shared().io.local_addr()
     }
 
-    /// The socket as quinn sees it, for [`crate::transport::Transport::bind_with`]. One QUIC
+    /// The socket as quinn sees it, for [`fybrk_link::transport::Transport::bind_with`]. One QUIC
     /// endpoint at a time: it becomes the socket's reader until it lets go of the socket.
     pub fn quinn_socket(&self) -> Result<Arc<dyn quinn::AsyncUdpSocket>, MuxError> {
         let mut attached = false;

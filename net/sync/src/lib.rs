@@ -1,10 +1,16 @@
-//! Replication: the wire protocol, the conflict rules and the per-peer session, all without I/O.
+//! Replication: the wire protocol, the conflict rules and the per-peer session, plus the drivers
+//! that run a session over a QUIC connection against a store.
 //!
-//! Nothing here touches a socket, the clock or the store. The async driver (one task per peer
-//! connection) reads frames, hands messages to a [`Session`] together with `now`, executes the
-//! [`Action`]s it returns against the store, and writes what [`Session::poll_outgoing`] yields.
-//! That keeps every ordering question testable in milliseconds: `sim` (tests only) runs three
-//! devices with in-memory stores over a simulated network with delays, drops and partitions.
+//! The session and the conflict rules touch no socket, clock or store. The async driver (one
+//! task per peer connection, [`quic_driver`] with [`store_driver`]) reads frames, hands messages
+//! to a [`Session`] together with `now`, executes the [`Action`]s it returns against the store,
+//! and writes what [`Session::poll_outgoing`] yields. That keeps every ordering question testable
+//! in milliseconds: `sim` (tests only) runs three devices over a simulated network with delays,
+//! drops and partitions.
+//!
+//! This crate uses the link (`fybrk-link`) for connections and the store (`fybrk-store`); it
+//! must never import NAT traversal (`fybrk-nat`): how a connection found its path is not its
+//! business.
 //!
 //! - [`messages`]: `Hello`, `IndexUpdate`, `ChunkRequest`/`ChunkResponse`, `Ping`/`Pong`, and
 //!   the length-prefixed frame codec (postcard payloads, bounded frame size).
@@ -39,6 +45,12 @@ mod test_support;
 
 #[cfg(test)]
 mod sim;
+
+// The link's modules under their old paths (`crate::transport`, ...), so code moved out of the
+// one `fybrk-net` crate reads the same.
+use fybrk_link::transport;
+#[cfg(test)]
+use fybrk_link::{identity, tls};
 
 pub use conflict::{decide, resolve, ConflictCopy, Decision, Resolution, Side, Slot};
 pub use messages::{FrameDecoder, FrameError, Message, DEFAULT_MAX_FRAME};

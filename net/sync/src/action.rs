@@ -1,4 +1,4 @@
-//! What a [`crate::sync::Session`] asks its driver to do, and the driver's tunables.
+//! What a [`crate::Session`] asks its driver to do, and the driver's tunables.
 //!
 //! The doc of each [`Action`] variant is the driver's contract for it.
 
@@ -73,7 +73,7 @@ pub enum Action {
     /// Read `store.changes_since(seq)` (and `store.sequence()` *before* it) and pass both to
     /// [`Session::handle_local_index`]. At most one is outstanding at a time.
     SendIndexFrom(u64),
-    /// The peer offers `record`. Decide with [`crate::sync::conflict::decide`] against the local
+    /// The peer offers `record`. Decide with [`crate::conflict::decide`] against the local
     /// record: on `KeepLocal` answer `handle_missing(token, None)`; otherwise pin the record's
     /// chunks the store has (so GC cannot take them before the apply) and answer with the ids
     /// it lacks (empty when it has them all).
@@ -94,10 +94,10 @@ pub enum Action {
         data: Vec<u8>,
     },
     /// Every chunk of `record` is present and verified. Under the store's write lock, resolve
-    /// it against the *current* local record with [`crate::sync::conflict::resolve`] (the local
+    /// it against the *current* local record with [`crate::conflict::resolve`] (the local
     /// one may have changed since `NeedChunks`) and commit in one batch: `write` keeping its
     /// version vector (no bump), and a conflict copy, if any, placed with
-    /// [`crate::sync::conflict::ConflictCopy::place`] and committed as a local change (bump).
+    /// [`crate::conflict::ConflictCopy::place`] and committed as a local change (bump).
     /// Then release the pins and call [`Session::handle_local_changed`] on every session. If
     /// the commit fails, drop the session: progress past this record is then never persisted.
     Apply(FileRecord),

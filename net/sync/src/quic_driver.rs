@@ -194,7 +194,7 @@ mod tests {
 
     use super::*;
     use crate::identity::DeviceKey;
-    use crate::sync::test_support::{random, read_file, write_file};
+    use crate::test_support::{random, read_file, write_file};
     use crate::tls::AllowList;
     use crate::transport::{Admission, Transport};
 
