@@ -7,7 +7,8 @@
 //! | `orphans` | chunk id | empty: the chunk's count reached 0, GC should look at it |
 //! | `records` | [`crate::record::path_key`] | postcard [`crate::FileRecord`] |
 //! | `log` | local sequence number (big endian) | path key of the record it changed |
-//! | `meta` | name | folder id, device id, key check, sequence, stats |
+//! | `history` | `path_key \0 seq` (big endian) | postcard [`crate::history::Version`]: every kept version |
+//! | `meta` | name | folder id, device id, key check, sequence, stats, history size |
 
 use std::path::Path;
 
@@ -21,6 +22,7 @@ pub(crate) const ORPHANS: &str = "orphans";
 pub(crate) const RECORDS: &str = "records";
 pub(crate) const LOG: &str = "log";
 pub(crate) const META: &str = "meta";
+pub(crate) const HISTORY: &str = "history";
 
 /// Per-chunk bookkeeping: how many record slots use it and how many bytes it takes on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,7 @@ pub(crate) fn open(dir: &Path) -> Result<DB> {
         ColumnFamilyDescriptor::new(RECORDS, small(4 << 20)),
         ColumnFamilyDescriptor::new(LOG, small(2 << 20)),
         ColumnFamilyDescriptor::new(META, small(1 << 20)),
+        ColumnFamilyDescriptor::new(HISTORY, small(4 << 20)),
     ];
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);

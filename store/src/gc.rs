@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::Serialize;
 
-use crate::db::{RefEntry, CHUNKS, LOG, ORPHANS, RECORDS, REFS};
+use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, ORPHANS, RECORDS, REFS};
 use crate::store::{decode_record, Store};
 use crate::{ChunkId, Kind, Result};
 
@@ -39,7 +39,8 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Frees every chunk that no record references and nobody pins.
+    /// Frees every chunk that no record and no kept version references and nobody pins (run
+    /// [`Store::apply_retention`] first to let history go).
     pub fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
         self.with_write_lock(|stats| {
@@ -175,6 +176,32 @@ impl Store {
                     None => report
                         .problems
                         .push(format!("{}: chunk {} is missing", record.path, c.id)),
+                }
+            }
+        }
+        // Every kept version holds a reference to each of its chunks too.
+        for item in snap.iterator_cf(self.cf(HISTORY), IteratorMode::Start) {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    report.problems.push(format!("the history is damaged: {e}"));
+                    break;
+                }
+            };
+            let version = match crate::history::decode(&key, &value) {
+                Ok(v) => v,
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            for c in &version.record.chunks {
+                match stored.get_mut(&c.id) {
+                    Some(n) => *n += 1,
+                    None => report.problems.push(format!(
+                        "{} (version {}): chunk {} is missing",
+                        version.record.path, version.record.seq, c.id
+                    )),
                 }
             }
         }

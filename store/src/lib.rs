@@ -5,6 +5,8 @@
 //! - [`chunker`]: FastCDC cut points (16 / 64 / 256 KiB).
 //! - [`crypto`]: the folder key, keyed-BLAKE3 chunk ids and AES-256-GCM sealing.
 //! - [`record`]: file records with version vectors, and how paths become keys.
+//! - [`history`]: every kept version of every path, the folder as it was at a time, and
+//!   retention.
 //! - [`Store`]: the chunk store (one copy per distinct chunk), the path index, the local change
 //!   log, reference counts, garbage collection and `verify`.
 //!
@@ -18,6 +20,7 @@ pub mod crypto;
 mod db;
 mod error;
 mod gc;
+pub mod history;
 pub mod naming;
 pub mod record;
 mod store;

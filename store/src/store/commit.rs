@@ -9,7 +9,8 @@ use rocksdb::{WriteBatch, WriteOptions};
 
 use super::writer::NewChunk;
 use super::{lock, ChunkWriter, Committed, Stats, Store};
-use crate::db::{RefEntry, CHUNKS, LOG, META, ORPHANS, RECORDS, REFS};
+use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, META, ORPHANS, RECORDS, REFS};
+use crate::history::{self, Version};
 use crate::record::path_key;
 use crate::{ChunkId, FileRecord, Kind, Result, StoreError};
 
@@ -107,6 +108,11 @@ impl Store {
             .any(|(_, v)| matches!(v, Versioning::Remote { .. }));
         let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
+        let now = history::now_ns();
+        // The two halves of a rename arrive next to each other (tombstone, then the new name):
+        // remember the tombstone's path and what it was, to tell a rename from a delete + create.
+        let mut prev: Option<(FileRecord, Option<FileRecord>, usize)> = None;
+        let mut events: Vec<(history::Event, u64)> = Vec::with_capacity(records.len());
         for (mut record, versioning) in records {
             let key = path_key(&record.path);
             let old = match touched.get(&key) {
@@ -138,8 +144,10 @@ impl Store {
                     *delta.entry(c.id).or_default() -= 1;
                 }
             }
+            // Twice: once for the record, once for its history entry, which keeps the chunks
+            // after the record is replaced or deleted.
             for c in &record.chunks {
-                *delta.entry(c.id).or_default() += 1;
+                *delta.entry(c.id).or_default() += 2;
             }
             for (id, d) in delta {
                 if d != 0 {
@@ -154,8 +162,45 @@ impl Store {
                 })?;
             batch.put_cf(self.cf(RECORDS), &key, encoded);
             batch.put_cf(self.cf(LOG), seq.to_be_bytes(), &key);
+
+            let origin = match versioning {
+                Versioning::Local => self.inner.device,
+                Versioning::Remote { .. } => {
+                    history::origin_of(&record.version, old.as_ref().map(|o| &o.version))
+                }
+            };
+            let mut event = history::event_of(
+                &record,
+                old.as_ref(),
+                None,
+                crate::naming::conflict_origin(&record.path).is_some() && old.is_none(),
+            );
+            if let Some((gone, before, at)) = prev.take() {
+                if history::is_rename_pair(&gone, before.as_ref(), &record) {
+                    event = history::Event::RenameFrom(gone.path.clone());
+                    events[at].0 = history::Event::RenameTo(record.path.clone());
+                }
+            }
+            if record.deleted {
+                prev = Some((record.clone(), old.clone(), out.len()));
+            }
+            events.push((event, origin));
             touched.insert(key, record.clone());
             out.push(record);
+        }
+        // History entries, written after the loop so a rename's tombstone gets its final event.
+        for (record, (event, origin)) in out.iter().zip(events) {
+            let v = Version {
+                since_ns: now,
+                origin,
+                event,
+                record: record.clone(),
+            };
+            batch.put_cf(
+                self.cf(HISTORY),
+                history::history_key(&record.path, record.seq),
+                history::encode(&v)?,
+            );
         }
         batch.put_cf(self.cf(META), b"seq", seq.to_le_bytes());
         batch.put_cf(
@@ -221,7 +266,7 @@ impl Store {
         Ok(())
     }
 
-    fn apply_ref_delta(
+    pub(crate) fn apply_ref_delta(
         &self,
         batch: &mut WriteBatch,
         refs: &mut HashMap<ChunkId, RefEntry>,

@@ -158,7 +158,7 @@ impl Store {
             })?,
             None => Stats::default(),
         };
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 db,
                 crypto,
@@ -174,7 +174,9 @@ impl Store {
                 loads: std::array::from_fn(|_| Mutex::new(())),
                 watchers: std::sync::RwLock::new(Vec::new()),
             }),
-        })
+        };
+        store.start_history()?;
+        Ok(store)
     }
 
     /// This device's short id, used in version vectors.
