@@ -4,7 +4,10 @@ use anyhow::{bail, Result};
 use tokio::io::AsyncWriteExt;
 
 /// Writes one pairing frame.
-pub(super) async fn write_frame<T: serde::Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<()> {
+pub(super) async fn write_frame<T: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<()> {
     let frame = fybrk_pair::encode_frame(msg)?;
     send.write_all(&frame).await?;
     send.flush().await?;
@@ -12,7 +15,9 @@ pub(super) async fn write_frame<T: serde::Serialize>(send: &mut quinn::SendStrea
 }
 
 /// Reads one pairing frame (they are small: at most a few KiB).
-pub(super) async fn read_frame<T: serde::de::DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T> {
+pub(super) async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {

@@ -138,4 +138,3 @@ pub fn finish_join(state: &StateDir, device: u64) -> Result<()> {
     std::fs::remove_file(state.joining_key())?;
     Ok(())
 }
-

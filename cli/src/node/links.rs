@@ -58,7 +58,6 @@ pub(super) struct Link {
     pub(super) relayed: bool,
 }
 
-
 impl Shared {
     /// Takes every incoming connection: a paired device's joins its link, an unknown
     /// device's (let in by an open invitation) runs the pairing exchange.
@@ -215,7 +214,11 @@ impl Shared {
     /// candidates at once: LAN, public and relayed addresses), then dials the best path that
     /// answered. `None` without a server, if the peer is not registered, if no path answered,
     /// or, with `direct_only`, if only a relayed one did.
-    pub(super) async fn introduce(&self, peer: DeviceId, direct_only: bool) -> Option<quinn::Connection> {
+    pub(super) async fn introduce(
+        &self,
+        peer: DeviceId,
+        direct_only: bool,
+    ) -> Option<quinn::Connection> {
         let handle = self.rendezvous.as_ref()?;
         let path = match handle.connect(peer).await {
             Ok(p) => p,
@@ -288,7 +291,7 @@ impl Shared {
                     since: Instant::now(),
                     pending: (0, 0),
                     idle: false,
-                    pub(super) samples: std::collections::VecDeque::new(),
+                    samples: std::collections::VecDeque::new(),
                     relayed,
                 },
             );
@@ -376,7 +379,6 @@ impl Shared {
             wake.notify_one();
         }
     }
-
 
     /// Adds a throughput sample to every link (once a second, from the housekeeping task).
     pub(super) fn sample_links(&self) {

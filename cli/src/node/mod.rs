@@ -274,7 +274,6 @@ impl Node {
         Ok(Node { rt, shared })
     }
 
-
     /// Closes every connection (peers learn at once instead of after the idle timeout) and
     /// saves progress. The tasks stop with the process.
     pub fn shutdown(&self) {

@@ -137,9 +137,6 @@ impl Node {
         tracing::info!(peer = %id, name = %peer.name, "unpaired");
         Ok(json!({ "id": id.to_string(), "name": peer.name }))
     }
-
-    /// Closes every connection (peers learn at once instead of after the idle timeout) and
-    /// saves progress. The tasks stop with the process.
 }
 
 impl Shared {
@@ -165,7 +162,11 @@ impl Shared {
     }
 
     /// Inviter side of pairing on a connection from an unknown device.
-    pub(super) async fn serve_join(self: &Arc<Self>, conn: quinn::Connection, peer: DeviceId) -> Result<()> {
+    pub(super) async fn serve_join(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        peer: DeviceId,
+    ) -> Result<()> {
         let (mut send, mut recv) = conn.accept_bi().await?;
         let req: JoinRequest = read_frame(&mut recv).await?;
         let binding = channel_binding(&conn, PAIR_LABEL, &[])?;
@@ -350,5 +351,4 @@ impl Shared {
         self.allow.add(id);
         self.start_dialer(id);
     }
-
 }

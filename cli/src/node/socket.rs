@@ -75,4 +75,3 @@ pub(super) fn grow_buffers(socket: &UdpSocket) {
         }
     }
 }
-

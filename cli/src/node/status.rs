@@ -176,4 +176,3 @@ fn is_lan(ip: IpAddr) -> bool {
         }
     }
 }
-
