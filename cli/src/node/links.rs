@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use fybrk_net::backoff::Backoff;
 use fybrk_net::identity::DeviceId;
 use fybrk_net::sync::quic_driver::run_peer;
 use fybrk_net::sync::store_driver::StoreReplica;
@@ -16,26 +15,20 @@ use fybrk_net::transport::{Admission, CLOSE_NOT_PAIRED};
 use tokio::sync::Notify;
 
 use super::pairing::PAIR_TIMEOUT;
+use super::policy::{admit, is_preferred, Admit, LinkInfo, LinkPolicy, Step};
 use super::{lock, unix_now, Shared};
 
 /// How long one dial of one address may take: a QUIC handshake takes one or two round trips,
 /// so 3 s leaves room for loss and still moves on quickly to the next way in.
 pub(super) const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A connection that lasted this long counts as a success: the next failure starts the
-/// backoff from its base again.
-const STABLE_LINK: Duration = Duration::from_secs(10);
-
-/// Two connections to one peer set up this close together were dialled at the same time.
-const SIMULTANEOUS: Duration = Duration::from_secs(3);
-
 /// Application close code: a second connection to a peer that already has one.
 const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
 
-/// A relayed link looks for a direct path this long after it came up, then at growing intervals
-/// (x1.5) up to [`UPGRADE_MAX`]: the NAT or network that forced the relay may have changed.
-const UPGRADE_FIRST: Duration = Duration::from_secs(15);
-const UPGRADE_MAX: Duration = Duration::from_secs(300);
+/// Sleeps until `until` (a `std` instant, as the policies take).
+async fn sleep_until(until: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+}
 
 /// Throughput samples kept per link: the rate shown is over the last this-many seconds.
 const RATE_WINDOW: usize = 5;
@@ -56,6 +49,18 @@ pub(super) struct Link {
     pub(super) samples: std::collections::VecDeque<(Instant, u64)>,
     /// Through a TURN relay (ours or the peer's).
     pub(super) relayed: bool,
+}
+
+impl Link {
+    /// What the link policy needs to know of this link.
+    fn info(&self) -> LinkInfo {
+        LinkInfo {
+            generation: self.generation,
+            since: self.since,
+            preferred: self.preferred,
+            relayed: self.relayed,
+        }
+    }
 }
 
 impl Shared {
@@ -100,6 +105,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Starts the dialler of `peer`; a dialler already running for it stops.
     pub(super) fn start_dialer(self: &Arc<Self>, peer: DeviceId) {
         let wake = Arc::new(Notify::new());
         if let Some(old) = lock(&self.dialers).insert(peer, wake.clone()) {
@@ -108,10 +114,10 @@ impl Shared {
         tokio::spawn(self.clone().dial_loop(peer, wake));
     }
 
-    /// Keeps one connection to `peer` up while it is paired: dials when there is none.
+    /// Keeps one connection to `peer` up while it is paired: drives the peer's [`LinkPolicy`]
+    /// (dial, back off, wait on the link, look for a direct path off a relay).
     async fn dial_loop(self: Arc<Self>, peer: DeviceId, wake: Arc<Notify>) {
-        let mut backoff = Backoff::RECONNECT;
-        let mut upgrade: Option<(u64, Duration)> = None;
+        let mut policy = LinkPolicy::new();
         loop {
             let current = lock(&self.dialers)
                 .get(&peer)
@@ -119,41 +125,38 @@ impl Shared {
             if !current || !self.allow.contains(&peer) {
                 return;
             }
-            let link = lock(&self.links)
-                .get(&peer)
-                .map(|l| (l.since, l.generation, l.relayed));
-            if let Some((since, generation, relayed)) = link {
-                let notified = wake.notified();
-                // Re-check after registering: the link may have ended in between.
-                if lock(&self.links).contains_key(&peer) {
-                    if relayed && self.rendezvous.is_some() && self.mux.relay_all().is_none() {
-                        // A relayed link keeps looking for a direct path.
-                        let delay = match upgrade {
-                            Some((g, d)) if g == generation => d,
-                            _ => UPGRADE_FIRST,
-                        };
-                        upgrade = Some((generation, delay.mul_f32(1.5).min(UPGRADE_MAX)));
-                        tokio::select! {
-                            () = notified => {}
-                            () = tokio::time::sleep(delay) => self.move_off_relay(peer).await,
-                        }
-                    } else {
-                        notified.await;
+            let link = lock(&self.links).get(&peer).map(Link::info);
+            let can_upgrade = self.rendezvous.is_some() && self.mux.relay_all().is_none();
+            match policy.poll(Instant::now(), link, can_upgrade) {
+                Step::Dial => match self.dial(peer).await {
+                    Some(conn) => self.attach(peer, conn, true),
+                    None => policy.handle_dial_failed(Instant::now(), &mut rand::thread_rng()),
+                },
+                Step::Backoff { until } => {
+                    tokio::select! {
+                        () = sleep_until(until) => policy.handle_timeout(Instant::now()),
+                        () = wake.notified() => policy.handle_wake(Instant::now()),
                     }
                 }
-                if since.elapsed() >= STABLE_LINK {
-                    backoff.reset();
+                Step::WaitOnLink { until } => {
+                    let notified = wake.notified();
+                    // Re-check after registering: the link may have ended in between.
+                    if !lock(&self.links).contains_key(&peer) {
+                        policy.handle_wake(Instant::now());
+                        continue;
+                    }
+                    match until {
+                        Some(until) => tokio::select! {
+                            () = notified => policy.handle_wake(Instant::now()),
+                            () = sleep_until(until) => policy.handle_timeout(Instant::now()),
+                        },
+                        None => {
+                            notified.await;
+                            policy.handle_wake(Instant::now());
+                        }
+                    }
                 }
-                continue;
-            }
-            if let Some(conn) = self.dial(peer).await {
-                self.attach(peer, conn, true);
-                continue;
-            }
-            let delay = backoff.next_delay(&mut rand::thread_rng());
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = wake.notified() => {}
+                Step::MoveOffRelay => self.move_off_relay(peer).await,
             }
         }
     }
@@ -256,8 +259,7 @@ impl Shared {
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
     fn attach(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, initiator: bool) {
-        let dialer = if initiator { self.id } else { peer };
-        let preferred = dialer == self.id.min(peer);
+        let preferred = is_preferred(&self.id, &peer, initiator);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let relayed = self.is_relayed(conn.remote_address());
         {
@@ -268,19 +270,20 @@ impl Shared {
                 conn.close(CLOSE_NOT_PAIRED, b"not paired");
                 return;
             }
-            if let Some(existing) = links.get(&peer) {
-                // Neither side dials while it has a link. So a new connection next to a young
-                // one is a simultaneous dial, settled the same way on both sides; next to an
-                // older one it means the peer lost the old link (it restarted, or its network
-                // changed) before we noticed: the new one replaces it.
-                let simultaneous = existing.since.elapsed() < SIMULTANEOUS;
-                if simultaneous && (existing.preferred || !preferred) {
+            let existing = links.get(&peer);
+            match admit(existing.map(Link::info).as_ref(), preferred, Instant::now()) {
+                Admit::First => {}
+                Admit::Duplicate => {
                     conn.close(CLOSE_DUPLICATE, b"duplicate connection");
                     return;
                 }
-                existing
-                    .conn
-                    .close(CLOSE_DUPLICATE, b"replaced by a newer connection");
+                Admit::Replace => {
+                    if let Some(existing) = existing {
+                        existing
+                            .conn
+                            .close(CLOSE_DUPLICATE, b"replaced by a newer connection");
+                    }
+                }
             }
             links.insert(
                 peer,

@@ -26,8 +26,10 @@
 //!
 //! # Layout
 //!
-//! - `links`: the connection to each paired device (dialling, the simultaneous-dial tie-break,
-//!   replication over a link).
+//! - `links`: the connection to each paired device (dialling, taking connections, replication
+//!   over a link): the tokio side of `policy`.
+//! - `policy`: the decisions about links, as state machines without I/O or clock (the
+//!   simultaneous-dial tie-break, backoff, the relay-upgrade schedule, relay-everything mode).
 //! - `traversal`: rendezvous, STUN and TURN start-up, and relay-everything mode.
 //! - `pairing`: invitations and both sides of the pairing exchange; `framing` its frames.
 //! - `joining`: moving this device into a joined folder.
@@ -38,6 +40,7 @@ mod framing;
 mod joining;
 mod links;
 mod pairing;
+mod policy;
 mod socket;
 mod status;
 mod traversal;

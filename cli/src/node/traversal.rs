@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,22 +12,13 @@ use fybrk_net::identity::DeviceKey;
 use fybrk_net::tls::AllowList;
 use tokio::sync::Notify;
 
+use super::policy::{RelayAllAction, RelayAllPolicy};
 use super::{lock, Traversal};
 use crate::state::StateDir;
-
-/// In relay-everything mode, how often the daemon tries the rendezvous server directly to see
-/// whether UDP gets through again, and how long it waits for the answer each time.
-const RELAY_ALL_RECHECK: Duration = Duration::from_secs(30);
-const RELAY_PROBE_WAIT: Duration = Duration::from_secs(3);
 
 /// How often the LAN addresses given to the rendezvous server are read again (interfaces
 /// change when a laptop moves; the server's registrations last 90 s).
 const LAN_RESCAN: Duration = Duration::from_secs(20);
-
-/// With a TURN relay, a device whose rendezvous server has not answered this long after start
-/// assumes a network that lets UDP through to the TURN server only, and sends everything
-/// through the relay.
-const RELAY_ALL_AFTER: Duration = Duration::from_secs(3);
 
 /// What [`start_traversal`] started.
 pub(super) struct Traversing {
@@ -129,7 +119,6 @@ pub(super) fn start_traversal(
             }
         }
     };
-    let registered = Arc::new(AtomicBool::new(false));
     let address_changed = Arc::new(Notify::new());
     // Where the rendezvous server last saw us.
     let (observed_tx, observed_rx) = tokio::sync::watch::channel(None::<SocketAddr>);
@@ -138,7 +127,6 @@ pub(super) fn start_traversal(
         // relay at once, so the peer's probes (and then QUIC) can reach us through it, from
         // its NAT or through its own relay.
         let turn = turn.clone();
-        let registered = registered.clone();
         let address_changed = address_changed.clone();
         rt.spawn(async move {
             let mut seen_at = None;
@@ -146,7 +134,6 @@ pub(super) fn start_traversal(
                 tracing::info!(event = ?e, "rendezvous");
                 match &e {
                     fybrk_net::rendezvous::ClientEvent::Registered { observed } => {
-                        registered.store(true, Ordering::Release);
                         observed_tx.send_replace(Some(*observed));
                         if seen_at.is_some_and(|a| a != *observed) {
                             address_changed.notify_one();
@@ -181,28 +168,14 @@ pub(super) fn start_traversal(
     if let Some(t) = &turn {
         let (mux, turn, handle) = (mux.clone(), t.clone(), handle.clone());
         let address_changed = address_changed.clone();
-        rt.spawn(async move {
-            tokio::time::sleep(RELAY_ALL_AFTER).await;
-            if registered.load(Ordering::Acquire) {
-                return;
-            }
-            let turn_server = turn.server_addr();
-            tracing::warn!(
-                rendezvous = %server_addr, turn = %turn_server,
-                "the rendezvous server does not answer over UDP, the TURN server does: this \
-                 network seems to let UDP through to the TURN server only, so everything goes \
-                 through the relay"
-            );
-            mux.set_relay_all(Some(turn_server));
-            // A channel to the rendezvous server first (a datagram before it would be dropped
-            // for want of a permission), then register through it at once.
-            if let Err(e) = turn.bind_peer(server_addr).await {
-                tracing::warn!("cannot reach the rendezvous server through the relay: {e}");
-            }
-            let _ = handle.register_now().await;
-            relay_all_until_udp_returns(&mux, &handle, server_addr, &turn, observed_rx).await;
-            address_changed.notify_one();
-        });
+        rt.spawn(relay_all(
+            mux,
+            handle,
+            server_addr,
+            turn,
+            observed_rx,
+            address_changed,
+        ));
     }
     let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow!("{e}"))?;
     let monitor =
@@ -217,45 +190,81 @@ pub(super) fn start_traversal(
     })
 }
 
-/// In relay-everything mode: now and then registers with the rendezvous server directly, not
-/// through the relay. Returns once the server answers that way (and sees us at an address
-/// that is not the relay's), after leaving relay-everything mode: the network lets UDP
-/// through again (the laptop left the locked-down network). Until then each probe lasts
-/// `RELAY_PROBE_WAIT`, then registration goes back through the relay.
-async fn relay_all_until_udp_returns(
-    mux: &fybrk_net::mux::MuxSocket,
-    handle: &fybrk_net::rendezvous::ClientHandle,
+/// Drives the [`RelayAllPolicy`] of a daemon with a TURN relay: everything goes through the
+/// relay if the rendezvous server does not answer over UDP at start, until a direct probe gets
+/// an answer (then the peers are reconnected over the new paths). `observed`: where the
+/// rendezvous server saw us at each registration.
+async fn relay_all(
+    mux: fybrk_net::mux::MuxSocket,
+    handle: fybrk_net::rendezvous::ClientHandle,
     server: SocketAddr,
-    turn: &fybrk_net::turn::TurnClient,
+    turn: Arc<fybrk_net::turn::TurnClient>,
     mut observed: tokio::sync::watch::Receiver<Option<SocketAddr>>,
+    address_changed: Arc<Notify>,
 ) {
-    let relayed = turn.relayed_addr().ip();
+    let mut policy = RelayAllPolicy::new(Instant::now(), turn.relayed_addr().ip());
+    // The rendezvous client's events stop only when it does.
+    let mut listening = true;
     loop {
-        tokio::time::sleep(RELAY_ALL_RECHECK).await;
-        mux.set_probe_direct(Some(server));
-        observed.borrow_and_update();
-        let _ = handle.register_now().await;
-        let direct = tokio::time::timeout(RELAY_PROBE_WAIT, async {
-            while observed.changed().await.is_ok() {
-                if observed.borrow().is_some_and(|a| a.ip() != relayed) {
-                    return true;
+        while let Some(action) = policy.poll_action() {
+            match action {
+                RelayAllAction::Enter => {
+                    let turn_server = turn.server_addr();
+                    tracing::warn!(
+                        rendezvous = %server, turn = %turn_server,
+                        "the rendezvous server does not answer over UDP, the TURN server does: \
+                         this network seems to let UDP through to the TURN server only, so \
+                         everything goes through the relay"
+                    );
+                    mux.set_relay_all(Some(turn_server));
+                    if let Err(e) = turn.bind_peer(server).await {
+                        tracing::warn!("cannot reach the rendezvous server through the relay: {e}");
+                    }
+                    let _ = handle.register_now().await;
+                }
+                RelayAllAction::ProbeDirect => {
+                    mux.set_probe_direct(Some(server));
+                    let _ = handle.register_now().await;
+                }
+                RelayAllAction::EndProbe => {
+                    mux.set_probe_direct(None);
+                    let _ = handle.register_now().await;
+                }
+                RelayAllAction::Leave => {
+                    mux.set_relay_all(None);
+                    tracing::info!(
+                        rendezvous = %server,
+                        "the rendezvous server answers directly again: UDP gets through, so the \
+                         relay is used only where no direct path answers"
+                    );
+                    // Reconnect every peer: the paths through the relay are not needed now.
+                    address_changed.notify_one();
                 }
             }
-            false
-        })
-        .await
-        .unwrap_or(false);
-        if direct {
-            mux.set_relay_all(None);
-            tracing::info!(
-                rendezvous = %server,
-                "the rendezvous server answers directly again: UDP gets through, so the relay \
-                 is used only where no direct path answers"
-            );
+            policy.handle_action_done(Instant::now());
+        }
+        if policy.is_finished() {
             return;
         }
-        mux.set_probe_direct(None);
-        let _ = handle.register_now().await;
+        let Some(deadline) = policy.poll_timeout() else {
+            // Not finished, nothing pending: cannot happen once the action is done.
+            return;
+        };
+        tokio::select! {
+            // A registration that arrived by the deadline counts before the deadline does.
+            biased;
+            changed = observed.changed(), if listening => match changed {
+                Ok(()) => {
+                    if let Some(at) = *observed.borrow_and_update() {
+                        policy.handle_registered(Instant::now(), at);
+                    }
+                }
+                Err(_) => listening = false,
+            },
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                policy.handle_timeout(Instant::now());
+            }
+        }
     }
 }
 
