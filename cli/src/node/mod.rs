@@ -6,8 +6,10 @@
 //! Every paired device is dialled (its remembered addresses, with backoff and jitter) while no
 //! connection to it is up, and every paired device may dial us. When both succeed at once, each
 //! side keeps the connection dialled by the device with the smaller id and closes the other, so
-//! both agree without talking. A connection runs [`run_peer`] on the current store until it
-//! fails; the dialler then tries again at once (and backs off if connections keep failing).
+//! both agree without talking. A connection runs
+//! [`run_peer`](fybrk_net::sync::quic_driver::run_peer) on the current store until it fails;
+//! the dialler then tries again at once (and backs off if connections keep failing). These
+//! decisions live in `policy`, without I/O; `links` carries them out.
 //!
 //! # Local changes
 //!
@@ -18,11 +20,12 @@
 //!
 //! # Pairing
 //!
-//! The inviter opens an [`InviterSession`] and a pairing window (unknown devices may complete
-//! the TLS handshake, for pairing only) until the invitation is used or expires. The joiner dials
-//! the inviter's addresses pinning its id, proves the secret bound to that TLS session, receives
-//! the folder key, moves its files into a store of that folder (`Shared::adopt_folder`), and
-//! only then trusts the inviter, so the first replication runs on the new store.
+//! The inviter opens an [`InviterSession`](fybrk_pair::InviterSession) and a pairing window
+//! (unknown devices may complete the TLS handshake, for pairing only) until the invitation is
+//! used or expires. The joiner dials the inviter's addresses pinning its id, proves the secret
+//! bound to that TLS session, receives the folder key, moves its files into a store of that
+//! folder ([`Shared::adopt_folder`]), and only then trusts the inviter, so the first replication
+//! runs on the new store.
 //!
 //! # Layout
 //!
