@@ -580,7 +580,11 @@ impl Mount {
     }
 
     /// Polls `status --json` until `pred` holds (commits after close may land a moment later).
-    pub fn wait_status(&self, what: &str, mut pred: impl FnMut(&StatusReply) -> bool) -> StatusReply {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&StatusReply) -> bool,
+    ) -> StatusReply {
         let start = Instant::now();
         loop {
             let v = self.status_json();

@@ -291,9 +291,7 @@ fn identical_content_is_stored_once() {
     m.check(ratio >= 1.8, || {
         format!("dedup_ratio {ratio} < 1.8; status {s2:?}")
     });
-    m.check(s2.files == 2, || {
-        format!("files != 2: {s2:?}")
-    });
+    m.check(s2.files == 2, || format!("files != 2: {s2:?}"));
 
     for p in ["a.bin", "copy/b.bin"] {
         let back = m.ok(fs::read(m.path(p)), format!("read {p}"));

@@ -226,7 +226,7 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
     let key = state.load_or_create_key()?;
-    let options = StoreOptions {
+    let store_options = StoreOptions {
         device: Some(identity.id.short()),
         ..StoreOptions::default()
     };
@@ -238,7 +238,7 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
             let _ = std::fs::remove_dir_all(&other);
         }
     }
-    let store = Store::open(&db, &key, options).map_err(|e| explain_store_error(e, state))?;
+    let store = Store::open(&db, &key, store_options).map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     match store.gc() {
         Ok(r) if r.freed_chunks > 0 => tracing::info!(

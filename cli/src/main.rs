@@ -257,10 +257,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            println!(
-                "freed {} chunks ({} bytes)",
-                r.freed_chunks, r.freed_bytes
-            );
+            println!("freed {} chunks ({} bytes)", r.freed_chunks, r.freed_bytes);
             Ok(ExitCode::SUCCESS)
         }
     }

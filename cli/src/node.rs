@@ -31,6 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use fybrk_control::{
+    NatStatus, NetworkStatus, PairWaitReply, PairWithReply, PathKind, PeerInfo, PeerRef,
+    PeerStatus, PeersReply, Quality, RelayStatus,
+};
 use fybrk_fs::{Fs, FsError};
 use fybrk_net::backoff::Backoff;
 use fybrk_net::identity::{DeviceId, DeviceKey};
@@ -41,7 +45,6 @@ use fybrk_net::tls::{channel_binding, AllowList, PairingWindow};
 use fybrk_net::transport::{Admission, Transport, CLOSE_NOT_PAIRED, CLOSE_SHUTDOWN};
 use fybrk_pair::{Invitation, InviterSession, JoinRequest, JoinedPeer, JoinerSession, Reply};
 use fybrk_store::{CommitWatcher, Committed, FolderKey, Kind, Store, StoreOptions};
-use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify};
 
@@ -334,31 +337,29 @@ impl Node {
     }
 
     /// Peers and sync progress for `fybrk status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> NetworkStatus {
         self.shared.status()
     }
 
     /// Paired devices for `fybrk peers`.
-    pub fn peers(&self) -> Value {
+    pub fn peers(&self) -> PeersReply {
         let sh = &self.shared;
         let links = lock(&sh.links);
-        let list: Vec<Value> = lock(&sh.book)
+        let peers = lock(&sh.book)
             .iter()
-            .map(|(id, p)| {
-                json!({
-                    "id": id.to_string(),
-                    "name": p.name,
-                    "addrs": p.addrs,
-                    "connected": links.contains_key(id),
-                    "last_seen_unix": p.last_seen_unix,
-                })
+            .map(|(id, p)| PeerInfo {
+                id: id.to_string(),
+                name: p.name.clone(),
+                addrs: p.addrs.clone(),
+                connected: links.contains_key(id),
+                last_seen_unix: p.last_seen_unix,
             })
             .collect();
-        json!({ "peers": list })
+        PeersReply { peers }
     }
 
     /// Makes an invitation valid for `expires` and opens pairing until it is used or expires.
-    pub fn invite(&self, expires: Duration) -> Result<Value> {
+    pub fn invite(&self, expires: Duration) -> Result<fybrk_control::Invite> {
         let sh = &self.shared;
         let now = unix_now();
         let store = sh.fs.store();
@@ -384,25 +385,28 @@ impl Node {
             expires_unix = inv.expires_unix,
             "pairing invitation open"
         );
-        Ok(json!({
-            "invite": number,
-            "payload": inv.encode(),
-            "qr": inv.encode_qr(),
-            "expires_unix": inv.expires_unix,
-            "addrs": inv.addrs,
-        }))
+        Ok(fybrk_control::Invite {
+            invite: number,
+            payload: inv.encode(),
+            qr: inv.encode_qr(),
+            expires_unix: inv.expires_unix,
+            addrs: inv.addrs,
+        })
     }
 
     /// Waits up to `wait` until invitation `number` is used (returns the device) or expires
-    /// (an error); `{"waiting": true, "expires_unix": ..}` if neither happened yet.
-    pub fn wait_invite(&self, number: u64, wait: Duration) -> Result<Value> {
+    /// (an error); [`PairWaitReply::Waiting`] if neither happened yet.
+    pub fn wait_invite(&self, number: u64, wait: Duration) -> Result<PairWaitReply> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(outcome) = lock(&self.shared.outcomes).get(&number).cloned() {
                 return match outcome {
-                    InviteOutcome::Joined(id, name) => {
-                        Ok(json!({ "joined": { "id": id.to_string(), "name": name } }))
-                    }
+                    InviteOutcome::Joined(id, name) => Ok(PairWaitReply::Joined {
+                        joined: PeerRef {
+                            id: id.to_string(),
+                            name,
+                        },
+                    }),
                     InviteOutcome::Expired => Err(anyhow!(
                         "the invitation expired before any device used it; make a new one with `fybrk pair`"
                     )),
@@ -416,21 +420,21 @@ impl Node {
                 bail!("no such invitation (the daemon was restarted?); make a new one with `fybrk pair`");
             };
             if Instant::now() >= deadline {
-                return Ok(json!({ "waiting": true, "expires_unix": expires_unix }));
+                return Ok(PairWaitReply::waiting(expires_unix));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Joins the folder of the device that made `payload`: see the module doc.
-    pub fn pair_with(&self, payload: &str) -> Result<Value> {
+    pub fn pair_with(&self, payload: &str) -> Result<PairWithReply> {
         let inv = Invitation::parse(payload, unix_now()).map_err(|e| anyhow!("{e}"))?;
         let sh = self.shared.clone();
         self.rt.block_on(sh.join(inv))
     }
 
     /// Removes a paired device: it can no longer connect, and its connection is closed.
-    pub fn unpair(&self, query: &str) -> Result<Value> {
+    pub fn unpair(&self, query: &str) -> Result<PeerRef> {
         let sh = &self.shared;
         let (id, peer) = {
             let mut book = lock(&sh.book);
@@ -449,7 +453,10 @@ impl Node {
             wake.notify_one();
         }
         tracing::info!(peer = %id, name = %peer.name, "unpaired");
-        Ok(json!({ "id": id.to_string(), "name": peer.name }))
+        Ok(PeerRef {
+            id: id.to_string(),
+            name: peer.name,
+        })
     }
 
     /// Closes every connection (peers learn at once instead of after the idle timeout) and
@@ -468,7 +475,7 @@ impl Node {
 
 /// A one-word stability score from the connection's round trip, loss rate, reconnects since
 /// the daemon started, and whether it is relayed.
-fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: &str) -> &'static str {
+fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: PathKind) -> Quality {
     let mut score = 0;
     score += match rtt_ms {
         r if r < 50.0 => 0,
@@ -485,12 +492,12 @@ fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: &str) -> &'static str 
         2..=5 => 1,
         _ => 2,
     };
-    score += u32::from(path == "relay");
+    score += u32::from(path == PathKind::Relay);
     match score {
-        0 => "excellent",
-        1 => "good",
-        2 | 3 => "fair",
-        _ => "poor",
+        0 => Quality::Excellent,
+        1 => Quality::Good,
+        2 | 3 => Quality::Fair,
+        _ => Quality::Poor,
     }
 }
 
@@ -986,7 +993,7 @@ impl Shared {
     }
 
     /// Joiner side of pairing.
-    async fn join(self: Arc<Self>, inv: Invitation) -> Result<Value> {
+    async fn join(self: Arc<Self>, inv: Invitation) -> Result<PairWithReply> {
         let inviter = DeviceId::from_bytes(inv.inviter);
         if inviter == self.id {
             bail!("this invitation was made by this device; use it on the device that should join");
@@ -1081,7 +1088,12 @@ impl Shared {
         let name = fybrk_pair::sanitize_name(&welcome.inviter_name);
         self.add_peer(inviter, &name, addr);
         tracing::info!(peer = %inviter, %name, "joined the folder");
-        Ok(json!({ "peer": { "id": inviter.to_string(), "name": name } }))
+        Ok(PairWithReply {
+            peer: PeerRef {
+                id: inviter.to_string(),
+                name,
+            },
+        })
     }
 
     /// Remembers and trusts a newly paired device, and starts dialling it.
@@ -1388,12 +1400,12 @@ impl Shared {
         }
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> NetworkStatus {
         let links = lock(&self.links);
         let book = lock(&self.book);
         let mut pending_items = 0;
         let mut pending_bytes = 0;
-        let peers: Vec<Value> = book
+        let peers: Vec<PeerStatus> = book
             .iter()
             .map(|(id, p)| match links.get(id) {
                 Some(l) => {
@@ -1404,11 +1416,11 @@ impl Shared {
                     let addr = l.conn.remote_address();
                     let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
                     let path = if l.relayed {
-                        "relay"
+                        PathKind::Relay
                     } else if is_lan(addr.ip()) {
-                        "lan"
+                        PathKind::Lan
                     } else {
-                        "direct"
+                        PathKind::Direct
                     };
                     let loss = if stats.path.sent_packets == 0 {
                         0.0
@@ -1427,68 +1439,82 @@ impl Shared {
                         .unwrap_or(1)
                         .saturating_sub(1);
                     let rtt_ms = l.conn.rtt().as_secs_f64() * 1000.0;
-                    json!({
-                        "id": id.to_string(),
-                        "name": p.name,
-                        "connected": true,
-                        "path": path,
-                        "loss": loss,
-                        "throughput_bps": rate,
-                        "reconnects": reconnects,
-                        "quality": quality(rtt_ms, loss, reconnects, path),
-                        "addr": addr,
-                        "rtt_ms": rtt_ms,
-                        "bytes_in": stats.udp_rx.bytes,
-                        "bytes_out": stats.udp_tx.bytes,
-                        "lost_packets": stats.path.lost_packets,
-                        "sent_packets": stats.path.sent_packets,
-                        "connected_secs": l.since.elapsed().as_secs(),
-                        "last_seen_unix": unix_now(),
-                        "pending_items": l.pending.0,
-                        "pending_bytes": l.pending.1,
-                        "in_sync": l.idle && l.pending.0 == 0,
-                    })
+                    PeerStatus {
+                        id: id.to_string(),
+                        name: p.name.clone(),
+                        connected: true,
+                        path: Some(path),
+                        loss: Some(loss),
+                        throughput_bps: Some(rate),
+                        reconnects: Some(reconnects),
+                        quality: Some(quality(rtt_ms, loss, reconnects, path)),
+                        addr: Some(addr),
+                        rtt_ms: Some(rtt_ms),
+                        bytes_in: stats.udp_rx.bytes,
+                        bytes_out: stats.udp_tx.bytes,
+                        lost_packets: Some(stats.path.lost_packets),
+                        sent_packets: Some(stats.path.sent_packets),
+                        connected_secs: Some(l.since.elapsed().as_secs()),
+                        last_seen_unix: Some(unix_now()),
+                        pending_items: l.pending.0,
+                        pending_bytes: l.pending.1,
+                        in_sync: l.idle && l.pending.0 == 0,
+                    }
                 }
-                None => json!({
-                    "id": id.to_string(),
-                    "name": p.name,
-                    "connected": false,
-                    "path": null,
-                    "loss": null,
-                    "addr": p.addrs.first(),
-                    "rtt_ms": null,
-                    "bytes_in": 0,
-                    "bytes_out": 0,
-                    "last_seen_unix": p.last_seen_unix,
-                    "pending_items": 0,
-                    "pending_bytes": 0,
-                    "in_sync": false,
-                }),
+                None => PeerStatus {
+                    id: id.to_string(),
+                    name: p.name.clone(),
+                    connected: false,
+                    path: None,
+                    loss: None,
+                    throughput_bps: None,
+                    reconnects: None,
+                    quality: None,
+                    addr: p.addrs.first().copied(),
+                    rtt_ms: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    lost_packets: None,
+                    sent_packets: None,
+                    connected_secs: None,
+                    last_seen_unix: p.last_seen_unix,
+                    pending_items: 0,
+                    pending_bytes: 0,
+                    in_sync: false,
+                },
             })
             .collect();
-        let nat = self.nat.as_ref().and_then(|m| m.latest()).map(|r| {
-            json!({
-                "public_addr": r.public_addr(),
-                "mapping": format!("{:?}", r.mapping),
-                "udp_works": r.udp_works,
-            })
+        let nat = self
+            .nat
+            .as_ref()
+            .and_then(|m| m.latest())
+            .map(|r| NatStatus {
+                public_addr: r.public_addr(),
+                mapping: match r.mapping {
+                    fybrk_net::stun::Mapping::EndpointIndependent => {
+                        fybrk_control::Mapping::EndpointIndependent
+                    }
+                    fybrk_net::stun::Mapping::EndpointDependent => {
+                        fybrk_control::Mapping::EndpointDependent
+                    }
+                    fybrk_net::stun::Mapping::Unknown => fybrk_control::Mapping::Unknown,
+                },
+                udp_works: r.udp_works,
+            });
+        let relay = self.turn.as_ref().map(|t| RelayStatus {
+            server: t.server_addr(),
+            relayed_addr: t.relayed_addr(),
+            active: t.is_active(),
+            everything: self.mux.relay_all().is_some(),
         });
-        let relay = self.turn.as_ref().map(|t| {
-            json!({
-                "server": t.server_addr(),
-                "relayed_addr": t.relayed_addr(),
-                "active": t.is_active(),
-                "everything": self.mux.relay_all().is_some(),
-            })
-        });
-        json!({
-            "listen_addr": self.listen_addr,
-            "nat": nat,
-            "relay": relay,
-            "peers": peers,
-            "pending_items": pending_items,
-            "pending_bytes": pending_bytes,
-        })
+        NetworkStatus {
+            listen_addr: self.listen_addr,
+            nat,
+            relay,
+            peers,
+            pending_items,
+            pending_bytes,
+        }
     }
 
     /// Moves this device into the folder whose key is `key`: copies every record of the

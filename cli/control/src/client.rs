@@ -61,7 +61,11 @@ impl Client {
     }
 
     /// Sends `req` and waits up to `timeout` (`None`: for ever) for its reply.
-    pub fn call<C: Call>(&self, req: C, timeout: Option<Duration>) -> Result<C::Reply, ControlError> {
+    pub fn call<C: Call>(
+        &self,
+        req: C,
+        timeout: Option<Duration>,
+    ) -> Result<C::Reply, ControlError> {
         let line = self.exchange(&req.into(), timeout)?;
         parse_reply::<C>(&line)
     }

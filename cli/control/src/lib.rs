@@ -40,4 +40,6 @@ pub use request::{
     Call, Gc, Pair, PairWait, PairWith, Peers, Request, Status, Unmount, Unpair, Verify,
 };
 pub use server::Handler;
-pub use status::{NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply};
+pub use status::{
+    NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+};

@@ -245,12 +245,7 @@ mod tests {
 
     #[test]
     fn replies_keep_their_wire_form() {
-        same(
-            ErrorReply {
-                error: "no".into(),
-            },
-            json!({"error": "no"}),
-        );
+        same(ErrorReply { error: "no".into() }, json!({"error": "no"}));
         same(
             VerifyReply {
                 chunks_checked: 3,

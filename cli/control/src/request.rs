@@ -148,7 +148,10 @@ mod tests {
             ),
             (Peers.into(), r#"{"cmd":"peers"}"#),
             (
-                Unpair { id: "laptop".into() }.into(),
+                Unpair {
+                    id: "laptop".into(),
+                }
+                .into(),
                 r#"{"cmd":"unpair","id":"laptop"}"#,
             ),
         ];
