@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use fybrk_control::{PairWaitReply, PairWithReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::{channel_binding, PairingWindow};
 use fybrk_net::transport::{CLOSE_NOT_PAIRED, CLOSE_SHUTDOWN};
 use fybrk_pair::{Invitation, InviterSession, JoinRequest, JoinedPeer, JoinerSession, Reply};
 use fybrk_store::FolderKey;
-use serde_json::{json, Value};
 
 use super::framing::{read_frame, write_frame};
 use super::links::DIAL_TIMEOUT;
@@ -44,7 +44,7 @@ pub(super) enum InviteOutcome {
 
 impl Node {
     /// Makes an invitation valid for `expires` and opens pairing until it is used or expires.
-    pub fn invite(&self, expires: Duration) -> Result<Value> {
+    pub fn invite(&self, expires: Duration) -> Result<fybrk_control::Invite> {
         let sh = &self.shared;
         let now = unix_now();
         let store = sh.fs.store();
@@ -70,25 +70,28 @@ impl Node {
             expires_unix = inv.expires_unix,
             "pairing invitation open"
         );
-        Ok(json!({
-            "invite": number,
-            "payload": inv.encode(),
-            "qr": inv.encode_qr(),
-            "expires_unix": inv.expires_unix,
-            "addrs": inv.addrs,
-        }))
+        Ok(fybrk_control::Invite {
+            invite: number,
+            payload: inv.encode(),
+            qr: inv.encode_qr(),
+            expires_unix: inv.expires_unix,
+            addrs: inv.addrs,
+        })
     }
 
     /// Waits up to `wait` until invitation `number` is used (returns the device) or expires
-    /// (an error); `{"waiting": true, "expires_unix": ..}` if neither happened yet.
-    pub fn wait_invite(&self, number: u64, wait: Duration) -> Result<Value> {
+    /// (an error); [`PairWaitReply::Waiting`] if neither happened yet.
+    pub fn wait_invite(&self, number: u64, wait: Duration) -> Result<PairWaitReply> {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(outcome) = lock(&self.shared.outcomes).get(&number).cloned() {
                 return match outcome {
-                    InviteOutcome::Joined(id, name) => {
-                        Ok(json!({ "joined": { "id": id.to_string(), "name": name } }))
-                    }
+                    InviteOutcome::Joined(id, name) => Ok(PairWaitReply::Joined {
+                        joined: PeerRef {
+                            id: id.to_string(),
+                            name,
+                        },
+                    }),
                     InviteOutcome::Expired => Err(anyhow!(
                         "the invitation expired before any device used it; make a new one with `fybrk pair`"
                     )),
@@ -102,21 +105,21 @@ impl Node {
                 bail!("no such invitation (the daemon was restarted?); make a new one with `fybrk pair`");
             };
             if Instant::now() >= deadline {
-                return Ok(json!({ "waiting": true, "expires_unix": expires_unix }));
+                return Ok(PairWaitReply::waiting(expires_unix));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Joins the folder of the device that made `payload`: see the module doc.
-    pub fn pair_with(&self, payload: &str) -> Result<Value> {
+    pub fn pair_with(&self, payload: &str) -> Result<PairWithReply> {
         let inv = Invitation::parse(payload, unix_now()).map_err(|e| anyhow!("{e}"))?;
         let sh = self.shared.clone();
         self.rt.block_on(sh.join(inv))
     }
 
     /// Removes a paired device: it can no longer connect, and its connection is closed.
-    pub fn unpair(&self, query: &str) -> Result<Value> {
+    pub fn unpair(&self, query: &str) -> Result<PeerRef> {
         let sh = &self.shared;
         let (id, peer) = {
             let mut book = lock(&sh.book);
@@ -135,7 +138,10 @@ impl Node {
             wake.notify_one();
         }
         tracing::info!(peer = %id, name = %peer.name, "unpaired");
-        Ok(json!({ "id": id.to_string(), "name": peer.name }))
+        Ok(PeerRef {
+            id: id.to_string(),
+            name: peer.name,
+        })
     }
 }
 
@@ -226,7 +232,7 @@ impl Shared {
     }
 
     /// Joiner side of pairing.
-    async fn join(self: Arc<Self>, inv: Invitation) -> Result<Value> {
+    async fn join(self: Arc<Self>, inv: Invitation) -> Result<PairWithReply> {
         let inviter = DeviceId::from_bytes(inv.inviter);
         if inviter == self.id {
             bail!("this invitation was made by this device; use it on the device that should join");
@@ -321,7 +327,12 @@ impl Shared {
         let name = fybrk_pair::sanitize_name(&welcome.inviter_name);
         self.add_peer(inviter, &name, addr);
         tracing::info!(peer = %inviter, %name, "joined the folder");
-        Ok(json!({ "peer": { "id": inviter.to_string(), "name": name } }))
+        Ok(PairWithReply {
+            peer: PeerRef {
+                id: inviter.to_string(),
+                name,
+            },
+        })
     }
 
     /// Remembers and trusts a newly paired device, and starts dialling it.

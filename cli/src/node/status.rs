@@ -3,43 +3,43 @@
 
 use std::net::IpAddr;
 
-use serde_json::{json, Value};
+use fybrk_control::{
+    NatStatus, NetworkStatus, PathKind, PeerInfo, PeerStatus, PeersReply, Quality, RelayStatus,
+};
 
 use super::{lock, unix_now, Node, Shared};
 
 impl Node {
     /// Peers and sync progress for `fybrk status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> NetworkStatus {
         self.shared.status()
     }
 
     /// Paired devices for `fybrk peers`.
-    pub fn peers(&self) -> Value {
+    pub fn peers(&self) -> PeersReply {
         let sh = &self.shared;
         let links = lock(&sh.links);
-        let list: Vec<Value> = lock(&sh.book)
+        let peers = lock(&sh.book)
             .iter()
-            .map(|(id, p)| {
-                json!({
-                    "id": id.to_string(),
-                    "name": p.name,
-                    "addrs": p.addrs,
-                    "connected": links.contains_key(id),
-                    "last_seen_unix": p.last_seen_unix,
-                })
+            .map(|(id, p)| PeerInfo {
+                id: id.to_string(),
+                name: p.name.clone(),
+                addrs: p.addrs.clone(),
+                connected: links.contains_key(id),
+                last_seen_unix: p.last_seen_unix,
             })
             .collect();
-        json!({ "peers": list })
+        PeersReply { peers }
     }
 }
 
 impl Shared {
-    fn status(&self) -> Value {
+    fn status(&self) -> NetworkStatus {
         let links = lock(&self.links);
         let book = lock(&self.book);
         let mut pending_items = 0;
         let mut pending_bytes = 0;
-        let peers: Vec<Value> = book
+        let peers: Vec<PeerStatus> = book
             .iter()
             .map(|(id, p)| match links.get(id) {
                 Some(l) => {
@@ -50,11 +50,11 @@ impl Shared {
                     let addr = l.conn.remote_address();
                     let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
                     let path = if l.relayed {
-                        "relay"
+                        PathKind::Relay
                     } else if is_lan(addr.ip()) {
-                        "lan"
+                        PathKind::Lan
                     } else {
-                        "direct"
+                        PathKind::Direct
                     };
                     let loss = if stats.path.sent_packets == 0 {
                         0.0
@@ -73,74 +73,88 @@ impl Shared {
                         .unwrap_or(1)
                         .saturating_sub(1);
                     let rtt_ms = l.conn.rtt().as_secs_f64() * 1000.0;
-                    json!({
-                        "id": id.to_string(),
-                        "name": p.name,
-                        "connected": true,
-                        "path": path,
-                        "loss": loss,
-                        "throughput_bps": rate,
-                        "reconnects": reconnects,
-                        "quality": quality(rtt_ms, loss, reconnects, path),
-                        "addr": addr,
-                        "rtt_ms": rtt_ms,
-                        "bytes_in": stats.udp_rx.bytes,
-                        "bytes_out": stats.udp_tx.bytes,
-                        "lost_packets": stats.path.lost_packets,
-                        "sent_packets": stats.path.sent_packets,
-                        "connected_secs": l.since.elapsed().as_secs(),
-                        "last_seen_unix": unix_now(),
-                        "pending_items": l.pending.0,
-                        "pending_bytes": l.pending.1,
-                        "in_sync": l.idle && l.pending.0 == 0,
-                    })
+                    PeerStatus {
+                        id: id.to_string(),
+                        name: p.name.clone(),
+                        connected: true,
+                        path: Some(path),
+                        loss: Some(loss),
+                        throughput_bps: Some(rate),
+                        reconnects: Some(reconnects),
+                        quality: Some(quality(rtt_ms, loss, reconnects, path)),
+                        addr: Some(addr),
+                        rtt_ms: Some(rtt_ms),
+                        bytes_in: stats.udp_rx.bytes,
+                        bytes_out: stats.udp_tx.bytes,
+                        lost_packets: Some(stats.path.lost_packets),
+                        sent_packets: Some(stats.path.sent_packets),
+                        connected_secs: Some(l.since.elapsed().as_secs()),
+                        last_seen_unix: Some(unix_now()),
+                        pending_items: l.pending.0,
+                        pending_bytes: l.pending.1,
+                        in_sync: l.idle && l.pending.0 == 0,
+                    }
                 }
-                None => json!({
-                    "id": id.to_string(),
-                    "name": p.name,
-                    "connected": false,
-                    "path": null,
-                    "loss": null,
-                    "addr": p.addrs.first(),
-                    "rtt_ms": null,
-                    "bytes_in": 0,
-                    "bytes_out": 0,
-                    "last_seen_unix": p.last_seen_unix,
-                    "pending_items": 0,
-                    "pending_bytes": 0,
-                    "in_sync": false,
-                }),
+                None => PeerStatus {
+                    id: id.to_string(),
+                    name: p.name.clone(),
+                    connected: false,
+                    path: None,
+                    loss: None,
+                    throughput_bps: None,
+                    reconnects: None,
+                    quality: None,
+                    addr: p.addrs.first().copied(),
+                    rtt_ms: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    lost_packets: None,
+                    sent_packets: None,
+                    connected_secs: None,
+                    last_seen_unix: p.last_seen_unix,
+                    pending_items: 0,
+                    pending_bytes: 0,
+                    in_sync: false,
+                },
             })
             .collect();
-        let nat = self.nat.as_ref().and_then(|m| m.latest()).map(|r| {
-            json!({
-                "public_addr": r.public_addr(),
-                "mapping": format!("{:?}", r.mapping),
-                "udp_works": r.udp_works,
-            })
+        let nat = self
+            .nat
+            .as_ref()
+            .and_then(|m| m.latest())
+            .map(|r| NatStatus {
+                public_addr: r.public_addr(),
+                mapping: match r.mapping {
+                    fybrk_net::stun::Mapping::EndpointIndependent => {
+                        fybrk_control::Mapping::EndpointIndependent
+                    }
+                    fybrk_net::stun::Mapping::EndpointDependent => {
+                        fybrk_control::Mapping::EndpointDependent
+                    }
+                    fybrk_net::stun::Mapping::Unknown => fybrk_control::Mapping::Unknown,
+                },
+                udp_works: r.udp_works,
+            });
+        let relay = self.turn.as_ref().map(|t| RelayStatus {
+            server: t.server_addr(),
+            relayed_addr: t.relayed_addr(),
+            active: t.is_active(),
+            everything: self.mux.relay_all().is_some(),
         });
-        let relay = self.turn.as_ref().map(|t| {
-            json!({
-                "server": t.server_addr(),
-                "relayed_addr": t.relayed_addr(),
-                "active": t.is_active(),
-                "everything": self.mux.relay_all().is_some(),
-            })
-        });
-        json!({
-            "listen_addr": self.listen_addr,
-            "nat": nat,
-            "relay": relay,
-            "peers": peers,
-            "pending_items": pending_items,
-            "pending_bytes": pending_bytes,
-        })
+        NetworkStatus {
+            listen_addr: self.listen_addr,
+            nat,
+            relay,
+            peers,
+            pending_items,
+            pending_bytes,
+        }
     }
 }
 
 /// A one-word stability score from the connection's round trip, loss rate, reconnects since
 /// the daemon started, and whether it is relayed.
-fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: &str) -> &'static str {
+fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: PathKind) -> Quality {
     let mut score = 0;
     score += match rtt_ms {
         r if r < 50.0 => 0,
@@ -157,12 +171,12 @@ fn quality(rtt_ms: f64, loss: f64, reconnects: u32, path: &str) -> &'static str 
         2..=5 => 1,
         _ => 2,
     };
-    score += u32::from(path == "relay");
+    score += u32::from(path == PathKind::Relay);
     match score {
-        0 => "excellent",
-        1 => "good",
-        2 | 3 => "fair",
-        _ => "poor",
+        0 => Quality::Excellent,
+        1 => Quality::Good,
+        2 | 3 => Quality::Fair,
+        _ => Quality::Poor,
     }
 }
 
