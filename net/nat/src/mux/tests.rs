@@ -1,5 +1,7 @@
+use std::io::IoSliceMut;
 use std::net::UdpSocket as StdUdpSocket;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use proptest::prelude::*;
