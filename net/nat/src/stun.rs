@@ -2,7 +2,7 @@
 //! reflexive address (its public address as a STUN server sees it) and a NAT check that
 //! compares it across servers.
 //!
-//! - [`binding`]: one Binding transaction, with retransmission, returning XOR-MAPPED-ADDRESS.
+//! - [`binding()`]: one Binding transaction, with retransmission, returning XOR-MAPPED-ADDRESS.
 //! - [`nat_check`]: asks every configured server at once and tells whether the NAT maps our
 //!   socket to the same public address whatever the destination ("endpoint-independent", hole
 //!   punching works) or not (punching is unlikely, use the relay).

@@ -5,7 +5,7 @@
 //! returns, sleeps until [`Transaction::poll_timeout`], reports the time with
 //! [`Transaction::handle_timeout`] and a response with [`Transaction::handle_response`], and
 //! reads the result from [`Transaction::poll_outcome`]. The Binding client
-//! ([`super::binding`]) and the TURN allocation ([`crate::turn`]) both drive it, so their
+//! ([`super::binding()`]) and the TURN allocation ([`crate::turn`]) both drive it, so their
 //! retransmissions follow one schedule and the tests check it on a fake clock.
 
 use std::time::{Duration, Instant};
