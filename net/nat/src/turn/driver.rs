@@ -460,3 +460,6 @@ async fn recv_bind(binds: &mut Option<mpsc::Receiver<SocketAddr>>) -> Option<Soc
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;
