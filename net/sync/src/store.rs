@@ -79,3 +79,104 @@ pub trait Staging {
     /// a commit uses them), so [`ReplicaStore::has_chunk`] sees them.
     fn flush(&mut self) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use fybrk_store::record::VersionVector;
+    use fybrk_store::{FolderKey, Kind, Store, StoreOptions};
+
+    use super::mem::MemStore;
+    use super::*;
+
+    const PEER: u64 = 0x9999_9999_9999_9999;
+
+    fn remote_dir(path: &str, counter: u64) -> FileRecord {
+        let mut r = FileRecord::new(path, Kind::Dir, 0o755, 1);
+        r.version = VersionVector([(PEER, counter)].into_iter().collect());
+        r
+    }
+
+    fn remote(r: FileRecord, based_on: Option<u64>) -> Vec<(FileRecord, Versioning)> {
+        vec![(r, Versioning::Remote { based_on })]
+    }
+
+    /// The part of the contract the driver's re-decisions and verification rely on, checked
+    /// the same way on both implementations. `local_mkdir` makes a local change at a path.
+    fn conditional_commits<S: ReplicaStore>(store: &S, local_mkdir: impl Fn(&str)) {
+        let mut staging = store.staging();
+        store
+            .commit_changes(remote(remote_dir("a", 1), None), &mut staging)
+            .unwrap();
+        let a = store.get("a").unwrap().unwrap();
+        assert_eq!(a.seq, store.sequence());
+        assert_eq!(
+            a.version,
+            remote_dir("a", 1).version,
+            "a remote vector is kept"
+        );
+
+        // Decided against "no record": stale now.
+        let stale = store.commit_changes(remote(remote_dir("a", 2), None), &mut staging);
+        assert!(
+            matches!(stale, Err(StoreError::Changed { .. })),
+            "{stale:?}"
+        );
+        // A local write lands after the decision against `a`.
+        local_mkdir("a");
+        let before = store.sequence();
+        let stale = store.commit_changes(remote(remote_dir("a", 2), Some(a.seq)), &mut staging);
+        assert!(
+            matches!(stale, Err(StoreError::Changed { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(store.sequence(), before, "a refused commit writes nothing");
+        let now = store.get("a").unwrap().unwrap().seq;
+        store
+            .commit_changes(remote(remote_dir("a", 2), Some(now)), &mut staging)
+            .unwrap();
+        assert_eq!(store.changes_since(before).unwrap().len(), 1);
+
+        // A live file needs its chunks; bytes that do not match their id are refused.
+        let missing = ChunkId([9; 32]);
+        let mut file = FileRecord::new("f", Kind::File, 0o644, 1);
+        file.chunks = vec![ChunkRef {
+            id: missing,
+            len: 3,
+        }];
+        file.size = 3;
+        let r = store.commit_changes(vec![(file, Versioning::Local)], &mut staging);
+        assert!(
+            matches!(r, Err(StoreError::MissingChunk(id)) if id == missing),
+            "{r:?}"
+        );
+        let r = staging.add_sealed(&missing, b"not the chunk".to_vec());
+        assert!(matches!(r, Err(StoreError::CorruptChunk(..))), "{r:?}");
+        assert!(!store.has_chunk(&missing).unwrap());
+        assert_eq!(store.read_sealed(&missing).unwrap(), None);
+    }
+
+    #[test]
+    fn the_rocksdb_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            &FolderKey::from_bytes([7; 32]),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        conditional_commits(&store, |p| {
+            let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
+            store.commit(vec![dir], None, false).unwrap();
+        });
+    }
+
+    #[test]
+    fn the_in_memory_store_keeps_the_contract() {
+        let store = MemStore::new(0x1111_1111_1111_1111);
+        conditional_commits(&store, |p| {
+            let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
+            store.commit_local(vec![dir], Vec::new());
+        });
+        assert_eq!(store.counters().changed, 2);
+    }
+}
