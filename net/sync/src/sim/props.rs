@@ -55,7 +55,7 @@ impl RacePlan {
     }
 }
 
-/// Races queued per device at most: each one fails one commit with `Changed`, and the driver
+/// Races queued per device at most: each can fail one commit with `Changed`, and the driver
 /// decides again a bounded number of times before it gives up on the session.
 const MAX_RACES: usize = 3;
 
