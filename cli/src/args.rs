@@ -34,8 +34,8 @@ pub struct NetArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
     /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
-    /// FYBRK_TURN, or the config file's `turn`). Used with --rendezvous; both devices need one
-    /// for a relayed connection.
+    /// FYBRK_TURN, or the config file's `turn`). Used with --rendezvous; one device of a pair
+    /// with a relay is enough (the other reaches its relayed address).
     #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
     pub turn: Option<String>,
 }
