@@ -171,7 +171,7 @@ fn five_gib_sparse_file_reads_zeros_in_holes() {
     let size: u64 = 5 * GIB;
     let tail = Gen::new(5005).bytes(MIB as usize);
     let p = m.path("sparse.bin");
-    let stored0 = m.status_u64("stored_bytes");
+    let stored0 = m.status_json().stored_bytes;
 
     let sampler = RssSampler::start(m.pid());
     let t = Instant::now();
@@ -237,7 +237,7 @@ fn five_gib_sparse_file_reads_zeros_in_holes() {
         m.check(n == 0, || format!("{when}: read at EOF returned {n} bytes"));
     };
     check(&m, "before remount");
-    let grown = m.status_u64("stored_bytes").saturating_sub(stored0);
+    let grown = m.status_json().stored_bytes.saturating_sub(stored0);
     m.check(grown < 64 * MIB, || {
         format!(
             "a 5 GiB file with 1 MiB of data grew stored_bytes by {} MiB",

@@ -173,50 +173,41 @@ fn status_json_describes_the_folder() {
         );
     }
     let logical: u64 = sizes.iter().map(|s| s.1 as u64).sum();
-    let st = m.wait_status("4 files", |v| {
-        v["files"].as_u64() == Some(4) && v["logical_bytes"].as_u64() == Some(logical)
-    });
+    let st = m.wait_status("4 files", |v| v.files == 4 && v.logical_bytes == logical);
 
-    let mp = st["mount_point"]
-        .as_str()
-        .unwrap_or_else(|| m.fail(&format!("mount_point is not a string: {st}")));
-    let mp_canon = Path::new(mp)
-        .canonicalize()
-        .unwrap_or_else(|_| Path::new(mp).to_path_buf());
+    // `status_json` parsed the output as the typed reply: `mount_point` is a string and
+    // `files`, `dirs`, `logical_bytes`, `stored_bytes` and `chunks` are u64s, or it failed.
+    let mp = &st.mount_point;
+    let mp_canon = mp.canonicalize().unwrap_or_else(|_| mp.clone());
     m.check(mp_canon == m.mnt, || {
         format!("mount_point {mp:?}, want {}", m.mnt.display())
     });
-    for key in ["files", "dirs", "logical_bytes", "stored_bytes", "chunks"] {
-        m.check(st[key].is_u64(), || format!("`{key}` is not a u64: {st}"));
-    }
-    let dirs = st["dirs"].as_u64().unwrap();
+    let dirs = st.dirs;
     // Whether the root counts as a directory is the product's choice.
     m.check(dirs == 2 || dirs == 3, || {
-        format!("dirs = {dirs}, want 2 (a, a/b) or 3 with the root: {st}")
+        format!("dirs = {dirs}, want 2 (a, a/b) or 3 with the root: {st:?}")
     });
-    let stored = st["stored_bytes"].as_u64().unwrap();
+    let stored = st.stored_bytes;
     // Random data does not dedup, and ciphertext is never smaller than its plaintext.
     m.check(stored >= logical, || {
-        format!("stored_bytes {stored} < logical_bytes {logical} for random data: {st}")
+        format!("stored_bytes {stored} < logical_bytes {logical} for random data: {st:?}")
     });
     m.check(stored < logical * 2 + 1024 * 1024, || {
-        format!("stored_bytes {stored} far above logical {logical}: {st}")
+        format!("stored_bytes {stored} far above logical {logical}: {st:?}")
     });
-    let chunks = st["chunks"].as_u64().unwrap();
+    let chunks = st.chunks;
     m.check(chunks >= 3, || {
-        format!("chunks = {chunks} for three non-empty files of random data: {st}")
+        format!("chunks = {chunks} for three non-empty files of random data: {st:?}")
     });
-    let ratio = st["dedup_ratio"]
-        .as_f64()
-        .unwrap_or_else(|| m.fail(&format!("dedup_ratio is not a number: {st}")));
+    let ratio = st.dedup_ratio;
     m.check(ratio > 0.5 && ratio <= 1.05, || {
-        format!("dedup_ratio {ratio} with no duplicate data: {st}")
+        format!("dedup_ratio {ratio} with no duplicate data: {st:?}")
     });
 
     // Removing a file shows up.
     m.ok(fs::remove_file(m.path("a/one")), "unlink");
     m.wait_status("3 files after unlink", |v| {
-        v["files"].as_u64() == Some(3) && v["logical_bytes"].as_u64() == Some(logical - 1000)
+        v.files == 3 && v.logical_bytes == logical - 1000
     });
 
     // Without a daemon, status fails.
@@ -330,8 +321,8 @@ fn foreground_mount_stays_attached_until_sigint() {
         "read".into()
     });
     let st = m.status_json();
-    m.check(st["files"].as_u64() == Some(1), || {
-        format!("status of a foreground daemon: {st}")
+    m.check(st.files == 1, || {
+        format!("status of a foreground daemon: {st:?}")
     });
 
     m.ok(signal(child.0.id() as i32, libc::SIGINT), "SIGINT");
@@ -441,11 +432,9 @@ fn fybrk_state_env_selects_the_state_dir() {
     m.check(out.status.success(), || {
         format!("status via FYBRK_STATE failed\n{}", describe(&out))
     });
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let v: fybrk_control::StatusReply = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| m.fail(&format!("bad JSON ({e}): {}", describe(&out))));
-    m.check(v["files"].as_u64() == Some(1), || {
-        format!("status via FYBRK_STATE: {v}")
-    });
+    m.check(v.files == 1, || format!("status via FYBRK_STATE: {v:?}"));
     m.unmount();
 }
 
@@ -466,22 +455,22 @@ fn device_identity_is_made_once_private_and_stable() {
         format!("device.key has mode {mode:o}, want 600")
     });
     let first = m.status_json();
-    let id = first["device_id"].as_str().unwrap_or_default().to_owned();
+    let id = first.device_id.clone();
     // 8 groups of 7 base32 characters: 52 data + 4 check characters.
     m.check(id.len() == 8 * 7 + 7 && id.split('-').count() == 8, || {
         format!("device id {id:?}")
     });
-    m.check(first["device_name"] == "test-laptop", || {
-        format!("name in {first}")
+    m.check(first.device_name == "test-laptop", || {
+        format!("name in {first:?}")
     });
     m.unmount();
     m.mount();
     let again = m.status_json();
-    m.check(again["device_id"] == id.as_str(), || {
-        format!("id changed: {id} -> {}", again["device_id"])
+    m.check(again.device_id == id, || {
+        format!("id changed: {id} -> {}", again.device_id)
     });
-    m.check(again["device_name"] == "test-laptop", || {
-        format!("name not remembered: {again}")
+    m.check(again.device_name == "test-laptop", || {
+        format!("name not remembered: {again:?}")
     });
     m.unmount();
 }
@@ -650,24 +639,23 @@ fn the_config_file_sets_the_rendezvous_server_listen_address_and_name() {
     m.mount();
     assert_registers(&m, 0, "rendezvous from the config file");
     let st = m.status_json();
-    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
+    m.check(st.rendezvous.as_deref() == Some(rdv.addr.as_str()), || {
         format!(
-            "status should show the rendezvous server {}: {st}",
+            "status should show the rendezvous server {}: {st:?}",
             rdv.addr
         )
     });
     m.check(
-        st["config_file"] == config.display().to_string().as_str(),
-        || format!("status should name the config file: {st}"),
+        st.config_file.as_ref().map(|c| c.display().to_string())
+            == Some(config.display().to_string()),
+        || format!("status should name the config file: {st:?}"),
     );
-    m.check(st["device_name"] == "from-config", || {
-        format!("name from the config file: {st}")
+    m.check(st.device_name == "from-config", || {
+        format!("name from the config file: {st:?}")
     });
     m.check(
-        st["listen_addr"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("127.0.0.1:")),
-        || format!("listen address from the config file: {st}"),
+        st.network.listen_addr.to_string().starts_with("127.0.0.1:"),
+        || format!("listen address from the config file: {st:?}"),
     );
     let out = m.run(&["status"], Duration::from_secs(30));
     m.check(
@@ -716,11 +704,11 @@ fn the_command_line_and_the_environment_win_over_the_config_file() {
     ]);
     assert_registers(&m, from, "--rendezvous over the config file");
     let st = m.status_json();
-    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
-        format!("--rendezvous should win over the file: {st}")
+    m.check(st.rendezvous.as_deref() == Some(rdv.addr.as_str()), || {
+        format!("--rendezvous should win over the file: {st:?}")
     });
-    m.check(st["device_name"] == "from-flag", || {
-        format!("--name should win over the file: {st}")
+    m.check(st.device_name == "from-flag", || {
+        format!("--name should win over the file: {st:?}")
     });
     // The daemon child got the --turn password through its environment, not its arguments.
     let cmdline = fs::read(format!("/proc/{}/cmdline", m.pid())).unwrap_or_default();
@@ -744,11 +732,11 @@ fn the_command_line_and_the_environment_win_over_the_config_file() {
     });
     assert_registers(&m, from, "FYBRK_RENDEZVOUS over the config file");
     let st = m.status_json();
-    m.check(st["rendezvous"] == rdv.addr.as_str(), || {
-        format!("FYBRK_RENDEZVOUS should win over the file: {st}")
+    m.check(st.rendezvous.as_deref() == Some(rdv.addr.as_str()), || {
+        format!("FYBRK_RENDEZVOUS should win over the file: {st:?}")
     });
-    m.check(st["device_name"] == "from-config", || {
-        format!("the file's name should apply without --name: {st}")
+    m.check(st.device_name == "from-config", || {
+        format!("the file's name should apply without --name: {st:?}")
     });
     let out = m.run(
         &["unmount", m.mnt.to_str().unwrap()],

@@ -32,6 +32,8 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use fybrk_control::{InviteShown, PeerInfo, PeerStatus, PeersReply, StatusReply};
+
 /// How long `fybrk mount` may take to report a ready mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `fybrk unmount` may take; it flushes and stops the daemon (after a multi-GiB write,
@@ -562,8 +564,9 @@ impl Mount {
         self.forget_dead_daemon();
     }
 
-    /// `fybrk status --json`, parsed. Fails on a non-zero exit or bad JSON.
-    pub fn status_json(&self) -> serde_json::Value {
+    /// `fybrk status --json`, parsed as the protocol's [`StatusReply`]. Fails on a non-zero
+    /// exit, bad JSON, or a missing or mistyped field.
+    pub fn status_json(&self) -> StatusReply {
         let out = self.run(&["status", "--json"], Duration::from_secs(30));
         if !out.status.success() {
             self.fail(&format!("`fybrk status --json` failed\n{}", describe(&out)));
@@ -571,25 +574,17 @@ impl Mount {
         let text = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(text.trim()).unwrap_or_else(|e| {
             self.fail(&format!(
-                "status --json is not one JSON object ({e}):\n{text}"
+                "status --json is not one status object ({e}):\n{text}"
             ))
         })
-    }
-
-    /// A u64 field of `status --json`.
-    pub fn status_u64(&self, key: &str) -> u64 {
-        let v = self.status_json();
-        v.get(key)
-            .and_then(|x| x.as_u64())
-            .unwrap_or_else(|| self.fail(&format!("status --json has no u64 `{key}`: {v}")))
     }
 
     /// Polls `status --json` until `pred` holds (commits after close may land a moment later).
     pub fn wait_status(
         &self,
         what: &str,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
+        mut pred: impl FnMut(&StatusReply) -> bool,
+    ) -> StatusReply {
         let start = Instant::now();
         loop {
             let v = self.status_json();
@@ -597,7 +592,7 @@ impl Mount {
                 return v;
             }
             if start.elapsed() > Duration::from_secs(15) {
-                self.fail(&format!("status never showed {what}; last: {v}"));
+                self.fail(&format!("status never showed {what}; last: {v:?}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -1145,16 +1140,12 @@ impl Peer {
         self.m
             .mount_with(&["--listen", listen.as_str(), "--name", name.as_str()]);
         let st = self.m.status_json();
-        let addr = st["listen_addr"].as_str().unwrap_or_else(|| {
-            self.m
-                .fail(&format!("status --json has no string `listen_addr`: {st}"))
-        });
-        let port_ok = addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_some_and(|p| p != 0);
-        self.m.check(port_ok, || {
-            format!("listen_addr {addr:?} is not ip:port with a real port; status {st}")
+        // A typed `SocketAddr`: ip:port by construction.
+        let listen_addr = st.network.listen_addr;
+        let addr = listen_addr.to_string();
+        let addr = addr.as_str();
+        self.m.check(listen_addr.port() != 0, || {
+            format!("listen_addr {addr:?} is not ip:port with a real port; status {st:?}")
         });
         if let Some(want) = &self.listen {
             self.m.check(addr == want, || {
@@ -1162,10 +1153,7 @@ impl Peer {
             });
         }
         self.listen = Some(addr.to_string());
-        let id = st["device_id"].as_str().unwrap_or_else(|| {
-            self.m
-                .fail(&format!("status --json has no string `device_id`: {st}"))
-        });
+        let id = st.device_id.as_str();
         if let Some(old) = &self.id {
             self.m.check(old == id, || {
                 format!("device id changed across a remount: {old} -> {id}")
@@ -1220,24 +1208,20 @@ impl Peer {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let first = text.lines().next().unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| {
+        // A missing or mistyped field (`expires_unix` not a u64, ...) fails the parse.
+        let v: InviteShown = serde_json::from_str(first).unwrap_or_else(|e| {
             self.m.fail(&format!(
-                "first stdout line of `fybrk pair --json` is not JSON ({e})\n{}",
+                "first stdout line of `fybrk pair --json` is not the invitation ({e})\n{}",
                 describe(&out)
             ))
         });
-        let payload = v["payload"].as_str().unwrap_or_default().to_string();
-        self.m.check(payload.starts_with("fybrk1:"), || {
-            format!("the payload should start with `fybrk1:`: {v}")
+        self.m.check(v.payload.starts_with("fybrk1:"), || {
+            format!("the payload should start with `fybrk1:`: {v:?}")
         });
-        let expires_unix = v["expires_unix"]
-            .as_u64()
-            .unwrap_or_else(|| self.m.fail(&format!("no u64 `expires_unix`: {v}")));
-        let png = PathBuf::from(v["png"].as_str().unwrap_or_default());
         Invite {
-            payload,
-            expires_unix,
-            png,
+            payload: v.payload,
+            expires_unix: v.expires_unix,
+            png: v.png,
         }
     }
 
@@ -1247,37 +1231,36 @@ impl Peer {
             .run(&["pair-with", payload], Duration::from_secs(120))
     }
 
-    /// `fybrk peers --json`, parsed; fails unless it exits 0 with a `peers` array.
-    pub fn peers_json(&self) -> serde_json::Value {
+    /// `fybrk peers --json`, parsed; fails unless it exits 0 with a `peers` array (the parse
+    /// as [`PeersReply`] requires it).
+    pub fn peers_json(&self) -> PeersReply {
         let out = self.m.run(&["peers", "--json"], Duration::from_secs(30));
         if !out.status.success() {
             self.m
                 .fail(&format!("`fybrk peers --json` failed\n{}", describe(&out)));
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
             self.m.fail(&format!(
-                "peers --json is not one JSON object ({e}):\n{text}"
+                "peers --json is not one object with a `peers` array ({e}):\n{text}"
             ))
-        });
-        self.m.check(v["peers"].is_array(), || {
-            format!("peers --json has no `peers` array: {v}")
-        });
-        v
+        })
     }
 
     /// This device's entry for `other` in `status --json`'s `peers`, if listed.
-    pub fn status_peer(&self, other: &Peer) -> Option<serde_json::Value> {
-        peer_entry(&self.m.status_json(), &other.id()).cloned()
+    pub fn status_peer(&self, other: &Peer) -> Option<PeerStatus> {
+        status_entry(&self.m.status_json(), &other.id()).cloned()
     }
 }
 
-/// The entry with `"id": id` in `v["peers"]` (of `status --json` or `peers --json`).
-pub fn peer_entry<'a>(v: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
-    v["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"].as_str() == Some(id))
+/// The entry with `"id": id` in `peers --json`.
+pub fn peer_entry<'a>(v: &'a PeersReply, id: &str) -> Option<&'a PeerInfo> {
+    v.peers.iter().find(|p| p.id == id)
+}
+
+/// The entry with `"id": id` in `status --json`'s `peers`.
+pub fn status_entry<'a>(v: &'a StatusReply, id: &str) -> Option<&'a PeerStatus> {
+    v.network.peers.iter().find(|p| p.id == id)
 }
 
 /// Pairs `joiner` with `inviter` (an invitation from `inviter`, `pair-with` on `joiner`): exit 0
@@ -1310,15 +1293,15 @@ pub fn wait_connected(a: &Peer, b: &Peer, timeout: Duration) {
         || {
             for (x, y) in [(a, b), (b, a)] {
                 match x.status_peer(y) {
-                    Some(p) if p["connected"] == serde_json::Value::Bool(true) => {}
-                    Some(p) => return Err(format!("{} shows {}: {p}", x.name, y.name)),
+                    Some(p) if p.connected => {}
+                    Some(p) => return Err(format!("{} shows {}: {p:?}", x.name, y.name)),
                     None => {
                         return Err(format!(
-                            "{} does not list {} ({}) at all: {}",
+                            "{} does not list {} ({}) at all: {:?}",
                             x.name,
                             y.name,
                             y.id(),
-                            x.status_json()["peers"]
+                            x.status_json().network.peers
                         ))
                     }
                 }

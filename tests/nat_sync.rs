@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, wait_for, Gen, Mount};
+use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Gen, Mount};
 use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
 
 const RENDEZVOUS_PORT: u16 = 22101;
@@ -51,22 +51,20 @@ fn payload(m: &Mount) -> String {
         m.fail(&format!("pair failed\n{}", describe(&out)));
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or_default())
-        .unwrap_or_else(|e| m.fail(&format!("pair printed {line:?}: {e}")));
-    v["payload"].as_str().expect("payload").to_owned()
+    let v: fybrk_control::InviteShown =
+        serde_json::from_str(line.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| m.fail(&format!("pair printed {line:?}: {e}")));
+    v.payload
 }
 
 fn path_to(m: &Mount, other: &Mount) -> Option<String> {
-    let id = other.status_json()["device_id"].as_str()?.to_owned();
+    let id = other.status_json().device_id;
     let s = m.status_json();
-    let p = s["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"] == id.as_str())?;
-    if p["connected"] != true {
+    let p = status_entry(&s, &id)?;
+    if !p.connected {
         return None;
     }
-    p["path"].as_str().map(str::to_owned)
+    p.path.map(|k| k.as_str().to_owned())
 }
 
 /// Two devices behind routers of kinds `ka` and `kb`: `fybrk pair` on one, `pair-with` on
@@ -384,13 +382,9 @@ const SETTLED: u64 = 8;
 
 /// How many seconds `m` has been connected to `other`, if it is.
 fn connected_secs(m: &Mount, other: &Mount) -> Option<u64> {
-    let id = other.status_json()["device_id"].as_str()?.to_owned();
+    let id = other.status_json().device_id;
     let s = m.status_json();
-    let p = s["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"] == id.as_str())?;
-    p["connected_secs"].as_u64()
+    status_entry(&s, &id)?.connected_secs
 }
 
 /// Whether `a` dialled the connection between `a` and `b`, once it has been up for [`SETTLED`]
@@ -452,20 +446,11 @@ fn change_and_resync(
     let took = start.elapsed();
     if let Some(ip) = new_ip {
         // The other side sees the peer at its new address.
-        let id = changed.status_json()["device_id"]
-            .as_str()
-            .expect("device_id")
-            .to_owned();
+        let id = changed.status_json().device_id;
         wait_for("the peer at its new address", RECOVERY, || {
             let s = other.status_json();
-            let addr = s["peers"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["id"] == id.as_str()))
-                .map(|p| p["addr"].clone());
-            match addr
-                .as_ref()
-                .and_then(|a| a.as_str()?.parse::<SocketAddr>().ok())
-            {
+            let addr = status_entry(&s, &id).map(|p| p.addr);
+            match addr.flatten() {
                 Some(addr) if addr.ip() == std::net::IpAddr::V4(ip) => Ok(()),
                 _ => Err(format!("peer address {addr:?}, want {ip}")),
             }
@@ -569,13 +554,14 @@ fn udp_blocked_device_pairs_and_syncs_through_the_relay() {
         |a, b, _| {
             let s = b.status_json();
             assert_eq!(
-                s["relay"]["everything"], true,
-                "the blocked side relays all: {s}"
+                s.network.relay.map(|r| r.everything),
+                Some(true),
+                "the blocked side relays all: {s:?}"
             );
             assert_eq!(
                 path_to(a, b).as_deref(),
                 Some("relay"),
-                "{}",
+                "{:?}",
                 a.status_json()
             );
         },
@@ -601,12 +587,15 @@ fn a_device_leaves_relay_everything_mode_when_udp_gets_through_again() {
         false,
         b"through the relay",
         |a, b, mut scene| {
-            assert_eq!(b.status_json()["relay"]["everything"], true);
+            assert_eq!(
+                b.status_json().network.relay.map(|r| r.everything),
+                Some(true)
+            );
             scene.dev_b.unblock_udp();
             // The daemon tries directly every 30 s; then both sides redial.
             wait_for("a direct path", Duration::from_secs(90), || {
-                let everything = b.status_json()["relay"]["everything"].clone();
-                match (everything.as_bool(), path_to(a, b), path_to(b, a)) {
+                let everything = b.status_json().network.relay.map(|r| r.everything);
+                match (everything, path_to(a, b), path_to(b, a)) {
                     (Some(false), Some(x), Some(y)) if x == "direct" && y == "direct" => Ok(()),
                     other => Err(format!("relay everything, paths: {other:?}")),
                 }
@@ -635,7 +624,7 @@ fn a_relayed_link_moves_to_a_direct_path_when_one_opens() {
             assert_eq!(
                 path_to(b, a).as_deref(),
                 Some("relay"),
-                "{}",
+                "{:?}",
                 b.status_json()
             );
             for r in [scene.dev_a.router(), scene.dev_b.router()]
@@ -672,13 +661,13 @@ fn nat_check_sees_the_routers_public_address() {
     cmd.args(["nat-check", "--json", "--stun", &coturn.addr.to_string()]);
     let out = run_timeout(&mut cmd, Duration::from_secs(30));
     assert!(out.status.success(), "nat-check failed\n{}", describe(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nat-check --json");
-    assert_eq!(v["udp_works"], true, "{v}");
-    let public: SocketAddr = v["public_addr"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no public address: {v}"));
-    assert_eq!(public.ip(), std::net::IpAddr::V4(dev.public_ip()), "{v}");
+    let v: fybrk_control::NatCheckReport =
+        serde_json::from_slice(&out.stdout).expect("nat-check --json");
+    assert!(v.udp_works, "{v:?}");
+    let public: SocketAddr = v
+        .public_addr
+        .unwrap_or_else(|| panic!("no public address: {v:?}"));
+    assert_eq!(public.ip(), std::net::IpAddr::V4(dev.public_ip()), "{v:?}");
 }
 
 /// Figures for `scripts/bench/nat.sh` (ignored: a benchmark, not a test). For a home-home pair

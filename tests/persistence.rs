@@ -192,16 +192,16 @@ fn no_plaintext_reaches_the_store() {
         "scanner self-test failed"
     );
 
-    let stored0 = m.status_u64("stored_bytes");
+    let stored0 = m.status_json().stored_bytes;
     m.ok(
         fybrk_tests::write_file_synced(&m.path("secret.txt"), &text),
         "write secret.txt",
     );
-    let st = m.wait_status("secret.txt stored", |v| v["files"].as_u64() == Some(1));
-    let stored1 = st["stored_bytes"].as_u64().unwrap_or(0);
+    let st = m.wait_status("secret.txt stored", |v| v.files == 1);
+    let stored1 = st.stored_bytes;
     m.check(stored1 >= stored0 + text.len() as u64, || {
         format!(
-            "stored_bytes grew by {} for a {}-byte file: was it stored at all? status: {st}",
+            "stored_bytes grew by {} for a {}-byte file: was it stored at all? status: {st:?}",
             stored1.saturating_sub(stored0),
             text.len()
         )
@@ -252,22 +252,19 @@ fn identical_content_is_stored_once() {
     let Some(m) = Mount::start() else { return };
     let size = 50 * MIB as usize;
     let data = Gen::new(50).bytes(size);
+    // Typed: `status_json` fails if `stored_bytes` or `logical_bytes` is missing.
     let s0 = m.status_json();
-    let stored0 = s0["stored_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| m.fail(&format!("no stored_bytes: {s0}")));
-    let logical0 = s0["logical_bytes"]
-        .as_u64()
-        .unwrap_or_else(|| m.fail(&format!("no logical_bytes: {s0}")));
+    let stored0 = s0.stored_bytes;
+    let logical0 = s0.logical_bytes;
 
     m.ok(
         fybrk_tests::write_file_synced(&m.path("a.bin"), &data),
         "write a.bin",
     );
     let s1 = m.wait_status("a.bin counted", |v| {
-        v["logical_bytes"].as_u64() >= Some(logical0 + size as u64)
+        v.logical_bytes >= logical0 + size as u64
     });
-    let stored1 = s1["stored_bytes"].as_u64().unwrap();
+    let stored1 = s1.stored_bytes;
 
     m.ok(fs::create_dir(m.path("copy")), "mkdir");
     m.ok(
@@ -275,30 +272,26 @@ fn identical_content_is_stored_once() {
         "write copy/b.bin",
     );
     let s2 = m.wait_status("b.bin counted", |v| {
-        v["logical_bytes"].as_u64() >= Some(logical0 + 2 * size as u64)
+        v.logical_bytes >= logical0 + 2 * size as u64
     });
-    let stored2 = s2["stored_bytes"].as_u64().unwrap();
+    let stored2 = s2.stored_bytes;
 
     let growth = stored2.saturating_sub(stored0);
     let second = stored2.saturating_sub(stored1);
     m.check(growth >= 45 * MIB, || {
-        format!("stored_bytes grew by only {growth} for 50 MiB of random data; status {s2}")
+        format!("stored_bytes grew by only {growth} for 50 MiB of random data; status {s2:?}")
     });
     m.check(growth < 60 * MIB, || {
-        format!("stored_bytes grew by {growth} (>= 60 MiB) for two copies of 50 MiB; status {s2}")
+        format!("stored_bytes grew by {growth} (>= 60 MiB) for two copies of 50 MiB; status {s2:?}")
     });
     m.check(second < 5 * MIB, || {
-        format!("the second copy added {second} stored bytes; status {s2}")
+        format!("the second copy added {second} stored bytes; status {s2:?}")
     });
-    let ratio = s2["dedup_ratio"]
-        .as_f64()
-        .unwrap_or_else(|| m.fail(&format!("no f64 dedup_ratio: {s2}")));
+    let ratio = s2.dedup_ratio;
     m.check(ratio >= 1.8, || {
-        format!("dedup_ratio {ratio} < 1.8; status {s2}")
+        format!("dedup_ratio {ratio} < 1.8; status {s2:?}")
     });
-    m.check(s2["files"].as_u64() == Some(2), || {
-        format!("files != 2: {s2}")
-    });
+    m.check(s2.files == 2, || format!("files != 2: {s2:?}"));
 
     for p in ["a.bin", "copy/b.bin"] {
         let back = m.ok(fs::read(m.path(p)), format!("read {p}"));

@@ -384,10 +384,10 @@ fn pairing_refuses_bad_invitations_with_a_clear_error() {
         )
     });
     r.check(peer_entry(&r.peers_json(), &a.id()).is_none(), || {
-        format!("the refused device lists alpha: {}", r.peers_json())
+        format!("the refused device lists alpha: {:?}", r.peers_json())
     });
     a.check(peer_entry(&a.peers_json(), &r.id()).is_none(), || {
-        format!("alpha lists the refused device: {}", a.peers_json())
+        format!("alpha lists the refused device: {:?}", a.peers_json())
     });
 
     // Bravo used the invitation, so it is spent. Another invitation is open meanwhile, so alpha
@@ -427,31 +427,25 @@ fn peers_survive_a_remount_and_unpair_stops_sync() {
             let v = x.peers_json();
             let e = peer_entry(&v, &y.id()).unwrap_or_else(|| {
                 x.fail(&format!(
-                    "{round}: {} does not list {}: {v}",
+                    "{round}: {} does not list {}: {v:?}",
                     x.name, y.name
                 ))
             });
-            x.check(e["name"].as_str() == Some(y.name.as_str()), || {
+            x.check(e.name == y.name, || {
                 format!(
-                    "{round}: {}'s entry for {} has the wrong name: {e}",
+                    "{round}: {}'s entry for {} has the wrong name: {e:?}",
                     x.name, y.name
                 )
             });
-            x.check(e["addrs"].is_array(), || {
-                format!("{round}: no `addrs` array: {e}")
-            });
+            // `addrs` is an array: `peers_json` parses it as one or fails.
         }
         let v = b.peers_json();
-        let addrs = &peer_entry(&v, &a.id()).unwrap()["addrs"];
+        let addrs = &peer_entry(&v, &a.id()).unwrap().addrs;
         b.check(
-            addrs
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x.as_str() == Some(a.listen_addr().as_str())),
+            addrs.iter().any(|x| x.to_string() == a.listen_addr()),
             || {
                 format!(
-                    "{round}: bravo's addrs for alpha lack {}: {v}",
+                    "{round}: bravo's addrs for alpha lack {}: {v:?}",
                     a.listen_addr()
                 )
             },
@@ -478,13 +472,13 @@ fn peers_survive_a_remount_and_unpair_stops_sync() {
         format!("`fybrk unpair` failed\n{}", describe(&out))
     });
     a.check(peer_entry(&a.peers_json(), &b.id()).is_none(), || {
-        format!("alpha still lists bravo after unpair: {}", a.peers_json())
+        format!("alpha still lists bravo after unpair: {:?}", a.peers_json())
     });
     wait_for(
         "bravo to show alpha not connected",
         CONNECT_TIMEOUT,
         || match b.status_peer(&a) {
-            Some(e) if e["connected"] == true => Err(format!("bravo shows alpha: {e}")),
+            Some(e) if e.connected => Err(format!("bravo shows alpha: {e:?}")),
             _ => Ok(()),
         },
     );
@@ -495,7 +489,7 @@ fn peers_survive_a_remount_and_unpair_stops_sync() {
         STAYS_ABSENT,
     );
     let e = b.status_peer(&a);
-    b.check(e.as_ref().is_none_or(|e| e["connected"] == false), || {
+    b.check(e.as_ref().is_none_or(|e| !e.connected), || {
         format!("bravo shows alpha connected after alpha unpaired it: {e:?}")
     });
 }
@@ -534,13 +528,13 @@ fn unpaired_and_refused_devices_get_no_changes() {
         format!("`fybrk unpair charlie` failed\n{}", describe(&out))
     });
     a.check(peer_entry(&a.peers_json(), &c.id()).is_none(), || {
-        format!("alpha still lists charlie: {}", a.peers_json())
+        format!("alpha still lists charlie: {:?}", a.peers_json())
     });
     wait_for(
         "charlie to show alpha not connected",
         CONNECT_TIMEOUT,
         || match c.status_peer(&a) {
-            Some(e) if e["connected"] == true => Err(format!("charlie shows alpha: {e}")),
+            Some(e) if e.connected => Err(format!("charlie shows alpha: {e:?}")),
             _ => Ok(()),
         },
     );
@@ -574,7 +568,7 @@ fn unpaired_and_refused_devices_get_no_changes() {
         STAYS_ABSENT,
     );
     let e = c.status_peer(&a);
-    c.check(e.as_ref().is_none_or(|e| e["connected"] == false), || {
+    c.check(e.as_ref().is_none_or(|e| !e.connected), || {
         format!("a revoked charlie shows alpha connected: {e:?}")
     });
 
@@ -932,11 +926,11 @@ fn a_gib_file_and_ten_thousand_small_files_reach_the_peer() {
     // Counting first: snapshotting 10,000 files on every poll would slow the sync it waits for.
     wait_for("bravo to count 10,001 files", BIG_TIMEOUT, || {
         let st = b.status_json();
-        if st["files"].as_u64() >= Some(10_001) {
+        if st.files >= 10_001 {
             Ok(())
         } else {
             std::thread::sleep(Duration::from_millis(500));
-            Err(format!("bravo status: {st}"))
+            Err(format!("bravo status: {st:?}"))
         }
     });
     let want = a.ok(snapshot(&a.path("small")), "snapshot small/ on alpha");
@@ -996,12 +990,12 @@ fn kill9_of_the_sender_mid_transfer_leaves_no_partial_file_and_resumes() {
     // `write_gen_file_in_child`), so alpha commits no half-written v2 on a stray flush: any other
     // size bravo shows is a partial transfer. fsynced: v2 must survive the kill on alpha, so the
     // transfer has something to resume.
-    let seq0 = a.status_u64("sequence");
+    let seq0 = a.status_json().sequence;
     let v2 = a.ok(
         write_gen_file_in_child(&a.path("big.bin"), 12, len2),
         "write v2",
     );
-    let seq1 = a.status_u64("sequence");
+    let seq1 = a.status_json().sequence;
     let versions = [(0, blake3::hash(b"")), (len1, v1), (len2, v2)];
     let names = ["empty (the O_TRUNC)", "v1", "v2"];
     let finished_early = wait_for("bravo to start fetching v2", SYNC_TIMEOUT, || {
@@ -1016,7 +1010,7 @@ fn kill9_of_the_sender_mid_transfer_leaves_no_partial_file_and_resumes() {
         }
         for (x, y) in [(&b, &a), (&a, &b)] {
             if let Some(e) = x.status_peer(y) {
-                if e["connected"] == true && e["pending_bytes"].as_u64() > Some(0) {
+                if e.connected && e.pending_bytes > 0 {
                     return Ok(false);
                 }
             }

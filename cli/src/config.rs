@@ -13,6 +13,9 @@
 //! `FYBRK_STUN`, `FYBRK_TURN`), which wins over this file, which wins over the built-in defaults.
 //! Values are checked when the file is read, so a mistake stops `fybrk mount` before anything is
 //! mounted, with the file, line and column in the message.
+//!
+//! [`MountOptions`] is the result: the command line ([`MountArgs`]), the environment and this
+//! file resolved once, handed to the daemon.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -21,7 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::daemon::NetArgs;
+use crate::args::MountArgs;
+use crate::node::{Listen, Traversal};
 use crate::state::StateDir;
 
 /// The config file's name in the state dir.
@@ -175,30 +179,64 @@ impl Config {
             turn: text(raw.turn),
         })
     }
+}
 
-    /// The mount options in force: `net` and `name` from the command line (clap has already
-    /// put `FYBRK_RENDEZVOUS` and `FYBRK_TURN` in where no flag was given), `stun_env` the
-    /// value of `FYBRK_STUN`, and this file for whatever is still unset.
-    pub fn apply(
-        &self,
-        net: &NetArgs,
-        name: Option<&str>,
-        stun_env: Option<&str>,
-    ) -> (NetArgs, Option<String>) {
+/// The options `fybrk mount` runs with: the command line, the environment and the config file
+/// resolved once ([`MountOptions::load`]), then handed to the daemon, which takes everything
+/// from here.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// The config file that was read (`None`: there is none).
+    pub config_file: Option<PathBuf>,
+    /// This device's name (`None`: the remembered one, else the hostname).
+    pub name: Option<String>,
+    /// Where the daemon listens.
+    pub listen: Listen,
+    /// How it reaches devices that are not on its network.
+    pub traversal: Traversal,
+}
+
+impl MountOptions {
+    /// Reads the config file (`explicit`, else `STATE/config.toml`) and `FYBRK_STUN`, and
+    /// resolves them with `args` ([`MountOptions::resolve`]).
+    pub fn load(
+        explicit: Option<&Path>,
+        state: &StateDir,
+        args: &MountArgs,
+    ) -> Result<MountOptions, ConfigError> {
+        let file = Config::load(explicit, state)?;
+        let stun_env = std::env::var(fybrk_net::stun::STUN_ENV).ok();
+        Ok(MountOptions::resolve(&file, args, stun_env.as_deref()))
+    }
+
+    /// The options in force: `args` from the command line (clap has already put
+    /// `FYBRK_RENDEZVOUS` and `FYBRK_TURN` in where no flag was given), `stun_env` the value of
+    /// `FYBRK_STUN`, and `file` for whatever is still unset.
+    pub fn resolve(file: &Config, args: &MountArgs, stun_env: Option<&str>) -> MountOptions {
+        let net = &args.net;
         let stun = if !net.stun.is_empty() || stun_env.is_some_and(|e| !e.trim().is_empty()) {
             // Left to `stun_servers`, which takes the flags, else the environment.
             net.stun.clone()
         } else {
-            self.stun.clone()
+            file.stun.clone()
         };
-        let net = NetArgs {
-            listen: net.listen.or(self.listen),
-            rendezvous: net.rendezvous.clone().or_else(|| self.rendezvous.clone()),
-            stun,
-            turn: net.turn.clone().or_else(|| self.turn.clone()),
+        let listen = match net.listen.or(file.listen) {
+            Some(addr) => Listen {
+                addr,
+                explicit: true,
+            },
+            None => Listen::default(),
         };
-        let name = name.map(str::to_string).or_else(|| self.name.clone());
-        (net, name)
+        MountOptions {
+            config_file: file.path.clone(),
+            name: args.name.clone().or_else(|| file.name.clone()),
+            listen,
+            traversal: Traversal {
+                rendezvous: net.rendezvous.clone().or_else(|| file.rendezvous.clone()),
+                stun,
+                turn: net.turn.clone().or_else(|| file.turn.clone()),
+            },
+        }
     }
 }
 
@@ -239,6 +277,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::NetArgs;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/fybrk.toml"))
@@ -375,48 +414,58 @@ turn = "turn:file.example.org:1?user=u&pass=p"
 
     #[test]
     fn the_file_fills_what_the_command_line_leaves_unset() {
-        let (net, name) = file().apply(&NetArgs::default(), None, None);
-        assert_eq!(net.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        let o = MountOptions::resolve(&file(), &MountArgs::default(), None);
+        assert_eq!(o.listen.addr, "127.0.0.1:9000".parse().unwrap());
+        assert!(o.listen.explicit);
+        let net = &o.traversal;
         assert_eq!(net.rendezvous.as_deref(), Some("file.example.org:1"));
         assert_eq!(net.stun, ["file-stun.example.org:1"]);
         assert_eq!(
             net.turn.as_deref(),
             Some("turn:file.example.org:1?user=u&pass=p")
         );
-        assert_eq!(name.as_deref(), Some("file-name"));
+        assert_eq!(o.name.as_deref(), Some("file-name"));
+        assert_eq!(o.config_file.as_deref(), Some(Path::new("/etc/fybrk.toml")));
     }
 
     #[test]
     fn the_command_line_wins_over_the_file() {
-        let cli = NetArgs {
-            listen: Some("127.0.0.1:1".parse().unwrap()),
-            rendezvous: Some("cli.example.org:2".into()),
-            stun: vec!["cli-stun.example.org:2".into()],
-            turn: Some("turn:cli.example.org:2?user=c&pass=c".into()),
+        let cli = MountArgs {
+            name: Some("cli-name".into()),
+            net: NetArgs {
+                listen: Some("127.0.0.1:1".parse().unwrap()),
+                rendezvous: Some("cli.example.org:2".into()),
+                stun: vec!["cli-stun.example.org:2".into()],
+                turn: Some("turn:cli.example.org:2?user=c&pass=c".into()),
+            },
         };
-        let (net, name) = file().apply(&cli, Some("cli-name"), Some("env-stun:3"));
-        assert_eq!(net.listen, cli.listen);
-        assert_eq!(net.rendezvous, cli.rendezvous);
-        assert_eq!(net.stun, cli.stun);
-        assert_eq!(net.turn, cli.turn);
-        assert_eq!(name.as_deref(), Some("cli-name"));
+        let o = MountOptions::resolve(&file(), &cli, Some("env-stun:3"));
+        assert_eq!(Some(o.listen.addr), cli.net.listen);
+        assert!(o.listen.explicit);
+        let net = &o.traversal;
+        assert_eq!(net.rendezvous, cli.net.rendezvous);
+        assert_eq!(net.stun, cli.net.stun);
+        assert_eq!(net.turn, cli.net.turn);
+        assert_eq!(o.name.as_deref(), Some("cli-name"));
     }
 
     #[test]
     fn fybrk_stun_wins_over_the_file() {
         // An empty list tells `stun_servers` to read FYBRK_STUN.
-        let (net, _) = file().apply(&NetArgs::default(), None, Some("env-stun:3"));
-        assert!(net.stun.is_empty());
+        let o = MountOptions::resolve(&file(), &MountArgs::default(), Some("env-stun:3"));
+        assert!(o.traversal.stun.is_empty());
         // An empty FYBRK_STUN is no setting.
-        let (net, _) = file().apply(&NetArgs::default(), None, Some(" "));
-        assert_eq!(net.stun, ["file-stun.example.org:1"]);
+        let o = MountOptions::resolve(&file(), &MountArgs::default(), Some(" "));
+        assert_eq!(o.traversal.stun, ["file-stun.example.org:1"]);
     }
 
     #[test]
     fn no_file_and_no_flags_leave_the_defaults() {
-        let (net, name) = Config::default().apply(&NetArgs::default(), None, None);
-        assert!(net.listen.is_none() && net.rendezvous.is_none() && net.turn.is_none());
-        assert!(net.stun.is_empty() && name.is_none());
+        let o = MountOptions::resolve(&Config::default(), &MountArgs::default(), None);
+        let net = &o.traversal;
+        assert!(!o.listen.explicit && net.rendezvous.is_none() && net.turn.is_none());
+        assert_eq!(o.listen.addr, Listen::default().addr);
+        assert!(net.stun.is_empty() && o.name.is_none() && o.config_file.is_none());
     }
 
     #[test]

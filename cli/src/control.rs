@@ -1,92 +1,166 @@
-//! The control socket: one JSON request per connection, one JSON reply.
+//! The daemon's end of the control socket (`STATE/control.sock`, mode 0600 inside a 0700
+//! directory: only the owner can connect): one JSON request per connection, one JSON reply.
 //!
-//! `fybrk status`, `verify`, `gc` and `unmount` talk to the running daemon through
-//! `STATE/control.sock` (mode 0600 inside a 0700 directory: only the owner can connect).
+//! The protocol's types live in `fybrk-control`; [`Control`] answers each command with its
+//! typed reply ([`fybrk_control::Handler`]) and [`serve`] does the socket I/O.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use anyhow::Result;
+use fybrk_control::{
+    Gc, GcReply, Handler, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, StatusReply,
+    UnmountReply, VerifyReply,
+};
+use fybrk_fs::Fs;
+use fybrk_net::identity::DeviceId;
+use fybrk_store::{GcReport, VerifyReport};
 
-/// What a client asks.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Verify,
-    Gc,
-    Unmount,
-    /// Make an invitation valid this long.
-    Pair {
-        expires_secs: u64,
-    },
-    /// Wait up to `wait_secs` until invitation `invite` is used or expires.
-    PairWait {
-        invite: u64,
-        wait_secs: u64,
-    },
-    /// Join the folder of the device that made this invitation.
-    PairWith {
-        payload: String,
-    },
-    Peers,
-    /// Unpair a device (id, id prefix or name).
-    Unpair {
-        id: String,
-    },
+use crate::config::MountOptions;
+use crate::node::Node;
+
+/// Unmounts the folder (the daemon exits once the FUSE session ends).
+pub type Unmounter = Arc<dyn Fn() -> Result<()> + Send + Sync>;
+
+/// What the daemon answers with.
+pub struct Control {
+    /// The mounted filesystem (and through it the current store).
+    pub fs: Arc<Fs>,
+    /// The network side.
+    pub node: Arc<Node>,
+    /// Where the folder is mounted.
+    pub mount_point: PathBuf,
+    /// This device's id.
+    pub device_id: DeviceId,
+    /// This device's name.
+    pub device_name: String,
+    /// The options the daemon runs with (`status` shows the config file and rendezvous server).
+    pub options: MountOptions,
+    /// Unmounts.
+    pub unmount: Unmounter,
 }
 
-/// Sends `req` to the daemon behind `socket` and returns its JSON reply.
-pub fn call(socket: &Path, req: &Request, timeout: Option<Duration>) -> Result<Value> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        anyhow!("no fybrk daemon is running for this state dir ({}: {e}). Start one with `fybrk mount DIR`", socket.display())
-    })?;
-    stream.set_read_timeout(timeout)?;
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("the daemon did not answer")?;
-    let value: Value = serde_json::from_str(&reply).context("the daemon sent a malformed reply")?;
-    if let Some(err) = value.get("error").and_then(Value::as_str) {
-        return Err(anyhow!("{err}"));
+impl Handler for Control {
+    type Error = anyhow::Error;
+
+    fn status(&self, _: fybrk_control::Status) -> Result<StatusReply> {
+        let store = self.fs.store();
+        let s = store.stats();
+        let ratio = if s.stored_bytes == 0 {
+            1.0
+        } else {
+            s.logical_bytes as f64 / s.stored_bytes as f64
+        };
+        let folder_id: String = store
+            .folder_id()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(StatusReply {
+            mount_point: self.mount_point.clone(),
+            device_id: self.device_id.to_string(),
+            device_name: self.device_name.clone(),
+            pid: std::process::id(),
+            folder_id,
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            logical_bytes: s.logical_bytes,
+            stored_bytes: s.stored_bytes,
+            chunks: s.chunks,
+            dedup_ratio: ratio,
+            sequence: store.sequence(),
+            config_file: self.options.config_file.clone(),
+            rendezvous: self.options.traversal.rendezvous.clone(),
+            network: self.node.status(),
+        })
     }
-    Ok(value)
+
+    fn verify(&self, _: fybrk_control::Verify) -> Result<VerifyReply> {
+        Ok(verify_reply(self.fs.store().verify()?))
+    }
+
+    fn gc(&self, _: Gc) -> Result<GcReply> {
+        Ok(gc_reply(self.fs.store().gc()?))
+    }
+
+    fn unmount(&self, _: fybrk_control::Unmount) -> Result<UnmountReply> {
+        let unmount = self.unmount.clone();
+        // Reply first; the process exits once the unmount completes.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            if let Err(e) = unmount() {
+                tracing::error!(error = %e, "unmount failed");
+            }
+        });
+        Ok(UnmountReply {
+            pid: std::process::id(),
+            mount_point: self.mount_point.clone(),
+        })
+    }
+
+    fn pair(&self, req: fybrk_control::Pair) -> Result<Invite> {
+        self.node.invite(Duration::from_secs(req.expires_secs))
+    }
+
+    fn pair_wait(&self, req: fybrk_control::PairWait) -> Result<PairWaitReply> {
+        self.node
+            .wait_invite(req.invite, Duration::from_secs(req.wait_secs))
+    }
+
+    fn pair_with(&self, req: fybrk_control::PairWith) -> Result<PairWithReply> {
+        self.node.pair_with(&req.payload)
+    }
+
+    fn peers(&self, _: fybrk_control::Peers) -> Result<PeersReply> {
+        Ok(self.node.peers())
+    }
+
+    fn unpair(&self, req: fybrk_control::Unpair) -> Result<PeerRef> {
+        self.node.unpair(&req.id)
+    }
 }
 
-/// Serves requests on `listener` forever, answering each with `handle`.
-pub fn serve(
-    listener: UnixListener,
-    handle: impl Fn(Request) -> Result<Value> + Send + Sync + 'static,
-) {
-    let handle = std::sync::Arc::new(handle);
+/// The store's verify report as the protocol's reply (also `verify` without a daemon).
+pub fn verify_reply(r: VerifyReport) -> VerifyReply {
+    VerifyReply {
+        chunks_checked: r.chunks_checked,
+        records_checked: r.records_checked,
+        problems: r.problems,
+    }
+}
+
+/// The store's GC report as the protocol's reply (also `gc` without a daemon).
+pub fn gc_reply(r: GcReport) -> GcReply {
+    GcReply {
+        freed_chunks: r.freed_chunks,
+        freed_bytes: r.freed_bytes,
+        pinned: r.pinned,
+    }
+}
+
+/// Serves requests on `listener` forever, answering each with `handler`.
+pub fn serve(listener: UnixListener, handler: impl Handler + Send + Sync + 'static) {
+    let handler = Arc::new(handler);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let handle = handle.clone();
+        let handler = handler.clone();
         // A thread per request: verify can take minutes and must not block status.
         std::thread::spawn(move || {
-            if let Err(e) = answer(stream, &*handle) {
+            if let Err(e) = answer(stream, &*handler) {
                 tracing::warn!(error = %e, "control request failed");
             }
         });
     }
 }
 
-fn answer(stream: UnixStream, handle: &dyn Fn(Request) -> Result<Value>) -> Result<()> {
+fn answer(stream: UnixStream, handler: &impl Handler) -> Result<()> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(req).unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") })),
-        Err(e) => serde_json::json!({ "error": format!("unknown request: {e}") }),
-    };
-    let mut out = serde_json::to_string(&reply)?;
-    out.push('\n');
-    (&stream).write_all(out.as_bytes())?;
+    let reply = fybrk_control::server::answer(&line, handler);
+    (&stream).write_all(reply.as_bytes())?;
     Ok(())
 }

@@ -10,80 +10,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use fybrk_control::Client;
 use fybrk_fs::{fuse::FuseFs, Fs, FsConfig};
 use fybrk_net::identity::{DeviceId, DeviceKey};
 use fybrk_store::{Store, StoreError, StoreOptions};
-use std::net::SocketAddr;
-
-use crate::node::{Listen, Node, Traversal};
 use nix::sys::signal::{SigSet, Signal};
-use serde_json::json;
 
-use crate::config::Config;
-use crate::control::{self, Request};
+use crate::args::MountArgs;
+use crate::config::MountOptions;
+use crate::control::{self, Control};
 use crate::mounts;
+use crate::node::Node;
 use crate::state::StateDir;
 
 /// How often the daemon frees chunks nothing references any more.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
 
-/// How the daemon talks to other devices (`mount` options). Each is also a key of the config
-/// file (see [`Config`]); a flag or its environment variable wins over the file.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct NetArgs {
-    /// UDP address for connections from other devices (QUIC; also the config file's
-    /// `listen`). Default 0.0.0.0:22100; if that port is taken, a random one (kept for next
-    /// time).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Rendezvous server (`fybrk rendezvous`) through which devices behind NATs find each
-    /// other (also the config file's `rendezvous`). Without one, devices are reached at the
-    /// addresses they were last seen at.
-    #[arg(long, value_name = "HOST:PORT", env = "FYBRK_RENDEZVOUS")]
-    pub rendezvous: Option<String>,
-    /// STUN server for learning this device's public address (repeat for more; also
-    /// FYBRK_STUN, comma separated, or the config file's `stun`). Default:
-    /// stun.l.google.com:19302 and stun1..3. Used only with --rendezvous.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub stun: Vec<String>,
-    /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
-    /// FYBRK_TURN, or the config file's `turn`). Used with --rendezvous; both devices need one
-    /// for a relayed connection.
-    #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
-    pub turn: Option<String>,
-}
-
-impl NetArgs {
-    /// The same options as command-line arguments, for the daemon child, except `--turn`: its
-    /// password would show in `ps`. The child gets that in `FYBRK_TURN` (see [`spawn`]).
-    fn to_args(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(l) = self.listen {
-            out.extend(["--listen".to_string(), l.to_string()]);
-        }
-        if let Some(r) = &self.rendezvous {
-            out.extend(["--rendezvous".to_string(), r.clone()]);
-        }
-        for s in &self.stun {
-            out.extend(["--stun".to_string(), s.clone()]);
-        }
-        out
-    }
-}
-
 /// `fybrk mount DIR` without `--foreground`: checks what can be checked here (so errors reach
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
-/// `config` is `--config`; `name` and `net` are the command line's (and environment's) options:
-/// the child reads the config file itself, so a TURN password in it never shows in `ps`.
-pub fn spawn(
-    state: &StateDir,
-    config: Option<&Path>,
-    mnt: &Path,
-    name: Option<&str>,
-    net: &NetArgs,
-) -> Result<()> {
+/// `config` is `--config`; `args` are the command line's (and environment's) options: the
+/// child reads the config file itself, so a TURN password in it never shows in `ps`.
+pub fn spawn(state: &StateDir, config: Option<&Path>, mnt: &Path, args: &MountArgs) -> Result<()> {
     // A bad config file is reported here, on the terminal, before anything starts.
-    let file = Config::load(config, state)?;
+    let options = MountOptions::load(config, state, args)?;
     preflight(state, mnt)?;
     state.create()?;
     let log = std::fs::OpenOptions::new()
@@ -94,18 +43,15 @@ pub fn spawn(
     let exe = std::env::current_exe().context("cannot find the fybrk executable")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--state").arg(&state.root);
-    if let (Some(_), Some(path)) = (config, &file.path) {
+    if let (Some(_), Some(path)) = (config, &options.config_file) {
         cmd.arg("--config").arg(path);
     }
     cmd.arg("mount")
         .arg(mnt)
         .arg("--foreground")
         .arg("--notify-ready");
-    if let Some(name) = name {
-        cmd.arg("--name").arg(name);
-    }
-    cmd.args(net.to_args());
-    if let Some(turn) = &net.turn {
+    cmd.args(args.to_args());
+    if let Some(turn) = &args.net.turn {
         // Given as --turn or FYBRK_TURN here: either way it still beats the config file.
         cmd.env("FYBRK_TURN", turn);
     }
@@ -151,15 +97,12 @@ fn preflight(state: &StateDir, mnt: &Path) -> Result<()> {
     mounts::check_fuse()?;
     mounts::check_mount_point(mnt)?;
     if state.socket().exists() {
-        if let Ok(s) = control::call(
-            &state.socket(),
-            &Request::Status,
-            Some(Duration::from_secs(5)),
-        ) {
+        let daemon = Client::new(state.socket());
+        if let Ok(s) = daemon.call(fybrk_control::Status, Some(Duration::from_secs(5))) {
             bail!(
                 "the state dir {} is locked by a running fybrk daemon (mounted at {}). Unmount it first or use another --state dir",
                 state.root.display(),
-                s["mount_point"].as_str().unwrap_or("?")
+                s.mount_point.display()
             );
         }
     }
@@ -184,15 +127,13 @@ fn explain_store_error(e: StoreError, state: &StateDir) -> anyhow::Error {
     }
 }
 
-/// Runs the daemon in this process until the folder is unmounted. With `notify_ready`, the
-/// first line on stdout tells the parent `ready` or `error: ...`. `config`, `name` and `net` as
-/// for [`spawn`].
+/// Runs the daemon in this process until the folder is unmounted, with `options` (or the
+/// reason they could not be resolved). With `notify_ready`, the first line on stdout tells the
+/// parent `ready` or `error: ...`.
 pub fn run(
     state: &StateDir,
-    config: Option<&Path>,
     mnt: &Path,
-    name: Option<&str>,
-    net: &NetArgs,
+    options: Result<MountOptions, crate::config::ConfigError>,
     notify_ready: bool,
 ) -> Result<()> {
     limit_malloc_arenas();
@@ -203,7 +144,9 @@ pub fn run(
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let started = start(state, config, mnt, name, net);
+    let started = options
+        .map_err(anyhow::Error::from)
+        .and_then(|options| start(state, mnt, options));
     if notify_ready {
         let mut out = std::io::stdout().lock();
         let line = match &started {
@@ -241,20 +184,11 @@ struct Identity {
     name: String,
 }
 
-/// Where the daemon's options came from, as shown by `status`.
-#[derive(Clone)]
-struct Settings {
-    /// The config file read at start, if there was one.
-    config: Option<PathBuf>,
-    /// The rendezvous server (`HOST:PORT`) from the command line, environment or config file.
-    rendezvous: Option<String>,
-}
-
 struct Daemon {
     state: StateDir,
     mount_point: PathBuf,
     identity: Identity,
-    settings: Settings,
+    options: MountOptions,
     fs: Arc<Fs>,
     node: Node,
     /// Paths changed by peers, for the kernel invalidator (started with the session).
@@ -265,17 +199,7 @@ struct Daemon {
     _lock: std::fs::File,
 }
 
-fn start(
-    state: &StateDir,
-    config: Option<&Path>,
-    mnt: &Path,
-    name: Option<&str>,
-    net: &NetArgs,
-) -> Result<Daemon> {
-    let file = Config::load(config, state)?;
-    let stun_env = std::env::var(fybrk_net::stun::STUN_ENV).ok();
-    let (net, name) = file.apply(net, name, stun_env.as_deref());
-    let name = name.as_deref();
+fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> {
     preflight(state, mnt)?;
     state.create()?;
     let lock = state.lock()?;
@@ -288,13 +212,13 @@ fn start(
     })?;
     let identity = Identity {
         id: device.id(),
-        name: crate::state::device_name(state, name)?,
+        name: crate::state::device_name(state, options.name.as_deref())?,
     };
     tracing::info!(device = %identity.id, name = %identity.name, "device identity");
-    if let Some(path) = &file.path {
+    if let Some(path) = &options.config_file {
         tracing::info!(file = %path.display(), "read the config file");
         let shared = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
-        if file.turn.is_some() && shared {
+        if options.traversal.turn.is_some() && shared {
             tracing::warn!(file = %path.display(), "the config file holds a TURN password and other users can read it: chmod 600 it");
         }
     }
@@ -302,7 +226,7 @@ fn start(
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
     let key = state.load_or_create_key()?;
-    let options = StoreOptions {
+    let store_options = StoreOptions {
         device: Some(identity.id.short()),
         ..StoreOptions::default()
     };
@@ -314,7 +238,7 @@ fn start(
             let _ = std::fs::remove_dir_all(&other);
         }
     }
-    let store = Store::open(&db, &key, options).map_err(|e| explain_store_error(e, state))?;
+    let store = Store::open(&db, &key, store_options).map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     match store.gc() {
         Ok(r) if r.freed_chunks > 0 => tracing::info!(
@@ -332,25 +256,14 @@ fn start(
     };
     let fs = Arc::new(Fs::new(store, cfg));
     let (inval_tx, invalidations) = std::sync::mpsc::channel();
-    let listen = match net.listen {
-        Some(addr) => Listen {
-            addr,
-            explicit: true,
-        },
-        None => Listen::default(),
-    };
     let node = Node::start(
         state,
         &device,
         &identity.name,
         fs.clone(),
         key,
-        listen,
-        Traversal {
-            rendezvous: net.rendezvous.clone(),
-            stun: net.stun.clone(),
-            turn: net.turn.clone(),
-        },
+        options.listen,
+        options.traversal.clone(),
         inval_tx,
     )?;
     let session = fuser::Session::new(FuseFs(fs.clone()), mnt, &fybrk_fs::fuse::mount_config())
@@ -364,10 +277,7 @@ fn start(
         state: state.clone(),
         mount_point: mnt.to_path_buf(),
         identity,
-        settings: Settings {
-            config: file.path,
-            rendezvous: net.rendezvous,
-        },
+        options,
         fs,
         node,
         invalidations,
@@ -408,7 +318,7 @@ impl Daemon {
                 Ok::<(), anyhow::Error>(())
             }
         };
-        let unmount = Arc::new(unmount);
+        let unmount: control::Unmounter = Arc::new(unmount);
 
         {
             let unmount = unmount.clone();
@@ -447,19 +357,18 @@ impl Daemon {
         let listener = self.control;
         let node = Arc::new(self.node);
         {
-            let fs = self.fs.clone();
-            let mnt = mnt.clone();
-            let unmount = unmount.clone();
-            let identity = self.identity.clone();
-            let settings = self.settings.clone();
-            let node = node.clone();
+            let handler = Control {
+                fs: self.fs.clone(),
+                node: node.clone(),
+                mount_point: mnt.clone(),
+                device_id: self.identity.id,
+                device_name: self.identity.name.clone(),
+                options: self.options.clone(),
+                unmount: unmount.clone(),
+            };
             std::thread::Builder::new()
                 .name("control".into())
-                .spawn(move || {
-                    control::serve(listener, move |req| {
-                        handle(req, &fs, &node, &mnt, &identity, &settings, &unmount)
-                    });
-                })?;
+                .spawn(move || control::serve(listener, handler))?;
         }
         {
             let fs = self.fs.clone();
@@ -484,79 +393,4 @@ impl Daemon {
         tracing::info!("unmounted; daemon exits");
         result.context("the FUSE session failed")
     }
-}
-
-fn handle(
-    req: Request,
-    fs: &Fs,
-    node: &Node,
-    mnt: &Path,
-    identity: &Identity,
-    settings: &Settings,
-    unmount: &Arc<impl Fn() -> Result<()> + Send + Sync + 'static>,
-) -> Result<serde_json::Value> {
-    match req {
-        Request::Status => Ok(status_json(&fs.store(), node, mnt, identity, settings)),
-        Request::Verify => Ok(serde_json::to_value(fs.store().verify()?)?),
-        Request::Gc => Ok(serde_json::to_value(fs.store().gc()?)?),
-        Request::Unmount => {
-            let unmount = unmount.clone();
-            // Reply first; the process exits once the unmount completes.
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                if let Err(e) = unmount() {
-                    tracing::error!(error = %e, "unmount failed");
-                }
-            });
-            Ok(json!({ "pid": std::process::id(), "mount_point": mnt }))
-        }
-        Request::Pair { expires_secs } => node.invite(Duration::from_secs(expires_secs)),
-        Request::PairWait { invite, wait_secs } => {
-            node.wait_invite(invite, Duration::from_secs(wait_secs))
-        }
-        Request::PairWith { payload } => node.pair_with(&payload),
-        Request::Peers => Ok(node.peers()),
-        Request::Unpair { id } => node.unpair(&id),
-    }
-}
-
-fn status_json(
-    store: &Store,
-    node: &Node,
-    mnt: &Path,
-    identity: &Identity,
-    settings: &Settings,
-) -> serde_json::Value {
-    let s = store.stats();
-    let ratio = if s.stored_bytes == 0 {
-        1.0
-    } else {
-        s.logical_bytes as f64 / s.stored_bytes as f64
-    };
-    let folder_id: String = store
-        .folder_id()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut out = json!({
-        "mount_point": mnt,
-        "device_id": identity.id.to_string(),
-        "device_name": identity.name,
-        "pid": std::process::id(),
-        "folder_id": folder_id,
-        "files": s.files,
-        "dirs": s.dirs,
-        "symlinks": s.symlinks,
-        "logical_bytes": s.logical_bytes,
-        "stored_bytes": s.stored_bytes,
-        "chunks": s.chunks,
-        "dedup_ratio": ratio,
-        "sequence": store.sequence(),
-        "config_file": settings.config,
-        "rendezvous": settings.rendezvous,
-    });
-    if let (Some(out), serde_json::Value::Object(net)) = (out.as_object_mut(), node.status()) {
-        out.extend(net);
-    }
-    out
 }

@@ -1,8 +1,10 @@
 //! `fybrk`: the command line and the daemon.
 
+mod args;
 mod config;
 mod control;
 mod daemon;
+mod human;
 mod mounts;
 mod node;
 mod pairing;
@@ -15,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use fybrk_control::{Client, NatCheckReport, StunAnswer, StunFailure};
 use fybrk_store::{Store, StoreOptions};
-use serde_json::Value;
 
-use crate::control::Request;
+use crate::args::{MountArgs, NetArgs};
+use crate::config::MountOptions;
 use crate::state::StateDir;
 
 /// fybrk: an encrypted, deduplicating folder that syncs between your devices.
@@ -45,12 +48,8 @@ enum Cmd {
         /// Stay attached; Ctrl-C or SIGTERM unmounts.
         #[arg(long)]
         foreground: bool,
-        /// This device's name as other devices see it (also the config file's `name`;
-        /// default: the hostname). Remembered.
-        #[arg(long)]
-        name: Option<String>,
         #[command(flatten)]
-        net: daemon::NetArgs,
+        args: MountArgs,
         /// Internal: report readiness on stdout (used when daemonizing).
         #[arg(long, hide = true)]
         notify_ready: bool,
@@ -166,22 +165,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Mount {
             dir,
             foreground,
-            name,
-            net,
+            args,
             notify_ready,
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
-                daemon::run(
-                    &state,
-                    cli.config.as_deref(),
-                    &mnt,
-                    name.as_deref(),
-                    &net,
-                    notify_ready,
-                )?;
+                // Resolved once, here; the daemon reports a bad file like any start-up error.
+                let options = MountOptions::load(cli.config.as_deref(), &state, &args);
+                daemon::run(&state, &mnt, options, notify_ready)?;
             } else {
-                daemon::spawn(&state, cli.config.as_deref(), &mnt, name.as_deref(), &net)?;
+                daemon::spawn(&state, cli.config.as_deref(), &mnt, &args)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -197,14 +190,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Rendezvous { listen } => rendezvous(listen),
         Cmd::NatCheck { stun, json } => {
             // The same STUN servers as the daemon: --stun, else FYBRK_STUN, else the config file.
-            let file = config::Config::load(cli.config.as_deref(), &state)?;
-            let stun_env = std::env::var(fybrk_net::stun::STUN_ENV).ok();
-            let flags = daemon::NetArgs {
-                stun,
-                ..daemon::NetArgs::default()
+            let flags = MountArgs {
+                net: NetArgs {
+                    stun,
+                    ..NetArgs::default()
+                },
+                ..MountArgs::default()
             };
-            let (net, _) = file.apply(&flags, None, stun_env.as_deref());
-            nat_check(&net.stun, json)
+            let options = MountOptions::load(cli.config.as_deref(), &state, &flags)?;
+            nat_check(&options.traversal.stun, json)
         }
         Cmd::Unmount { dir } => {
             unmount(&state, &mounts::absolute(&dir)?)?;
@@ -214,40 +208,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if watch {
                 return pairing::watch_status(&state);
             }
-            let s = control::call(
-                &state.socket(),
-                &Request::Status,
-                Some(Duration::from_secs(10)),
-            )?;
+            let s = Client::new(state.socket())
+                .call(fybrk_control::Status, Some(Duration::from_secs(10)))?;
             if json {
-                println!("{s}");
+                println!("{}", serde_json::to_string(&s)?);
             } else {
-                print_status(&s);
+                human::print_status(&s);
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { json } => {
-            let report = match control::call(&state.socket(), &Request::Verify, None) {
+            let report = match Client::new(state.socket()).call(fybrk_control::Verify, None) {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
-                    with_offline_store(&state, |s| Ok(serde_json::to_value(s.verify()?)?))?
+                    with_offline_store(&state, |s| Ok(control::verify_reply(s.verify()?)))?
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
-            let problems: Vec<&str> = report["problems"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let problems = &report.problems;
             if json {
-                println!("{report}");
+                println!("{}", serde_json::to_string(&report)?);
             } else {
-                for p in &problems {
+                for p in problems {
                     println!("damaged: {p}");
                 }
                 println!(
                     "checked {} chunks and {} records: {}",
-                    report["chunks_checked"],
-                    report["records_checked"],
+                    report.chunks_checked,
+                    report.records_checked,
                     if problems.is_empty() {
                         "all intact".to_string()
                     } else {
@@ -262,17 +250,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Gc => {
-            let r = match control::call(&state.socket(), &Request::Gc, None) {
+            let r = match Client::new(state.socket()).call(fybrk_control::Gc, None) {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
-                    with_offline_store(&state, |s| Ok(serde_json::to_value(s.gc()?)?))?
+                    with_offline_store(&state, |s| Ok(control::gc_reply(s.gc()?)))?
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             };
-            println!(
-                "freed {} chunks ({} bytes)",
-                r["freed_chunks"], r["freed_bytes"]
-            );
+            println!("freed {} chunks ({} bytes)", r.freed_chunks, r.freed_bytes);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -292,69 +277,32 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>((local, fybrk_net::stun::nat_check(&mux, &servers).await))
     })?;
     let (local, r) = report;
-    let mapping = match r.mapping {
-        Mapping::EndpointIndependent => "endpoint-independent",
-        Mapping::EndpointDependent => "endpoint-dependent (symmetric)",
-        Mapping::Unknown => "unknown",
+    let report = NatCheckReport {
+        local_addr: local,
+        udp_works: r.udp_works,
+        public_addr: r.public_addr(),
+        mapping: match r.mapping {
+            Mapping::EndpointIndependent => fybrk_control::Mapping::EndpointIndependent,
+            Mapping::EndpointDependent => fybrk_control::Mapping::EndpointDependent,
+            Mapping::Unknown => fybrk_control::Mapping::Unknown,
+        },
+        servers: r
+            .reflexive
+            .into_iter()
+            .map(|(server, reflexive)| StunAnswer { server, reflexive })
+            .collect(),
+        errors: r
+            .errors
+            .into_iter()
+            .map(|(server, error)| StunFailure { server, error })
+            .collect(),
     };
     if json_out {
-        let servers: Vec<serde_json::Value> = r
-            .reflexive
-            .iter()
-            .map(|(s, a)| serde_json::json!({ "server": s, "reflexive": a }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "local_addr": local,
-                "udp_works": r.udp_works,
-                "public_addr": r.public_addr(),
-                "mapping": mapping,
-                "servers": servers,
-                "errors": r.errors.iter().map(|(s, e)| serde_json::json!({ "server": s, "error": e })).collect::<Vec<_>>(),
-            })
-        );
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("local socket   {local}");
-        println!(
-            "UDP            {}",
-            if r.udp_works {
-                "works"
-            } else {
-                "BLOCKED: no STUN server answered"
-            }
-        );
-        for (server, addr) in &r.reflexive {
-            match addr {
-                Some(a) => println!("  {server:<28} sees us at {a}"),
-                None => {
-                    let why = r
-                        .errors
-                        .iter()
-                        .find(|(s, _)| s == server)
-                        .map(|(_, e)| e.as_str());
-                    println!("  {server:<28} {}", why.unwrap_or("no answer"));
-                }
-            }
-        }
-        println!(
-            "public address {}",
-            r.public_addr().map_or("unknown".into(), |a| a.to_string())
-        );
-        println!("NAT mapping    {mapping}");
-        println!(
-            "verdict        {}",
-            match (r.udp_works, r.mapping) {
-                (false, _) => "no UDP: peers can only be reached through a TURN relay (--turn)",
-                (true, Mapping::EndpointIndependent) =>
-                    "direct connections through hole punching should work",
-                (true, Mapping::EndpointDependent) =>
-                    "hole punching will mostly fail; expect a relay with peers behind NAT",
-                (true, Mapping::Unknown) => "ask at least two STUN servers to know the NAT type",
-            }
-        );
+        human::print_nat_check(&report);
     }
-    Ok(if r.udp_works {
+    Ok(if report.udp_works {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
@@ -388,7 +336,7 @@ fn rendezvous(listen: std::net::SocketAddr) -> Result<ExitCode> {
 }
 
 /// Opens the store directly when no daemon runs (taking the state lock, so none can start).
-fn with_offline_store(state: &StateDir, f: impl FnOnce(&Store) -> Result<Value>) -> Result<Value> {
+fn with_offline_store<T>(state: &StateDir, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
     let _lock = state.lock()?;
     let key = state.existing_key()?;
     let store = Store::open(&state.db(&key), &key, StoreOptions::default())
@@ -397,27 +345,21 @@ fn with_offline_store(state: &StateDir, f: impl FnOnce(&Store) -> Result<Value>)
 }
 
 fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
-    match control::call(
-        &state.socket(),
-        &Request::Status,
-        Some(Duration::from_secs(10)),
-    ) {
+    let daemon = Client::new(state.socket());
+    match daemon.call(fybrk_control::Status, Some(Duration::from_secs(10))) {
         Ok(s) => {
-            let served = s["mount_point"].as_str().unwrap_or_default();
-            if Path::new(served) != mnt {
+            let served = &s.mount_point;
+            if served != mnt {
                 bail!(
-                    "the daemon of state dir {} serves {served}, not {}",
+                    "the daemon of state dir {} serves {}, not {}",
                     state.root.display(),
+                    served.display(),
                     mnt.display()
                 );
             }
-            let pid = s["pid"].as_u64().unwrap_or(0) as i32;
+            let pid = i32::try_from(s.pid).unwrap_or(0);
             // The reply may be cut short when the daemon exits quickly; what counts is below.
-            let _ = control::call(
-                &state.socket(),
-                &Request::Unmount,
-                Some(Duration::from_secs(10)),
-            );
+            let _ = daemon.call(fybrk_control::Unmount, Some(Duration::from_secs(10)));
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
                 let alive = pid > 0
@@ -449,88 +391,4 @@ fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
             ),
         },
     }
-}
-
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-pub(crate) fn print_status(s: &Value) {
-    let n = |k: &str| s[k].as_u64().unwrap_or(0);
-    println!(
-        "device        {} ({})",
-        s["device_name"].as_str().unwrap_or("?"),
-        s["device_id"].as_str().unwrap_or("?")
-    );
-    println!("mount point   {}", s["mount_point"].as_str().unwrap_or("?"));
-    println!("daemon pid    {}", n("pid"));
-    println!(
-        "files         {} (directories {}, symlinks {})",
-        n("files"),
-        n("dirs"),
-        n("symlinks")
-    );
-    println!("logical size  {}", human_bytes(n("logical_bytes")));
-    println!(
-        "stored size   {} in {} chunks (encrypted, deduplicated)",
-        human_bytes(n("stored_bytes")),
-        n("chunks")
-    );
-    println!(
-        "dedup ratio   {:.2}x",
-        s["dedup_ratio"].as_f64().unwrap_or(1.0)
-    );
-    println!(
-        "listening     {} (UDP)",
-        s["listen_addr"].as_str().unwrap_or("?")
-    );
-    if let Some(r) = s["rendezvous"].as_str() {
-        println!("rendezvous    {r}");
-    }
-    if let Some(c) = s["config_file"].as_str() {
-        println!("config file   {c}");
-    }
-    let nat = &s["nat"];
-    if !nat.is_null() {
-        let public = nat["public_addr"].as_str().unwrap_or("unknown");
-        match nat["udp_works"].as_bool() {
-            Some(false) => println!("public        no answer from the STUN servers over UDP"),
-            _ => println!(
-                "public        {public} ({} mapping)",
-                match nat["mapping"].as_str() {
-                    Some("EndpointIndependent") => "endpoint-independent",
-                    Some("EndpointDependent") => "symmetric NAT, endpoint-dependent",
-                    _ => "unknown",
-                }
-            ),
-        }
-    }
-    let relay = &s["relay"];
-    if !relay.is_null() {
-        let str_of = |k: &str| relay[k].as_str().unwrap_or("?");
-        let how = match (relay["active"].as_bool(), relay["everything"].as_bool()) {
-            (Some(false), _) => "lost, not relaying",
-            (_, Some(true)) => {
-                "all traffic goes through it: this network lets UDP out only to the TURN server"
-            }
-            _ => "used only for peers with no direct path",
-        };
-        println!(
-            "relay         {} via {} ({how})",
-            str_of("relayed_addr"),
-            str_of("server")
-        );
-    }
-    pairing::print_peers_status(s);
 }

@@ -1,16 +1,15 @@
 //! The commands that talk to the daemon about other devices: `pair`, `pair-with`, `peers`,
-//! `unpair`, and the peer part of `status` (also `--watch`).
+//! `unpair`, and `status --watch`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use fybrk_control::{Client, InviteShown, PairWaitReply};
 
-use crate::control::{self, Request};
-use crate::human_bytes;
+use crate::human::{fmt_secs, human_bytes, print_peers, print_status, unix_now};
 use crate::state::StateDir;
 
 /// Control calls that should answer at once.
@@ -38,12 +37,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `fybrk pair`.
 pub fn pair(
     state: &StateDir,
@@ -52,40 +45,37 @@ pub fn pair(
     no_wait: bool,
     json_out: bool,
 ) -> Result<ExitCode> {
-    let inv = control::call(
-        &state.socket(),
-        &Request::Pair {
+    let daemon = Client::new(state.socket());
+    let inv = daemon.call(
+        fybrk_control::Pair {
             expires_secs: expires.as_secs(),
         },
         QUICK,
     )?;
-    let payload = inv["payload"].as_str().context("daemon sent no payload")?;
-    let qr = inv["qr"].as_str().unwrap_or(payload);
-    let expires_unix = inv["expires_unix"].as_u64().unwrap_or(0);
-    let number = inv["invite"]
-        .as_u64()
-        .context("daemon sent no invite number")?;
     let png = png.unwrap_or_else(|| PathBuf::from(format!("fybrk-pair-{}.png", unix_now())));
     let png = std::path::absolute(&png).unwrap_or(png);
-    fybrk_pair::save_png(qr, &png)
+    fybrk_pair::save_png(&inv.qr, &png)
         .with_context(|| format!("cannot save the QR code to {}", png.display()))?;
-    let secs_left = expires_unix.saturating_sub(unix_now());
+    let secs_left = inv.expires_unix.saturating_sub(unix_now());
     if json_out {
-        println!(
-            "{}",
-            json!({ "payload": payload, "expires_unix": expires_unix, "png": png })
-        );
+        let shown = InviteShown {
+            payload: inv.payload.clone(),
+            expires_unix: inv.expires_unix,
+            png: png.clone(),
+        };
+        println!("{}", serde_json::to_string(&shown)?);
     } else {
-        match fybrk_pair::render_terminal(qr) {
+        match fybrk_pair::render_terminal(&inv.qr) {
             Ok(code) => println!("{code}"),
             Err(e) => println!("(cannot draw the QR code here: {e})"),
         }
         println!("Scan the code, or run this on the other device:\n");
-        println!("  fybrk pair-with '{payload}'\n");
+        println!("  fybrk pair-with '{}'\n", inv.payload);
         println!("QR code saved to {}", png.display());
         println!(
-            "The invitation works once and expires in {} (at unix time {expires_unix}).",
-            fmt_secs(secs_left)
+            "The invitation works once and expires in {} (at unix time {}).",
+            fmt_secs(secs_left),
+            inv.expires_unix
         );
     }
     let _ = std::io::stdout().flush();
@@ -96,187 +86,86 @@ pub fn pair(
     if !json_out {
         println!("Waiting for a device to join (Ctrl-C stops waiting; the invitation stays valid)");
     }
+    let wait = fybrk_control::PairWait {
+        invite: inv.invite,
+        wait_secs: 1,
+    };
     let joined = loop {
-        let r = control::call(
-            &state.socket(),
-            &Request::PairWait {
-                invite: number,
-                wait_secs: 1,
-            },
-            QUICK,
-        )?;
-        if r["waiting"].as_bool() != Some(true) {
-            break r;
-        }
-        if tty {
-            let left = r["expires_unix"]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(unix_now());
-            print!("\r  {} left   ", fmt_secs(left));
-            let _ = std::io::stdout().flush();
+        match daemon.call(wait, QUICK)? {
+            PairWaitReply::Joined { joined } => break joined,
+            PairWaitReply::Waiting { expires_unix, .. } => {
+                if tty {
+                    let left = expires_unix.saturating_sub(unix_now());
+                    print!("\r  {} left   ", fmt_secs(left));
+                    let _ = std::io::stdout().flush();
+                }
+            }
         }
     };
     if tty {
         println!();
     }
     if json_out {
-        println!("{joined}");
+        let reply = PairWaitReply::Joined { joined };
+        println!("{}", serde_json::to_string(&reply)?);
     } else {
-        println!(
-            "Paired with {} ({}). Syncing.",
-            joined["joined"]["name"].as_str().unwrap_or("?"),
-            joined["joined"]["id"].as_str().unwrap_or("?")
-        );
+        println!("Paired with {} ({}). Syncing.", joined.name, joined.id);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `fybrk pair-with`.
 pub fn pair_with(state: &StateDir, payload: &str) -> Result<ExitCode> {
-    let r = control::call(
-        &state.socket(),
-        &Request::PairWith {
+    let r = Client::new(state.socket()).call(
+        fybrk_control::PairWith {
             payload: payload.to_owned(),
         },
         Some(Duration::from_secs(300)),
     )?;
     println!(
         "paired with {} ({}); syncing the folder",
-        r["peer"]["name"].as_str().unwrap_or("?"),
-        r["peer"]["id"].as_str().unwrap_or("?")
+        r.peer.name, r.peer.id
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `fybrk peers`.
 pub fn peers(state: &StateDir, json_out: bool) -> Result<ExitCode> {
-    let r = control::call(&state.socket(), &Request::Peers, QUICK)?;
+    let r = Client::new(state.socket()).call(fybrk_control::Peers, QUICK)?;
     if json_out {
-        println!("{r}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list = r["peers"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
-        println!("no paired devices: `fybrk pair` invites one");
-    }
-    for p in list {
-        println!(
-            "{:<20} {}  {}",
-            p["name"].as_str().unwrap_or("?"),
-            p["id"].as_str().unwrap_or("?"),
-            if p["connected"].as_bool() == Some(true) {
-                "connected".to_string()
-            } else {
-                last_seen(&p["last_seen_unix"])
-            }
-        );
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_peers(&r);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `fybrk unpair`.
 pub fn unpair(state: &StateDir, id: &str) -> Result<ExitCode> {
-    let r = control::call(
-        &state.socket(),
-        &Request::Unpair { id: id.to_owned() },
-        QUICK,
-    )?;
+    let r = Client::new(state.socket()).call(fybrk_control::Unpair { id: id.to_owned() }, QUICK)?;
     println!(
         "unpaired {} ({}): it can no longer connect to this device",
-        r["name"].as_str().unwrap_or("?"),
-        r["id"].as_str().unwrap_or("?")
+        r.name, r.id
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn fmt_secs(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs} s"),
-        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
-        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-fn last_seen(v: &Value) -> String {
-    match v.as_u64() {
-        Some(t) => format!("last seen {} ago", fmt_secs(unix_now().saturating_sub(t))),
-        None => "never connected".into(),
-    }
-}
-
-/// The peers part of `fybrk status`.
-pub fn print_peers_status(s: &Value) {
-    let peers = s["peers"].as_array().cloned().unwrap_or_default();
-    if peers.is_empty() {
-        println!("peers         none (`fybrk pair` invites a device)");
-        return;
-    }
-    let items = ["files", "dirs", "symlinks"]
-        .iter()
-        .map(|k| s[*k].as_u64().unwrap_or(0))
-        .sum::<u64>();
-    match s["pending_items"].as_u64().unwrap_or(0) {
-        0 => println!("sync          {items} items here, nothing to fetch"),
-        n => println!(
-            "sync          {items} items here, {n} items ({}) still to fetch",
-            human_bytes(s["pending_bytes"].as_u64().unwrap_or(0))
-        ),
-    }
-    println!("peers");
-    for p in peers {
-        let name = p["name"].as_str().unwrap_or("?");
-        let id = p["id"].as_str().unwrap_or("?");
-        let short: String = id.chars().take(7).collect();
-        if p["connected"].as_bool() == Some(true) {
-            let state = if p["in_sync"].as_bool() == Some(true) {
-                "in sync".to_string()
-            } else {
-                format!(
-                    "syncing: {} items, {} to fetch",
-                    p["pending_items"].as_u64().unwrap_or(0),
-                    human_bytes(p["pending_bytes"].as_u64().unwrap_or(0))
-                )
-            };
-            println!(
-                "  {name:<16} {short}  {} {}  rtt {:.1} ms  {}/s  loss {:.1} %  {}  in {}  out {}  {state}",
-                p["path"].as_str().unwrap_or("?"),
-                p["addr"].as_str().unwrap_or("?"),
-                p["rtt_ms"].as_f64().unwrap_or(0.0),
-                human_bytes(p["throughput_bps"].as_f64().unwrap_or(0.0) as u64),
-                p["loss"].as_f64().unwrap_or(0.0) * 100.0,
-                p["quality"].as_str().unwrap_or("?"),
-                human_bytes(p["bytes_in"].as_u64().unwrap_or(0)),
-                human_bytes(p["bytes_out"].as_u64().unwrap_or(0)),
-            );
-        } else {
-            println!(
-                "  {name:<16} {short}  offline ({})  {}",
-                last_seen(&p["last_seen_unix"]),
-                p["addr"].as_str().unwrap_or("no known address")
-            );
-        }
-    }
-}
-
 /// `fybrk status --watch`: redraws every second; a progress bar while anything is pending.
 pub fn watch_status(state: &StateDir) -> Result<ExitCode> {
+    let daemon = Client::new(state.socket());
     let mut peak_bytes = 0u64;
     let mut last_in: Option<(u64, std::time::Instant)> = None;
     loop {
-        let s = match control::call(&state.socket(), &Request::Status, QUICK) {
+        let s = match daemon.call(fybrk_control::Status, QUICK) {
             Ok(s) => s,
             Err(e) => bail!("{e:#}"),
         };
-        let pending = s["pending_bytes"].as_u64().unwrap_or(0);
+        let pending = s.network.pending_bytes;
         if pending == 0 {
             peak_bytes = 0;
         }
         peak_bytes = peak_bytes.max(pending);
-        let bytes_in: u64 = s["peers"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|p| p["bytes_in"].as_u64()).sum())
-            .unwrap_or(0);
+        let bytes_in: u64 = s.network.peers.iter().map(|p| p.bytes_in).sum();
         let now = std::time::Instant::now();
         let rate = match last_in {
             Some((b, t)) if bytes_in >= b => {
@@ -287,7 +176,7 @@ pub fn watch_status(state: &StateDir) -> Result<ExitCode> {
         last_in = Some((bytes_in, now));
         // Clear the screen and go home.
         print!("\x1b[2J\x1b[H");
-        crate::print_status(&s);
+        print_status(&s);
         if peak_bytes > 0 {
             let done = peak_bytes - pending;
             let frac = done as f64 / peak_bytes as f64;

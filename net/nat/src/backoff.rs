@@ -22,7 +22,7 @@ impl Backoff {
     /// retry is quick without hammering a peer that is restarting; 60 s bounds how long a device
     /// waits before it tries a peer that came back (the peer itself dials at once when it
     /// starts). The daemon resets it only once a link has stayed up for a while (`STABLE_LINK`
-    /// in `cli/src/node.rs`), so a peer whose links drop right after the handshake keeps being
+    /// in `cli/src/node/policy/mod.rs`), so a peer whose links drop right after the handshake keeps being
     /// backed off; a link ending only cuts the current wait short.
     pub const RECONNECT: Backoff =
         Backoff::new(Duration::from_millis(500), Duration::from_secs(60));

@@ -5,8 +5,9 @@
 //! task per peer connection, [`quic_driver`] with [`store_driver`]) reads frames, hands messages
 //! to a [`Session`] together with `now`, executes the [`Action`]s it returns against the store,
 //! and writes what [`Session::poll_outgoing`] yields. That keeps every ordering question testable
-//! in milliseconds: `sim` (tests only) runs three devices over a simulated network with delays,
-//! drops and partitions.
+//! in milliseconds: `sim` (tests only) runs three devices, each with the real driver
+//! ([`store_driver::StoreReplica`]) over an in-memory store, over a simulated network with
+//! delays, drops and partitions.
 //!
 //! This crate uses the link (`fybrk-link`) for connections and the store (`fybrk-store`); it
 //! must never import NAT traversal (`fybrk-nat`): how a connection found its path is not its
@@ -18,6 +19,11 @@
 //!   conflict (with the loser kept under a `.sync-conflict-...` name, see [`naming`]).
 //! - [`session`]: one connection's state machine: index exchange, chunk fetching with a window
 //!   and retries, per-peer progress for offline catch-up, keepalive.
+//! - [`store`]: what replication needs from a store ([`ReplicaStore`], [`Staging`]), with the
+//!   RocksDB implementation (and an in-memory one for tests).
+//! - [`store_driver`]: executes a session's actions against a [`ReplicaStore`]: pins,
+//!   conditional commits decided again on [`fybrk_store::StoreError::Changed`].
+//! - [`quic_driver`]: the async task that moves frames between a QUIC stream and a session.
 //!
 //! # The driver's contract in one paragraph
 //!
@@ -39,6 +45,7 @@ pub mod naming;
 mod progress;
 pub mod quic_driver;
 pub mod session;
+pub mod store;
 pub mod store_driver;
 #[cfg(test)]
 mod test_support;
@@ -55,6 +62,7 @@ use fybrk_link::{identity, tls};
 pub use conflict::{decide, resolve, ConflictCopy, Decision, Resolution, Side, Slot};
 pub use messages::{FrameDecoder, FrameError, Message, DEFAULT_MAX_FRAME};
 pub use session::{Action, FetchFailure, RecordToken, Session, SessionConfig};
+pub use store::{ReplicaStore, Staging};
 
 /// Why a session ended. The driver closes the connection and, for everything except
 /// [`SyncError::WrongFolder`] and [`SyncError::SelfConnect`], reconnects with backoff.

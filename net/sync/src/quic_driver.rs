@@ -27,6 +27,7 @@
 use std::time::{Duration, Instant};
 
 use super::messages::encode_frame_into;
+use super::store::ReplicaStore;
 use super::store_driver::{DriverError, StoreReplica};
 use super::{FrameDecoder, FrameError, Session, SyncError, DEFAULT_MAX_FRAME};
 
@@ -76,13 +77,13 @@ pub enum PeerError {
 /// true the run ends cleanly (pass `|_, _| false` to run until the peer ends or the connection
 /// fails). Returns the session so the caller can read its final state (progress, idleness).
 #[tracing::instrument(skip_all, fields(remote = %conn.remote_address(), initiator = is_initiator))]
-pub async fn run_peer(
+pub async fn run_peer<S: ReplicaStore>(
     conn: quinn::Connection,
     is_initiator: bool,
     mut session: Session,
-    replica: &mut StoreReplica,
+    replica: &mut StoreReplica<S>,
     mut local: Option<tokio::sync::watch::Receiver<u64>>,
-    mut until: impl FnMut(&Session, &StoreReplica) -> bool,
+    mut until: impl FnMut(&Session, &StoreReplica<S>) -> bool,
 ) -> Result<Session, PeerError> {
     let (mut send, mut recv) = if is_initiator {
         conn.open_bi().await?

@@ -1,6 +1,7 @@
 //! The synchronous half of a replication driver: executes a [`Session`]'s [`Action`]s against
-//! a real [`fybrk_store::Store`]. No network, no async, no clock: the async per-connection task
-//! reads frames, hands them to the session, passes the actions here, and writes what
+//! a store ([`ReplicaStore`]: the RocksDB [`fybrk_store::Store`] in production, an in-memory
+//! one in the simulator). No network, no async, no clock: the async per-connection task reads
+//! frames, hands them to the session, passes the actions here, and writes what
 //! [`Session::poll_outgoing`] yields.
 //!
 //! One [`StoreReplica`] serves one session (one peer). When a record from this peer is applied,
@@ -10,17 +11,18 @@
 //! # Pins
 //!
 //! GC may free any chunk with a zero reference count that nobody pins. Between `NeedChunks` and
-//! `Apply` the chunks a remote record needs are held by a [`ChunkWriter`] per pending record
-//! (`reuse` pins the ones already present, before they are looked up; fetched ones are added
-//! to it). The writer is passed to the commit and dropped after it, which releases the pins.
+//! `Apply` the chunks a remote record needs are held by a [`Staging`] area per pending record
+//! (`pin` pins the ones already present, before they are looked up; fetched ones are added to
+//! it). The staging area is passed to the commit and dropped after it, which releases the pins.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use fybrk_store::record::ShortId;
-use fybrk_store::{ChunkId, ChunkWriter, FileRecord, Kind, Store, StoreError, Versioning};
+use fybrk_store::{ChunkId, FileRecord, Kind, Store, StoreError, Versioning};
 
 use super::conflict::{decide, resolve, Decision};
+use super::store::{ReplicaStore, Staging};
 use super::{Action, FetchFailure, RecordToken, Session, SyncError};
 
 /// Why the driver must drop the session: the store failed (disk full, I/O, a corrupt record).
@@ -64,19 +66,20 @@ pub enum Problem {
 }
 
 /// A remote record between `NeedChunks` and `Apply`, with the pins on its chunks.
-struct Hold {
+struct Hold<W> {
     token: RecordToken,
     record: FileRecord,
-    writer: ChunkWriter,
+    writer: W,
 }
 
-/// Executes session actions against one store. See the module doc.
-pub struct StoreReplica {
-    store: Store,
+/// Executes session actions against one store. See the module doc. The store is the RocksDB
+/// [`Store`] unless a test says otherwise.
+pub struct StoreReplica<S: ReplicaStore = Store> {
+    store: S,
     /// Pending remote records by path. The session keeps at most one pending record per path
     /// (a newer one supersedes the older silently), and `Apply` names the record, not its
     /// token, so the path is the key.
-    holds: HashMap<String, Hold>,
+    holds: HashMap<String, Hold<S::Staging>>,
     seen: HashMap<ShortId, u64>,
     problems: Vec<Problem>,
     closed: Option<SyncError>,
@@ -89,9 +92,9 @@ pub struct StoreReplica {
     applied: u64,
 }
 
-impl StoreReplica {
+impl<S: ReplicaStore> StoreReplica<S> {
     /// A driver for `store`.
-    pub fn new(store: Store) -> StoreReplica {
+    pub fn new(store: S) -> StoreReplica<S> {
         StoreReplica {
             store,
             holds: HashMap::new(),
@@ -105,7 +108,7 @@ impl StoreReplica {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
@@ -116,8 +119,8 @@ impl StoreReplica {
     }
 
     /// Leaves durability to the owner: progress ([`StoreReplica::seen_from`]) then moves
-    /// without an fsync of the applied records, and the owner must call [`Store::sync`] after
-    /// reading progress and before persisting it. A daemon that saves progress every few
+    /// without an fsync of the applied records, and the owner must call [`ReplicaStore::sync`]
+    /// after reading progress and before persisting it. A daemon that saves progress every few
     /// seconds does one fsync then instead of one per received batch (which capped small-file
     /// sync at the disk's fsync rate).
     pub fn defer_sync(&mut self) {
@@ -245,11 +248,11 @@ impl StoreReplica {
             self.holds.remove(&record.path);
             return Ok(session.handle_missing(token, None));
         }
-        let mut writer = self.store.writer();
+        let mut writer = self.store.staging();
         let mut missing = Vec::new();
         if record.is_live() && record.kind == Kind::File {
-            // Pin first, then look (as `ChunkWriter` does): GC cannot free a chunk seen here.
-            writer.reuse(&record.chunks);
+            // Pin first, then look: GC cannot free a chunk seen here.
+            writer.pin(&record.chunks);
             for c in &record.chunks {
                 let has = self
                     .store
@@ -287,12 +290,12 @@ impl StoreReplica {
         let writer = match self.holds.values_mut().find(|h| needs(&h.record, &id)) {
             Some(h) => &mut h.writer,
             None => {
-                spare = self.store.writer();
+                spare = self.store.staging();
                 &mut spare
             }
         };
         match writer.add_sealed(&id, data) {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(StoreError::CorruptChunk(_, why)) => {
                 tracing::warn!(chunk = %id, why, "chunk from peer failed verification");
                 return Ok(session.handle_chunk_verified(id, false));
@@ -320,8 +323,8 @@ impl StoreReplica {
                 if let Some(h) = other {
                     tracing::debug!(path = %remote.path, token = h.token.0, "hold for another version");
                 }
-                let mut w = self.store.writer();
-                w.reuse(&remote.chunks);
+                let mut w = self.store.staging();
+                w.pin(&remote.chunks);
                 w
             }
         };
@@ -351,7 +354,7 @@ impl StoreReplica {
             if changes.is_empty() {
                 return Ok(());
             }
-            match self.store.commit_changes(changes, Some(&mut writer), false) {
+            match self.store.commit_changes(changes, &mut writer) {
                 Ok(_) => break,
                 Err(StoreError::Changed { .. }) if attempts < 8 => attempts += 1,
                 Err(e) => return Err(err("applying a remote record")(e)),

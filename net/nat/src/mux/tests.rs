@@ -1,5 +1,7 @@
+use std::io::IoSliceMut;
 use std::net::UdpSocket as StdUdpSocket;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -397,4 +399,48 @@ async fn quic_and_rendezvous_share_the_socket() {
         .await
         .expect("server done")
         .expect("server task");
+}
+
+#[tokio::test]
+async fn stun_from_a_turn_server_that_no_waiter_claims_goes_to_its_allocation() {
+    let mux = MuxSocket::bind(loopback()).expect("bind");
+    let to = mux.local_addr().expect("addr");
+    let mut stun = mux.take_stun_receiver().expect("stun receiver");
+    let (server, server_addr) = raw();
+    let (other, _) = raw();
+    let stale = mux.expect_turn_replies(server_addr);
+    let mut replies = mux.expect_turn_replies(server_addr);
+    // The older taker going away late must not unregister the newer one.
+    drop(stale);
+    let mut answer = vec![0x01, 0x03, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    answer.extend_from_slice(b"allocation01");
+    server.send_to(&answer, to).expect("send");
+    let got = tokio::time::timeout(WAIT, replies.recv())
+        .await
+        .expect("in time")
+        .expect("delivered");
+    assert_eq!((got.from, got.data), (server_addr, answer.clone()));
+
+    // A waiter for the transaction id comes first (a Binding request to the same server).
+    let tid = *b"binding00001";
+    let mut waiter = mux.expect_stun_reply(tid, server_addr);
+    let mut binding = answer[..8].to_vec();
+    binding.extend_from_slice(&tid);
+    server.send_to(&binding, to).expect("send");
+    let got = tokio::time::timeout(WAIT, waiter.recv())
+        .await
+        .expect("in time")
+        .expect("delivered");
+    assert_eq!(got.data, binding);
+
+    // Anyone else's STUN still reaches the general receiver.
+    other.send_to(&answer, to).expect("send");
+    assert_eq!(next(&mut stun).await.data, answer);
+    drop(replies);
+    server.send_to(&answer, to).expect("send");
+    assert_eq!(
+        next(&mut stun).await.from,
+        server_addr,
+        "unregistered: back to the receiver"
+    );
 }

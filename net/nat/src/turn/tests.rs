@@ -1,8 +1,10 @@
 use std::net::UdpSocket as StdUdpSocket;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::mux::{MuxSocket, RelayRoute};
 use crate::testing::{Coturn, Node, PASS, USER};
 use crate::transport::CLOSE_SHUTDOWN;
 

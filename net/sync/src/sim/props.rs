@@ -1,15 +1,17 @@
 //! Property tests: random concurrent operations on three devices under random partitions,
 //! delivery orders, drops and corruption; after each partition heals, all devices converge and
-//! no version is lost.
+//! no version is lost. Every device runs the real driver over an in-memory store that collects
+//! garbage at every call, so a chunk the driver needs and did not pin is gone.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
-use super::world::{NetConfig, Op, World};
+use super::ops::Op;
+use super::world::{NetConfig, World};
 
 /// Names that exercise the conflict-copy naming (extensions, dotfiles, none). Few, so
 /// operations collide on the same paths often.
-const NAMES: [&str; 5] = [
+pub(super) const NAMES: [&str; 5] = [
     "a.txt",
     "report.final.txt",
     ".bashrc",
@@ -22,15 +24,43 @@ const SEC: i64 = 1_000_000_000;
 const T0: i64 = 1_700_000_000 * SEC;
 
 #[derive(Clone, Debug)]
-enum OpPlan {
+pub(super) enum OpPlan {
     Write(usize),
     Delete(usize),
     Rename(usize, usize),
     Mkdir(usize),
+    /// A local write to the path of the next remote record committed on the device, between
+    /// the driver's decision and the commit (`races`).
+    Race(RacePlan),
 }
 
+/// What a racing local write does to the path being applied.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum RacePlan {
+    Edit,
+    Delete,
+    Mkdir,
+    /// Renamed away to `NAMES[n]`.
+    RenameTo(usize),
+}
+
+impl RacePlan {
+    fn op(self, path: &str) -> Op {
+        match self {
+            RacePlan::Edit => Op::Write(path.into()),
+            RacePlan::Delete => Op::Delete(path.into()),
+            RacePlan::Mkdir => Op::Mkdir(path.into()),
+            RacePlan::RenameTo(n) => Op::Rename(path.into(), NAMES[n].into()),
+        }
+    }
+}
+
+/// Races queued per device at most: each can fail one commit with `Changed`, and the driver
+/// decides again a bounded number of times before it gives up on the session.
+const MAX_RACES: usize = 3;
+
 #[derive(Clone, Debug)]
-struct Step {
+pub(super) struct Step {
     /// Network events delivered before the operation.
     wait: u8,
     device: usize,
@@ -41,13 +71,13 @@ struct Step {
 }
 
 #[derive(Clone, Debug)]
-struct Phase {
+pub(super) struct Phase {
     /// Which links are up during the phase.
     links: Vec<bool>,
     steps: Vec<Step>,
 }
 
-fn arb_op() -> impl Strategy<Value = OpPlan> {
+pub(super) fn arb_op() -> impl Strategy<Value = OpPlan> {
     let name = || 0..NAMES.len();
     prop_oneof![
         4 => name().prop_map(OpPlan::Write),
@@ -57,8 +87,12 @@ fn arb_op() -> impl Strategy<Value = OpPlan> {
     ]
 }
 
-fn arb_phase(links: usize) -> impl Strategy<Value = Phase> {
-    let step = (0..12u8, 0..3usize, arb_op(), 0..4i64).prop_map(|(wait, device, op, mtime)| Step {
+/// A phase of up to 15 steps drawn from `op`, with each link up or down.
+pub(super) fn arb_phase(
+    links: usize,
+    op: impl Strategy<Value = OpPlan>,
+) -> impl Strategy<Value = Phase> {
+    let step = (0..12u8, 0..3usize, op, 0..4i64).prop_map(|(wait, device, op, mtime)| Step {
         wait,
         device,
         op,
@@ -73,8 +107,9 @@ fn arb_phase(links: usize) -> impl Strategy<Value = Phase> {
 
 /// Runs the phases; after each, heals the network and checks (a) convergence and (b) that
 /// nothing was lost.
-fn run(seed: u64, pairs: &[(usize, usize)], phases: &[Phase]) {
+pub(super) fn run(seed: u64, pairs: &[(usize, usize)], phases: &[Phase]) {
     let mut w = World::new(seed, 3, pairs, NetConfig::noisy());
+    w.set_gc_always(true);
     for (i, phase) in phases.iter().enumerate() {
         w.net = NetConfig::noisy();
         w.set_partition(&phase.links);
@@ -84,14 +119,23 @@ fn run(seed: u64, pairs: &[(usize, usize)], phases: &[Phase]) {
                     break;
                 }
             }
+            let mtime = T0 + (i as i64 * 10 + s.mtime) * SEC;
             let op = match s.op {
                 OpPlan::Write(n) => Op::Write(NAMES[n].into()),
                 OpPlan::Delete(n) => Op::Delete(NAMES[n].into()),
                 OpPlan::Rename(a, b) => Op::Rename(NAMES[a].into(), NAMES[b].into()),
                 OpPlan::Mkdir(n) => Op::Mkdir(NAMES[n].into()),
+                OpPlan::Race(plan) => {
+                    if w.devices[s.device].store.races_pending() < MAX_RACES {
+                        w.race(s.device, move |path| plan.op(path), mtime);
+                    }
+                    continue;
+                }
             };
-            w.op(s.device, &op, T0 + (i as i64 * 10 + s.mtime) * SEC);
+            w.op(s.device, &op, mtime);
         }
+        // A race no commit took is a write that never happened.
+        w.cancel_races();
         let snapshot = w.live_contents();
         w.net = NetConfig::quiet();
         w.heal();
@@ -101,7 +145,7 @@ fn run(seed: u64, pairs: &[(usize, usize)], phases: &[Phase]) {
     }
 }
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     // A fixed seed and case count, so CI runs the same cases every time; PROPTEST_CASES and
     // PROPTEST_RNG_SEED still override them to explore more locally. A case takes well under a
     // millisecond, so many cases are cheap.
@@ -115,9 +159,9 @@ fn config() -> Config {
     c
 }
 
-const TRIANGLE: [(usize, usize); 3] = [(0, 1), (0, 2), (1, 2)];
+pub(super) const TRIANGLE: [(usize, usize); 3] = [(0, 1), (0, 2), (1, 2)];
 /// A-B and B-C: A and C never connect; everything between them goes through B.
-const LINE: [(usize, usize); 2] = [(0, 1), (1, 2)];
+pub(super) const LINE: [(usize, usize); 2] = [(0, 1), (1, 2)];
 
 proptest! {
     #![proptest_config(config())]
@@ -125,7 +169,7 @@ proptest! {
     #[test]
     fn three_devices_converge_and_lose_nothing(
         seed in any::<u64>(),
-        phases in prop::collection::vec(arb_phase(TRIANGLE.len()), 1..4),
+        phases in prop::collection::vec(arb_phase(TRIANGLE.len(), arb_op()), 1..4),
     ) {
         run(seed, &TRIANGLE, &phases);
     }
@@ -133,7 +177,7 @@ proptest! {
     #[test]
     fn a_mesh_through_b_converges(
         seed in any::<u64>(),
-        phases in prop::collection::vec(arb_phase(LINE.len()), 1..4),
+        phases in prop::collection::vec(arb_phase(LINE.len(), arb_op()), 1..4),
     ) {
         run(seed, &LINE, &phases);
     }

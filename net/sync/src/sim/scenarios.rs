@@ -1,6 +1,7 @@
 //! Deterministic end-to-end scenarios: offline catch-up, corrupt chunks, renames, conflicts.
 
-use super::world::{NetConfig, Op, World, DEVICE_IDS};
+use super::ops::Op;
+use super::world::{NetConfig, World, DEVICE_IDS};
 use crate::naming::conflict_copy_path;
 
 const SEC: i64 = 1_000_000_000;
@@ -25,9 +26,13 @@ fn offline_catch_up_resumes_from_the_persisted_sequence() {
     }
     w.run_to_quiescence();
     w.assert_converged();
-    let a_id = w.devices[A].id;
+    let a_id = w.devices[A].id();
     let seen = w.devices[B].seen[&a_id];
-    assert_eq!(seen, w.devices[A].seq, "B persisted how far it has A's log");
+    assert_eq!(
+        seen,
+        w.devices[A].seq(),
+        "B persisted how far it has A's log"
+    );
 
     w.set_partition(&[false]);
     write(&mut w, A, "d", T0 + SEC);
@@ -47,8 +52,8 @@ fn offline_catch_up_resumes_from_the_persisted_sequence() {
         Some((A, seen, 2)),
         "A sends only `d` and the tombstone of a.txt"
     );
-    assert!(w.devices[B].records["a.txt"].deleted);
-    assert!(w.devices[A].records["e"].is_live());
+    assert!(w.devices[B].records()["a.txt"].deleted);
+    assert!(w.devices[A].records()["e"].is_live());
 }
 
 #[test]
@@ -62,11 +67,11 @@ fn a_corrupt_chunk_is_fetched_again_and_never_applied() {
         assert!(w.step(), "the corrupt response must arrive");
     }
     assert!(
-        !w.devices[B].records.contains_key("a.txt"),
+        !w.devices[B].records().contains_key("a.txt"),
         "applied with a corrupt chunk"
     );
     assert!(
-        w.devices[B].chunks.is_empty(),
+        w.devices[B].store.chunk_count() == 0,
         "the corrupt bytes were stored"
     );
     w.run_to_quiescence();
@@ -88,21 +93,21 @@ fn a_chunk_corrupt_every_time_is_reported_and_retried_by_a_later_session() {
     w.op(A, &Op::Mkdir("b".into()), T0); // no chunks: only a.txt's chunk is ever corrupted
     w.run_to_quiescence();
     assert_eq!(w.stats.failed, vec!["a.txt".to_string()]);
-    assert!(!w.devices[B].records.contains_key("a.txt"));
+    assert!(!w.devices[B].records().contains_key("a.txt"));
     assert!(
-        w.devices[B].records["b"].is_live(),
+        w.devices[B].records()["b"].is_live(),
         "other records still apply"
     );
-    let a_id = w.devices[A].id;
+    let a_id = w.devices[A].id();
     assert!(
-        w.devices[B].seen.get(&a_id).copied().unwrap_or(0) < w.devices[A].seq,
+        w.devices[B].seen.get(&a_id).copied().unwrap_or(0) < w.devices[A].seq(),
         "progress held back"
     );
 
     w.heal(); // reconnect: the index is re-sent from the held-back point
     w.run_to_quiescence();
     w.assert_converged();
-    assert!(w.devices[B].records["a.txt"].is_live());
+    assert!(w.devices[B].records()["a.txt"].is_live());
 }
 
 #[test]
@@ -115,10 +120,10 @@ fn a_rename_transfers_no_chunk() {
     w.run_to_quiescence();
     w.assert_converged();
     assert_eq!(w.stats.chunk_requests, requests);
-    assert!(w.devices[B].records["a.txt"].deleted);
+    assert!(w.devices[B].records()["a.txt"].deleted);
     assert_eq!(
-        w.devices[B].records["b.txt"].chunks,
-        w.devices[A].records["b.txt"].chunks
+        w.devices[B].records()["b.txt"].chunks,
+        w.devices[A].records()["b.txt"].chunks
     );
 }
 
@@ -131,13 +136,13 @@ fn concurrent_edits_keep_both_versions() {
     write(&mut w, A, "report.final.txt", T0 + 5 * SEC);
     write(&mut w, B, "report.final.txt", T0 + 7 * SEC);
     let (a_version, b_version) = (
-        w.devices[A].records["report.final.txt"].clone(),
-        w.devices[B].records["report.final.txt"].clone(),
+        w.devices[A].records()["report.final.txt"].clone(),
+        w.devices[B].records()["report.final.txt"].clone(),
     );
     w.heal();
     w.run_to_quiescence();
     w.assert_converged();
-    let recs = &w.devices[A].records;
+    let recs = w.devices[A].records();
     assert_eq!(
         recs["report.final.txt"].chunks, b_version.chunks,
         "the newer mtime keeps the name"
@@ -164,13 +169,13 @@ fn an_edit_survives_a_concurrent_delete() {
     w.set_partition(&[false]);
     w.op(A, &Op::Delete("a.txt".into()), T0 + 9 * SEC);
     write(&mut w, B, "a.txt", T0 + SEC);
-    let edited = w.devices[B].records["a.txt"].chunks.clone();
+    let edited = w.devices[B].records()["a.txt"].chunks.clone();
     w.heal();
     w.run_to_quiescence();
     w.assert_converged();
-    assert_eq!(w.devices[A].records["a.txt"].chunks, edited);
+    assert_eq!(w.devices[A].records()["a.txt"].chunks, edited);
     assert_eq!(
-        w.devices[A].records.len(),
+        w.devices[A].records().len(),
         1,
         "no conflict copy for a delete"
     );
@@ -183,8 +188,8 @@ fn three_devices_in_a_line_relay_changes() {
     write(&mut w, 2, "from-c", T0);
     w.run_to_quiescence();
     w.assert_converged();
-    assert!(w.devices[2].records["from-a"].is_live());
-    assert!(w.devices[0].records["from-c"].is_live());
+    assert!(w.devices[2].records()["from-a"].is_live());
+    assert!(w.devices[0].records()["from-c"].is_live());
 }
 
 #[test]
@@ -207,16 +212,13 @@ fn three_concurrent_edits_relayed_through_one_device_all_survive() {
     write(&mut w, 2, ".bashrc", T0);
     w.net = NetConfig::quiet();
     let versions: Vec<_> = (0..3)
-        .map(|d| w.devices[d].records[".bashrc"].chunks.clone())
+        .map(|d| w.devices[d].records()[".bashrc"].chunks.clone())
         .collect();
     w.heal();
     w.run_to_quiescence();
     w.assert_converged();
-    let live: Vec<_> = w.devices[0]
-        .records
-        .values()
-        .filter(|r| r.is_live())
-        .collect();
+    let records = w.devices[0].records();
+    let live: Vec<_> = records.values().filter(|r| r.is_live()).collect();
     for v in &versions {
         assert!(
             live.iter().any(|r| &r.chunks == v),
@@ -224,7 +226,8 @@ fn three_concurrent_edits_relayed_through_one_device_all_survive() {
         );
     }
     assert_eq!(
-        w.devices[0].records[".bashrc"].chunks, versions[0],
+        w.devices[0].records()[".bashrc"].chunks,
+        versions[0],
         "the newest mtime keeps the name"
     );
 }

@@ -2,21 +2,37 @@
 //! link, and per-direction FIFO queues (a QUIC stream is ordered) with seeded random latency,
 //! so deliveries across links interleave in any order. Links drop and reconnect (new sessions
 //! from the persisted progress), partitions take links down, chunk responses get corrupted.
-//! The driver code here is the contract the real async driver implements.
+//!
+//! Each end of a link runs what the daemon runs: a [`Session`] and the real driver
+//! ([`StoreReplica`]) over the device's store (a [`MemStore`] shared by all its links). As in
+//! the daemon, every session of a device hears of each commit to its store (a local write, or a
+//! record applied from any peer: the fan-out), and the progress the driver reports is persisted
+//! for the next session with that peer.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fybrk_store::{ChunkId, FileRecord, Kind};
+use fybrk_store::record::ShortId;
+use fybrk_store::{ChunkId, FileRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::store::{chunk_id, SimStore};
-use crate::conflict::{decide, Decision};
+use super::ops::{self, Op};
+use crate::store::mem::MemStore;
+use crate::store_driver::{Problem, StoreReplica};
 use crate::{Action, Message, Session};
 
 /// The folder every simulated device syncs.
 pub(crate) const FOLDER: [u8; 16] = *b"fybrk-sim-folder";
+
+/// Distinct short ids; the top bits differ so their conflict-name tags differ.
+pub(crate) const DEVICE_IDS: [u64; 3] = [
+    0x1111_1111_1111_1111,
+    0x9999_9999_9999_9999,
+    0x5555_5555_5555_5555,
+];
 
 /// How the network misbehaves.
 #[derive(Clone, Debug)]
@@ -55,15 +71,6 @@ impl NetConfig {
     }
 }
 
-/// A user operation on one device.
-#[derive(Clone, Debug)]
-pub(crate) enum Op {
-    Write(String),
-    Delete(String),
-    Rename(String, String),
-    Mkdir(String),
-}
-
 /// Counters for assertions.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -72,41 +79,69 @@ pub(crate) struct Stats {
     pub(crate) sends: Vec<(usize, u64, usize)>,
     pub(crate) chunk_requests: usize,
     pub(crate) corrupted: usize,
+    /// Received chunks that failed verification, on all devices.
     pub(crate) rejected: usize,
     pub(crate) failed: Vec<String>,
 }
 
-struct Conn {
-    sessions: [Session; 2],
+/// One device: its store and the progress it persisted per peer.
+pub(crate) struct Device {
+    pub(crate) store: MemStore,
+    /// Persisted progress per peer (`Action::PeerSeenUpTo`, as the daemon's peer book keeps it).
+    pub(crate) seen: HashMap<ShortId, u64>,
+}
+
+impl Device {
+    pub(crate) fn id(&self) -> ShortId {
+        self.store.device()
+    }
+
+    /// The store's sequence.
+    pub(crate) fn seq(&self) -> u64 {
+        self.store.seq()
+    }
+
+    /// Every record by path.
+    pub(crate) fn records(&self) -> std::collections::BTreeMap<String, FileRecord> {
+        self.store.records()
+    }
+}
+
+/// One end of a connection: the session and the driver executing its actions.
+pub(crate) struct End {
+    pub(crate) session: Session,
+    replica: StoreReplica<MemStore>,
+    /// The store sequence this session was last told about.
+    notified: u64,
+    /// Problems of `replica` already counted.
+    problems: usize,
+}
+
+pub(crate) struct Conn {
+    pub(crate) ends: [End; 2],
     /// `queues[i]`: messages on their way to side `i`, with their delivery time.
     queues: [VecDeque<(Instant, Message)>; 2],
 }
 
 pub(crate) struct Link {
-    ends: [usize; 2],
+    pub(crate) ends: [usize; 2],
     allowed: bool,
-    conn: Option<Conn>,
+    pub(crate) conn: Option<Conn>,
     reconnect_at: Option<Instant>,
 }
 
 pub(crate) struct World {
     pub(crate) now: Instant,
     rng: StdRng,
-    pub(crate) devices: Vec<SimStore>,
+    pub(crate) devices: Vec<Device>,
     pub(crate) links: Vec<Link>,
     pub(crate) net: NetConfig,
     pub(crate) stats: Stats,
-    /// Contents a user overwrote or deleted on some device: allowed to disappear.
-    pub(crate) superseded: HashSet<Vec<ChunkId>>,
+    /// Contents a user overwrote or deleted on some device: allowed to disappear. Shared with
+    /// the races queued in the stores, which write it when they run.
+    pub(crate) superseded: Rc<RefCell<HashSet<Vec<ChunkId>>>>,
     next_tag: u64,
 }
-
-/// Distinct short ids; the top bits differ so their conflict-name tags differ.
-pub(crate) const DEVICE_IDS: [u64; 3] = [
-    0x1111_1111_1111_1111,
-    0x9999_9999_9999_9999,
-    0x5555_5555_5555_5555,
-];
 
 impl World {
     /// `n` devices, links between the given pairs (all up and connected).
@@ -116,7 +151,10 @@ impl World {
             rng: StdRng::seed_from_u64(seed),
             devices: DEVICE_IDS[..n]
                 .iter()
-                .map(|&id| SimStore::new(id))
+                .map(|&id| Device {
+                    store: MemStore::new(id),
+                    seen: HashMap::new(),
+                })
                 .collect(),
             links: pairs
                 .iter()
@@ -129,7 +167,7 @@ impl World {
                 .collect(),
             net,
             stats: Stats::default(),
-            superseded: HashSet::new(),
+            superseded: Rc::default(),
             next_tag: 0,
         };
         for l in 0..w.links.len() {
@@ -138,25 +176,41 @@ impl World {
         w
     }
 
-    /// Starts fresh sessions on link `l`, each from its device's persisted progress.
+    /// Every device collects garbage at the start of every store call (see
+    /// [`MemStore::set_gc_always`]): chunks survive between calls only if referenced or pinned.
+    pub(crate) fn set_gc_always(&mut self, on: bool) {
+        for d in &self.devices {
+            d.store.set_gc_always(on);
+        }
+    }
+
+    /// Starts fresh sessions and drivers on link `l`, each from its device's persisted progress.
     pub(crate) fn connect(&mut self, l: usize) {
         let ends = self.links[l].ends;
-        let session = |me: usize, peer: usize| {
-            let (d, p) = (&self.devices[me], &self.devices[peer]);
-            let seen = d.seen.get(&p.id).copied().unwrap_or(0);
-            Session::new(d.id, FOLDER, d.seq, seen, self.now)
+        let end = |me: usize, peer: usize| {
+            let d = &self.devices[me];
+            let peer_id = self.devices[peer].id();
+            let seen = d.seen.get(&peer_id).copied().unwrap_or(0);
+            let mut replica = StoreReplica::new(d.store.clone());
+            replica.set_seen(peer_id, seen);
+            End {
+                session: Session::new(d.id(), FOLDER, d.seq(), seen, self.now),
+                replica,
+                notified: d.seq(),
+                problems: 0,
+            }
         };
-        let sessions = [session(ends[0], ends[1]), session(ends[1], ends[0])];
+        let ends = [end(ends[0], ends[1]), end(ends[1], ends[0])];
         self.links[l].conn = Some(Conn {
-            sessions,
+            ends,
             queues: [VecDeque::new(), VecDeque::new()],
         });
         self.links[l].reconnect_at = None;
         self.flush();
     }
 
-    /// Drops link `l` (in-flight messages are lost) and, if it is allowed, schedules a
-    /// reconnect.
+    /// Drops link `l` (in-flight messages are lost, the drivers' pins released) and, if it is
+    /// allowed, schedules a reconnect.
     pub(crate) fn drop_link(&mut self, l: usize) {
         self.links[l].conn = None;
         if self.links[l].allowed {
@@ -236,8 +290,7 @@ impl World {
                 let Some((_, msg)) = conn.queues[side].pop_front() else {
                     return true;
                 };
-                let actions = conn.sessions[side].handle_message(msg, self.now);
-                self.handle(l, side, actions);
+                self.drive(l, side, |s, now| s.handle_message(msg, now));
                 if self.net.drop > 0.0 && self.rng.gen_bool(self.net.drop) {
                     self.drop_link(l);
                 }
@@ -259,114 +312,110 @@ impl World {
 
     /// A user operation on device `d`; the device's sessions learn of the new change.
     pub(crate) fn op(&mut self, d: usize, op: &Op, mtime_ns: i64) {
-        let ids = |c: &[fybrk_store::ChunkRef]| c.iter().map(|c| c.id).collect::<Vec<_>>();
-        let store = &mut self.devices[d];
-        let overwritten = match op {
-            Op::Write(p) => {
-                self.next_tag += 1;
-                store.write(p, mtime_ns, self.next_tag).flatten()
-            }
-            Op::Delete(p) => store.delete(p, mtime_ns),
-            Op::Rename(from, to) => {
-                store.rename(from, to, mtime_ns);
-                None
-            }
-            Op::Mkdir(p) => {
-                store.mkdir(p, mtime_ns);
-                None
-            }
-        };
-        if let Some(c) = overwritten.filter(|c| !c.is_empty()) {
-            self.superseded.insert(ids(&c));
+        self.next_tag += 1;
+        if let Some(old) = ops::apply(&self.devices[d].store, op, mtime_ns, self.next_tag) {
+            self.superseded.borrow_mut().insert(old);
         }
-        self.notify(d);
+        self.fan_out();
         self.flush();
     }
 
-    /// Tells every session of device `d` that its store moved.
-    fn notify(&mut self, d: usize) {
-        let seq = self.devices[d].seq;
-        for l in 0..self.links.len() {
-            for side in 0..2 {
-                if self.links[l].ends[side] != d {
-                    continue;
+    /// A user operation on device `d` that lands inside the next commit of a remote record
+    /// there, between the driver's decision and the store's check (see
+    /// [`MemStore::race_next_commit`]). `op` makes it from the path being applied.
+    pub(crate) fn race(&mut self, d: usize, op: impl FnOnce(&str) -> Op + 'static, mtime_ns: i64) {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let superseded = self.superseded.clone();
+        self.devices[d]
+            .store
+            .race_next_commit(move |store: &MemStore, path: &str| {
+                if let Some(old) = ops::apply(store, &op(path), mtime_ns, tag) {
+                    superseded.borrow_mut().insert(old);
                 }
-                if let Some(conn) = self.links[l].conn.as_mut() {
-                    let actions = conn.sessions[side].handle_local_changed(seq);
-                    self.handle(l, side, actions);
-                }
-            }
+            });
+    }
+
+    /// Drops the races no commit has taken yet.
+    pub(crate) fn cancel_races(&mut self) {
+        for d in &self.devices {
+            d.store.cancel_races();
         }
     }
 
-    /// The driver: executes actions of the session on side `side` of link `l`, in order, and
-    /// the actions its answers produce after them.
-    fn handle(&mut self, l: usize, side: usize, actions: Vec<Action>) {
-        let mut work: VecDeque<(usize, usize, Action)> =
-            actions.into_iter().map(|a| (l, side, a)).collect();
-        while let Some((l, side, action)) = work.pop_front() {
-            let (me, peer) = (self.links[l].ends[side], self.links[l].ends[1 - side]);
-            let peer_id = self.devices[peer].id;
-            let Some(conn) = self.links[l].conn.as_mut() else {
-                continue;
+    /// Hands input to the session on side `side` of link `l` and its actions to the driver;
+    /// then every session of a device whose store moved hears of it.
+    fn drive(
+        &mut self,
+        l: usize,
+        side: usize,
+        input: impl FnOnce(&mut Session, Instant) -> Vec<Action>,
+    ) {
+        self.drive_one(l, side, input);
+        self.fan_out();
+    }
+
+    fn drive_one(
+        &mut self,
+        l: usize,
+        side: usize,
+        input: impl FnOnce(&mut Session, Instant) -> Vec<Action>,
+    ) {
+        let now = self.now;
+        let (me, peer) = (self.links[l].ends[side], self.links[l].ends[1 - side]);
+        let peer_id = self.devices[peer].id();
+        let Some(conn) = self.links[l].conn.as_mut() else {
+            return;
+        };
+        let end = &mut conn.ends[side];
+        let actions = input(&mut end.session, now);
+        if let Err(e) = end.replica.run(&mut end.session, actions, now) {
+            panic!("device {me}: the driver failed: {e}");
+        }
+        if let Some(e) = end.replica.closed() {
+            panic!("device {me}: session closed: {e}");
+        }
+        for p in &end.replica.problems()[end.problems..] {
+            match p {
+                Problem::FetchFailed { path, .. } => self.stats.failed.push(path.clone()),
+                Problem::RecordTooLarge { path, .. } => panic!("record too large: {path}"),
+            }
+        }
+        end.problems = end.replica.problems().len();
+        // Persisted at once: the daemon saves it a little later, which only re-sends more.
+        self.devices[me]
+            .seen
+            .insert(peer_id, end.replica.seen_from(peer_id));
+        for (from, n) in self.devices[me].store.take_index_reads() {
+            self.stats.index_records += n;
+            self.stats.sends.push((me, from, n));
+        }
+        self.stats.rejected = self
+            .devices
+            .iter()
+            .map(|d| d.store.counters().rejected as usize)
+            .sum();
+    }
+
+    /// Tells every session whose device's store moved since it last heard (the daemon's commit
+    /// watch): a local write, or a record applied by any of the device's sessions, this one
+    /// included.
+    fn fan_out(&mut self) {
+        loop {
+            let stale = self.links.iter().enumerate().find_map(|(l, link)| {
+                let conn = link.conn.as_ref()?;
+                (0..2).find_map(|side| {
+                    let seq = self.devices[link.ends[side]].seq();
+                    (conn.ends[side].notified < seq).then_some((l, side, seq))
+                })
+            });
+            let Some((l, side, seq)) = stale else {
+                return;
             };
-            let session = &mut conn.sessions[side];
-            let store = &mut self.devices[me];
-            let more = match action {
-                Action::SendIndexFrom(from) => {
-                    let up_to = store.seq;
-                    let records = store.changes_since(from);
-                    self.stats.index_records += records.len();
-                    self.stats.sends.push((me, from, records.len()));
-                    session.handle_local_index(records, up_to)
-                }
-                Action::NeedChunks { token, record } => {
-                    match decide(store.records.get(&record.path), &record) {
-                        Decision::KeepLocal => session.handle_missing(token, None),
-                        _ => session.handle_missing(token, Some(store.missing(&record))),
-                    }
-                }
-                Action::StoreChunk { id, data } => {
-                    let ok = chunk_id(&data) == id;
-                    if ok {
-                        store.chunks.insert(id, data);
-                    } else {
-                        self.stats.rejected += 1;
-                    }
-                    session.handle_chunk_verified(id, ok)
-                }
-                Action::Apply(record) => {
-                    store.apply(record);
-                    let seq = store.seq;
-                    // Every session of this device, the one it came from included, sends on.
-                    for (l2, link) in self.links.iter_mut().enumerate() {
-                        for s2 in 0..2 {
-                            if link.ends[s2] == me {
-                                if let Some(c) = link.conn.as_mut() {
-                                    let acts = c.sessions[s2].handle_local_changed(seq);
-                                    work.extend(acts.into_iter().map(|a| (l2, s2, a)));
-                                }
-                            }
-                        }
-                    }
-                    Vec::new()
-                }
-                Action::ReadChunk { id, req_id } => {
-                    session.handle_chunk_read(req_id, store.chunks.get(&id).cloned());
-                    Vec::new()
-                }
-                Action::PeerSeenUpTo(seq) => {
-                    store.seen.insert(peer_id, seq);
-                    Vec::new()
-                }
-                Action::FetchFailed { path, .. } => {
-                    self.stats.failed.push(path);
-                    Vec::new()
-                }
-                Action::RecordTooLarge { path, .. } => panic!("record too large: {path}"),
-                Action::Close(e) => panic!("session closed: {e}"),
-            };
-            work.extend(more.into_iter().map(|a| (l, side, a)));
+            if let Some(conn) = self.links[l].conn.as_mut() {
+                conn.ends[side].notified = seq;
+            }
+            self.drive_one(l, side, |s, _| s.handle_local_changed(seq));
         }
     }
 
@@ -377,7 +426,7 @@ impl World {
                 continue;
             };
             for side in 0..2 {
-                while let Some(mut msg) = conn.sessions[side].poll_outgoing() {
+                while let Some(mut msg) = conn.ends[side].session.poll_outgoing() {
                     match &mut msg {
                         Message::ChunkRequest { .. } => self.stats.chunk_requests += 1,
                         Message::ChunkResponse { data: Some(d), .. } if !d.is_empty() => {
@@ -401,92 +450,6 @@ impl World {
                     }
                     queue.push_back((at, msg));
                 }
-            }
-        }
-    }
-
-    /// Live files on every device: `(device, path, chunk ids)`.
-    pub(crate) fn live_contents(&self) -> Vec<(usize, String, Vec<ChunkId>)> {
-        let mut out = Vec::new();
-        for (d, dev) in self.devices.iter().enumerate() {
-            for r in dev
-                .records
-                .values()
-                .filter(|r| r.is_live() && r.kind == Kind::File)
-            {
-                out.push((d, r.path.clone(), r.chunks.iter().map(|c| c.id).collect()));
-            }
-        }
-        out
-    }
-
-    /// (a) Every device holds the same records (sequence numbers aside), every live file's
-    /// chunks are present and intact, and every live session is idle and caught up.
-    pub(crate) fn assert_converged(&self) {
-        let view = |d: &SimStore| -> BTreeMap<String, FileRecord> {
-            d.records
-                .iter()
-                .map(|(p, r)| {
-                    (
-                        p.clone(),
-                        FileRecord {
-                            seq: 0,
-                            ..r.clone()
-                        },
-                    )
-                })
-                .collect()
-        };
-        let first = view(&self.devices[0]);
-        for (i, dev) in self.devices.iter().enumerate().skip(1) {
-            let other = view(dev);
-            if other != first {
-                let paths: BTreeMap<&String, (Option<&FileRecord>, Option<&FileRecord>)> = first
-                    .keys()
-                    .chain(other.keys())
-                    .filter(|p| first.get(*p) != other.get(*p))
-                    .map(|p| (p, (first.get(p), other.get(p))))
-                    .collect();
-                panic!("device {i} differs from device 0: {paths:#?}");
-            }
-        }
-        for dev in &self.devices {
-            for r in dev.records.values().filter(|r| r.is_live()) {
-                for c in &r.chunks {
-                    let data = dev
-                        .chunks
-                        .get(&c.id)
-                        .unwrap_or_else(|| panic!("{} lacks a chunk", r.path));
-                    assert_eq!(chunk_id(data), c.id, "corrupt chunk stored for {}", r.path);
-                }
-            }
-        }
-        for link in &self.links {
-            let Some(conn) = &link.conn else { continue };
-            for side in 0..2 {
-                let s = &conn.sessions[side];
-                let peer = &self.devices[link.ends[1 - side]];
-                assert!(s.is_idle(), "session not idle at quiescence: {s:#?}");
-                assert_eq!(s.peer_seen(), peer.seq, "progress not caught up");
-            }
-        }
-    }
-
-    /// (b) Every file content in `snapshot` that no user overwrote or deleted is still live
-    /// somewhere in device 0's tree (under its name, a new name or a conflict copy).
-    pub(crate) fn assert_nothing_lost(&self, snapshot: &[(usize, String, Vec<ChunkId>)]) {
-        let live: HashSet<Vec<ChunkId>> = self
-            .live_contents()
-            .into_iter()
-            .filter(|(d, ..)| *d == 0)
-            .map(|(.., c)| c)
-            .collect();
-        for (d, path, content) in snapshot {
-            if !self.superseded.contains(content) && !live.contains(content) {
-                panic!(
-                    "version of {path} last seen on device {d} is lost: {:#?}",
-                    self.devices[0].records
-                );
             }
         }
     }

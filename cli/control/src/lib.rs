@@ -1,0 +1,45 @@
+//! fybrk's control protocol: what `fybrk` commands ask the running daemon over its control socket
+//! (`STATE/control.sock`), what the daemon answers, and what `--json` prints.
+//!
+//! The wire format is one JSON object per connection each way, each on one line: the client
+//! writes a [`Request`] (`{"cmd":"status"}`, `{"cmd":"pair","expires_secs":600}`, ...), the
+//! daemon answers with the request's reply type ([`Call::Reply`]) or with an [`ErrorReply`]
+//! (`{"error":"..."}`). `--json` prints these same types, so their field names are a scripting
+//! interface: they stay stable (see the README's "Scripting interface").
+//!
+//! This crate owns the types and the plumbing that needs nothing but `std`: no async runtime,
+//! no other fybrk crate. The daemon fills the replies and serves the socket; the CLI and the
+//! tests read them.
+//!
+//! # Layout
+//!
+//! - [`request`]: [`Request`], one struct per command, and [`Call`], which names each
+//!   command's reply type.
+//! - [`status`]: the reply to `status` ([`StatusReply`]): the folder, the network side
+//!   ([`NetworkStatus`]), each peer's link ([`PeerStatus`]).
+//! - [`reply`]: the other replies (verify, gc, unmount, pairing, peers, unpair), the error
+//!   reply, and the `--json` outputs that no daemon sends (`pair --json`'s first line,
+//!   `nat-check --json`).
+//! - [`client`]: [`Client`], a blocking typed client over the unix socket.
+//! - [`server`]: [`Handler`], one method per command, and [`server::answer`], which turns a
+//!   request line into a reply line with it (the daemon does the socket I/O).
+
+pub mod client;
+pub mod reply;
+pub mod request;
+pub mod server;
+pub mod status;
+
+pub use client::{Client, ControlError};
+pub use reply::{
+    ErrorReply, GcReply, Invite, InviteShown, Mapping, NatCheckReport, PairWaitReply,
+    PairWithReply, PeerInfo, PeerRef, PeersReply, StunAnswer, StunFailure, UnmountReply,
+    VerifyReply,
+};
+pub use request::{
+    Call, Gc, Pair, PairWait, PairWith, Peers, Request, Status, Unmount, Unpair, Verify,
+};
+pub use server::Handler;
+pub use status::{
+    NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+};

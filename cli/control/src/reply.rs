@@ -1,0 +1,357 @@
+//! The replies other than `status`, the error reply, and the `--json` outputs that are not a
+//! daemon's reply (`pair --json`'s first line, `nat-check --json`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Any failed request: `{"error": "what went wrong"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The message, for a person.
+    pub error: String,
+}
+
+/// `verify` (and `fybrk verify --json`, with or without a daemon).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReply {
+    /// Chunks read, decrypted and re-hashed.
+    pub chunks_checked: u64,
+    /// Records decoded and checked.
+    pub records_checked: u64,
+    /// Every problem found, in words a user can act on (empty: all intact).
+    pub problems: Vec<String>,
+}
+
+/// `gc`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReply {
+    /// Chunks freed.
+    pub freed_chunks: u64,
+    /// Encrypted bytes freed.
+    pub freed_bytes: u64,
+    /// Unreferenced chunks kept because a writer or an open file still pins them.
+    pub pinned: u64,
+}
+
+/// `unmount`: the daemon answers, then unmounts and exits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmountReply {
+    /// The daemon's process id (it is gone once the unmount is done).
+    pub pid: u32,
+    /// The mount point it unmounts.
+    pub mount_point: PathBuf,
+}
+
+/// `pair`: a new invitation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    /// The invitation's number on this daemon, for [`crate::PairWait`].
+    pub invite: u64,
+    /// The text for `fybrk pair-with` (`fybrk1:...`).
+    pub payload: String,
+    /// The same invitation in the form drawn as a QR code.
+    pub qr: String,
+    /// When it expires, in unix seconds.
+    pub expires_unix: u64,
+    /// The addresses it names for reaching this device.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// `fybrk pair --json`'s first line: the invitation as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteShown {
+    /// The text for `fybrk pair-with`.
+    pub payload: String,
+    /// When it expires, in unix seconds.
+    pub expires_unix: u64,
+    /// Where the QR code was saved as PNG.
+    pub png: PathBuf,
+}
+
+/// `pair_wait`: the device that used the invitation, or still waiting. On the wire either
+/// `{"joined": {"id": .., "name": ..}}` or `{"waiting": true, "expires_unix": ..}`; an expired
+/// invitation is an [`ErrorReply`]. `fybrk pair --json` prints the `joined` form as its second
+/// line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PairWaitReply {
+    /// A device joined with it.
+    Joined {
+        /// That device.
+        joined: PeerRef,
+    },
+    /// Nobody used it yet.
+    Waiting {
+        /// Always `true`.
+        waiting: bool,
+        /// When it expires, in unix seconds.
+        expires_unix: u64,
+    },
+}
+
+impl PairWaitReply {
+    /// Still waiting for invitation that expires at `expires_unix`.
+    pub fn waiting(expires_unix: u64) -> PairWaitReply {
+        PairWaitReply::Waiting {
+            waiting: true,
+            expires_unix,
+        }
+    }
+}
+
+/// A device, by id and name: the reply to `unpair`, and part of the pairing replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRef {
+    /// Its device id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// `pair_with`: the folder joined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairWithReply {
+    /// The device whose folder this one joined.
+    pub peer: PeerRef,
+}
+
+/// `peers`: the paired devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersReply {
+    /// Every paired device.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One paired device in `peers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its device id.
+    pub id: String,
+    /// The name it gave itself.
+    pub name: String,
+    /// Where it was reached or seen, most recent first.
+    pub addrs: Vec<SocketAddr>,
+    /// Whether a connection to it is up.
+    pub connected: bool,
+    /// Unix seconds it was last seen (`null`: never).
+    pub last_seen_unix: Option<u64>,
+}
+
+/// Whether a NAT keeps one public address for every destination. On the wire in `status` as
+/// `EndpointIndependent`, `EndpointDependent` or `Unknown`; `nat-check --json` spells it in words
+/// (see [`NatCheckReport::mapping`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mapping {
+    /// Every server saw the same address: peers can punch through to it.
+    EndpointIndependent,
+    /// Servers saw different addresses (a symmetric NAT): punching is unlikely.
+    EndpointDependent,
+    /// Fewer than two servers answered.
+    Unknown,
+}
+
+impl Mapping {
+    /// How `nat-check` spells it: `endpoint-independent`, `endpoint-dependent (symmetric)` or
+    /// `unknown`.
+    pub fn in_words(self) -> &'static str {
+        match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::EndpointDependent => "endpoint-dependent (symmetric)",
+            Mapping::Unknown => "unknown",
+        }
+    }
+}
+
+/// `fybrk nat-check --json` (run without a daemon).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatCheckReport {
+    /// The local UDP socket the check used.
+    pub local_addr: SocketAddr,
+    /// Whether any STUN server answered.
+    pub udp_works: bool,
+    /// The public address most servers saw (`null`: none).
+    pub public_addr: Option<SocketAddr>,
+    /// `endpoint-independent`, `endpoint-dependent (symmetric)` or `unknown`.
+    #[serde(with = "mapping_words")]
+    pub mapping: Mapping,
+    /// Each server asked, with the address it saw (`null`: no answer).
+    pub servers: Vec<StunAnswer>,
+    /// Each server that failed, with why.
+    pub errors: Vec<StunFailure>,
+}
+
+/// One STUN server's answer in [`NatCheckReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StunAnswer {
+    /// The server as configured.
+    pub server: String,
+    /// The address it saw this device at (`null`: no answer).
+    pub reflexive: Option<SocketAddr>,
+}
+
+/// One STUN server's failure in [`NatCheckReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StunFailure {
+    /// The server as configured.
+    pub server: String,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// [`Mapping`] in the words `nat-check` has always printed.
+mod mapping_words {
+    use super::Mapping;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALL: [Mapping; 3] = [
+        Mapping::EndpointIndependent,
+        Mapping::EndpointDependent,
+        Mapping::Unknown,
+    ];
+
+    pub fn serialize<S: Serializer>(m: &Mapping, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.in_words())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mapping, D::Error> {
+        let text = String::deserialize(d)?;
+        ALL.into_iter()
+            .find(|m| m.in_words() == text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown NAT mapping {text:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde_json::{json, Value};
+    use std::fmt::Debug;
+
+    /// `value` serializes to `wire` and `wire` parses back to `value`.
+    fn same<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, wire: Value) {
+        assert_eq!(serde_json::to_value(&value).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<T>(wire).unwrap(), value);
+    }
+
+    fn laptop() -> PeerRef {
+        PeerRef {
+            id: "AAAAAAA".into(),
+            name: "laptop".into(),
+        }
+    }
+
+    #[test]
+    fn replies_keep_their_wire_form() {
+        same(ErrorReply { error: "no".into() }, json!({"error": "no"}));
+        same(
+            VerifyReply {
+                chunks_checked: 3,
+                records_checked: 4,
+                problems: vec!["chunk x: bad".into()],
+            },
+            json!({"chunks_checked": 3, "records_checked": 4, "problems": ["chunk x: bad"]}),
+        );
+        same(
+            GcReply {
+                freed_chunks: 1,
+                freed_bytes: 2,
+                pinned: 3,
+            },
+            json!({"freed_chunks": 1, "freed_bytes": 2, "pinned": 3}),
+        );
+        same(
+            UnmountReply {
+                pid: 7,
+                mount_point: "/mnt".into(),
+            },
+            json!({"pid": 7, "mount_point": "/mnt"}),
+        );
+        same(
+            Invite {
+                invite: 1,
+                payload: "fybrk1:x".into(),
+                qr: "FYBRK1:X".into(),
+                expires_unix: 99,
+                addrs: vec!["127.0.0.1:22100".parse().unwrap()],
+            },
+            json!({"invite": 1, "payload": "fybrk1:x", "qr": "FYBRK1:X", "expires_unix": 99,
+                   "addrs": ["127.0.0.1:22100"]}),
+        );
+        same(
+            InviteShown {
+                payload: "fybrk1:x".into(),
+                expires_unix: 99,
+                png: "/tmp/q.png".into(),
+            },
+            json!({"payload": "fybrk1:x", "expires_unix": 99, "png": "/tmp/q.png"}),
+        );
+        same(
+            PairWaitReply::waiting(99),
+            json!({"waiting": true, "expires_unix": 99}),
+        );
+        same(
+            PairWaitReply::Joined { joined: laptop() },
+            json!({"joined": {"id": "AAAAAAA", "name": "laptop"}}),
+        );
+        same(
+            PairWithReply { peer: laptop() },
+            json!({"peer": {"id": "AAAAAAA", "name": "laptop"}}),
+        );
+        same(laptop(), json!({"id": "AAAAAAA", "name": "laptop"}));
+        same(
+            PeersReply {
+                peers: vec![PeerInfo {
+                    id: "AAAAAAA".into(),
+                    name: "laptop".into(),
+                    addrs: vec![],
+                    connected: false,
+                    last_seen_unix: None,
+                }],
+            },
+            json!({"peers": [{"id": "AAAAAAA", "name": "laptop", "addrs": [],
+                              "connected": false, "last_seen_unix": null}]}),
+        );
+    }
+
+    #[test]
+    fn nat_check_spells_the_mapping_in_words() {
+        for (m, word) in [
+            (Mapping::EndpointIndependent, "endpoint-independent"),
+            (Mapping::EndpointDependent, "endpoint-dependent (symmetric)"),
+            (Mapping::Unknown, "unknown"),
+        ] {
+            same(
+                NatCheckReport {
+                    local_addr: "0.0.0.0:5000".parse().unwrap(),
+                    udp_works: true,
+                    public_addr: Some("198.51.100.1:5000".parse().unwrap()),
+                    mapping: m,
+                    servers: vec![StunAnswer {
+                        server: "stun.example.org:3478".into(),
+                        reflexive: None,
+                    }],
+                    errors: vec![StunFailure {
+                        server: "stun.example.org:3478".into(),
+                        error: "timed out".into(),
+                    }],
+                },
+                json!({"local_addr": "0.0.0.0:5000", "udp_works": true,
+                       "public_addr": "198.51.100.1:5000", "mapping": word,
+                       "servers": [{"server": "stun.example.org:3478", "reflexive": null}],
+                       "errors": [{"server": "stun.example.org:3478", "error": "timed out"}]}),
+            );
+        }
+        let bad = json!({"local_addr": "0.0.0.0:5000", "udp_works": true, "public_addr": null,
+                         "mapping": "EndpointIndependent", "servers": [], "errors": []});
+        assert!(serde_json::from_value::<NatCheckReport>(bad).is_err());
+    }
+
+    /// `status` spells the mapping as the variant's name.
+    #[test]
+    fn status_spells_the_mapping_as_its_name() {
+        same(Mapping::EndpointDependent, json!("EndpointDependent"));
+    }
+}

@@ -1,0 +1,170 @@
+//! What a client asks the daemon: [`Request`], one struct per command, and [`Call`], which ties
+//! each command to the type of its reply.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::reply::{
+    GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply, VerifyReply,
+};
+use crate::status::StatusReply;
+
+/// A request on the wire: `{"cmd": "<command>", ...its fields}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// `{"cmd":"status"}`.
+    Status(Status),
+    /// `{"cmd":"verify"}`.
+    Verify(Verify),
+    /// `{"cmd":"gc"}`.
+    Gc(Gc),
+    /// `{"cmd":"unmount"}`.
+    Unmount(Unmount),
+    /// `{"cmd":"pair","expires_secs":600}`.
+    Pair(Pair),
+    /// `{"cmd":"pair_wait","invite":1,"wait_secs":1}`.
+    PairWait(PairWait),
+    /// `{"cmd":"pair_with","payload":"fybrk1:..."}`.
+    PairWith(PairWith),
+    /// `{"cmd":"peers"}`.
+    Peers(Peers),
+    /// `{"cmd":"unpair","id":"..."}`.
+    Unpair(Unpair),
+}
+
+/// A command and the type of the daemon's answer to it.
+pub trait Call: Into<Request> {
+    /// What the daemon answers (unless it answers with an error).
+    type Reply: Serialize + DeserializeOwned;
+}
+
+/// The folder, this device, its network side and its peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status;
+
+/// Re-read, decrypt and re-hash every chunk; check every record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify;
+
+/// Free the chunks no file references any more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gc;
+
+/// Unmount the folder and stop the daemon (it answers first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmount;
+
+/// Make an invitation into this folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    /// How long the invitation stays valid, in seconds.
+    pub expires_secs: u64,
+}
+
+/// Wait until an invitation is used or expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairWait {
+    /// The invitation's number ([`Invite::invite`]).
+    pub invite: u64,
+    /// How long to wait at most, in seconds, before answering that it is still waiting.
+    pub wait_secs: u64,
+}
+
+/// Join the folder of the device that made this invitation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairWith {
+    /// The invitation's text (`fybrk1:...`).
+    pub payload: String,
+}
+
+/// The paired devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers;
+
+/// Remove a paired device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unpair {
+    /// Its id, a unique prefix of its id, or its name.
+    pub id: String,
+}
+
+/// `Request::$variant($ty)` from `$ty`, and `$ty`'s reply type.
+macro_rules! call {
+    ($($ty:ident => $reply:ty),* $(,)?) => {$(
+        impl From<$ty> for Request {
+            fn from(r: $ty) -> Request {
+                Request::$ty(r)
+            }
+        }
+        impl Call for $ty {
+            type Reply = $reply;
+        }
+    )*};
+}
+
+call! {
+    Status => StatusReply,
+    Verify => VerifyReply,
+    Gc => GcReply,
+    Unmount => UnmountReply,
+    Pair => Invite,
+    PairWait => PairWaitReply,
+    PairWith => PairWithReply,
+    Peers => PeersReply,
+    Unpair => PeerRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire form of every request, as today's clients send it.
+    #[test]
+    fn requests_keep_their_wire_form() {
+        let cases: [(Request, &str); 9] = [
+            (Status.into(), r#"{"cmd":"status"}"#),
+            (Verify.into(), r#"{"cmd":"verify"}"#),
+            (Gc.into(), r#"{"cmd":"gc"}"#),
+            (Unmount.into(), r#"{"cmd":"unmount"}"#),
+            (
+                Pair { expires_secs: 600 }.into(),
+                r#"{"cmd":"pair","expires_secs":600}"#,
+            ),
+            (
+                PairWait {
+                    invite: 3,
+                    wait_secs: 1,
+                }
+                .into(),
+                r#"{"cmd":"pair_wait","invite":3,"wait_secs":1}"#,
+            ),
+            (
+                PairWith {
+                    payload: "fybrk1:abc".into(),
+                }
+                .into(),
+                r#"{"cmd":"pair_with","payload":"fybrk1:abc"}"#,
+            ),
+            (Peers.into(), r#"{"cmd":"peers"}"#),
+            (
+                Unpair {
+                    id: "laptop".into(),
+                }
+                .into(),
+                r#"{"cmd":"unpair","id":"laptop"}"#,
+            ),
+        ];
+        for (req, wire) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn unknown_commands_and_missing_fields_are_errors() {
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"pair"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"expires_secs":1}"#).is_err());
+    }
+}

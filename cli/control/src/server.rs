@@ -1,0 +1,145 @@
+//! The daemon's side: [`Handler`] answers each command with its reply type, and [`answer`]
+//! turns a request line into a reply line with it. The socket I/O (a thread per connection, so
+//! a long `verify` never blocks `status`) stays in the daemon.
+
+use std::fmt::Display;
+
+use crate::reply::{
+    ErrorReply, GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply,
+    VerifyReply,
+};
+use crate::request::{
+    Call, Gc, Pair, PairWait, PairWith, Peers, Request, Status, Unmount, Unpair, Verify,
+};
+use crate::status::StatusReply;
+
+/// What the daemon does for each command. [`answer`] checks at compile time that each method
+/// returns its command's [`Call::Reply`].
+pub trait Handler {
+    /// A failure, sent as [`ErrorReply`] (formatted with `{:#}`, so an `anyhow::Error` shows
+    /// its whole chain).
+    type Error: Display;
+    /// [`Status`].
+    fn status(&self, req: Status) -> Result<StatusReply, Self::Error>;
+    /// [`Verify`].
+    fn verify(&self, req: Verify) -> Result<VerifyReply, Self::Error>;
+    /// [`Gc`].
+    fn gc(&self, req: Gc) -> Result<GcReply, Self::Error>;
+    /// [`Unmount`]: answer, then unmount.
+    fn unmount(&self, req: Unmount) -> Result<UnmountReply, Self::Error>;
+    /// [`Pair`].
+    fn pair(&self, req: Pair) -> Result<Invite, Self::Error>;
+    /// [`PairWait`].
+    fn pair_wait(&self, req: PairWait) -> Result<PairWaitReply, Self::Error>;
+    /// [`PairWith`].
+    fn pair_with(&self, req: PairWith) -> Result<PairWithReply, Self::Error>;
+    /// [`Peers`].
+    fn peers(&self, req: Peers) -> Result<PeersReply, Self::Error>;
+    /// [`Unpair`].
+    fn unpair(&self, req: Unpair) -> Result<PeerRef, Self::Error>;
+}
+
+/// The reply line (ending in `\n`) to the request line `line`.
+pub fn answer(line: &str, h: &impl Handler) -> String {
+    let mut out = match serde_json::from_str::<Request>(line) {
+        Ok(req) => dispatch(req, h),
+        Err(e) => error(format!("unknown request: {e}")),
+    };
+    out.push('\n');
+    out
+}
+
+fn dispatch<H: Handler>(req: Request, h: &H) -> String {
+    match req {
+        Request::Status(r) => encode::<Status, H>(h.status(r)),
+        Request::Verify(r) => encode::<Verify, H>(h.verify(r)),
+        Request::Gc(r) => encode::<Gc, H>(h.gc(r)),
+        Request::Unmount(r) => encode::<Unmount, H>(h.unmount(r)),
+        Request::Pair(r) => encode::<Pair, H>(h.pair(r)),
+        Request::PairWait(r) => encode::<PairWait, H>(h.pair_wait(r)),
+        Request::PairWith(r) => encode::<PairWith, H>(h.pair_with(r)),
+        Request::Peers(r) => encode::<Peers, H>(h.peers(r)),
+        Request::Unpair(r) => encode::<Unpair, H>(h.unpair(r)),
+    }
+}
+
+/// `C`'s reply or the error, as one JSON line (without the newline).
+fn encode<C: Call, H: Handler>(r: Result<C::Reply, H::Error>) -> String {
+    match r {
+        Ok(reply) => serde_json::to_string(&reply)
+            .unwrap_or_else(|e| error(format!("cannot encode the reply: {e}"))),
+        Err(e) => error(format!("{e:#}")),
+    }
+}
+
+fn error(message: String) -> String {
+    let reply = ErrorReply { error: message };
+    // A struct of one string always serializes; the fallback only keeps this total.
+    serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"error":"unknown error"}"#.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails everything: enough to see the envelope.
+    struct Refuse;
+
+    impl Handler for Refuse {
+        type Error = &'static str;
+        fn status(&self, _: Status) -> Result<StatusReply, &'static str> {
+            Err("refused")
+        }
+        fn verify(&self, _: Verify) -> Result<VerifyReply, &'static str> {
+            Ok(VerifyReply::default())
+        }
+        fn gc(&self, _: Gc) -> Result<GcReply, &'static str> {
+            Err("refused")
+        }
+        fn unmount(&self, _: Unmount) -> Result<UnmountReply, &'static str> {
+            Err("refused")
+        }
+        fn pair(&self, _: Pair) -> Result<Invite, &'static str> {
+            Err("refused")
+        }
+        fn pair_wait(&self, r: PairWait) -> Result<PairWaitReply, &'static str> {
+            Ok(PairWaitReply::waiting(r.invite))
+        }
+        fn pair_with(&self, _: PairWith) -> Result<PairWithReply, &'static str> {
+            Err("refused")
+        }
+        fn peers(&self, _: Peers) -> Result<PeersReply, &'static str> {
+            Ok(PeersReply::default())
+        }
+        fn unpair(&self, r: Unpair) -> Result<PeerRef, &'static str> {
+            Ok(PeerRef {
+                id: r.id,
+                name: "n".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn replies_errors_and_unknown_requests() {
+        assert_eq!(
+            answer(r#"{"cmd":"verify"}"#, &Refuse),
+            "{\"chunks_checked\":0,\"records_checked\":0,\"problems\":[]}\n"
+        );
+        assert_eq!(
+            answer(r#"{"cmd":"pair_wait","invite":5,"wait_secs":1}"#, &Refuse),
+            "{\"waiting\":true,\"expires_unix\":5}\n"
+        );
+        assert_eq!(
+            answer(r#"{"cmd":"unpair","id":"x"}"#, &Refuse),
+            "{\"id\":\"x\",\"name\":\"n\"}\n"
+        );
+        assert_eq!(answer(r#"{"cmd":"peers"}"#, &Refuse), "{\"peers\":[]}\n");
+        assert_eq!(
+            answer("{\"cmd\":\"status\"}\n", &Refuse),
+            "{\"error\":\"refused\"}\n"
+        );
+        let e = answer(r#"{"cmd":"format"}"#, &Refuse);
+        assert!(e.starts_with("{\"error\":\"unknown request: "), "{e}");
+        assert!(e.ends_with("\"}\n"), "{e}");
+    }
+}

@@ -1,0 +1,365 @@
+//! The reply to `status` (and `fybrk status --json`): the folder and this device
+//! ([`StatusReply`]), the network side ([`NetworkStatus`]) and each paired device
+//! ([`PeerStatus`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reply::Mapping;
+
+/// `status`: one flat JSON object, the folder's fields and then the network side's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Where the folder is mounted.
+    pub mount_point: PathBuf,
+    /// This device's id (8 groups of 7 base32 characters).
+    pub device_id: String,
+    /// This device's name, as other devices see it.
+    pub device_name: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The folder's id, hex.
+    pub folder_id: String,
+    /// Live regular files.
+    pub files: u64,
+    /// Live directories (the root not counted).
+    pub dirs: u64,
+    /// Live symbolic links.
+    pub symlinks: u64,
+    /// Sum of the live files' sizes.
+    pub logical_bytes: u64,
+    /// Bytes of encrypted chunks stored.
+    pub stored_bytes: u64,
+    /// Distinct chunks stored.
+    pub chunks: u64,
+    /// `logical_bytes / stored_bytes` (1 for an empty folder).
+    pub dedup_ratio: f64,
+    /// The store's last local change sequence.
+    pub sequence: u64,
+    /// The config file read at start (`null`: none).
+    pub config_file: Option<PathBuf>,
+    /// The rendezvous server (`HOST:PORT`) in use (`null`: none).
+    pub rendezvous: Option<String>,
+    /// Listening address, NAT, relay and peers.
+    #[serde(flatten)]
+    pub network: NetworkStatus,
+}
+
+/// The network side of `status`: where the daemon listens, what it knows of its NAT and relay,
+/// and every paired device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// The UDP address the daemon listens on (QUIC, STUN, TURN and rendezvous share it).
+    pub listen_addr: SocketAddr,
+    /// The last STUN result (`null`: no rendezvous server, or no answer yet).
+    pub nat: Option<NatStatus>,
+    /// The TURN relay (`null`: none configured or the allocation failed).
+    pub relay: Option<RelayStatus>,
+    /// Every paired device.
+    pub peers: Vec<PeerStatus>,
+    /// Records still to fetch from connected peers, summed.
+    pub pending_items: u64,
+    /// Bytes still to fetch from connected peers, summed.
+    pub pending_bytes: u64,
+}
+
+/// What the STUN servers said about this device's NAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatStatus {
+    /// The public address most servers saw (`null`: none answered).
+    pub public_addr: Option<SocketAddr>,
+    /// Whether that address is the same for every destination.
+    pub mapping: Mapping,
+    /// Whether any STUN server answered over UDP.
+    pub udp_works: bool,
+}
+
+/// The TURN relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// The TURN server.
+    pub server: SocketAddr,
+    /// The relayed address the server allocated for this device.
+    pub relayed_addr: SocketAddr,
+    /// Whether the allocation is alive.
+    pub active: bool,
+    /// Whether every datagram goes through the relay (a network that lets UDP out only to the
+    /// TURN server).
+    pub everything: bool,
+}
+
+/// One paired device in `status`. A connected one has every field; for one that is not
+/// connected `path`, `loss` and `rtt_ms` are `null` and the link-only fields
+/// (`throughput_bps`, `reconnects`, `quality`, `lost_packets`, `sent_packets`,
+/// `connected_secs`) are left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its device id.
+    pub id: String,
+    /// The name it gave itself.
+    pub name: String,
+    /// Whether a connection to it is up.
+    pub connected: bool,
+    /// How the connection goes.
+    pub path: Option<PathKind>,
+    /// Lost / sent packets of the connection's path, 0 to 1.
+    pub loss: Option<f64>,
+    /// Bytes per second received over the last 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_bps: Option<f64>,
+    /// Connections to it since the daemon started, minus one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnects: Option<u32>,
+    /// A one-word score from the round trip, loss, reconnects and path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+    /// Its address: the connection's, else the one it was last seen at (`null`: none known).
+    pub addr: Option<SocketAddr>,
+    /// The connection's round trip, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// UDP bytes received on the connection (0 when not connected).
+    pub bytes_in: u64,
+    /// UDP bytes sent on the connection (0 when not connected).
+    pub bytes_out: u64,
+    /// Packets of the connection's path lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_packets: Option<u64>,
+    /// Packets of the connection's path sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_packets: Option<u64>,
+    /// How long the connection has been up, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_secs: Option<u64>,
+    /// Unix seconds it was last seen (now while connected; `null`: never).
+    pub last_seen_unix: Option<u64>,
+    /// Records still to fetch from it.
+    pub pending_items: u64,
+    /// Bytes still to fetch from it.
+    pub pending_bytes: u64,
+    /// Connected, its session idle and nothing pending.
+    pub in_sync: bool,
+}
+
+/// How a connection to a peer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// To a private, loopback or link-local address.
+    Lan,
+    /// To a public address.
+    Direct,
+    /// Through a TURN relay.
+    Relay,
+}
+
+impl PathKind {
+    /// The word on the wire (`lan`, `direct`, `relay`), also used by the human output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Lan => "lan",
+            PathKind::Direct => "direct",
+            PathKind::Relay => "relay",
+        }
+    }
+}
+
+/// A connection's stability, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// Low round trip and loss, no reconnects, not relayed.
+    Excellent,
+    /// One thing a little off.
+    Good,
+    /// Two or three things off.
+    Fair,
+    /// Worse.
+    Poor,
+}
+
+impl Quality {
+    /// The word on the wire, also used by the human output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Excellent => "excellent",
+            Quality::Good => "good",
+            Quality::Fair => "fair",
+            Quality::Poor => "poor",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn connected() -> PeerStatus {
+        PeerStatus {
+            id: "AAAAAAA-BBBBBBB".into(),
+            name: "laptop".into(),
+            connected: true,
+            path: Some(PathKind::Relay),
+            loss: Some(0.25),
+            throughput_bps: Some(1500.5),
+            reconnects: Some(2),
+            quality: Some(Quality::Fair),
+            addr: Some("203.0.113.7:22100".parse().unwrap()),
+            rtt_ms: Some(12.5),
+            bytes_in: 10,
+            bytes_out: 20,
+            lost_packets: Some(1),
+            sent_packets: Some(4),
+            connected_secs: Some(30),
+            last_seen_unix: Some(1_700_000_000),
+            pending_items: 3,
+            pending_bytes: 4096,
+            in_sync: false,
+        }
+    }
+
+    fn offline() -> PeerStatus {
+        PeerStatus {
+            id: "CCCCCCC-DDDDDDD".into(),
+            name: "phone".into(),
+            connected: false,
+            path: None,
+            loss: None,
+            throughput_bps: None,
+            reconnects: None,
+            quality: None,
+            addr: None,
+            rtt_ms: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            lost_packets: None,
+            sent_packets: None,
+            connected_secs: None,
+            last_seen_unix: None,
+            pending_items: 0,
+            pending_bytes: 0,
+            in_sync: false,
+        }
+    }
+
+    fn status() -> StatusReply {
+        StatusReply {
+            mount_point: "/home/me/fybrk".into(),
+            device_id: "AAAAAAA-BBBBBBB".into(),
+            device_name: "desk".into(),
+            pid: 4242,
+            folder_id: "00ff".into(),
+            files: 4,
+            dirs: 2,
+            symlinks: 1,
+            logical_bytes: 1000,
+            stored_bytes: 800,
+            chunks: 3,
+            dedup_ratio: 1.25,
+            sequence: 17,
+            config_file: None,
+            rendezvous: Some("rdv.example.org:22101".into()),
+            network: NetworkStatus {
+                listen_addr: "0.0.0.0:22100".parse().unwrap(),
+                nat: Some(NatStatus {
+                    public_addr: Some("198.51.100.1:4000".parse().unwrap()),
+                    mapping: Mapping::EndpointIndependent,
+                    udp_works: true,
+                }),
+                relay: Some(RelayStatus {
+                    server: "198.51.100.2:3478".parse().unwrap(),
+                    relayed_addr: "198.51.100.2:50000".parse().unwrap(),
+                    active: true,
+                    everything: false,
+                }),
+                peers: vec![connected(), offline()],
+                pending_items: 3,
+                pending_bytes: 4096,
+            },
+        }
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let s = status();
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReply>(&text).unwrap(), s);
+    }
+
+    /// The field names and shapes scripts read: flat, with today's keys.
+    #[test]
+    fn status_keeps_its_field_names() {
+        let v = serde_json::to_value(status()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "chunks",
+            "config_file",
+            "dedup_ratio",
+            "device_id",
+            "device_name",
+            "dirs",
+            "files",
+            "folder_id",
+            "listen_addr",
+            "logical_bytes",
+            "mount_point",
+            "nat",
+            "pending_bytes",
+            "pending_items",
+            "peers",
+            "pid",
+            "relay",
+            "rendezvous",
+            "sequence",
+            "stored_bytes",
+            "symlinks",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(v["listen_addr"], "0.0.0.0:22100");
+        assert_eq!(v["config_file"], Value::Null);
+        assert_eq!(
+            v["nat"],
+            json!({"public_addr": "198.51.100.1:4000", "mapping": "EndpointIndependent", "udp_works": true})
+        );
+        assert_eq!(
+            v["relay"],
+            json!({"server": "198.51.100.2:3478", "relayed_addr": "198.51.100.2:50000",
+                   "active": true, "everything": false})
+        );
+        assert_eq!(
+            v["peers"][0],
+            json!({
+                "id": "AAAAAAA-BBBBBBB", "name": "laptop", "connected": true, "path": "relay",
+                "loss": 0.25, "throughput_bps": 1500.5, "reconnects": 2, "quality": "fair",
+                "addr": "203.0.113.7:22100", "rtt_ms": 12.5, "bytes_in": 10, "bytes_out": 20,
+                "lost_packets": 1, "sent_packets": 4, "connected_secs": 30,
+                "last_seen_unix": 1_700_000_000u64, "pending_items": 3, "pending_bytes": 4096,
+                "in_sync": false,
+            })
+        );
+        // Offline: the link's numbers are null or absent, as before.
+        assert_eq!(
+            v["peers"][1],
+            json!({
+                "id": "CCCCCCC-DDDDDDD", "name": "phone", "connected": false, "path": null,
+                "loss": null, "addr": null, "rtt_ms": null, "bytes_in": 0, "bytes_out": 0,
+                "last_seen_unix": null, "pending_items": 0, "pending_bytes": 0, "in_sync": false,
+            })
+        );
+    }
+
+    #[test]
+    fn a_status_without_nat_or_relay_parses() {
+        let mut s = status();
+        s.network.nat = None;
+        s.network.relay = None;
+        s.network.peers.clear();
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["nat"], Value::Null);
+        assert_eq!(v["relay"], Value::Null);
+        assert_eq!(serde_json::from_value::<StatusReply>(v).unwrap(), s);
+    }
+}

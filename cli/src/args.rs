@@ -1,0 +1,64 @@
+//! `fybrk mount`'s options as the command line (and clap's environment variables) gave them,
+//! before the config file fills the gaps ([`crate::config::MountOptions`]).
+
+use std::net::SocketAddr;
+
+/// `mount`'s own options: the device name and the network options.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct MountArgs {
+    /// This device's name as other devices see it (also the config file's `name`;
+    /// default: the hostname). Remembered.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// How the daemon talks to other devices (`mount` options). Each is also a key of the config
+/// file (see [`crate::config::Config`]); a flag or its environment variable wins over the file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NetArgs {
+    /// UDP address for connections from other devices (QUIC; also the config file's
+    /// `listen`). Default 0.0.0.0:22100; if that port is taken, a random one (kept for next
+    /// time).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Rendezvous server (`fybrk rendezvous`) through which devices behind NATs find each
+    /// other (also the config file's `rendezvous`). Without one, devices are reached at the
+    /// addresses they were last seen at.
+    #[arg(long, value_name = "HOST:PORT", env = "FYBRK_RENDEZVOUS")]
+    pub rendezvous: Option<String>,
+    /// STUN server for learning this device's public address (repeat for more; also
+    /// FYBRK_STUN, comma separated, or the config file's `stun`). Default:
+    /// stun.l.google.com:19302 and stun1..3. Used only with --rendezvous.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
+    /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
+    /// FYBRK_TURN, or the config file's `turn`). Used with --rendezvous; one device of a pair
+    /// with a relay is enough (the other reaches its relayed address).
+    #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
+    pub turn: Option<String>,
+}
+
+impl MountArgs {
+    /// The same options as command-line arguments, for the daemon child, except `--turn`: its
+    /// password would show in `ps`. The child gets that in `FYBRK_TURN` (see
+    /// [`crate::daemon::spawn`]).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(name) = &self.name {
+            out.extend(["--name".to_string(), name.clone()]);
+        }
+        let net = &self.net;
+        if let Some(l) = net.listen {
+            out.extend(["--listen".to_string(), l.to_string()]);
+        }
+        if let Some(r) = &net.rendezvous {
+            out.extend(["--rendezvous".to_string(), r.clone()]);
+        }
+        for s in &net.stun {
+            out.extend(["--stun".to_string(), s.clone()]);
+        }
+        out
+    }
+}

@@ -1,0 +1,215 @@
+//! The human output of the commands: each formats the protocol's typed replies
+//! (`fybrk-control`); `--json` prints the same values serialized.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fybrk_control::{Mapping, NatCheckReport, PeersReply, StatusReply};
+
+/// `n` bytes in binary units: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A span of seconds: `42 s`, `3 min 5 s`, `2 h 10 min`.
+pub fn fmt_secs(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn last_seen(unix: Option<u64>) -> String {
+    match unix {
+        Some(t) => format!("last seen {} ago", fmt_secs(unix_now().saturating_sub(t))),
+        None => "never connected".into(),
+    }
+}
+
+/// `fybrk status`.
+pub fn print_status(s: &StatusReply) {
+    println!("device        {} ({})", s.device_name, s.device_id);
+    println!("mount point   {}", s.mount_point.display());
+    println!("daemon pid    {}", s.pid);
+    println!(
+        "files         {} (directories {}, symlinks {})",
+        s.files, s.dirs, s.symlinks
+    );
+    println!("logical size  {}", human_bytes(s.logical_bytes));
+    println!(
+        "stored size   {} in {} chunks (encrypted, deduplicated)",
+        human_bytes(s.stored_bytes),
+        s.chunks
+    );
+    println!("dedup ratio   {:.2}x", s.dedup_ratio);
+    let net = &s.network;
+    println!("listening     {} (UDP)", net.listen_addr);
+    if let Some(r) = &s.rendezvous {
+        println!("rendezvous    {r}");
+    }
+    if let Some(c) = &s.config_file {
+        println!("config file   {}", c.display());
+    }
+    if let Some(nat) = &net.nat {
+        if nat.udp_works {
+            let public = nat
+                .public_addr
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            println!(
+                "public        {public} ({} mapping)",
+                match nat.mapping {
+                    Mapping::EndpointIndependent => "endpoint-independent",
+                    Mapping::EndpointDependent => "symmetric NAT, endpoint-dependent",
+                    Mapping::Unknown => "unknown",
+                }
+            );
+        } else {
+            println!("public        no answer from the STUN servers over UDP");
+        }
+    }
+    if let Some(relay) = &net.relay {
+        let how = if !relay.active {
+            "lost, not relaying"
+        } else if relay.everything {
+            "all traffic goes through it: this network lets UDP out only to the TURN server"
+        } else {
+            "used only for peers with no direct path"
+        };
+        println!(
+            "relay         {} via {} ({how})",
+            relay.relayed_addr, relay.server
+        );
+    }
+    print_peers_status(s);
+}
+
+/// The peers part of `fybrk status`.
+fn print_peers_status(s: &StatusReply) {
+    let net = &s.network;
+    if net.peers.is_empty() {
+        println!("peers         none (`fybrk pair` invites a device)");
+        return;
+    }
+    let items = s.files.saturating_add(s.dirs).saturating_add(s.symlinks);
+    match net.pending_items {
+        0 => println!("sync          {items} items here, nothing to fetch"),
+        n => println!(
+            "sync          {items} items here, {n} items ({}) still to fetch",
+            human_bytes(net.pending_bytes)
+        ),
+    }
+    println!("peers");
+    for p in &net.peers {
+        let name = &p.name;
+        let short: String = p.id.chars().take(7).collect();
+        if p.connected {
+            let state = if p.in_sync {
+                "in sync".to_string()
+            } else {
+                format!(
+                    "syncing: {} items, {} to fetch",
+                    p.pending_items,
+                    human_bytes(p.pending_bytes)
+                )
+            };
+            println!(
+                "  {name:<16} {short}  {} {}  rtt {:.1} ms  {}/s  loss {:.1} %  {}  in {}  out {}  {state}",
+                p.path.map_or("?", |k| k.as_str()),
+                p.addr.map_or_else(|| "?".to_string(), |a| a.to_string()),
+                p.rtt_ms.unwrap_or(0.0),
+                human_bytes(p.throughput_bps.unwrap_or(0.0) as u64),
+                p.loss.unwrap_or(0.0) * 100.0,
+                p.quality.map_or("?", |q| q.as_str()),
+                human_bytes(p.bytes_in),
+                human_bytes(p.bytes_out),
+            );
+        } else {
+            println!(
+                "  {name:<16} {short}  offline ({})  {}",
+                last_seen(p.last_seen_unix),
+                p.addr
+                    .map_or_else(|| "no known address".to_string(), |a| a.to_string())
+            );
+        }
+    }
+}
+
+/// `fybrk peers`.
+pub fn print_peers(r: &PeersReply) {
+    if r.peers.is_empty() {
+        println!("no paired devices: `fybrk pair` invites one");
+    }
+    for p in &r.peers {
+        println!(
+            "{:<20} {}  {}",
+            p.name,
+            p.id,
+            if p.connected {
+                "connected".to_string()
+            } else {
+                last_seen(p.last_seen_unix)
+            }
+        );
+    }
+}
+
+/// `fybrk nat-check`.
+pub fn print_nat_check(r: &NatCheckReport) {
+    println!("local socket   {}", r.local_addr);
+    println!(
+        "UDP            {}",
+        if r.udp_works {
+            "works"
+        } else {
+            "BLOCKED: no STUN server answered"
+        }
+    );
+    for s in &r.servers {
+        let server = &s.server;
+        match s.reflexive {
+            Some(a) => println!("  {server:<28} sees us at {a}"),
+            None => {
+                let why = r
+                    .errors
+                    .iter()
+                    .find(|f| &f.server == server)
+                    .map(|f| f.error.as_str());
+                println!("  {server:<28} {}", why.unwrap_or("no answer"));
+            }
+        }
+    }
+    println!(
+        "public address {}",
+        r.public_addr.map_or("unknown".into(), |a| a.to_string())
+    );
+    println!("NAT mapping    {}", r.mapping.in_words());
+    println!(
+        "verdict        {}",
+        match (r.udp_works, r.mapping) {
+            (false, _) => "no UDP: peers can only be reached through a TURN relay (--turn)",
+            (true, Mapping::EndpointIndependent) =>
+                "direct connections through hole punching should work",
+            (true, Mapping::EndpointDependent) =>
+                "hole punching will mostly fail; expect a relay with peers behind NAT",
+            (true, Mapping::Unknown) => "ask at least two STUN servers to know the NAT type",
+        }
+    );
+}

@@ -1,0 +1,314 @@
+//! The daemon's network side: this device's QUIC endpoint, its paired devices, pairing, and one
+//! replication task per connected peer.
+//!
+//! # Connections
+//!
+//! Every paired device is dialled (its remembered addresses, with backoff and jitter) while no
+//! connection to it is up, and every paired device may dial us. When both succeed at once, each
+//! side keeps the connection dialled by the device with the smaller id and closes the other, so
+//! both agree without talking. A connection runs
+//! [`run_peer`](fybrk_net::sync::quic_driver::run_peer) on the current store until it fails;
+//! the dialler then tries again at once (and backs off if connections keep failing). These
+//! decisions live in `policy`, without I/O; `links` carries them out.
+//!
+//! # Local changes
+//!
+//! The store tells every commit to a watcher ([`commit_watcher`]): the new sequence goes to a
+//! `watch` channel every peer task listens on (so a local write, or a record applied from one
+//! peer, reaches the others at once), and the paths of records that came from peers go to the
+//! filesystem's invalidator (the kernel must drop what it caches about them).
+//!
+//! # Pairing
+//!
+//! The inviter opens an [`InviterSession`](fybrk_pair::InviterSession) and a pairing window
+//! (unknown devices may complete the TLS handshake, for pairing only) until the invitation is
+//! used or expires. The joiner dials the inviter's addresses pinning its id, proves the secret
+//! bound to that TLS session, receives the folder key, moves its files into a store of that
+//! folder ([`Shared::adopt_folder`]), and only then trusts the inviter, so the first replication
+//! runs on the new store.
+//!
+//! # Layout
+//!
+//! - `links`: the connection to each paired device (dialling, taking connections, replication
+//!   over a link): the tokio side of `policy`.
+//! - `policy`: the decisions about links, as state machines without I/O or clock (the
+//!   simultaneous-dial tie-break, backoff, the relay-upgrade schedule, relay-everything mode).
+//! - `traversal`: rendezvous, STUN and TURN start-up, and relay-everything mode.
+//! - `pairing`: invitations and both sides of the pairing exchange; `framing` its frames.
+//! - `joining`: moving this device into a joined folder.
+//! - `status`: what `fybrk status` and `fybrk peers` show.
+//! - `socket`: binding the one UDP socket.
+
+mod framing;
+mod joining;
+mod links;
+mod pairing;
+mod policy;
+mod socket;
+mod status;
+mod traversal;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use fybrk_fs::Fs;
+use fybrk_net::identity::{DeviceId, DeviceKey};
+use fybrk_net::tls::AllowList;
+use fybrk_net::transport::Transport;
+use fybrk_store::{CommitWatcher, Committed, FolderKey};
+use tokio::sync::{watch, Notify};
+
+use crate::peers::PeerBook;
+use crate::state::StateDir;
+
+pub use joining::finish_join;
+use links::Link;
+use pairing::{Invite, InviteOutcome};
+use socket::{bind, grow_buffers};
+use traversal::start_traversal;
+
+/// The UDP port fybrk listens on unless told otherwise (QUIC; STUN and TURN share it later).
+pub const DEFAULT_PORT: u16 = 22100;
+
+/// How often sync progress and addresses are written to `peers.json`.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the daemon listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Given by the user: a busy port is an error, not a reason to pick another.
+    pub explicit: bool,
+}
+
+/// How the daemon reaches devices that are not on its network.
+#[derive(Clone, Debug, Default)]
+pub struct Traversal {
+    /// `HOST:PORT` of a rendezvous server (`fybrk rendezvous`). Without one, peers are reached
+    /// only at the addresses they were last seen at, and no STUN server is asked.
+    pub rendezvous: Option<String>,
+    /// `--stun` values (empty: `FYBRK_STUN`, else the defaults).
+    pub stun: Vec<String>,
+    /// `turn:HOST:PORT?user=..&pass=..`: a relay for peers no punch reaches.
+    pub turn: Option<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Listen {
+        Listen {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            explicit: false,
+        }
+    }
+}
+
+/// The running network side. Dropping it stops every task.
+pub struct Node {
+    rt: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+}
+
+/// What every task of the node shares: the socket, the endpoint, the peers and their links,
+/// the open invitations.
+struct Shared {
+    state: StateDir,
+    /// The one UDP socket: QUIC, STUN and rendezvous datagrams share it (one NAT mapping).
+    mux: fybrk_net::mux::MuxSocket,
+    /// Introductions through the rendezvous server, when one is configured.
+    rendezvous: Option<fybrk_net::rendezvous::ClientHandle>,
+    /// That server's address, for invitations.
+    rendezvous_addr: Option<SocketAddr>,
+    /// The TURN allocation, when a relay is configured and the allocation succeeded.
+    turn: Option<Arc<fybrk_net::turn::TurnClient>>,
+    /// Peers' relayed addresses, as introductions named them: a connection to one is relayed.
+    peer_relays: Arc<Mutex<HashSet<SocketAddr>>>,
+    /// The reflexive address and NAT type, refreshed (only with a rendezvous server).
+    nat: Option<fybrk_net::stun::NatMonitor>,
+    id: DeviceId,
+    name: String,
+    fs: Arc<Fs>,
+    transport: Transport,
+    listen_addr: SocketAddr,
+    allow: Arc<AllowList>,
+    book: Mutex<PeerBook>,
+    links: Mutex<HashMap<DeviceId, Link>>,
+    /// Connections made per peer since the daemon started, the first included.
+    connects: Mutex<HashMap<DeviceId, u32>>,
+    next_generation: AtomicU64,
+    /// Wakes a peer's dialler: its link ended, or it was unpaired.
+    dialers: Mutex<HashMap<DeviceId, Arc<Notify>>>,
+    local_seq: watch::Sender<u64>,
+    invalidate: std::sync::mpsc::Sender<Vec<String>>,
+    invites: Mutex<Vec<Invite>>,
+    outcomes: Mutex<HashMap<u64, InviteOutcome>>,
+    next_invite: AtomicU64,
+    folder_key: Mutex<FolderKey>,
+    /// Held while joining a folder: one join at a time.
+    joining: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value is updated by single inserts/removes; a panicking holder leaves it
+    // consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The watcher the daemon registers on every store it serves: see the module doc.
+pub fn commit_watcher(
+    local_seq: watch::Sender<u64>,
+    invalidate: std::sync::mpsc::Sender<Vec<String>>,
+) -> CommitWatcher {
+    let invalidate = Mutex::new(invalidate);
+    Arc::new(move |c: &Committed| {
+        local_seq.send_replace(c.seq);
+        if c.remote {
+            // The invalidator thread only goes away when the daemon stops.
+            let _ = lock(&invalidate).send(c.paths.clone());
+        }
+    })
+}
+
+impl Node {
+    /// Binds the UDP socket, starts the endpoint and connects to every paired device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        state: &StateDir,
+        device: &DeviceKey,
+        name: &str,
+        fs: Arc<Fs>,
+        folder_key: FolderKey,
+        listen: Listen,
+        traversal: Traversal,
+        invalidate: std::sync::mpsc::Sender<Vec<String>>,
+    ) -> Result<Node> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("net")
+            .enable_all()
+            .build()
+            .context("cannot start the network runtime")?;
+        let socket = bind(listen, state)?;
+        grow_buffers(&socket);
+        let book = PeerBook::load(&state.peers())?;
+        let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
+        let listen_addr = socket.local_addr()?;
+        let (mux, transport) = {
+            let _enter = rt.enter();
+            let mux = fybrk_net::mux::MuxSocket::from_std(socket)
+                .context("cannot start the UDP socket")?;
+            let quinn = mux
+                .quinn_socket()
+                .context("cannot start the QUIC endpoint")?;
+            let transport = Transport::bind_with(quinn, device, allow.clone())
+                .context("cannot start the QUIC endpoint")?;
+            (mux, transport)
+        };
+        let peer_relays = Arc::new(Mutex::new(HashSet::new()));
+        let mut address_changed = None;
+        let (rendezvous, nat, rendezvous_addr, turn) = match &traversal.rendezvous {
+            None => (None, None, None, None),
+            Some(server) => {
+                let _enter = rt.enter();
+                let t = start_traversal(
+                    &rt,
+                    &mux,
+                    state,
+                    server,
+                    &traversal,
+                    listen_addr,
+                    allow.clone(),
+                    peer_relays.clone(),
+                )?;
+                address_changed = Some(t.address_changed);
+                (Some(t.handle), Some(t.nat), Some(t.server), t.turn)
+            }
+        };
+        let store = fs.store();
+        let (local_seq, _) = watch::channel(store.sequence());
+        store.on_commit(commit_watcher(local_seq.clone(), invalidate.clone()));
+        let shared = Arc::new(Shared {
+            state: state.clone(),
+            mux,
+            rendezvous,
+            rendezvous_addr,
+            turn,
+            peer_relays,
+            nat,
+            id: device.id(),
+            name: name.to_owned(),
+            fs,
+            transport,
+            listen_addr,
+            allow,
+            book: Mutex::new(book),
+            links: Mutex::new(HashMap::new()),
+            connects: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            dialers: Mutex::new(HashMap::new()),
+            local_seq,
+            invalidate,
+            invites: Mutex::new(Vec::new()),
+            outcomes: Mutex::new(HashMap::new()),
+            next_invite: AtomicU64::new(1),
+            folder_key: Mutex::new(folder_key),
+            joining: Mutex::new(()),
+        });
+        tracing::info!(addr = %listen_addr, "listening (QUIC over UDP)");
+        {
+            let _enter = rt.enter();
+            tokio::spawn(shared.clone().accept_loop());
+            tokio::spawn(shared.clone().housekeeping());
+            if let Some(changed) = address_changed {
+                tokio::spawn(shared.clone().follow_network(changed));
+            }
+            let peers: Vec<DeviceId> = lock(&shared.book).iter().map(|(id, _)| *id).collect();
+            for peer in peers {
+                shared.start_dialer(peer);
+            }
+        }
+        Ok(Node { rt, shared })
+    }
+
+    /// Closes every connection (peers learn at once instead of after the idle timeout) and
+    /// saves progress. The tasks stop with the process.
+    pub fn shutdown(&self) {
+        let sh = &self.shared;
+        sh.transport.close();
+        self.rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), sh.transport.wait_idle()).await;
+        });
+        if let Err(e) = sh.persist() {
+            tracing::warn!(error = %e, "cannot save peers");
+        }
+    }
+}
+
+impl Shared {
+    /// Periodic work: save progress, expire invitations.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_save = Instant::now();
+        loop {
+            tick.tick().await;
+            self.expire_invites();
+            self.sample_links();
+            if last_save.elapsed() >= SAVE_INTERVAL {
+                last_save = Instant::now();
+                if let Err(e) = self.persist() {
+                    tracing::warn!(error = %e, "cannot save peers");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The one UDP socket: binding it (a remembered port when the default is busy) and growing
+//! its buffers.
+
+use std::net::{SocketAddr, UdpSocket};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::Listen;
+use crate::state::StateDir;
+
+/// Binds the UDP socket. Port 0, or a busy default port, means "any free port": the one picked
+/// is remembered in the state dir and taken again next time, because paired devices find this
+/// one at the address they last saw (until the rendezvous server of the NAT work exists).
+pub(super) fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
+    let remembered = std::fs::read_to_string(state.listen_port())
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let pick_any = |why: &str| -> Result<UdpSocket> {
+        if let Some(port) = remembered {
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(listen.addr.ip(), port)) {
+                return Ok(s);
+            }
+        }
+        let any = SocketAddr::new(listen.addr.ip(), 0);
+        let s = UdpSocket::bind(any).with_context(|| format!("cannot bind UDP {any}"))?;
+        let port = s.local_addr()?.port();
+        if let Err(e) = std::fs::write(state.listen_port(), format!("{port}\n")) {
+            tracing::warn!(error = %e, "cannot remember the listen port");
+        }
+        if !why.is_empty() {
+            tracing::warn!(wanted = %listen.addr, port, "{why}");
+        }
+        Ok(s)
+    };
+    if listen.addr.port() == 0 {
+        return pick_any("");
+    }
+    match UdpSocket::bind(listen.addr) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !listen.explicit => pick_any(
+            "UDP port in use (another fybrk daemon?); listening on another port, kept for next \
+             time. Pass --listen to choose one",
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
+            "UDP {} is in use (another fybrk daemon?): pass another --listen address",
+            listen.addr
+        )),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on UDP {}", listen.addr)),
+    }
+}
+
+/// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
+/// a peer sent a large file (hundreds of datagrams dropped per GiB, each a QUIC retransmission).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Raises the socket's receive and send buffers (the kernel caps them at `net.core.rmem_max`
+/// and `wmem_max`; as root the cap does not apply).
+pub(super) fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    for (name, r) in [
+        (
+            "receive",
+            setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+                .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER)),
+        ),
+        (
+            "send",
+            setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+                .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER)),
+        ),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cannot raise the UDP {name} buffer");
+        }
+    }
+}
