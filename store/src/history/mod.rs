@@ -20,11 +20,13 @@ use crate::record::{path_key, ShortId, VersionVector};
 use crate::{FileRecord, Kind, Result, StoreError};
 
 mod read;
+mod restore;
 pub mod retention;
 #[cfg(test)]
 mod tests;
 mod thin;
 
+pub use restore::RestoreError;
 pub use retention::Retention;
 pub use thin::ThinReport;
 

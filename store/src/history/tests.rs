@@ -241,3 +241,100 @@ fn keys_split_back() {
     assert_eq!(split_key(&k), Some((&b"a\0b"[..], 77)));
     assert_eq!(split_key(b"short"), None);
 }
+
+fn mkdir(s: &Store, path: &str) {
+    s.commit(
+        vec![FileRecord::new(path, crate::Kind::Dir, 0o755, 1)],
+        None,
+        false,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_file_comes_back_as_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.write_file("f", b"first", 0o644, 1).unwrap();
+    let t = instant_between();
+    s.write_file("f", b"second", 0o644, 1).unwrap();
+    let plan = s.plan_restore_at("f", t, None).unwrap();
+    s.commit_restore(plan).unwrap();
+    assert_eq!(s.read_file("f").unwrap().unwrap(), b"first");
+    let v = s.versions("f").unwrap();
+    assert_eq!(v[0].event, Event::Restore);
+    assert_eq!(v.len(), 3, "the restore is a version too: it can be undone");
+    // Undo the restore by restoring the version before it.
+    let undo = s.plan_restore_version("f", v[1].id(), None).unwrap();
+    s.commit_restore(undo).unwrap();
+    assert_eq!(s.read_file("f").unwrap().unwrap(), b"second");
+    // Already as it was: nothing to do.
+    assert!(s.plan_restore_at("", now_ns(), None).unwrap().is_empty());
+    assert!(s.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_deleted_tree_comes_back_and_a_rollback_removes_what_came_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    mkdir(&s, "d");
+    mkdir(&s, "d/sub");
+    s.write_file("d/a", &data(100_000, 1), 0o600, 1).unwrap();
+    s.write_file("d/sub/b", b"bee", 0o644, 1).unwrap();
+    let t = instant_between();
+    for p in ["d/sub/b", "d/a", "d/sub", "d"] {
+        delete(&s, p);
+    }
+    s.write_file("later", b"new", 0o644, 1).unwrap();
+    s.gc().unwrap();
+
+    // A copy elsewhere first: the original stays deleted, nothing else changes.
+    let copy = s.plan_restore_at("d", t, Some("copy")).unwrap();
+    let paths: Vec<&str> = copy.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["copy", "copy/a", "copy/sub", "copy/sub/b"]);
+    s.commit_restore(copy).unwrap();
+    assert_eq!(s.read_file("copy/a").unwrap().unwrap(), data(100_000, 1));
+    assert_eq!(s.get("copy/a").unwrap().unwrap().mode, 0o600);
+    assert!(s.get("d").unwrap().unwrap().deleted);
+
+    // The whole folder back to `t`: the tree returns, `later` and `copy` go (into history).
+    let plan = s.plan_restore_at("", t, None).unwrap();
+    s.commit_restore(plan).unwrap();
+    assert_eq!(s.read_file("d/sub/b").unwrap().unwrap(), b"bee");
+    assert!(s.get("later").unwrap().unwrap().deleted);
+    assert!(s.get("copy/sub/b").unwrap().unwrap().deleted);
+    assert_eq!(s.versions("later").unwrap()[1].event, Event::Create);
+    assert!(s.verify().unwrap().is_ok());
+}
+
+#[test]
+fn restores_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let t0 = instant_between();
+    s.write_file("f", b"x", 0o644, 1).unwrap();
+    delete(&s, "f");
+    assert!(matches!(
+        s.plan_restore_at("f", t0, None),
+        Err(RestoreError::NothingThen { .. })
+    ));
+    let del = s.versions("f").unwrap()[0].id();
+    assert!(matches!(
+        s.plan_restore_version("f", del, None),
+        Err(RestoreError::Deletion { .. })
+    ));
+    assert!(matches!(
+        s.plan_restore_version("f", 999, None),
+        Err(RestoreError::NoSuchVersion { .. })
+    ));
+    mkdir(&s, "d");
+    let t = instant_between();
+    assert!(matches!(
+        s.plan_restore_at("d", t, Some("d/inside")),
+        Err(RestoreError::IntoItself { .. })
+    ));
+    assert!(matches!(
+        s.plan_restore_at("d", t, Some("no/such/dir")),
+        Err(RestoreError::NoParent(_))
+    ));
+}

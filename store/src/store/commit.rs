@@ -82,6 +82,28 @@ impl Store {
         writer: Option<&mut ChunkWriter>,
         sync: bool,
     ) -> Result<Vec<FileRecord>> {
+        self.commit_inner(records, writer, sync, false)
+    }
+
+    /// Brings back old versions (from [`Store::versions`] or a restore plan) as new local
+    /// versions, marked [`history::Event::Restore`] in history: they sync to every device like
+    /// any edit, and the restore itself can be undone. Their chunks are still stored, because
+    /// history kept them.
+    pub fn commit_restore(&self, records: Vec<FileRecord>) -> Result<Vec<FileRecord>> {
+        let changes = records
+            .into_iter()
+            .map(|r| (r, Versioning::Local))
+            .collect();
+        self.commit_inner(changes, None, true, true)
+    }
+
+    fn commit_inner(
+        &self,
+        records: Vec<(FileRecord, Versioning)>,
+        writer: Option<&mut ChunkWriter>,
+        sync: bool,
+        restore: bool,
+    ) -> Result<Vec<FileRecord>> {
         let mut writer = writer;
         if let Some(w) = writer.as_deref_mut() {
             // Its earlier batches must be in the database before the flush below, and sealing
@@ -103,9 +125,10 @@ impl Store {
             self.stage_chunks(&mut batch, &mut refs, &mut stats, &w.pending)?;
         }
 
-        let remote = records
-            .iter()
-            .any(|(_, v)| matches!(v, Versioning::Remote { .. }));
+        let remote = restore
+            || records
+                .iter()
+                .any(|(_, v)| matches!(v, Versioning::Remote { .. }));
         let mut touched: HashMap<Vec<u8>, FileRecord> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         let now = history::now_ns();
@@ -183,6 +206,9 @@ impl Store {
             }
             if record.deleted {
                 prev = Some((record.clone(), old.clone(), out.len()));
+            }
+            if restore && !record.deleted {
+                event = history::Event::Restore;
             }
             events.push((event, origin));
             touched.insert(key, record.clone());

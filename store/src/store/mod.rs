@@ -92,8 +92,8 @@ pub struct Committed {
     pub seq: u64,
     /// Paths of the records written.
     pub paths: Vec<String>,
-    /// True when any record came from a peer ([`Versioning::Remote`]): the filesystem must
-    /// drop what the kernel caches about these paths.
+    /// True when any record came from outside the filesystem (a peer's version, or a restore
+    /// from history): the filesystem must drop what the kernel caches about these paths.
     pub remote: bool,
 }
 
