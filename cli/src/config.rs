@@ -7,6 +7,10 @@
 //! rendezvous = "rdv.example.org:22101"
 //! stun = ["stun.example.org:3478"]
 //! turn = "turn:turn.example.org:3478?user=me&pass=secret"
+//!
+//! [history]
+//! keep = "1y"        # how long old versions are kept (s, m, h, d, w, y); default 1 year
+//! max_size = "20G"   # optional: history's disk use; the oldest versions go first (K, M, G, T)
 //! ```
 //!
 //! Every key is optional. The command line wins over the environment (`FYBRK_RENDEZVOUS`,
@@ -21,6 +25,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use fybrk_store::history::{Retention, KEEP_ALL};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -41,6 +46,8 @@ pub struct Config {
     pub rendezvous: Option<String>,
     pub stun: Vec<String>,
     pub turn: Option<String>,
+    /// `[history]`: how long old versions are kept and how much space they may take.
+    pub retention: Retention,
 }
 
 /// A config file that cannot be used. Every message names the file.
@@ -73,6 +80,15 @@ struct Raw {
     rendezvous: Option<Spanned<String>>,
     stun: Option<Vec<Spanned<String>>>,
     turn: Option<Spanned<String>>,
+    history: Option<RawHistory>,
+}
+
+/// `[history]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    keep: Option<Spanned<String>>,
+    max_size: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -164,8 +180,22 @@ impl Config {
                 .map_err(|e| e.to_string());
             check("turn", v, ok)?;
         }
+        let mut retention = Retention::default();
+        if let Some(h) = &raw.history {
+            if let Some(v) = &h.keep {
+                retention.max_age = parse_age(v.get_ref())
+                    .map_err(|why| invalid(Some(v.span()), format!("history.keep: {why}")))?;
+            }
+            if let Some(v) = &h.max_size {
+                retention.max_bytes =
+                    Some(parse_size(v.get_ref()).map_err(|why| {
+                        invalid(Some(v.span()), format!("history.max_size: {why}"))
+                    })?);
+            }
+        }
         let text = |v: Option<Spanned<String>>| v.map(|v| v.into_inner().trim().to_string());
         Ok(Config {
+            retention,
             path: Some(path.to_path_buf()),
             listen,
             name: text(raw.name),
@@ -194,6 +224,8 @@ pub struct MountOptions {
     pub listen: Listen,
     /// How it reaches devices that are not on its network.
     pub traversal: Traversal,
+    /// How long history keeps old versions (the file's `[history]`; no flag).
+    pub retention: Retention,
 }
 
 impl MountOptions {
@@ -236,6 +268,7 @@ impl MountOptions {
                 stun,
                 turn: net.turn.clone().or_else(|| file.turn.clone()),
             },
+            retention: file.retention,
         }
     }
 }
@@ -254,6 +287,54 @@ fn check_host_port(s: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// `history.keep`: a whole number and a unit, `s`, `m`, `h`, `d`, `w` or `y` (365 days). At
+/// least an hour: history always keeps the last hour ([`KEEP_ALL`]).
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not an age: use a number and a unit, e.g. 90d, 6w or 1y");
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..split].parse().map_err(|_| bad())?;
+    let unit: u64 = match &s[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(unit).ok_or_else(bad)?;
+    let age = std::time::Duration::from_secs(secs);
+    if age < KEEP_ALL {
+        return Err(format!(
+            "{s:?} is less than an hour; history always keeps the last hour"
+        ));
+    }
+    Ok(age)
+}
+
+/// `history.max_size`: bytes, or a whole number with `K`, `M`, `G` or `T` (powers of 1024,
+/// optionally followed by `B` or `iB`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size: use e.g. 500M, 20G or 1T");
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| bad())?;
+    let shift = match t[split..].to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// The key whose value is at byte `offset` of `text`, if `text` is valid TOML.
@@ -299,9 +380,18 @@ name = "laptop"
 rendezvous = "rdv.example.org:22101"
 stun = ["stun.example.org:3478", "192.0.2.1"]
 turn = "turn:turn.example.org:3478?user=u&pass=p"
+
+[history]
+keep = "90d"
+max_size = "20G"
 "#,
         )
         .unwrap();
+        assert_eq!(
+            c.retention.max_age,
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(c.retention.max_bytes, Some(20 << 30));
         assert_eq!(c.listen, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(c.name.as_deref(), Some("laptop"));
         assert_eq!(c.rendezvous.as_deref(), Some("rdv.example.org:22101"));
@@ -311,6 +401,38 @@ turn = "turn:turn.example.org:3478?user=u&pass=p"
             Some("turn:turn.example.org:3478?user=u&pass=p")
         );
         assert_eq!(c.path.as_deref(), Some(Path::new("/etc/fybrk.toml")));
+    }
+
+    #[test]
+    fn history_values_are_checked() {
+        assert_eq!(parse("").unwrap().retention, Retention::default());
+        for (text, want) in [
+            (
+                "[history]\nkeep = \"10m\"\n",
+                "history.keep: \"10m\" is less than an hour",
+            ),
+            (
+                "[history]\nkeep = \"forever\"\n",
+                "history.keep: \"forever\" is not an age",
+            ),
+            ("[history]\nkeep = \"99999999999999y\"\n", "is not an age"),
+            (
+                "[history]\nmax_size = \"lots\"\n",
+                "history.max_size: \"lots\" is not a size",
+            ),
+            ("[history]\nmax_size = \"99999999999T\"\n", "is not a size"),
+            ("[history]\nkept = \"1y\"\n", "unknown key"),
+        ] {
+            let e = error(text);
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.contains(":2:"), "points at the line: {e}");
+        }
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(
+            parse_age("2w"),
+            Ok(std::time::Duration::from_secs(14 * 86_400))
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use fybrk_control::{
-    Gc, GcReply, Handler, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, StatusReply,
-    UnmountReply, VerifyReply,
+    Gc, GcReply, Handler, Invite, LogReply, PairWaitReply, PairWithReply, PeerRef, PeersReply,
+    RestoreReply, StatusReply, UnmountReply, VerifyReply,
 };
 use fybrk_fs::Fs;
 use fybrk_net::identity::DeviceId;
@@ -73,6 +73,7 @@ impl Handler for Control {
             chunks: s.chunks,
             dedup_ratio: ratio,
             sequence: store.sequence(),
+            history_bytes: store.history_bytes()?,
             config_file: self.options.config_file.clone(),
             rendezvous: self.options.traversal.rendezvous.clone(),
             network: self.node.status(),
@@ -84,7 +85,7 @@ impl Handler for Control {
     }
 
     fn gc(&self, _: Gc) -> Result<GcReply> {
-        Ok(gc_reply(self.fs.store().gc()?))
+        crate::history::collect(&self.fs.store(), &self.options.retention)
     }
 
     fn unmount(&self, _: fybrk_control::Unmount) -> Result<UnmountReply> {
@@ -122,6 +123,14 @@ impl Handler for Control {
     fn unpair(&self, req: fybrk_control::Unpair) -> Result<PeerRef> {
         self.node.unpair(&req.id)
     }
+
+    fn log(&self, req: fybrk_control::Log) -> Result<LogReply> {
+        crate::history::log(&self.fs.store(), &req)
+    }
+
+    fn restore(&self, req: fybrk_control::Restore) -> Result<RestoreReply> {
+        crate::history::restore(&self.fs.store(), &req)
+    }
 }
 
 /// The store's verify report as the protocol's reply (also `verify` without a daemon).
@@ -139,6 +148,7 @@ pub fn gc_reply(r: GcReport) -> GcReply {
         freed_chunks: r.freed_chunks,
         freed_bytes: r.freed_bytes,
         pinned: r.pinned,
+        ..GcReply::default()
     }
 }
 

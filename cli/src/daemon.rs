@@ -240,15 +240,7 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
     }
     let store = Store::open(&db, &key, store_options).map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
-    match store.gc() {
-        Ok(r) if r.freed_chunks > 0 => tracing::info!(
-            chunks = r.freed_chunks,
-            bytes = r.freed_bytes,
-            "freed unreferenced chunks"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-    }
+    collect_garbage(&store, &options.retention);
     let cfg = FsConfig {
         staging_dir: state.staging(),
         uid: nix::unistd::getuid().as_raw(),
@@ -372,13 +364,12 @@ impl Daemon {
         }
         {
             let fs = self.fs.clone();
+            let retention = self.options.retention;
             std::thread::Builder::new()
                 .name("gc".into())
                 .spawn(move || loop {
                     std::thread::sleep(GC_INTERVAL);
-                    if let Err(e) = fs.store().gc() {
-                        tracing::warn!(error = %e, "garbage collection failed");
-                    }
+                    collect_garbage(&fs.store(), &retention);
                 })?;
         }
 
@@ -392,5 +383,20 @@ impl Daemon {
         let _ = std::fs::remove_file(self.state.pid());
         tracing::info!("unmounted; daemon exits");
         result.context("the FUSE session failed")
+    }
+}
+
+/// Retention, then garbage collection, logged (at start and every [`GC_INTERVAL`]).
+fn collect_garbage(store: &Store, retention: &fybrk_store::history::Retention) {
+    match crate::history::collect(store, retention) {
+        Ok(r) if r.freed_chunks > 0 || r.versions_dropped > 0 => tracing::info!(
+            versions = r.versions_dropped,
+            chunks = r.freed_chunks,
+            bytes = r.freed_bytes,
+            history_bytes = r.history_bytes,
+            "history thinned and unreferenced chunks freed"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
     }
 }

@@ -55,6 +55,10 @@ pub fn print_status(s: &StatusReply) {
     );
     println!("logical size  {}", human_bytes(s.logical_bytes));
     println!(
+        "history       {} on disk for old versions and deleted files",
+        human_bytes(s.history_bytes)
+    );
+    println!(
         "stored size   {} in {} chunks (encrypted, deduplicated)",
         human_bytes(s.stored_bytes),
         s.chunks
@@ -212,4 +216,44 @@ pub fn print_nat_check(r: &NatCheckReport) {
             (true, Mapping::Unknown) => "ask at least two STUN servers to know the NAT type",
         }
     );
+}
+
+/// `fybrk log`: one line per version, newest first.
+pub fn print_log(r: &fybrk_control::LogReply) {
+    if r.versions.is_empty() {
+        println!("no versions kept");
+        return;
+    }
+    println!(
+        "{:>8}  {:<19}  {:<9}  {:>10}  {:<8}  path",
+        "id", "time", "device", "size", "what"
+    );
+    for v in &r.versions {
+        let device = match (&v.device, v.this_device) {
+            (_, true) => "this".to_string(),
+            (Some(d), false) => d.clone(),
+            (None, false) => "?".to_string(),
+        };
+        let size = if v.deleted {
+            "-".to_string()
+        } else if v.kind == "dir" {
+            "dir".to_string()
+        } else {
+            human_bytes(v.size)
+        };
+        let what = match (&v.renamed_from, &v.renamed_to) {
+            (Some(from), _) => format!("{} (from {from})", v.event),
+            (_, Some(to)) => format!("{} (to {to})", v.event),
+            _ => v.event.clone(),
+        };
+        println!(
+            "{:>8}  {:<19}  {:<9}  {:>10}  {:<8}  {}",
+            v.id,
+            crate::when::format_local(v.time_ns),
+            device,
+            size,
+            what,
+            if v.path.is_empty() { "/" } else { &v.path }
+        );
+    }
 }

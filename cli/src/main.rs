@@ -4,12 +4,14 @@ mod args;
 mod config;
 mod control;
 mod daemon;
+mod history;
 mod human;
 mod mounts;
 mod node;
 mod pairing;
 mod peers;
 mod state;
+mod when;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -125,8 +127,48 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Free chunks that no file references any more.
+    /// Apply history's retention ([history] in config.toml), then free chunks that nothing
+    /// references any more.
     Gc,
+    /// The kept versions of a file, or of everything under a directory, newest first: time,
+    /// device, size, what happened.
+    Log {
+        /// A path in the mounted folder (absolute, or relative to the current directory); it
+        /// may be deleted.
+        path: PathBuf,
+        /// Show at most this many versions.
+        #[arg(long, short = 'n', value_name = "N")]
+        limit: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a file or a directory tree back as it was, as a new version that syncs to every
+    /// device (undo it with another restore). `fybrk restore / --at 1h` rolls the whole folder
+    /// back.
+    Restore {
+        /// A path in the mounted folder (absolute, or relative to the current directory); it
+        /// may be deleted.
+        path: PathBuf,
+        /// As it was at TIME: 2026-12-02T10:00:00Z, 2026-12-02 10:00 (local time), or 10m, 2h,
+        /// 3d ago.
+        #[arg(
+            long,
+            value_name = "TIME",
+            required_unless_present = "version",
+            conflicts_with = "version"
+        )]
+        at: Option<String>,
+        /// This version (an id from `fybrk log`).
+        #[arg(long, value_name = "ID")]
+        version: Option<u64>,
+        /// Restore to this path instead of in place (a copy; nothing is deleted).
+        #[arg(long, value_name = "DEST")]
+        to: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -253,11 +295,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let r = match Client::new(state.socket()).call(fybrk_control::Gc, None) {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
-                    with_offline_store(&state, |s| Ok(control::gc_reply(s.gc()?)))?
+                    let retention = config::Config::load(cli.config.as_deref(), &state)?.retention;
+                    with_offline_store(&state, |s| history::collect(s, &retention))?
                 }
                 Err(e) => return Err(e.into()),
             };
-            println!("freed {} chunks ({} bytes)", r.freed_chunks, r.freed_bytes);
+            println!(
+                "dropped {} old versions; freed {} chunks ({}); history now takes {}",
+                r.versions_dropped,
+                r.freed_chunks,
+                human::human_bytes(r.freed_bytes),
+                human::human_bytes(r.history_bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Log { path, limit, json } => {
+            let client = Client::new(state.socket());
+            let path = history::folder_path(&client, &path)?;
+            let r = client.call(fybrk_control::Log { path, limit }, None)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                human::print_log(&r);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            path,
+            at,
+            version,
+            to,
+            json,
+        } => {
+            let client = Client::new(state.socket());
+            let path = history::folder_path(&client, &path)?;
+            let to = to.map(|t| history::folder_path(&client, &t)).transpose()?;
+            let at_ns = at
+                .map(|t| when::parse_time(&t, history::now_ns()))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let req = fybrk_control::Restore {
+                path,
+                at_ns,
+                version,
+                to,
+            };
+            let r = client.call(req, Some(Duration::from_secs(3600)))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if r.restored + r.deleted == 0 {
+                println!("nothing to do: it already is as it was then");
+            } else {
+                println!(
+                    "restored {} paths ({}), removed {} that did not exist then",
+                    r.restored,
+                    human::human_bytes(r.bytes),
+                    r.deleted
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -125,7 +125,14 @@ mod tests {
                 freed_chunks: 2,
                 freed_bytes: 100,
                 pinned: 0,
+                ..GcReply::default()
             })
+        }
+        fn log(&self, _: crate::Log) -> Result<crate::LogReply, String> {
+            Err("no log".into())
+        }
+        fn restore(&self, _: crate::Restore) -> Result<crate::RestoreReply, String> {
+            Err("no restore".into())
         }
         fn unmount(&self, _: crate::Unmount) -> Result<UnmountReply, String> {
             Err("no".into())

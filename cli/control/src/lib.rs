@@ -20,17 +20,20 @@
 //! - [`reply`]: the other replies (verify, gc, unmount, pairing, peers, unpair), the error
 //!   reply, and the `--json` outputs that no daemon sends (`pair --json`'s first line,
 //!   `nat-check --json`).
+//! - [`history`]: `log` and `restore`.
 //! - [`client`]: [`Client`], a blocking typed client over the unix socket.
 //! - [`server`]: [`Handler`], one method per command, and [`server::answer`], which turns a
 //!   request line into a reply line with it (the daemon does the socket I/O).
 
 pub mod client;
+pub mod history;
 pub mod reply;
 pub mod request;
 pub mod server;
 pub mod status;
 
 pub use client::{Client, ControlError};
+pub use history::{Log, LogEntry, LogReply, Restore, RestoreReply};
 pub use reply::{
     ErrorReply, GcReply, Invite, InviteShown, Mapping, NatCheckReport, PairWaitReply,
     PairWithReply, PeerInfo, PeerRef, PeersReply, StunAnswer, StunFailure, UnmountReply,

@@ -33,6 +33,12 @@ pub struct GcReply {
     pub freed_bytes: u64,
     /// Unreferenced chunks kept because a writer or an open file still pins them.
     pub pinned: u64,
+    /// Versions retention dropped before the chunks were collected.
+    #[serde(default)]
+    pub versions_dropped: u64,
+    /// Bytes on disk only history holds, after this pass.
+    #[serde(default)]
+    pub history_bytes: u64,
 }
 
 /// `unmount`: the daemon answers, then unmounts and exits.
@@ -259,8 +265,10 @@ mod tests {
                 freed_chunks: 1,
                 freed_bytes: 2,
                 pinned: 3,
+                versions_dropped: 4,
+                history_bytes: 5,
             },
-            json!({"freed_chunks": 1, "freed_bytes": 2, "pinned": 3}),
+            json!({"freed_chunks": 1, "freed_bytes": 2, "pinned": 3, "versions_dropped": 4, "history_bytes": 5}),
         );
         same(
             UnmountReply {

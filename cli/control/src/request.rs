@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::history::{Log, LogReply, Restore, RestoreReply};
 use crate::reply::{
     GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply, VerifyReply,
 };
@@ -31,6 +32,10 @@ pub enum Request {
     Peers(Peers),
     /// `{"cmd":"unpair","id":"..."}`.
     Unpair(Unpair),
+    /// `{"cmd":"log","path":"docs/a.txt","limit":null}`.
+    Log(Log),
+    /// `{"cmd":"restore","path":"docs","at_ns":1764669600000000000,"version":null,"to":null}`.
+    Restore(Restore),
 }
 
 /// A command and the type of the daemon's answer to it.
@@ -113,6 +118,8 @@ call! {
     PairWith => PairWithReply,
     Peers => PeersReply,
     Unpair => PeerRef,
+    Log => LogReply,
+    Restore => RestoreReply,
 }
 
 #[cfg(test)]

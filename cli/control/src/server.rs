@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 
+use crate::history::{Log, LogReply, Restore, RestoreReply};
 use crate::reply::{
     ErrorReply, GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply,
     VerifyReply,
@@ -37,6 +38,10 @@ pub trait Handler {
     fn peers(&self, req: Peers) -> Result<PeersReply, Self::Error>;
     /// [`Unpair`].
     fn unpair(&self, req: Unpair) -> Result<PeerRef, Self::Error>;
+    /// [`Log`].
+    fn log(&self, req: Log) -> Result<LogReply, Self::Error>;
+    /// [`Restore`].
+    fn restore(&self, req: Restore) -> Result<RestoreReply, Self::Error>;
 }
 
 /// The reply line (ending in `\n`) to the request line `line`.
@@ -60,6 +65,8 @@ fn dispatch<H: Handler>(req: Request, h: &H) -> String {
         Request::PairWith(r) => encode::<PairWith, H>(h.pair_with(r)),
         Request::Peers(r) => encode::<Peers, H>(h.peers(r)),
         Request::Unpair(r) => encode::<Unpair, H>(h.unpair(r)),
+        Request::Log(r) => encode::<Log, H>(h.log(r)),
+        Request::Restore(r) => encode::<Restore, H>(h.restore(r)),
     }
 }
 
@@ -116,6 +123,12 @@ mod tests {
                 id: r.id,
                 name: "n".into(),
             })
+        }
+        fn log(&self, _: crate::Log) -> Result<crate::LogReply, &'static str> {
+            Err("refused")
+        }
+        fn restore(&self, _: crate::Restore) -> Result<crate::RestoreReply, &'static str> {
+            Err("refused")
         }
     }
 

@@ -38,6 +38,10 @@ pub struct StatusReply {
     pub dedup_ratio: f64,
     /// The store's last local change sequence.
     pub sequence: u64,
+    /// Bytes on disk that only history holds (old versions and deleted files), as measured by
+    /// the last retention pass (`gc`, at start and every 10 minutes).
+    #[serde(default)]
+    pub history_bytes: u64,
     /// The config file read at start (`null`: none).
     pub config_file: Option<PathBuf>,
     /// The rendezvous server (`HOST:PORT`) in use (`null`: none).
@@ -259,6 +263,7 @@ mod tests {
             chunks: 3,
             dedup_ratio: 1.25,
             sequence: 17,
+            history_bytes: 9,
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {

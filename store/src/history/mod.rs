@@ -27,7 +27,7 @@ mod tests;
 mod thin;
 
 pub use restore::RestoreError;
-pub use retention::Retention;
+pub use retention::{Retention, KEEP_ALL};
 pub use thin::ThinReport;
 
 /// What a version did to its path.
