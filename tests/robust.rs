@@ -49,12 +49,20 @@ fn huge_truncate_answers_at_once_and_sparse_files_cost_nothing() {
     });
     m.expect_errno(r, &[libc::EFBIG], "truncate past the limit");
     if have_tool("truncate") {
-        let out = promptly(&m, "truncate -s 999999999999999", Duration::from_secs(5), || {
-            run_timeout(
-                Command::new("truncate").arg("-s").arg("999999999999999").arg(&p),
-                Duration::from_secs(30),
-            )
-        });
+        let out = promptly(
+            &m,
+            "truncate -s 999999999999999",
+            Duration::from_secs(5),
+            || {
+                run_timeout(
+                    Command::new("truncate")
+                        .arg("-s")
+                        .arg("999999999999999")
+                        .arg(&p),
+                    Duration::from_secs(30),
+                )
+            },
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         m.check(!out.status.success() && err.contains("too large"), || {
             format!("truncate -s 999999999999999: {out:?}")
@@ -74,13 +82,17 @@ fn huge_truncate_answers_at_once_and_sparse_files_cost_nothing() {
     promptly(&m, "truncate to the limit", second, || {
         m.ok(truncate(&p, MAX_FILE_SIZE), "truncate to the limit")
     });
-    m.check(m.ok(fs::metadata(&p), "stat").len() == MAX_FILE_SIZE, || {
-        "size after truncate".into()
-    });
+    m.check(
+        m.ok(fs::metadata(&p), "stat").len() == MAX_FILE_SIZE,
+        || "size after truncate".into(),
+    );
     let f = m.ok(OpenOptions::new().read(true).write(true).open(&p), "open");
     let mut buf = vec![7u8; 65536];
     promptly(&m, "read at the end", second, || {
-        m.ok(f.read_exact_at(&mut buf, MAX_FILE_SIZE - 65536), "pread at the end")
+        m.ok(
+            f.read_exact_at(&mut buf, MAX_FILE_SIZE - 65536),
+            "pread at the end",
+        )
     });
     m.check(buf.iter().all(|&b| b == 0), || "hole not zeros".into());
     // A write far out, and an ftruncate down and up again on the handle.
@@ -258,9 +270,10 @@ fn mknod_makes_regular_files_and_refuses_special_ones() {
         format!("mode {:o}, want {want:o}", md.permissions().mode())
     });
     m.ok(write_file(&m.path("plain"), b"content"), "write");
-    m.check(m.ok(fs::read(m.path("plain")), "read") == b"content", || {
-        "content".into()
-    });
+    m.check(
+        m.ok(fs::read(m.path("plain")), "read") == b"content",
+        || "content".into(),
+    );
     m.expect_errno(
         mknod("plain", libc::S_IFREG | 0o644),
         &[libc::EEXIST],

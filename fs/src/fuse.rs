@@ -195,11 +195,9 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        guarded("getattr", || {
-            match self.0.getattr(ino.0) {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("getattr", || match self.0.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -243,11 +241,9 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        guarded("readlink", || {
-            match self.0.readlink(ino.0) {
-                Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("readlink", || match self.0.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -407,11 +403,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guarded("read", || {
-            match self.0.read(fh.0, offset, size) {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("read", || match self.0.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -427,11 +421,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || {
-            match self.0.write(fh.0, offset, data) {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("write", || match self.0.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -461,11 +453,9 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guarded("flush", || {
-            match self.0.flush_from(fh.0, req.pid()) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("flush", || match self.0.flush_from(fh.0, req.pid()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -479,11 +469,9 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("release", || {
-            match self.0.release(fh.0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("release", || match self.0.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -495,11 +483,9 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("fsync", || {
-            match self.0.fsync(fh.0) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("fsync", || match self.0.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         });
     }
 
@@ -566,13 +552,11 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        guarded("statfs", || {
-            match self.0.statfs() {
-                Ok(s) => reply.statfs(
-                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
-                ),
-                Err(e) => reply.error(err(e)),
-            }
+        guarded("statfs", || match self.0.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
+            ),
+            Err(e) => reply.error(err(e)),
         });
     }
 

@@ -83,7 +83,9 @@ impl Layout {
                         actual = chunk.len(),
                         "a record's chunk length differs from the chunk; refusing the read"
                     );
-                    return Err(StoreError::CorruptChunk(c.id, "length differs from the record's").into());
+                    return Err(
+                        StoreError::CorruptChunk(c.id, "length differs from the record's").into(),
+                    );
                 }
                 let from = from as usize;
                 dst.copy_from_slice(&chunk[from..from + n]);

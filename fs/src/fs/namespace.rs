@@ -198,7 +198,10 @@ impl Fs {
             let mut new = old;
             // Every moved record is `from` or below it; a stored path that is not (a damaged
             // record) fails the rename rather than a worker.
-            let rest = new.path.strip_prefix(from.as_str()).ok_or(FsError::Invalid)?;
+            let rest = new
+                .path
+                .strip_prefix(from.as_str())
+                .ok_or(FsError::Invalid)?;
             new.path = format!("{to}{rest}");
             new.version = Default::default();
             changes.push(gone);

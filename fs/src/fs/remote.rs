@@ -38,8 +38,10 @@ impl Fs {
             return Ok(None);
         }
         lock(&self.subdirs).clear();
-        self.root_mtime
-            .store(super::root_mtime_of(&new), std::sync::atomic::Ordering::Relaxed);
+        self.root_mtime.store(
+            super::root_mtime_of(&new),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Some(std::mem::replace(&mut *cur, new)))
     }
 

@@ -140,7 +140,10 @@ impl Store {
             }
             let data = self.read_chunk(&c.id)?;
             if data.len() != c.len as usize {
-                return Err(StoreError::CorruptChunk(c.id, "length differs from the record's"));
+                return Err(StoreError::CorruptChunk(
+                    c.id,
+                    "length differs from the record's",
+                ));
             }
             out.extend_from_slice(&data);
         }
