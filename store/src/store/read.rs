@@ -74,23 +74,25 @@ impl Store {
 
     /// Every record changed after local sequence number `since`, oldest first: what a peer that
     /// has seen up to `since` is missing.
+    ///
+    /// The log and the records are read from one snapshot. Reading the records live let a
+    /// record updated meanwhile come back with a sequence number past everything the log
+    /// iteration saw; a caller that takes the highest sequence returned as "sent up to" (the
+    /// replication session does) then skipped the changes committed in between, for good. A
+    /// directory's record is updated with every entry made in it, so this was no rare race.
     pub fn changes_since(&self, since: u64) -> Result<Vec<FileRecord>> {
-        let start = (since + 1).to_be_bytes();
+        let start = since.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
-        let iter = self
-            .inner
-            .db
-            .iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
+        let snap = self.inner.db.snapshot();
+        let iter = snap.iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (_, key) = item?;
-            let value = self
-                .inner
-                .db
-                .get_pinned_cf(self.cf(RECORDS), &key)?
-                .ok_or_else(|| StoreError::CorruptRecord {
+            let value = snap.get_pinned_cf(self.cf(RECORDS), &key)?.ok_or_else(|| {
+                StoreError::CorruptRecord {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     reason: "change log points at a missing record".into(),
-                })?;
+                }
+            })?;
             out.push(decode_record(&key, &value)?);
         }
         Ok(out)
