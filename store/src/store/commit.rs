@@ -142,7 +142,8 @@ impl Store {
                 *delta.entry(c.id).or_default() += 1;
             }
             for (id, d) in delta {
-                if d != 0 {
+                // A hole is no chunk: nothing to count.
+                if d != 0 && !id.is_hole() {
                     self.apply_ref_delta(&mut batch, &mut refs, &id, d)?;
                 }
             }
