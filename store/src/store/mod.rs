@@ -26,6 +26,7 @@ use crate::{Crypto, FolderKey, Result, StoreError};
 mod commit;
 mod pins;
 mod read;
+mod space;
 mod stats;
 mod writer;
 
