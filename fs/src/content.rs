@@ -20,58 +20,18 @@ use std::sync::Arc;
 
 use fybrk_store::{chunker, ChunkRef, ChunkWriter, Store};
 
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
+pub use crate::layout::Layout;
+use crate::layout::{holes, MAX_FILE_SIZE};
 
 /// Staging stays in memory up to this file offset; past it, writes go to a temporary file.
 const MEM_STAGING_LIMIT: u64 = 1 << 20;
 
-/// A committed chunk list with its start offsets, for binary search.
-#[derive(Debug, Default)]
-pub struct Layout {
-    pub chunks: Vec<ChunkRef>,
-    /// `starts[i]` is the file offset of `chunks[i]`; one extra entry holds the total length.
-    starts: Vec<u64>,
-}
-
-impl Layout {
-    pub fn new(chunks: Vec<ChunkRef>) -> Layout {
-        let mut starts = Vec::with_capacity(chunks.len() + 1);
-        let mut pos = 0u64;
-        for c in &chunks {
-            starts.push(pos);
-            pos += u64::from(c.len);
-        }
-        starts.push(pos);
-        Layout { chunks, starts }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.starts.last().copied().unwrap_or(0)
-    }
-
-    /// Index of the chunk holding byte `offset` (`chunks.len()` at or past the end).
-    fn index_of(&self, offset: u64) -> usize {
-        match self.starts.binary_search(&offset) {
-            Ok(i) => i.min(self.chunks.len()),
-            Err(i) => i - 1,
-        }
-    }
-
-    /// Copies committed bytes `[offset, offset + buf.len())` (must lie within the layout).
-    pub fn read_at(&self, store: &Store, offset: u64, buf: &mut [u8]) -> FsResult<()> {
-        let mut done = 0;
-        let mut i = self.index_of(offset);
-        while done < buf.len() {
-            let chunk = store.read_chunk(&self.chunks[i].id)?;
-            let from = (offset + done as u64 - self.starts[i]) as usize;
-            let n = (chunk.len() - from).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&chunk[from..from + n]);
-            done += n;
-            i += 1;
-        }
-        Ok(())
-    }
-}
+/// Zeros never written (a truncation up, a write past the end) that run at least this long are
+/// committed as holes, not as zero chunks: a sparse file costs nothing until written. Shorter
+/// gaps are chunked like any content (a hole reference is as big as a chunk reference, and
+/// FastCDC cuts zeros into 256 KiB chunks that all dedup to one).
+const HOLE_MIN: u64 = 1 << 20;
 
 /// Sorted, disjoint, non-adjacent byte ranges.
 #[derive(Debug, Default)]
@@ -124,6 +84,9 @@ impl RangeSet {
     /// Splits `[start, end)` into pieces, each wholly inside or outside the set.
     pub fn pieces(&self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
         let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
         let mut pos = start;
         let first = self.0.range(..=start).next_back().map(|(&s, &e)| (s, e));
         let rest = self.0.range(start + 1..end).map(|(&s, &e)| (s, e));
@@ -286,6 +249,9 @@ impl OpenFile {
         data: &[u8],
         now_ns: i64,
     ) -> FsResult<()> {
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
         self.mtime_ns = now_ns;
         self.modified = true;
         if self.stream.is_none() && self.size == 0 && offset == 0 && self.dirty.is_empty() {
@@ -337,6 +303,9 @@ impl OpenFile {
     }
 
     pub fn truncate(&mut self, staging_dir: &Path, size: u64, now_ns: i64) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
         self.end_stream(staging_dir)?;
         if size < self.size {
             self.dirty.truncate(size);
@@ -357,7 +326,7 @@ impl OpenFile {
         len: usize,
     ) -> FsResult<Vec<u8>> {
         self.end_stream(staging_dir)?;
-        let end = (offset + len as u64).min(self.size);
+        let end = offset.saturating_add(len as u64).min(self.size);
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -417,26 +386,90 @@ impl OpenFile {
             u64::MAX
         };
 
-        let reader = ContentReader {
-            file: self,
-            store,
-            pos: restart,
-            end: self.size,
+        // Content from `restart` on, as stretches that may hold data (chunked) and long runs
+        // of zeros nobody wrote (holes, one reference per `HOLE_PIECE`). A stretch's end is a
+        // forced cut, so content-defined cuts start again after a hole.
+        let resync = |cut: u64| {
+            (cut >= resync_from && cut < self.size)
+                .then(|| base.starts.binary_search(&cut).ok())
+                .flatten()
         };
-        for piece in chunker::chunks(reader) {
-            let piece = piece?;
-            chunks.push(writer.add(&piece.data)?);
-            let cut = restart + piece.offset + piece.length as u64;
-            if cut >= resync_from && cut < self.size {
-                if let Ok(j) = base.starts.binary_search(&cut) {
-                    let tail = &base.chunks[j..];
-                    writer.reuse(tail);
-                    chunks.extend_from_slice(tail);
-                    break;
+        for (from, to, hole) in self.stretches(restart, self.size) {
+            let mut at = None;
+            if hole {
+                chunks.extend(holes(to - from));
+                at = resync(to);
+            } else {
+                let reader = ContentReader {
+                    file: self,
+                    store,
+                    pos: from,
+                    end: to,
+                };
+                for piece in chunker::chunks(reader) {
+                    let piece = piece?;
+                    chunks.push(writer.add(&piece.data)?);
+                    at = resync(from + piece.offset + piece.length as u64);
+                    if at.is_some() {
+                        break;
+                    }
                 }
+            }
+            if let Some(j) = at {
+                let tail = &base.chunks[j..];
+                writer.reuse(tail);
+                chunks.extend_from_slice(tail);
+                break;
             }
         }
         Ok((chunks, writer))
+    }
+
+    /// `[start, end)` of the current content as consecutive stretches `(from, to, hole)`. A
+    /// hole is a run of at least [`HOLE_MIN`] zeros that nobody wrote: past the committed
+    /// content or in its holes, and not in staging. Everything else may hold data; shorter gaps
+    /// of zeros go with the data around them.
+    fn stretches(&self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
+        let mut data: Vec<(u64, u64)> = self
+            .base
+            .data_ranges(start, end.min(self.base_valid))
+            .collect();
+        data.extend(
+            self.dirty
+                .pieces(start, end)
+                .into_iter()
+                .filter(|&(_, _, written)| written)
+                .map(|(s, e, _)| (s, e)),
+        );
+        data.sort_unstable();
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let mut pos = start;
+        fn add_data(out: &mut Vec<(u64, u64, bool)>, from: u64, to: u64) {
+            match out.last_mut() {
+                Some(last) if !last.2 && last.1 == from => last.1 = to,
+                _ => out.push((from, to, false)),
+            }
+        }
+        for (s, e) in data {
+            if e <= pos {
+                continue;
+            }
+            let s = s.max(pos);
+            if s - pos >= HOLE_MIN {
+                out.push((pos, s, true));
+                pos = s;
+            }
+            add_data(&mut out, pos, e);
+            pos = e;
+        }
+        if end > pos {
+            if end - pos >= HOLE_MIN {
+                out.push((pos, end, true));
+            } else {
+                add_data(&mut out, pos, end);
+            }
+        }
+        out
     }
 
     /// A commit of `chunks` failed: keep them (and the writer with any unflushed ones) as the

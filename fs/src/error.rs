@@ -35,6 +35,9 @@ pub enum FsError {
     /// The mode bits do not allow the caller this access.
     #[error("permission denied")]
     Denied,
+    /// The file would grow past [`MAX_FILE_SIZE`](crate::MAX_FILE_SIZE).
+    #[error("file too large")]
+    TooBig,
     /// The handle is unknown or not open for this operation.
     #[error("bad file handle")]
     BadHandle,
@@ -66,6 +69,7 @@ impl FsError {
             FsError::IllegalName => libc::EILSEQ,
             FsError::NotPermitted => libc::EPERM,
             FsError::Denied => libc::EACCES,
+            FsError::TooBig => libc::EFBIG,
             FsError::BadHandle => libc::EBADF,
             FsError::Busy => libc::EBUSY,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,

@@ -8,16 +8,24 @@
 //! Semantics worth knowing: writes are buffered per open file and committed on `flush` (every
 //! `close`), `fsync` and `release`; `fsync` also makes them durable. Hard links are refused with
 //! `EPERM`, extended attributes with `ENOTSUP`, `chown` to another owner with `EPERM`, and names
-//! must be UTF-8 (`EILSEQ` otherwise). POSIX locks are handled by the kernel.
+//! must be UTF-8 (`EILSEQ` otherwise). POSIX locks are handled by the kernel. `mknod` makes
+//! regular files only (FIFOs, sockets and devices: `EPERM`). Sparse files keep their holes
+//! unstored; files end at [`MAX_FILE_SIZE`] (`EFBIG`). A directory's times change with its
+//! entries. A request whose handler fails answers `EIO` and logs; a panic in one is caught
+//! the same way, so the mount keeps serving.
 
 mod content;
 mod error;
 mod fs;
 pub mod fuse;
 mod inodes;
+mod layout;
 #[cfg(test)]
 mod remote_tests;
+#[cfg(test)]
+mod robust_tests;
 
 pub use error::{FsError, FsResult};
 pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};
 pub use inodes::ROOT;
+pub use layout::MAX_FILE_SIZE;

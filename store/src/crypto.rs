@@ -62,6 +62,23 @@ impl fmt::Debug for FolderKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChunkId(pub [u8; 32]);
 
+impl ChunkId {
+    /// Not a chunk: a run of zeros, a hole in a sparse file, as long as the [`ChunkRef`] that
+    /// names it says. A sparse file costs a few hole references instead of gigabytes of zero
+    /// chunks. No plaintext hashes to it (a keyed BLAKE3 output of 32 zero bytes: probability
+    /// 2^-256), so it never names real data; it is never stored, reference-counted, pinned or
+    /// sent, and [`Store::has_chunk`](crate::Store::has_chunk) answers true for it, so
+    /// replication never asks a peer for it.
+    ///
+    /// [`ChunkRef`]: crate::ChunkRef
+    pub const HOLE: ChunkId = ChunkId([0; 32]);
+
+    /// True for [`ChunkId::HOLE`].
+    pub fn is_hole(&self) -> bool {
+        *self == ChunkId::HOLE
+    }
+}
+
 impl fmt::Display for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0[..8] {

@@ -170,7 +170,7 @@ impl Store {
                     record.path, record.size
                 ));
             }
-            for c in &record.chunks {
+            for c in record.chunks.iter().filter(|c| !c.is_hole()) {
                 match stored.get_mut(&c.id) {
                     Some(n) => *n += 1,
                     None => report

@@ -26,6 +26,21 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+impl ChunkRef {
+    /// `len` zero bytes that are not stored anywhere (see [`ChunkId::HOLE`]).
+    pub fn hole(len: u32) -> ChunkRef {
+        ChunkRef {
+            id: ChunkId::HOLE,
+            len,
+        }
+    }
+
+    /// True for a hole: zeros, no chunk behind it.
+    pub fn is_hole(&self) -> bool {
+        self.id.is_hole()
+    }
+}
+
 /// Short device id used inside version vectors (the first 64 bits of the device id).
 pub type ShortId = u64;
 

@@ -396,3 +396,55 @@ fn remote_versions_and_sealed_chunks_move_between_stores() {
         record::Ordering::After
     );
 }
+
+#[test]
+fn holes_are_no_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(store.has_chunk(&ChunkId::HOLE).unwrap());
+    assert!(store.read_chunk(&ChunkId::HOLE).is_err());
+    let mut w = store.writer();
+    let data = w.add(b"data").unwrap();
+    let mut r = FileRecord::new("sparse", Kind::File, 0o644, 1);
+    r.chunks = vec![ChunkRef::hole(5), data, ChunkRef::hole(3)];
+    r.size = 12;
+    store.commit(vec![r], Some(&mut w), false).unwrap();
+    drop(w);
+    assert_eq!(read_file(&store, "sparse"), b"\0\0\0\0\0data\0\0\0");
+    assert_eq!(store.stats().chunks, 1);
+    assert!(store.verify().unwrap().is_ok());
+    // Replaced and deleted: no count of the hole goes negative, the data chunk is freed.
+    delete(&store, "sparse");
+    assert!(store.verify().unwrap().is_ok());
+    assert_eq!(store.gc().unwrap().freed_chunks, 1);
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_chunk_length_that_lies_is_refused_by_read_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut w = store.writer();
+    let real = w.add(b"0123456789").unwrap();
+    let mut r = FileRecord::new("f", Kind::File, 0o644, 1);
+    r.chunks = vec![ChunkRef {
+        id: real.id,
+        len: 4,
+    }];
+    r.size = 4;
+    store.commit(vec![r], Some(&mut w), false).unwrap();
+    assert!(matches!(
+        store.read_file("f"),
+        Err(StoreError::CorruptChunk(..))
+    ));
+}
+
+#[test]
+fn the_root_time_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert_eq!(store.root_mtime().unwrap(), None);
+    store.set_root_mtime(-5).unwrap();
+    drop(store);
+    assert_eq!(open(&dir).root_mtime().unwrap(), Some(-5));
+}

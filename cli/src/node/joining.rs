@@ -103,6 +103,11 @@ pub fn copy_records(from: &Store, to: &Store, since: u64) -> Result<()> {
         let mut writer = to.writer();
         rec.chunks.clear();
         for (i, c) in r.chunks.iter().enumerate() {
+            // A hole has no content to copy: it stays a hole of the same length.
+            if c.is_hole() {
+                rec.chunks.push(*c);
+                continue;
+            }
             let data = from.read_chunk(&c.id)?;
             rec.chunks.push(writer.add(&data)?);
             if i % ADOPT_FLUSH_CHUNKS == ADOPT_FLUSH_CHUNKS - 1 {

@@ -8,7 +8,9 @@ use super::{lock, now_ns, Attr, Fs, SetAttr};
 use crate::error::{FsError, FsResult};
 
 impl Fs {
-    pub(super) fn attr(&self, ino: u64, r: &FileRecord) -> FsResult<Attr> {
+    /// Attributes of `ino` holding `r`; `linked` is false once its name was removed (open but
+    /// unlinked: `st_nlink` 0, as on a local disk).
+    pub(super) fn attr(&self, ino: u64, r: &FileRecord, linked: bool) -> FsResult<Attr> {
         let mut size = r.size;
         let mut mtime_ns = r.mtime_ns;
         if r.kind == Kind::File {
@@ -18,7 +20,13 @@ impl Fs {
                 mtime_ns = f.mtime_ns;
             }
         }
+        if r.kind == Kind::Dir {
+            if let Some(&t) = lock(&self.remote_entries).get(&r.path) {
+                mtime_ns = mtime_ns.max(t);
+            }
+        }
         let nlink = match r.kind {
+            _ if !linked => 0,
             Kind::Dir => 2 + self.subdir_count(&r.path)?.min(u64::from(u32::MAX - 2)) as u32,
             _ => 1,
         };
@@ -54,8 +62,8 @@ impl Fs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // An unlinked file keeps its attributes while the kernel or a handle refers to it.
-        let r = self.record_for(ino)?;
-        self.attr(ino, &r)
+        let (r, linked) = self.record_for(ino)?;
+        self.attr(ino, &r, linked)
     }
 
     /// Checks that the caller (`uid`, `gid`) may do `mask` to `ino` (`libc::R_OK`, `W_OK`,
@@ -66,7 +74,7 @@ impl Fs {
         if mask == 0 || (uid == 0 && mask & libc::X_OK as u32 == 0) {
             return Ok(());
         }
-        let r = self.record_for(ino)?;
+        let (r, _) = self.record_for(ino)?;
         let owner = (self.cfg.uid, self.cfg.gid);
         match permits(r.kind, r.mode, owner, (uid, gid), mask) {
             true => Ok(()),
@@ -82,6 +90,11 @@ impl Fs {
         }
         let path = self.path_of(ino)?;
         if path.is_empty() {
+            // The root has no record: only its time can change (see `Fs::set_root_mtime`).
+            if let Some(t) = set.mtime_ns {
+                let _ns = lock(&self.ns);
+                self.set_root_mtime(t);
+            }
             return self.getattr(ino);
         }
         let r = self.record(&path)?;
@@ -91,6 +104,10 @@ impl Fs {
             } else {
                 FsError::Invalid
             });
+        }
+        if set.mtime_ns.is_some() {
+            // A time set on purpose (tar, rsync -t) is the time, even if older.
+            lock(&self.remote_entries).remove(&path);
         }
         let edit = |rec: &mut FileRecord| {
             if let Some(m) = set.mode {

@@ -145,7 +145,7 @@ impl Fs {
 
     /// Opens a regular file.
     pub fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
-        let r = self.record_for(ino)?;
+        let (r, _) = self.record_for(ino)?;
         match r.kind {
             Kind::File => {}
             Kind::Dir => return Err(FsError::IsDir),
@@ -189,7 +189,7 @@ impl Fs {
         // Committed content only: read the chunks without holding the file lock.
         let base = f.base.clone();
         drop(f);
-        let end = (offset + u64::from(size)).min(base.len());
+        let end = offset.saturating_add(u64::from(size)).min(base.len());
         if offset >= end {
             return Ok(Vec::new());
         }

@@ -20,7 +20,7 @@
 //! values, and the network reaches this module only through [`Fs::changed_remotely`].
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,12 +51,21 @@ struct Handle {
 pub struct Fs {
     store: std::sync::RwLock<Store>,
     cfg: FsConfig,
-    mounted_at_ns: i64,
+    /// The root directory's modification time. The root has no record (it is the folder
+    /// itself, never synced), so its time is kept in the store's metadata, local to this
+    /// device (see [`Fs::touch_dirs`]).
+    root_mtime: AtomicI64,
     ns: Mutex<()>,
     /// Subdirectory counts by directory path, for `st_nlink`: counting is a scan of the
     /// directory, and the kernel asks for a directory's attributes after every change in it.
     /// Only changes to directories (mkdir, rmdir, renaming a directory) invalidate it.
     subdirs: Mutex<HashMap<String, u64>>,
+    /// Directories whose entries a peer changed, with when that landed here. A directory's
+    /// time comes with its record, but the peer's record of the directory and of the entry
+    /// arrive one by one (a file waits for its chunks), so the directory's time is reported as
+    /// at least this: it moves when the entry appears here, as programs that cache a listing
+    /// by the time (Python's import system) need. Local only, and only raises the time.
+    remote_entries: Mutex<HashMap<String, i64>>,
     inodes: Mutex<Inodes>,
     open_files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -92,6 +101,20 @@ fn check_name(name: &std::ffi::OsStr) -> FsResult<&str> {
     Ok(name)
 }
 
+/// The root's stored modification time; the first mount stores its own time.
+fn root_mtime_of(store: &Store) -> i64 {
+    match store.root_mtime() {
+        Ok(Some(t)) => t,
+        stored => {
+            let now = now_ns();
+            if let Err(e) = stored.and_then(|_| store.set_root_mtime(now)) {
+                tracing::warn!(error = %e, "cannot read or store the root's modification time");
+            }
+            now
+        }
+    }
+}
+
 fn live(r: Option<FileRecord>) -> Option<FileRecord> {
     r.filter(FileRecord::is_live)
 }
@@ -99,12 +122,14 @@ fn live(r: Option<FileRecord>) -> Option<FileRecord> {
 impl Fs {
     /// A filesystem over `store`.
     pub fn new(store: Store, cfg: FsConfig) -> Fs {
+        let root_mtime = AtomicI64::new(root_mtime_of(&store));
         Fs {
             store: std::sync::RwLock::new(store),
             cfg,
-            mounted_at_ns: now_ns(),
+            root_mtime,
             ns: Mutex::new(()),
             subdirs: Mutex::new(HashMap::new()),
+            remote_entries: Mutex::new(HashMap::new()),
             inodes: Mutex::new(Inodes::new()),
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -134,7 +159,8 @@ impl Fs {
     /// The live record at `path`; the root is synthesized.
     fn record(&self, path: &str) -> FsResult<FileRecord> {
         if path.is_empty() {
-            let mut root = FileRecord::new("", Kind::Dir, 0o755, self.mounted_at_ns);
+            let mtime = self.root_mtime.load(Ordering::Relaxed);
+            let mut root = FileRecord::new("", Kind::Dir, 0o755, mtime);
             root.size = 4096;
             return Ok(root);
         }
@@ -142,8 +168,9 @@ impl Fs {
     }
 
     /// The record behind `ino`: by its path, or, for a name removed while the kernel still
-    /// refers to the inode (an `open` racing a rename over it), the record it had then.
-    fn record_for(&self, ino: u64) -> FsResult<FileRecord> {
+    /// refers to the inode (an `open` racing a rename over it), the record it had then; and
+    /// whether the inode still has its name (`st_nlink` 0 when not).
+    fn record_for(&self, ino: u64) -> FsResult<(FileRecord, bool)> {
         // Under `ns`: a rename commits the records first and moves the inode names after, so
         // without it an inode could be answered with the record that replaced it.
         let _ns = lock(&self.ns);
@@ -155,8 +182,8 @@ impl Fs {
             )
         };
         match (path, detached) {
-            (Some(p), _) => self.record(&p),
-            (None, Some(r)) => Ok(r),
+            (Some(p), _) => Ok((self.record(&p)?, true)),
+            (None, Some(r)) => Ok((r, false)),
             (None, None) => Err(FsError::NotFound),
         }
     }
@@ -180,7 +207,7 @@ impl Fs {
             let r = self.record(&path)?;
             (lock(&self.inodes).get_or_insert(&path, true), r)
         };
-        self.attr(ino, &r)
+        self.attr(ino, &r, true)
     }
 
     /// Drops kernel references to `ino`.

@@ -2,6 +2,7 @@
 //! change here commits its records under `ns`, then moves inode names to match.
 
 use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::Relaxed;
 
 use fybrk_store::record::split_parent;
 use fybrk_store::{FileRecord, Kind};
@@ -28,8 +29,9 @@ impl Fs {
                 Some(r) if r.kind == Kind::Dir => return Err(FsError::IsDir),
                 Some(_) => {}
                 None => {
-                    let rec = FileRecord::new(&path, Kind::File, perm & 0o7777, now_ns());
-                    self.store().commit(vec![rec], None, false)?;
+                    let now = now_ns();
+                    let rec = FileRecord::new(&path, Kind::File, perm & 0o7777, now);
+                    self.commit_in_dirs(vec![rec], &[split_parent(&path).0], now)?;
                 }
             }
         }
@@ -50,7 +52,7 @@ impl Fs {
         &self,
         parent: u64,
         name: &std::ffi::OsStr,
-        rec: impl FnOnce(&str) -> FileRecord,
+        rec: impl FnOnce(&str, i64) -> FileRecord,
     ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         let r = {
@@ -59,9 +61,9 @@ impl Fs {
             if live(self.store().get(&path)?).is_some() {
                 return Err(FsError::Exists);
             }
+            let now = now_ns();
             let r = self
-                .store()
-                .commit(vec![rec(&path)], None, false)?
+                .commit_in_dirs(vec![rec(&path, now)], &[split_parent(&path).0], now)?
                 .remove(0);
             if r.kind == Kind::Dir {
                 self.subdirs_changed(split_parent(&path).0);
@@ -69,14 +71,27 @@ impl Fs {
             r
         };
         let ino = lock(&self.inodes).get_or_insert(&path, true);
-        self.attr(ino, &r)
+        self.attr(ino, &r, true)
     }
 
     /// Creates a directory.
     pub fn mkdir(&self, parent: u64, name: &std::ffi::OsStr, perm: u32) -> FsResult<Attr> {
-        self.make(parent, name, |p| {
-            FileRecord::new(p, Kind::Dir, perm & 0o7777, now_ns())
+        self.make(parent, name, |p, now| {
+            FileRecord::new(p, Kind::Dir, perm & 0o7777, now)
         })
+    }
+
+    /// `mknod`: regular files only (`S_IFREG`, or no type, which means the same), empty, with
+    /// `perm` as `open(O_CREAT)` would give them. FIFOs, sockets and device nodes are refused
+    /// with `EPERM`, what mknod(2) answers on a filesystem that does not support the node type
+    /// (as sshfs and vfat do): they are local to one machine and would mean nothing on a peer.
+    pub fn mknod(&self, parent: u64, name: &std::ffi::OsStr, mode: u32) -> FsResult<Attr> {
+        match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => self.make(parent, name, |p, now| {
+                FileRecord::new(p, Kind::File, mode & 0o7777, now)
+            }),
+            _ => Err(FsError::NotPermitted),
+        }
     }
 
     /// Creates a symbolic link.
@@ -87,8 +102,8 @@ impl Fs {
         target: &std::path::Path,
     ) -> FsResult<Attr> {
         let target = target.to_str().ok_or(FsError::IllegalName)?.to_owned();
-        self.make(parent, name, |p| {
-            let mut r = FileRecord::new(p, Kind::Symlink, 0o777, now_ns());
+        self.make(parent, name, |p, now| {
+            let mut r = FileRecord::new(p, Kind::Symlink, 0o777, now);
             r.size = target.len() as u64;
             r.target = Some(target);
             r
@@ -120,10 +135,11 @@ impl Fs {
             lock(&self.subdirs).remove(&path);
         }
         let detached = self.detach(&r);
+        let now = now_ns();
         r.deleted = true;
         r.version = Default::default();
-        r.mtime_ns = now_ns();
-        self.store().commit(vec![r], None, false)?;
+        r.mtime_ns = now;
+        self.commit_in_dirs(vec![r], &[split_parent(&path).0], now)?;
         lock(&self.inodes).unlink(&path, Some(detached));
         Ok(())
     }
@@ -180,12 +196,19 @@ impl Fs {
             gone.version = Default::default();
             gone.mtime_ns = now;
             let mut new = old;
-            new.path = format!("{to}{}", &new.path[from.len()..]);
+            // Every moved record is `from` or below it; a stored path that is not (a damaged
+            // record) fails the rename rather than a worker.
+            let rest = new
+                .path
+                .strip_prefix(from.as_str())
+                .ok_or(FsError::Invalid)?;
+            new.path = format!("{to}{rest}");
             new.version = Default::default();
             changes.push(gone);
             changes.push(new);
         }
-        self.store().commit(changes, None, false)?;
+        let dirs = [split_parent(&from).0, split_parent(&to).0];
+        self.commit_in_dirs(changes, &dirs, now)?;
         if is_dir {
             // Paths below both names changed; renaming directories is rare, start over.
             lock(&self.subdirs).clear();
@@ -193,6 +216,71 @@ impl Fs {
         let replaced = dst.map(|d| self.detach(&d));
         lock(&self.inodes).rename(&from, &to, replaced);
         Ok(())
+    }
+
+    /// Commits `records` (local changes of entries in `dirs`) together with the directories'
+    /// new modification time `now`, in one batch, and returns the committed `records` first:
+    /// a directory's modification (and change) time moves when entries are added, removed or
+    /// renamed in it, as on a local disk (Python's import cache, make, rsync and file
+    /// watchers compare it), persists, and replicates like any change. Concurrent versions of
+    /// a directory's record merge without a conflict copy (`fybrk_net::sync::conflict`: the
+    /// newer time keeps the path). The root has no record; its time is kept apart
+    /// ([`Fs::set_root_mtime`]). Caller holds `ns`.
+    pub(super) fn commit_in_dirs(
+        &self,
+        mut records: Vec<FileRecord>,
+        dirs: &[&str],
+        now: i64,
+    ) -> FsResult<Vec<FileRecord>> {
+        let n = records.len();
+        let touched = self.touched_dirs(dirs, &records, now)?;
+        records.extend(touched);
+        let mut committed = self.store().commit(records, None, false)?;
+        committed.truncate(n);
+        self.touched_root(dirs, now);
+        Ok(committed)
+    }
+
+    /// The records of the directories among `dirs` (not in `records` already) with their
+    /// modification time set to `now`, to commit with a change of their entries (see
+    /// [`Fs::commit_in_dirs`]). Caller holds `ns`.
+    pub(super) fn touched_dirs(
+        &self,
+        dirs: &[&str],
+        records: &[FileRecord],
+        now: i64,
+    ) -> FsResult<Vec<FileRecord>> {
+        let store = self.store();
+        let mut out: Vec<FileRecord> = Vec::new();
+        for &d in dirs {
+            let seen = |r: &FileRecord| r.path == d;
+            if d.is_empty() || records.iter().any(seen) || out.iter().any(seen) {
+                continue;
+            }
+            if let Some(mut r) = live(store.get(d)?).filter(|r| r.kind == Kind::Dir) {
+                r.mtime_ns = now;
+                r.version = Default::default();
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a change committed with [`Fs::touched_dirs`]: the root's time, if the root is
+    /// among `dirs`.
+    pub(super) fn touched_root(&self, dirs: &[&str], now: i64) {
+        if dirs.contains(&"") {
+            self.set_root_mtime(now);
+        }
+    }
+
+    /// Sets the root's modification time (kept in the store's metadata: the root has no
+    /// record). Best effort on disk: a failure only loses the time at the next mount.
+    pub(super) fn set_root_mtime(&self, mtime_ns: i64) {
+        self.root_mtime.store(mtime_ns, Relaxed);
+        if let Err(e) = self.store().set_root_mtime(mtime_ns) {
+            tracing::warn!(error = %e, "cannot store the root's modification time");
+        }
     }
 
     /// Opens a directory: snapshots its entries for `readdir`.

@@ -38,6 +38,10 @@ impl Fs {
             return Ok(None);
         }
         lock(&self.subdirs).clear();
+        self.root_mtime.store(
+            super::root_mtime_of(&new),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(Some(std::mem::replace(&mut *cur, new)))
     }
 
@@ -75,6 +79,19 @@ impl Fs {
                 name: name.to_owned(),
                 ino,
             });
+        }
+        drop((inodes, subdirs));
+        // The directories holding changed entries: the root has no record, so its stored time
+        // moves; the others are reported at least this new (see `remote_entries`).
+        let now = now_ns();
+        let mut touched = lock(&self.remote_entries);
+        for path in paths.iter().filter(|p| !p.is_empty()) {
+            touched.insert(split_parent(path).0.to_owned(), now);
+        }
+        let root = touched.remove("").is_some();
+        drop(touched);
+        if root {
+            self.set_root_mtime(now);
         }
         out
     }
@@ -130,7 +147,13 @@ impl Fs {
         let mut rec = FileRecord::new(&target, Kind::File, mode, mtime);
         rec.size = chunks.iter().map(|c| u64::from(c.len)).sum();
         rec.chunks = chunks.clone();
-        let committed = store.commit(vec![rec], Some(writer), sync)?;
+        // A new name in its directory: the directory's time moves too.
+        let (dirs, now) = ([split_parent(&target).0], now_ns());
+        let mut records = vec![rec];
+        let touched = self.touched_dirs(&dirs, &records, now)?;
+        records.extend(touched);
+        let committed = store.commit(records, Some(writer), sync)?;
+        self.touched_root(&dirs, now);
         tracing::warn!(path = %target, "a peer changed a file while it was open here; kept this device's writes at this path");
         lock(&self.orphans).insert(ino, Orphan::At(target));
         let version = committed

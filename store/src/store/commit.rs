@@ -110,6 +110,10 @@ impl Store {
             // the rest is done before the write lock is taken.
             w.settle()?;
             w.seal_pending();
+            let pending: usize = w.pending.iter().map(|c| c.data.len()).sum();
+            if pending > 0 {
+                self.ensure_room(pending as u64)?;
+            }
         }
         let db = &self.inner.db;
         let mut st = lock(&self.inner.write);
@@ -173,7 +177,8 @@ impl Store {
                 *delta.entry(c.id).or_default() += 2;
             }
             for (id, d) in delta {
-                if d != 0 {
+                // A hole is no chunk: nothing to count.
+                if d != 0 && !id.is_hole() {
                     self.apply_ref_delta(&mut batch, &mut refs, &id, d)?;
                 }
             }
@@ -330,9 +335,10 @@ impl Store {
         for c in chunks.iter_mut() {
             c.seal(self.crypto());
         }
-        let mut st = lock(&self.inner.write);
         // Sized up front: growing a 1 MiB batch by doubling copied it several times over.
         let bytes: usize = chunks.iter().map(|c| c.data.len() + 3 * 64).sum();
+        self.ensure_room(bytes as u64)?;
+        let mut st = lock(&self.inner.write);
         let mut batch = WriteBatch::with_capacity_bytes(bytes + 256);
         let mut stats = st.stats;
         self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;

@@ -26,6 +26,7 @@ use crate::{Crypto, FolderKey, Result, StoreError};
 mod commit;
 mod pins;
 mod read;
+mod space;
 mod stats;
 mod writer;
 
@@ -214,6 +215,23 @@ impl Store {
     /// The last local sequence number.
     pub fn sequence(&self) -> u64 {
         lock(&self.inner.write).seq
+    }
+
+    /// The folder root's modification time, if one was set ([`Store::set_root_mtime`]). The
+    /// root has no record (it is the folder itself and is never synced), so its time is kept
+    /// apart, local to this device.
+    pub fn root_mtime(&self) -> Result<Option<i64>> {
+        let v = self.inner.db.get_cf(self.cf(META), b"root_mtime")?;
+        Ok(v.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes))
+    }
+
+    /// Sets the folder root's modification time (entries changed in it, or `utimens`).
+    pub fn set_root_mtime(&self, mtime_ns: i64) -> Result<()> {
+        let meta = self.cf(META);
+        Ok(self
+            .inner
+            .db
+            .put_cf(meta, b"root_mtime", mtime_ns.to_le_bytes())?)
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

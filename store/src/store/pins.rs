@@ -36,7 +36,8 @@ impl Pins {
     /// Pins more chunks under this guard.
     pub fn extend(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
         let mut counts = lock(&self.table.counts);
-        for id in ids {
+        // A hole is never stored, so there is nothing to keep.
+        for id in ids.into_iter().filter(|id| !id.is_hole()) {
             *counts.entry(id).or_default() += 1;
             self.ids.push(id);
         }

@@ -74,23 +74,25 @@ impl Store {
 
     /// Every record changed after local sequence number `since`, oldest first: what a peer that
     /// has seen up to `since` is missing.
+    ///
+    /// The log and the records are read from one snapshot. Reading the records live let a
+    /// record updated meanwhile come back with a sequence number past everything the log
+    /// iteration saw; a caller that takes the highest sequence returned as "sent up to" (the
+    /// replication session does) then skipped the changes committed in between, for good. A
+    /// directory's record is updated with every entry made in it, so this was no rare race.
     pub fn changes_since(&self, since: u64) -> Result<Vec<FileRecord>> {
-        let start = (since + 1).to_be_bytes();
+        let start = since.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
-        let iter = self
-            .inner
-            .db
-            .iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
+        let snap = self.inner.db.snapshot();
+        let iter = snap.iterator_cf(self.cf(LOG), IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (_, key) = item?;
-            let value = self
-                .inner
-                .db
-                .get_pinned_cf(self.cf(RECORDS), &key)?
-                .ok_or_else(|| StoreError::CorruptRecord {
+            let value = snap.get_pinned_cf(self.cf(RECORDS), &key)?.ok_or_else(|| {
+                StoreError::CorruptRecord {
                     key: String::from_utf8_lossy(&key).into_owned(),
                     reason: "change log points at a missing record".into(),
-                })?;
+                }
+            })?;
             out.push(decode_record(&key, &value)?);
         }
         Ok(out)
@@ -98,7 +100,11 @@ impl Store {
 
     /// The plaintext of a chunk, through the cache. Every read from disk decrypts and
     /// re-hashes the chunk.
+    /// A hole ([`ChunkId::HOLE`]) has no plaintext: [`StoreError::MissingChunk`].
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        if id.is_hole() {
+            return Err(StoreError::MissingChunk(*id));
+        }
         if let Some(hit) = self.inner.cache.get(id) {
             return Ok(hit);
         }
@@ -121,20 +127,37 @@ impl Store {
         Ok(self.inner.db.get_cf(self.cf(CHUNKS), id.0)?)
     }
 
-    /// The whole content of the live file at `path` (`None` if there is none).
+    /// The whole content of the live file at `path` (`None` if there is none), in memory: for
+    /// small files and tests. Holes become zeros; a chunk whose length is not the length its
+    /// record claims is [`StoreError::CorruptChunk`].
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
         let Some(r) = self.get(path)?.filter(FileRecord::is_live) else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(r.size as usize);
+        let mut out = Vec::new();
         for c in &r.chunks {
-            out.extend_from_slice(&self.read_chunk(&c.id)?);
+            if c.is_hole() {
+                out.resize(out.len() + c.len as usize, 0);
+                continue;
+            }
+            let data = self.read_chunk(&c.id)?;
+            if data.len() != c.len as usize {
+                return Err(StoreError::CorruptChunk(
+                    c.id,
+                    "length differs from the record's",
+                ));
+            }
+            out.extend_from_slice(&data);
         }
         Ok(Some(out))
     }
 
-    /// True when the store holds chunk `id`.
+    /// True when the store holds chunk `id`. Always true for [`ChunkId::HOLE`]: a hole needs
+    /// no data, so nobody fetches or writes one.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        if id.is_hole() {
+            return Ok(true);
+        }
         Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())
     }
 }
