@@ -31,7 +31,7 @@ fn ok(m: &Mount, out: Output, what: &str) -> Output {
 /// `fybrk log PATH --json`, run from the mount's root with a relative path (as a user would).
 fn log(m: &Mount, path: &str) -> LogReply {
     let mut cmd = m.cmd(&["log", path, "--json"]);
-    cmd.current_dir(m.root());
+    cmd.current_dir(m.path(""));
     let out = ok(m, run_timeout(&mut cmd, CMD), &format!("fybrk log {path}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -161,8 +161,14 @@ fn versions_are_listed_and_restored_on_both_devices() {
             wait_file(m, p, d, SYNC_TIMEOUT);
         }
     }
+    // Bravo knows it restored; alpha sees a new version made by bravo.
+    let l = log(&b, "doc.txt");
+    b.check(l.versions[0].event == "restore", || format!("{l:?}"));
     let l = log(&a, "doc.txt");
-    a.check(l.versions[0].event == "restore", || format!("{l:?}"));
+    a.check(
+        !l.versions[0].this_device && l.versions[0].size == 300_000,
+        || format!("{l:?}"),
+    );
 
     // A version by id, to another name; the original stays.
     let id = log(&a, "doc.txt")
@@ -222,7 +228,7 @@ fn rolling_the_whole_folder_back_removes_what_came_later() {
     write(&m, "keep/a.txt", b"changed");
     write(&m, "new.txt", b"new");
     fs::remove_dir_all(m.path("keep")).unwrap();
-    let r = restore(&m, &[m.root().to_str().unwrap(), "--at", &t]);
+    let r = restore(&m, &[m.path("").to_str().unwrap(), "--at", &t]);
     m.check(r.restored == 2 && r.deleted == 1, || format!("{r:?}"));
     m.check(fs::read(m.path("keep/a.txt")).unwrap() == b"a", || {
         "a.txt".into()

@@ -17,7 +17,7 @@ use fybrk_control::{
 };
 use fybrk_fs::Fs;
 use fybrk_net::identity::DeviceId;
-use fybrk_store::{GcReport, VerifyReport};
+use fybrk_store::VerifyReport;
 
 use crate::config::MountOptions;
 use crate::node::Node;
@@ -139,16 +139,6 @@ pub fn verify_reply(r: VerifyReport) -> VerifyReply {
         chunks_checked: r.chunks_checked,
         records_checked: r.records_checked,
         problems: r.problems,
-    }
-}
-
-/// The store's GC report as the protocol's reply (also `gc` without a daemon).
-pub fn gc_reply(r: GcReport) -> GcReply {
-    GcReply {
-        freed_chunks: r.freed_chunks,
-        freed_bytes: r.freed_bytes,
-        pinned: r.pinned,
-        ..GcReply::default()
     }
 }
 

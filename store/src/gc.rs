@@ -195,7 +195,7 @@ impl Store {
                     continue;
                 }
             };
-            for c in &version.record.chunks {
+            for c in version.record.chunks.iter().filter(|c| !c.is_hole()) {
                 match stored.get_mut(&c.id) {
                     Some(n) => *n += 1,
                     None => report.problems.push(format!(

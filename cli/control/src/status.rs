@@ -307,6 +307,7 @@ mod tests {
             "dirs",
             "files",
             "folder_id",
+            "history_bytes",
             "listen_addr",
             "logical_bytes",
             "mount_point",

@@ -30,6 +30,11 @@ pub use restore::RestoreError;
 pub use retention::{Retention, KEEP_ALL};
 pub use thin::ThinReport;
 
+/// An empty file replaced by the same device within this long was one step of a save, not a
+/// version (see `Store::commit_changes`): editors and `cp` create or truncate a file and write it
+/// a moment later, and the empty step is noise in `fybrk log`.
+pub const SAVE_STEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a version did to its path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -199,7 +204,7 @@ impl crate::Store {
             for item in db.iterator_cf(self.cf(RECORDS), rocksdb::IteratorMode::Start) {
                 let (key, value) = item?;
                 let record = crate::store::decode_record(&key, &value)?;
-                for c in &record.chunks {
+                for c in record.chunks.iter().filter(|c| !c.is_hole()) {
                     *delta.entry(c.id).or_default() += 1;
                 }
                 let v = Version {

@@ -338,3 +338,40 @@ fn restores_say_what_is_wrong() {
         Err(RestoreError::NoParent(_))
     ));
 }
+
+#[test]
+fn an_empty_step_of_a_save_is_not_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    // create, then the data: one version, a create.
+    s.commit(
+        vec![FileRecord::new("f", crate::Kind::File, 0o644, 1)],
+        None,
+        false,
+    )
+    .unwrap();
+    s.write_file("f", b"data", 0o644, 1).unwrap();
+    let v = s.versions("f").unwrap();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].event, Event::Create);
+    // Truncate, then new data: the truncation is no version of its own.
+    let mut t = s.get("f").unwrap().unwrap();
+    t.chunks.clear();
+    t.size = 0;
+    s.commit(vec![t], None, false).unwrap();
+    s.write_file("f", b"other", 0o644, 1).unwrap();
+    let v = s.versions("f").unwrap();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v[0].event, Event::Edit);
+    // An empty file left alone stays a version.
+    s.commit(
+        vec![FileRecord::new("e", crate::Kind::File, 0o644, 1)],
+        None,
+        false,
+    )
+    .unwrap();
+    std::thread::sleep(SAVE_STEP + Duration::from_millis(50));
+    s.write_file("e", b"later", 0o644, 1).unwrap();
+    assert_eq!(s.versions("e").unwrap().len(), 2);
+    assert!(s.verify().unwrap().is_ok());
+}

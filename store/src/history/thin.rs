@@ -49,7 +49,14 @@ impl Store {
                 let keep = retention.thin(&times, now_ns);
                 let last = group.len().saturating_sub(1);
                 for (i, ((key, v), keep)) in group.drain(..).zip(keep).enumerate() {
-                    let chunks = v.record.chunks.iter().map(|c| c.id).collect();
+                    // Holes are no chunks: nothing to count or free.
+                    let chunks = v
+                        .record
+                        .chunks
+                        .iter()
+                        .filter(|c| !c.is_hole())
+                        .map(|c| c.id)
+                        .collect();
                     if keep {
                         report.kept += 1;
                         kept.push((v.since_ns, key, chunks, i == last));

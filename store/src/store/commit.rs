@@ -215,6 +215,15 @@ impl Store {
             if restore && !record.deleted {
                 event = history::Event::Restore;
             }
+            if !restore && !record.deleted {
+                if let Some(o) = old.as_ref() {
+                    if !touched.contains_key(&key) {
+                        if let Some(first) = self.collapse_empty_step(&mut batch, o, origin, now)? {
+                            event = first;
+                        }
+                    }
+                }
+            }
             events.push((event, origin));
             touched.insert(key, record.clone());
             out.push(record);
@@ -266,6 +275,39 @@ impl Store {
         }
         drop(st);
         Ok(out)
+    }
+
+    /// An empty file that the device that made it (`origin`: this one for a local change, the
+    /// peer for a replicated one) replaces within [`history::SAVE_STEP`] is one step of a save
+    /// (`open` with `O_TRUNC`, or a create, committed before the data), not a version worth
+    /// keeping: its history entry is dropped (it holds no chunks) and the new version inherits
+    /// what it did (a create stays a create). Returns that event when it collapsed one.
+    fn collapse_empty_step(
+        &self,
+        batch: &mut WriteBatch,
+        old: &FileRecord,
+        origin: u64,
+        now: i64,
+    ) -> Result<Option<history::Event>> {
+        if !(old.is_live() && old.kind == Kind::File && old.size == 0) {
+            return Ok(None);
+        }
+        let key = history::history_key(&old.path, old.seq);
+        let Some(raw) = self.inner.db.get_pinned_cf(self.cf(HISTORY), &key)? else {
+            return Ok(None);
+        };
+        let step = history::decode(&key, &raw)?;
+        let young = now.saturating_sub(step.since_ns) < history::SAVE_STEP.as_nanos() as i64;
+        if origin == 0 || step.origin != origin || !young {
+            return Ok(None);
+        }
+        batch.delete_cf(self.cf(HISTORY), &key);
+        Ok(Some(match step.event {
+            history::Event::Edit | history::Event::Restore | history::Event::Conflict => {
+                history::Event::Edit
+            }
+            other => other,
+        }))
     }
 
     /// Adds new chunks to `batch` unless the store already has them. Caller holds the write lock.
