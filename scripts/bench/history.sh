@@ -18,13 +18,17 @@ BIN=${FYBRK_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fybrk}
 tmp=$(mktemp -d /tmp/fybrk-history-bench.XXXXXX)
 state=$tmp/state
 mnt=$tmp/mnt
-mkdir -p "$mnt"
 cleanup() {
     "$BIN" --state "$state" unmount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" 2>/dev/null || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-"$BIN" --state "$state" mount "$mnt" --listen 127.0.0.1:0 >/dev/null
+# Each workload on a fresh folder, so its figures are its own.
+fresh() {
+    cleanup
+    mkdir -p "$mnt"
+    "$BIN" --state "$state" mount "$mnt" --listen 127.0.0.1:0 >/dev/null
+}
 
 measure() {
     "$BIN" --state "$state" gc >/dev/null
@@ -37,6 +41,7 @@ print("  files now %8.1f MiB   stored on disk %8.1f MiB   of which history %8.1f
 '
 }
 
+fresh
 echo "1,000 saves of a 1 MiB document, 100 bytes changed per save (1,000 MiB written):"
 python3 - "$mnt/doc.bin" <<'PY'
 import random, sys
@@ -50,6 +55,7 @@ for _ in range(1000):
 PY
 measure
 
+fresh
 echo "a 256 MiB file rewritten 10 times, 1 MiB changed each time (2.5 GiB written):"
 python3 - "$mnt/big.bin" <<'PY'
 import random, sys
