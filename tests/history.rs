@@ -241,3 +241,59 @@ fn rolling_the_whole_folder_back_removes_what_came_later() {
     m.check(log.versions[0].deleted, || format!("{log:?}"));
     m.assert_verify_ok();
 }
+
+#[test]
+fn a_mass_deletion_by_a_peer_is_shown_with_its_undo() {
+    let Some(a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(b) = Peer::start("bravo") else {
+        return;
+    };
+    pair(&a, &b);
+    fs::create_dir(a.path("photos")).unwrap();
+    for i in 0..120 {
+        fs::write(a.path(format!("photos/{i:03}.jpg")), format!("photo {i}")).unwrap();
+    }
+    wait_file(&b, "photos/119.jpg", b"photo 119", SYNC_TIMEOUT);
+    for i in 0..120 {
+        wait_file(
+            &b,
+            format!("photos/{i:03}.jpg"),
+            format!("photo {i}").as_bytes(),
+            SYNC_TIMEOUT,
+        );
+    }
+    fs::remove_dir_all(a.path("photos")).unwrap();
+    wait_gone(&b, "photos", SYNC_TIMEOUT);
+
+    let s = b.status_json();
+    b.check(s.mass_deletions.len() == 1, || {
+        format!("{:?}", s.mass_deletions)
+    });
+    let m = &s.mass_deletions[0];
+    b.check(m.device == "alpha" && m.deleted >= 101, || format!("{m:?}"));
+    let human = b.run(&["status"], CMD);
+    let text = String::from_utf8_lossy(&human.stdout).to_string();
+    b.check(text.contains("WARNING") && text.contains(&m.undo), || {
+        text.clone()
+    });
+    // Alpha deleted them itself: no warning there.
+    a.check(a.status_json().mass_deletions.is_empty(), || {
+        "alpha warned".into()
+    });
+
+    // The undo, exactly as status printed it, brings every photo back on both devices.
+    let args: Vec<&str> = m.undo.split(' ').skip(1).collect();
+    ok(&b, b.run(&args, CMD), &m.undo);
+    for p in [&a, &b] {
+        for i in 0..120 {
+            wait_file(
+                p,
+                format!("photos/{i:03}.jpg"),
+                format!("photo {i}").as_bytes(),
+                SYNC_TIMEOUT,
+            );
+        }
+    }
+}

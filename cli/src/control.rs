@@ -77,6 +77,7 @@ impl Handler for Control {
             config_file: self.options.config_file.clone(),
             rendezvous: self.options.traversal.rendezvous.clone(),
             network: self.node.status(),
+            mass_deletions: self.node.mass_deletions(),
         })
     }
 

@@ -110,9 +110,14 @@ pub fn restore(store: &Store, req: &Restore) -> Result<RestoreReply> {
 /// `path` (absolute, or relative to the current directory; it need not exist) as a path inside
 /// the folder the daemon behind `client` has mounted: `/`-separated, no leading slash, "" for
 /// the root. Resolved without following the last components (they may be deleted): the
-/// current directory is canonical, `.` and `..` are applied by hand.
+/// current directory is canonical, `.` and `..` are applied by hand. `/` alone means the
+/// folder's root.
 pub fn folder_path(client: &fybrk_control::Client, path: &std::path::Path) -> Result<String> {
     use std::path::Component;
+    // `/` alone is the whole folder (`fybrk restore / --at 2h`), as the README promises.
+    if path == std::path::Path::new("/") {
+        return Ok(String::new());
+    }
     let status = client.call(fybrk_control::Status, None)?;
     let mount = std::fs::canonicalize(&status.mount_point).unwrap_or(status.mount_point);
     let full = if path.is_absolute() {

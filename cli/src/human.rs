@@ -58,6 +58,15 @@ pub fn print_status(s: &StatusReply) {
         "history       {} on disk for old versions and deleted files",
         human_bytes(s.history_bytes)
     );
+    for m in &s.mass_deletions {
+        println!(
+            "WARNING       {} deleted {} files within minutes (since {}); to undo: {}",
+            m.device,
+            m.deleted,
+            crate::when::format_local(i64::try_from(m.since_unix).unwrap_or(0) * 1_000_000_000),
+            m.undo
+        );
+    }
     println!(
         "stored size   {} in {} chunks (encrypted, deduplicated)",
         human_bytes(s.stored_bytes),

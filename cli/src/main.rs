@@ -6,6 +6,7 @@ mod control;
 mod daemon;
 mod history;
 mod human;
+mod massdel;
 mod mounts;
 mod node;
 mod pairing;

@@ -44,5 +44,6 @@ pub use request::{
 };
 pub use server::Handler;
 pub use status::{
-    NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+    MassDeletionAlert, NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus,
+    StatusReply,
 };

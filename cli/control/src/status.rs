@@ -49,6 +49,23 @@ pub struct StatusReply {
     /// Listening address, NAT, relay and peers.
     #[serde(flatten)]
     pub network: NetworkStatus,
+    /// Peers that deleted many files within minutes (shown for a day), with the command that
+    /// undoes it.
+    #[serde(default)]
+    pub mass_deletions: Vec<MassDeletionAlert>,
+}
+
+/// A peer deleted many files within minutes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MassDeletionAlert {
+    /// The device's name (or the first group of its id when it is not a paired device).
+    pub device: String,
+    /// Files it deleted in this burst.
+    pub deleted: u64,
+    /// When the burst began, unix seconds.
+    pub since_unix: u64,
+    /// The command that brings the folder back to just before the burst.
+    pub undo: String,
 }
 
 /// The network side of `status`: where the daemon listens, what it knows of its NAT and relay,
@@ -264,6 +281,7 @@ mod tests {
             dedup_ratio: 1.25,
             sequence: 17,
             history_bytes: 9,
+            mass_deletions: Vec::new(),
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {
@@ -310,6 +328,7 @@ mod tests {
             "history_bytes",
             "listen_addr",
             "logical_bytes",
+            "mass_deletions",
             "mount_point",
             "nat",
             "pending_bytes",

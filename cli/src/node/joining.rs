@@ -29,6 +29,7 @@ impl Shared {
         new.on_commit(commit_watcher(
             self.local_seq.clone(),
             self.invalidate.clone(),
+            self.mass.clone(),
         ));
         let mut copied_to = 0;
         loop {

@@ -48,6 +48,7 @@ mod socket;
 mod status;
 mod traversal;
 
+use crate::massdel::MassDeletions;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -116,6 +117,8 @@ pub struct Node {
 /// What every task of the node shares: the socket, the endpoint, the peers and their links,
 /// the open invitations.
 struct Shared {
+    /// Peers' bursts of deletions (see [`crate::massdel`]).
+    mass: Arc<Mutex<MassDeletions>>,
     state: StateDir,
     /// The one UDP socket: QUIC, STUN and rendezvous datagrams share it (one NAT mapping).
     mux: fybrk_net::mux::MuxSocket,
@@ -168,6 +171,7 @@ fn unix_now() -> u64 {
 pub fn commit_watcher(
     local_seq: watch::Sender<u64>,
     invalidate: std::sync::mpsc::Sender<Vec<String>>,
+    mass: Arc<Mutex<MassDeletions>>,
 ) -> CommitWatcher {
     let invalidate = Mutex::new(invalidate);
     Arc::new(move |c: &Committed| {
@@ -175,6 +179,19 @@ pub fn commit_watcher(
         if c.remote {
             // The invalidator thread only goes away when the daemon stops.
             let _ = lock(&invalidate).send(c.paths.clone());
+        }
+        for &(device, deleted) in &c.remote_deletions {
+            let alert =
+                lock(&mass).handle_deletions(Instant::now(), c.time_ns, device, deleted, c.files);
+            if let Some(a) = alert {
+                tracing::warn!(
+                    device = %fybrk_store::naming::device_tag(a.device),
+                    deleted = a.deleted,
+                    undo = %crate::massdel::undo_command(&a),
+                    "MASS DELETION: a peer deleted many files within minutes; they are kept in \
+                     history, and the undo command brings them back on every device"
+                );
+            }
         }
     })
 }
@@ -236,8 +253,14 @@ impl Node {
         };
         let store = fs.store();
         let (local_seq, _) = watch::channel(store.sequence());
-        store.on_commit(commit_watcher(local_seq.clone(), invalidate.clone()));
+        let mass = Arc::new(Mutex::new(MassDeletions::default()));
+        store.on_commit(commit_watcher(
+            local_seq.clone(),
+            invalidate.clone(),
+            mass.clone(),
+        ));
         let shared = Arc::new(Shared {
+            mass,
             state: state.clone(),
             mux,
             rendezvous,

@@ -15,6 +15,28 @@ impl Node {
         self.shared.status()
     }
 
+    /// Peers' recent mass deletions, for `status`.
+    pub fn mass_deletions(&self) -> Vec<fybrk_control::MassDeletionAlert> {
+        let sh = &self.shared;
+        let alerts = lock(&sh.mass).alerts(std::time::Instant::now());
+        let book = lock(&sh.book);
+        alerts
+            .iter()
+            .map(|a| {
+                let name = book
+                    .iter()
+                    .find(|(id, _)| id.short() == a.device)
+                    .map(|(_, p)| p.name.clone());
+                fybrk_control::MassDeletionAlert {
+                    device: name.unwrap_or_else(|| fybrk_store::naming::device_tag(a.device)),
+                    deleted: a.deleted,
+                    since_unix: u64::try_from(a.first_ns / 1_000_000_000).unwrap_or(0),
+                    undo: crate::massdel::undo_command(a),
+                }
+            })
+            .collect()
+    }
+
     /// Paired devices for `fybrk peers`.
     pub fn peers(&self) -> PeersReply {
         let sh = &self.shared;

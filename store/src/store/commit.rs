@@ -140,6 +140,7 @@ impl Store {
         // remember the tombstone's path and what it was, to tell a rename from a delete + create.
         let mut prev: Option<(FileRecord, Option<FileRecord>, usize)> = None;
         let mut events: Vec<(history::Event, u64)> = Vec::with_capacity(records.len());
+        let mut remote_deletions: Vec<(u64, u64)> = Vec::new();
         for (mut record, versioning) in records {
             let key = path_key(&record.path);
             let old = match touched.get(&key) {
@@ -224,6 +225,15 @@ impl Store {
                     }
                 }
             }
+            let was_live = old
+                .as_ref()
+                .is_some_and(|o| o.is_live() && o.kind != Kind::Dir);
+            if record.deleted && was_live && matches!(versioning, Versioning::Remote { .. }) {
+                match remote_deletions.iter_mut().find(|(d, _)| *d == origin) {
+                    Some((_, n)) => *n += 1,
+                    None => remote_deletions.push((origin, 1)),
+                }
+            }
             events.push((event, origin));
             touched.insert(key, record.clone());
             out.push(record);
@@ -267,6 +277,9 @@ impl Store {
                 seq,
                 paths: out.iter().map(|r| r.path.clone()).collect(),
                 remote,
+                remote_deletions,
+                files: stats.files,
+                time_ns: now,
             };
             // Under the write lock, so watchers see commits in sequence order.
             for w in &watchers {

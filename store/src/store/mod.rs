@@ -96,6 +96,15 @@ pub struct Committed {
     /// True when any record came from outside the filesystem (a peer's version, or a restore
     /// from history): the filesystem must drop what the kernel caches about these paths.
     pub remote: bool,
+    /// Files and symlinks that peers' versions in this commit deleted, per device that made the
+    /// deletion (for the mass-deletion warning). Directories are not counted: a deleted tree
+    /// counts its files.
+    pub remote_deletions: Vec<(crate::record::ShortId, u64)>,
+    /// Live files in the folder after the commit.
+    pub files: u64,
+    /// The commit's time in history (nanoseconds since the Unix epoch): the folder as it was
+    /// just before is `history` at `time_ns - 1`.
+    pub time_ns: i64,
 }
 
 /// A handle to an open folder store. Cheap to clone; all clones share one database.
