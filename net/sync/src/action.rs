@@ -34,6 +34,9 @@ pub struct SessionConfig {
     /// Chunk reads the peer may have outstanding with us. A peer keeps to its own window (64 by
     /// default); far more than that is a broken peer making us queue unbounded reads.
     pub max_serving: usize,
+    /// The wall clock, in ns since the Unix epoch: records from a peer are checked against it
+    /// (an mtime far in the future is refused). A function so tests can fix the time.
+    pub wall_clock: fn() -> i64,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +49,7 @@ impl Default for SessionConfig {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             max_serving: 1024,
+            wall_clock: system_now_ns,
         }
     }
 }
@@ -132,4 +136,11 @@ pub enum Action {
     },
     /// End the connection. The session ignores all input from now on.
     Close(SyncError),
+}
+
+/// The system's wall clock in ns since the Unix epoch (0 before 1970, saturated past 2262).
+pub fn system_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

@@ -23,6 +23,7 @@
 //!   RocksDB implementation (and an in-memory one for tests).
 //! - [`store_driver`]: executes a session's actions against a [`ReplicaStore`]: pins,
 //!   conditional commits decided again on [`fybrk_store::StoreError::Changed`].
+//! - [`validate`]: what a record from a peer must satisfy before it is stored or relayed.
 //! - [`quic_driver`]: the async task that moves frames between a QUIC stream and a session.
 //!
 //! # The driver's contract in one paragraph
@@ -49,15 +50,17 @@ pub mod store;
 pub mod store_driver;
 #[cfg(test)]
 mod test_support;
+pub mod validate;
 
 #[cfg(test)]
 mod sim;
 
 // The link's modules under their old paths (`crate::transport`, ...), so code moved out of the
 // one `fybrk-net` crate reads the same.
-use fybrk_link::transport;
 #[cfg(test)]
-use fybrk_link::{identity, tls};
+use fybrk_link::identity;
+use fybrk_link::tls;
+use fybrk_link::transport;
 
 pub use conflict::{decide, resolve, ConflictCopy, Decision, Resolution, Side, Slot};
 pub use messages::{FrameDecoder, FrameError, Message, DEFAULT_MAX_FRAME};

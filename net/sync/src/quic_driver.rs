@@ -90,6 +90,16 @@ pub async fn run_peer<S: ReplicaStore>(
     } else {
         conn.accept_bi().await?
     };
+    // The peer's `Hello` must name the device the TLS handshake authenticated.
+    match crate::tls::peer_id(&conn) {
+        Some(id) => session.expect_peer(id.short()),
+        None => {
+            conn.close(crate::transport::CLOSE_SHUTDOWN, b"no peer identity");
+            return Err(
+                SyncError::Protocol("the connection has no authenticated peer id".into()).into(),
+            );
+        }
+    }
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let mut buf = vec![0u8; READ_BUF];
     // Encoded frames not yet written, from `written` on.

@@ -28,6 +28,7 @@ use fybrk_store::{ChunkId, FileRecord};
 use super::fetch::{Fetcher, Response, Verified};
 use super::messages::{record_len_bound, Message, INDEX_OVERHEAD};
 use super::progress::Progress;
+use super::validate::check_record;
 use super::{hex, SyncError};
 
 pub use super::action::{Action, FetchFailure, RecordToken, SessionConfig};
@@ -64,6 +65,8 @@ pub struct Session {
     local: ShortId,
     folder: [u8; 16],
     config: SessionConfig,
+    /// The peer's id as the connection authenticated it: its `Hello` must name the same.
+    expected_peer: Option<ShortId>,
     phase: Phase,
     // Sending our index.
     local_max_seq: u64,
@@ -125,6 +128,7 @@ impl Session {
             local,
             folder,
             config,
+            expected_peer: None,
             phase: Phase::AwaitHello,
             local_max_seq,
             index_sent_to: 0,
@@ -140,6 +144,13 @@ impl Session {
             last_sent: now,
             last_received: now,
         }
+    }
+
+    /// The peer's id as the connection's TLS handshake authenticated it. A `Hello` naming
+    /// another device then closes the session: a peer must not speak for another device (its
+    /// records would be counted, and its progress persisted, under that device's id).
+    pub fn expect_peer(&mut self, peer: ShortId) {
+        self.expected_peer = Some(peer);
     }
 
     /// The peer's short id, once its `Hello` arrived.
@@ -432,6 +443,13 @@ impl Session {
             out.extend(self.close(SyncError::SelfConnect(device)));
             return;
         }
+        if let Some(authenticated) = self.expected_peer.filter(|&a| a != device) {
+            out.extend(self.protocol_error(format!(
+                "Hello names device {device:016x}, but the connection authenticated \
+                 {authenticated:016x}"
+            )));
+            return;
+        }
         self.phase = Phase::Open { peer: device };
         if max_seq < self.progress.seen {
             // The peer's log is shorter than what we saw of it: its store was reset or restored.
@@ -460,10 +478,20 @@ impl Session {
         up_to_seq: u64,
         out: &mut Vec<Action>,
     ) {
-        if let Some(bad) = records.iter().find(|r| !valid_path(&r.path)) {
-            out.extend(self.protocol_error(format!("invalid path {:?}", bad.path)));
-            return;
-        }
+        // Refused records are dropped here: never fetched, applied or relayed, and not counted
+        // in the batch, so progress moves past them and the valid ones are not held up.
+        let now_ns = (self.config.wall_clock)();
+        let peer = self.peer().unwrap_or_default();
+        let records: Vec<FileRecord> = records
+            .into_iter()
+            .filter(|r| match check_record(r, now_ns) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(peer = format_args!("{peer:016x}"), path = ?r.path, reason = %why, "refused a record from peer");
+                    false
+                }
+            })
+            .collect();
         let batch = self.progress.open(up_to_seq, records.len());
         for record in records {
             // A newer record for a path still pending replaces it: the peer's record for a path

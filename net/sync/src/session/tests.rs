@@ -18,6 +18,7 @@ fn file(path: &str, seq: u64, chunks: &[u8]) -> FileRecord {
         .iter()
         .map(|&n| ChunkRef { id: id(n), len: 10 })
         .collect();
+    r.size = 10 * chunks.len() as u64;
     r.version = VersionVector([(PEER, seq)].into_iter().collect());
     r.seq = seq;
     r
@@ -567,21 +568,47 @@ fn protocol_violations_close() {
         now,
     );
     assert!(matches!(r[..], [Action::Close(SyncError::Protocol(_))]));
-    for bad in ["", "/etc/passwd", "a/../../b", "a//b", "./a", "a/", "a\0b"] {
+    assert!(valid_path("a/b.c/.d") && valid_path("..a"));
+}
+
+#[test]
+fn invalid_records_are_refused_and_the_rest_replicate() {
+    let now = Instant::now();
+    for bad in [
+        "",
+        "/etc/passwd",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "a/",
+        "a\0b",
+        ".fybrk/x",
+    ] {
         let mut s = open(now);
+        let mut lying = file("lying", 2, &[1]);
+        lying.size = 11;
         let r = s.handle_message(
             Message::IndexUpdate {
-                records: vec![file(bad, 1, &[])],
-                up_to_seq: 1,
+                records: vec![file(bad, 1, &[]), lying, file("good", 3, &[])],
+                up_to_seq: 3,
             },
             now,
         );
+        // Only the valid record goes on; the session stays open.
         assert!(
-            matches!(r[..], [Action::Close(SyncError::Protocol(_))]),
-            "{bad:?}"
+            matches!(&r[..], [Action::NeedChunks { record, .. }] if record.path == "good"),
+            "{bad:?}: {r:?}"
         );
+        let Action::NeedChunks { token, .. } = &r[0] else {
+            unreachable!()
+        };
+        let r = s.handle_missing(*token, Some(vec![]));
+        assert!(
+            matches!(&r[..], [Action::Apply(rec), Action::PeerSeenUpTo(3)] if rec.path == "good"),
+            "{r:?}"
+        );
+        assert!(!s.is_closed());
     }
-    assert!(valid_path("a/b.c/.d") && valid_path("..a"));
 }
 
 #[test]
@@ -617,4 +644,23 @@ fn keepalive_and_idle_timeout() {
         closed,
         vec![Action::Close(SyncError::Timeout(cfg.idle_timeout))]
     );
+}
+
+#[test]
+fn hello_must_name_the_authenticated_device() {
+    let now = Instant::now();
+    let mut s = Session::new(ME, FOLDER, 0, 0, now);
+    s.expect_peer(PEER ^ 1);
+    let r = s.handle_message(hello(0, 10), now);
+    assert!(
+        matches!(r[..], [Action::Close(SyncError::Protocol(_))]),
+        "{r:?}"
+    );
+    let mut s = Session::new(ME, FOLDER, 0, 0, now);
+    s.expect_peer(PEER);
+    assert!(!matches!(
+        s.handle_message(hello(0, 10), now)[..],
+        [Action::Close(_)]
+    ));
+    assert_eq!(s.peer(), Some(PEER));
 }
