@@ -249,7 +249,7 @@ pub fn print_log(r: &fybrk_control::LogReply) {
         println!(
             "{:>8}  {:<19}  {:<9}  {:>10}  {:<8}  {}",
             v.id,
-            crate::when::format_local(v.time_ns),
+            fybrk_fs::when::format_local(v.time_ns),
             device,
             size,
             what,
