@@ -297,3 +297,53 @@ fn a_mass_deletion_by_a_peer_is_shown_with_its_undo() {
         }
     }
 }
+
+#[test]
+fn the_time_travel_tree_shows_the_past_read_only_and_stays_hidden() {
+    let Some(m) = Mount::start() else {
+        return;
+    };
+    write(&m, "doc.txt", b"version one");
+    write(&m, "gone.txt", b"deleted later");
+    let t = mark();
+    write(&m, "doc.txt", b"version two, longer");
+    fs::remove_file(m.path("gone.txt")).unwrap();
+
+    let past = m.path(format!(".fybrk/at/{t}"));
+    let read = |rel: &str| fs::read(past.join(rel));
+    m.check(
+        read("doc.txt").ok().as_deref() == Some(&b"version one"[..]),
+        || format!("doc.txt at {t}: {:?}", read("doc.txt")),
+    );
+    m.check(
+        read("gone.txt").ok().as_deref() == Some(&b"deleted later"[..]),
+        || format!("gone.txt at {t}: {:?}", read("gone.txt")),
+    );
+    let mut then: Vec<String> = fs::read_dir(&past)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    then.sort();
+    m.check(then == ["doc.txt", "gone.txt"], || format!("{then:?}"));
+    let now: Vec<String> = fs::read_dir(m.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    m.check(now == ["doc.txt"], || format!("the root lists {now:?}"));
+    let erofs =
+        |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error()) == Some(libc::EROFS);
+    m.check(erofs(fs::write(past.join("doc.txt"), b"x")), || {
+        "write".into()
+    });
+    m.check(erofs(fs::write(past.join("new.txt"), b"x")), || {
+        "create".into()
+    });
+    m.check(erofs(fs::create_dir(m.path(".fybrk/x"))), || "mkdir".into());
+    m.check(erofs(fs::remove_file(past.join("doc.txt"))), || {
+        "unlink".into()
+    });
+    m.check(
+        fs::read(m.path("doc.txt")).unwrap() == b"version two, longer",
+        || "the present changed".into(),
+    );
+}

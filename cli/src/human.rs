@@ -63,7 +63,7 @@ pub fn print_status(s: &StatusReply) {
             "WARNING       {} deleted {} files within minutes (since {}); to undo: {}",
             m.device,
             m.deleted,
-            crate::when::format_local(i64::try_from(m.since_unix).unwrap_or(0) * 1_000_000_000),
+            fybrk_fs::when::format_local(i64::try_from(m.since_unix).unwrap_or(0) * 1_000_000_000),
             m.undo
         );
     }
@@ -258,7 +258,7 @@ pub fn print_log(r: &fybrk_control::LogReply) {
         println!(
             "{:>8}  {:<19}  {:<9}  {:>10}  {:<8}  {}",
             v.id,
-            crate::when::format_local(v.time_ns),
+            fybrk_fs::when::format_local(v.time_ns),
             device,
             size,
             what,

@@ -130,7 +130,7 @@ pub fn undo_command(a: &Alert) -> String {
 
 /// `2026-12-02T10:00:00.123456789Z`.
 fn rfc3339_nanos(ns: i64) -> String {
-    let whole = crate::when::format_utc(ns);
+    let whole = fybrk_fs::when::format_utc(ns);
     let stem = whole.strip_suffix('Z').unwrap_or(&whole);
     format!("{stem}.{:09}Z", ns.rem_euclid(1_000_000_000))
 }
@@ -177,7 +177,7 @@ mod tests {
         let cmd = undo_command(&a);
         assert_eq!(cmd, "fybrk restore / --at 2025-12-02T10:00:00.000000004Z");
         let at = cmd.rsplit(' ').next().unwrap();
-        assert_eq!(crate::when::parse_time(at, 0), Ok(first - 1));
+        assert_eq!(fybrk_fs::when::parse_time(at, 0), Ok(first - 1));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum FsError {
     /// Files are open where the operation needs none (swapping the store when joining).
     #[error("files in the folder are open")]
     Busy,
+    /// The time-travel tree (`.fybrk`) cannot be changed.
+    #[error("read-only file system")]
+    ReadOnly,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,6 +75,7 @@ impl FsError {
             FsError::TooBig => libc::EFBIG,
             FsError::BadHandle => libc::EBADF,
             FsError::Busy => libc::EBUSY,
+            FsError::ReadOnly => libc::EROFS,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
             FsError::Store(_) => libc::EIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),

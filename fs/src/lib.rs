@@ -24,6 +24,10 @@ mod layout;
 mod remote_tests;
 #[cfg(test)]
 mod robust_tests;
+mod travel;
+#[cfg(test)]
+mod travel_tests;
+pub mod when;
 
 pub use error::{FsError, FsResult};
 pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};

@@ -61,6 +61,9 @@ impl Fs {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if crate::travel::is_synthetic(ino) {
+            return self.past_getattr(ino);
+        }
         // An unlinked file keeps its attributes while the kernel or a handle refers to it.
         let (r, linked) = self.record_for(ino)?;
         self.attr(ino, &r, linked)
@@ -71,6 +74,13 @@ impl Fs {
     /// `default_permissions` (see `fuse.rs`), so this is where mode bits are enforced.
     pub fn check_access(&self, ino: u64, uid: u32, gid: u32, mask: u32) -> FsResult<()> {
         // Root needs the mode only to refuse executing a file nobody may execute.
+        if crate::travel::is_synthetic(ino) {
+            if mask & libc::W_OK as u32 != 0 {
+                return Err(FsError::ReadOnly);
+            }
+            self.past_getattr(ino)?;
+            return Ok(());
+        }
         if mask == 0 || (uid == 0 && mask & libc::X_OK as u32 == 0) {
             return Ok(());
         }
@@ -84,6 +94,9 @@ impl Fs {
 
     /// chmod, chown (no-op only), truncate and utimens.
     pub fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        if crate::travel::is_synthetic(ino) {
+            return Err(FsError::ReadOnly);
+        }
         if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid)
         {
             return Err(FsError::NotPermitted);

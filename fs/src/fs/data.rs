@@ -145,6 +145,9 @@ impl Fs {
 
     /// Opens a regular file.
     pub fn open(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
+        if crate::travel::is_synthetic(ino) {
+            return self.past_open(ino, mode.write || mode.truncate);
+        }
         let (r, _) = self.record_for(ino)?;
         match r.kind {
             Kind::File => {}
@@ -181,6 +184,9 @@ impl Fs {
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if crate::travel::is_synthetic(fh) {
+            return self.past_read(fh, offset, size);
+        }
         let (_, _, f) = self.handle(fh)?;
         let mut f = lock(&f);
         if !f.is_clean() {
@@ -242,6 +248,9 @@ impl Fs {
     }
 
     fn commit_handle(&self, fh: u64, sync: bool) -> FsResult<()> {
+        if crate::travel::is_synthetic(fh) {
+            return Ok(());
+        }
         let (ino, _, f) = self.handle(fh)?;
         let mut f = lock(&f);
         if f.modified {
@@ -252,6 +261,10 @@ impl Fs {
 
     /// Closes a handle: commits what is left and drops the open state with the last handle.
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        if crate::travel::is_synthetic(fh) {
+            self.past_release(fh);
+            return Ok(());
+        }
         let result = self.commit_handle(fh, false);
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return result;

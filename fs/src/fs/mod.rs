@@ -25,15 +25,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_store::record::join;
-use fybrk_store::{FileRecord, Kind, Store};
+use fybrk_store::{FileRecord, Kind, Pins, Store};
 
 use crate::content::OpenFile;
 use crate::error::{FsError, FsResult};
 use crate::inodes::{Detached, Inodes};
+use crate::layout::Layout;
+use crate::travel::{self, Table};
 
 mod attrs;
 mod data;
 mod namespace;
+mod past;
 mod remote;
 mod types;
 
@@ -75,6 +78,10 @@ pub struct Fs {
     /// their own writes go: a local edit of a file open while a peer changed it is kept, never
     /// dropped (see [`Fs::commit_orphan`]).
     orphans: Mutex<HashMap<u64, Orphan>>,
+    /// The time-travel tree's inodes (see `crate::travel`).
+    travel: Mutex<Table>,
+    /// Open files of the time-travel tree: their content, pinned while open.
+    past_files: Mutex<HashMap<u64, (Layout, Pins)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +143,8 @@ impl Fs {
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             orphans: Mutex::new(HashMap::new()),
+            travel: Mutex::new(Table::new()),
+            past_files: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,6 +210,9 @@ impl Fs {
         // Name -> record -> inode in one step under `ns`: otherwise a lookup racing a rename
         // over `name` could pair the new record with the replaced file's inode, and the kernel
         // would cache the new size for the old content (a reader then saw a torn file).
+        if self.in_travel(parent, name) {
+            return self.past_lookup(parent, check_name(name)?);
+        }
         let (ino, r) = {
             let _ns = lock(&self.ns);
             let path = self.child_path(parent, name)?;
@@ -212,6 +224,9 @@ impl Fs {
 
     /// Drops kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
+        if travel::is_synthetic(ino) {
+            return lock(&self.travel).forget(ino, n);
+        }
         lock(&self.inodes).forget(ino, n);
     }
 

@@ -20,6 +20,9 @@ impl Fs {
         perm: u32,
         mode: OpenMode,
     ) -> FsResult<(Attr, u64)> {
+        if self.in_travel(parent, name) {
+            return Err(FsError::ReadOnly);
+        }
         let path = self.child_path(parent, name)?;
         {
             let _ns = lock(&self.ns);
@@ -42,6 +45,9 @@ impl Fs {
 
     /// Target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<String> {
+        if crate::travel::is_synthetic(ino) {
+            return self.past_readlink(ino);
+        }
         let r = self.record(&self.path_of(ino)?)?;
         r.target
             .filter(|_| r.kind == Kind::Symlink)
@@ -54,6 +60,9 @@ impl Fs {
         name: &std::ffi::OsStr,
         rec: impl FnOnce(&str, i64) -> FileRecord,
     ) -> FsResult<Attr> {
+        if self.in_travel(parent, name) {
+            return Err(FsError::ReadOnly);
+        }
         let path = self.child_path(parent, name)?;
         let r = {
             let _ns = lock(&self.ns);
@@ -121,6 +130,9 @@ impl Fs {
     }
 
     fn remove(&self, parent: u64, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
+        if self.in_travel(parent, name) {
+            return Err(FsError::ReadOnly);
+        }
         let path = self.child_path(parent, name)?;
         let _ns = lock(&self.ns);
         let mut r = live(self.store().get(&path)?).ok_or(FsError::NotFound)?;
@@ -155,6 +167,9 @@ impl Fs {
         new_name: &std::ffi::OsStr,
         no_replace: bool,
     ) -> FsResult<()> {
+        if self.in_travel(parent, name) || self.in_travel(new_parent, new_name) {
+            return Err(FsError::ReadOnly);
+        }
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let _ns = lock(&self.ns);
@@ -285,6 +300,9 @@ impl Fs {
 
     /// Opens a directory: snapshots its entries for `readdir`.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        if crate::travel::is_synthetic(ino) {
+            return self.past_opendir(ino);
+        }
         let path = self.path_of(ino)?;
         let r = self.record(&path)?;
         if r.kind != Kind::Dir {

@@ -59,8 +59,6 @@ pub fn format_utc(ns: i64) -> String {
 /// The name of a time's directory in the time-travel tree (`.fybrk/at/<name>/`): the same as
 /// [`format_utc`], so it is unambiguous whatever the zone, sorts by time, and [`parse_time`]
 /// reads it back. Colons are fine in Linux file names.
-// The binary may not name time-travel directories itself yet; keep the one naming rule here.
-#[allow(dead_code)]
 pub fn dir_name(ns: i64) -> String {
     format_utc(ns)
 }
