@@ -478,3 +478,6 @@ mod tests {
         assert_eq!(ours, plain);
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
