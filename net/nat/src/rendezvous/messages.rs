@@ -558,3 +558,6 @@ fn decode_signed<T: Serialize + DeserializeOwned>(
         signature: *signature,
     })
 }
+
+#[cfg(test)]
+mod fuzz_tests;
