@@ -368,3 +368,6 @@ impl fmt::Debug for MuxSocket {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;
