@@ -347,3 +347,6 @@ impl JoinerSession {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -296,3 +296,6 @@ fn diagnose_damage(data: &[u8]) -> InviteError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_tests;
