@@ -238,3 +238,6 @@ fn parse_binding_response(
     }
     Err(StunError::NoMappedAddress { server })
 }
+
+#[cfg(test)]
+mod fuzz_tests;
