@@ -325,3 +325,6 @@ pub(super) fn granted_lifetime(msg: &StunMessage) -> Option<Duration> {
     let secs = msg.get::<LifeTime>()?.as_life_time().ok()?.as_u32();
     Some(Duration::from_secs(u64::from(secs)))
 }
+
+#[cfg(test)]
+mod fuzz_tests;
