@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use fybrk_control::{GcReply, Log, LogEntry, LogReply, Restore, RestoreReply};
-use fybrk_store::history::{Event, Retention, Version};
+use fybrk_store::history::{now_ns, Event, Retention, Version};
 use fybrk_store::naming::device_tag;
 use fybrk_store::{Kind, Store};
 
@@ -23,13 +23,6 @@ pub fn collect(store: &Store, retention: &Retention) -> Result<GcReply> {
         versions_dropped: thin.dropped,
         history_bytes: thin.history_bytes,
     })
-}
-
-/// The wall clock in nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn entry(store: &Store, v: &Version) -> LogEntry {

@@ -331,7 +331,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let path = history::folder_path(&client, &path)?;
             let to = to.map(|t| history::folder_path(&client, &t)).transpose()?;
             let at_ns = at
-                .map(|t| fybrk_fs::when::parse_time(&t, history::now_ns()))
+                .map(|t| fybrk_fs::when::parse_time(&t, fybrk_store::history::now_ns()))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!(e))?;
             let req = fybrk_control::Restore {

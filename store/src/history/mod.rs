@@ -181,7 +181,7 @@ pub(crate) fn is_rename_pair(
 }
 
 /// The wall clock, nanoseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -98,29 +98,31 @@ impl Store {
     }
 
     /// Every path that has history under `dir` (itself included), recursively: what a restore
-    /// of a directory tree looks at. Paths in key order.
+    /// of a directory tree or a `log` looks at, sorted. Three prefix scans (the path's
+    /// own versions, its children `dir\0`, deeper descendants `dir/`), not the whole history.
     pub fn history_paths_under(&self, dir: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        let iter = self
-            .inner
-            .db
-            .iterator_cf(self.cf(HISTORY), IteratorMode::Start);
-        for item in iter {
-            let (key, value) = item?;
-            let Some((path, _)) = split_key(&key) else {
-                continue;
-            };
-            if last.as_deref() == Some(path) {
-                continue;
-            }
-            last = Some(path.to_vec());
-            let v = decode(&key, &value)?;
-            let p = &v.record.path;
-            if dir.is_empty() || p == dir || p.starts_with(&format!("{dir}/")) {
-                out.push(p.clone());
+        let mut own = path_key(dir);
+        own.push(0);
+        let prefixes: Vec<Vec<u8>> = if dir.is_empty() {
+            vec![Vec::new()]
+        } else {
+            vec![own, children_prefix(dir), format!("{dir}/").into_bytes()]
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for prefix in &prefixes {
+            let mut last: Option<Vec<u8>> = None;
+            for item in self.history_iter(prefix) {
+                let (key, value) = item?;
+                let Some((path, _)) = split_key(&key) else {
+                    continue;
+                };
+                if last.as_deref() == Some(path) {
+                    continue;
+                }
+                last = Some(path.to_vec());
+                out.insert(decode(&key, &value)?.record.path);
             }
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 }

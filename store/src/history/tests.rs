@@ -375,3 +375,21 @@ fn an_empty_step_of_a_save_is_not_a_version() {
     assert_eq!(s.versions("e").unwrap().len(), 2);
     assert!(s.verify().unwrap().is_ok());
 }
+
+#[test]
+fn paths_under_a_directory_are_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    mkdir(&s, "d");
+    mkdir(&s, "d/sub");
+    mkdir(&s, "dd");
+    for p in ["d/a", "d/sub/b", "dd/x", "d.txt"] {
+        s.write_file(p, b"x", 0o644, 1).unwrap();
+    }
+    assert_eq!(
+        s.history_paths_under("d").unwrap(),
+        ["d", "d/a", "d/sub", "d/sub/b"]
+    );
+    assert_eq!(s.history_paths_under("d/a").unwrap(), ["d/a"]);
+    assert_eq!(s.history_paths_under("").unwrap().len(), 7);
+}
