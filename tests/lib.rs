@@ -1100,7 +1100,7 @@ impl std::ops::DerefMut for Peer {
     }
 }
 
-/// An invitation made by `fybrk pair --no-wait --json`.
+/// An invitation made by `fybrk pair --no-wait --json` (`--yes` unless asking).
 #[derive(Debug, Clone)]
 pub struct Invite {
     /// The text a joiner passes to `pair-with` (`fybrk1:...`).
@@ -1187,8 +1187,16 @@ impl Peer {
             .unwrap_or_else(|| self.m.fail("listen_addr(): never mounted"))
     }
 
-    /// `fybrk pair --no-wait --json EXTRA...`: must exit 0 with the invitation as the first line.
+    /// `fybrk pair --yes --no-wait --json EXTRA...` (approved in advance): must exit 0 with
+    /// the invitation as the first line.
     pub fn invite(&self, extra: &[&str]) -> Invite {
+        let mut args = vec!["--yes"];
+        args.extend_from_slice(extra);
+        self.invite_asking(&args)
+    }
+
+    /// `fybrk pair --no-wait --json EXTRA...`: requests wait for `approve` / `deny`.
+    pub fn invite_asking(&self, extra: &[&str]) -> Invite {
         // The PNG goes beside state/ and mnt/: its default is the current directory.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

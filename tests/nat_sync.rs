@@ -40,6 +40,7 @@ fn payload(m: &Mount) -> String {
     let out = m.run(
         &[
             "pair",
+            "--yes",
             "--no-wait",
             "--json",
             "--png",

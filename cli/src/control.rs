@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use fybrk_control::{
-    Gc, GcReply, Handler, Invite, LogReply, PairWaitReply, PairWithReply, PeerRef, PeersReply,
-    RestoreReply, StatusReply, UnmountReply, VerifyReply,
+    Gc, GcReply, Handler, Invite, LogReply, PairCancelReply, PairWaitReply, PairWithReply, PeerRef,
+    PeersReply, RestoreReply, StatusReply, UnmountReply, VerifyReply,
 };
 use fybrk_fs::Fs;
 use fybrk_net::identity::DeviceId;
@@ -78,6 +78,7 @@ impl Handler for Control {
             rendezvous: self.options.traversal.rendezvous.clone(),
             network: self.node.status(),
             mass_deletions: self.node.mass_deletions(),
+            pair_requests: self.node.pair_requests(),
         })
     }
 
@@ -105,7 +106,7 @@ impl Handler for Control {
     }
 
     fn pair(&self, req: fybrk_control::Pair) -> Result<Invite> {
-        self.node.invite(Duration::from_secs(req.expires_secs))
+        self.node.invite(req)
     }
 
     fn pair_wait(&self, req: fybrk_control::PairWait) -> Result<PairWaitReply> {
@@ -115,6 +116,23 @@ impl Handler for Control {
 
     fn pair_with(&self, req: fybrk_control::PairWith) -> Result<PairWithReply> {
         self.node.pair_with(&req.payload)
+    }
+
+    fn pair_with_wait(&self, req: fybrk_control::PairWithWait) -> Result<PairWithReply> {
+        self.node
+            .wait_join(req.join, Duration::from_secs(req.wait_secs))
+    }
+
+    fn approve(&self, req: fybrk_control::Approve) -> Result<PeerRef> {
+        self.node.decide(&req.id, true)
+    }
+
+    fn deny(&self, req: fybrk_control::Deny) -> Result<PeerRef> {
+        self.node.decide(&req.id, false)
+    }
+
+    fn pair_cancel(&self, req: fybrk_control::PairCancel) -> Result<PairCancelReply> {
+        Ok(self.node.cancel_invites(req.invite))
     }
 
     fn peers(&self, _: fybrk_control::Peers) -> Result<PeersReply> {

@@ -71,25 +71,54 @@ enum Cmd {
         watch: bool,
     },
     /// Invite another device into this folder: shows a QR code and a text payload for
-    /// `fybrk pair-with` on the other device, then waits until it joins.
+    /// `fybrk pair-with` on the other device, then waits for it. When it asks, both screens
+    /// show the same five words: compare them, then allow it (nothing is shared before).
     Pair {
         /// How long the invitation is valid: 600, 90s, 10m, 1h.
         #[arg(long, default_value = "10m", value_parser = pairing::parse_duration)]
         expires: Duration,
-        /// Where to save the QR code as PNG (default: ./fybrk-pair-<unix time>.png).
+        /// Where to save the QR code as PNG, readable by you only; deleted when the
+        /// invitation ends (default: ./fybrk-pair-<unix time>.png).
         #[arg(long, value_name = "PATH")]
         png: Option<PathBuf>,
-        /// Return right after showing the invitation.
+        /// Return right after showing the invitation; requests then wait for `fybrk approve`
+        /// or `fybrk deny` (listed by `fybrk status`).
         #[arg(long)]
         no_wait: bool,
-        /// Machine-readable output (one JSON line, and one more when a device joins).
+        /// Let the first device with a valid invitation in without asking: whoever holds the
+        /// invitation gets the folder. For scripts that pass it over a trusted channel.
+        #[arg(long)]
+        yes: bool,
+        /// How long a request waits for approval: 90s, 2m.
+        #[arg(long, default_value = "2m", value_parser = pairing::parse_duration)]
+        approve_within: Duration,
+        /// End every open invitation of this device (a waiting device is told).
+        #[arg(long, conflicts_with_all = ["no_wait", "yes", "png"])]
+        cancel: bool,
+        /// Machine-readable output: the invitation, each request, and the outcome, one JSON
+        /// line each.
         #[arg(long)]
         json: bool,
     },
+    /// Allow a device that asks to join (after comparing the words both screens show).
+    Approve {
+        /// Its id, a unique prefix of the id, or its name (`fybrk status` lists requests).
+        id: String,
+    },
+    /// Refuse a device that asks to join; the invitation it used ends.
+    Deny {
+        /// Its id, a unique prefix of the id, or its name.
+        id: String,
+    },
     /// Join the folder of the device that showed this invitation (`fybrk pair` there).
     PairWith {
-        /// The invitation text (starts with fybrk1:).
-        payload: String,
+        /// The invitation text (starts with fybrk1:), or `-` to read it from standard input
+        /// (keeps the secret off the command line).
+        #[arg(required_unless_present = "qr")]
+        payload: Option<String>,
+        /// Read the invitation from a picture of its QR code (PNG or JPEG, e.g. a photo).
+        #[arg(long, value_name = "FILE", conflicts_with = "payload")]
+        qr: Option<PathBuf>,
     },
     /// List the paired devices.
     Peers {
@@ -221,12 +250,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Pair {
+            cancel: true, json, ..
+        } => pairing::cancel(&state, json),
+        Cmd::Pair {
             expires,
             png,
             no_wait,
+            yes,
+            approve_within,
             json,
-        } => pairing::pair(&state, expires, png, no_wait, json),
-        Cmd::PairWith { payload } => pairing::pair_with(&state, &payload),
+            ..
+        } => pairing::pair(
+            &state,
+            pairing::PairOptions {
+                expires,
+                png,
+                no_wait,
+                yes,
+                approve_within,
+                json,
+            },
+        ),
+        Cmd::Approve { id } => pairing::decide(&state, &id, true),
+        Cmd::Deny { id } => pairing::decide(&state, &id, false),
+        Cmd::PairWith { payload, qr } => {
+            pairing::pair_with(&state, payload.as_deref(), qr.as_deref())
+        }
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),

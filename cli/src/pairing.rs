@@ -1,13 +1,15 @@
-//! The commands that talk to the daemon about other devices: `pair`, `pair-with`, `peers`,
-//! `unpair`, and `status --watch`.
+//! The commands that talk to the daemon about other devices: `pair` (and `approve`, `deny`,
+//! `pair --cancel`), `pair-with`, `peers`, `unpair`, and `status --watch`.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fybrk_control::{Client, InviteShown, PairWaitReply};
+use fybrk_control::{Client, InviteShown, PairCancel, PairWaitReply, PairWithReply};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::human::{fmt_secs, human_bytes, print_peers, print_status, unix_now};
 use crate::state::StateDir;
@@ -37,27 +39,72 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// What `fybrk pair` was asked to do.
+pub struct PairOptions {
+    /// How long the invitation is valid.
+    pub expires: Duration,
+    /// Where to save the QR code (default: the current directory).
+    pub png: Option<PathBuf>,
+    /// Return after showing the invitation.
+    pub no_wait: bool,
+    /// Approve the first valid request in advance.
+    pub yes: bool,
+    /// How long a request waits for approval.
+    pub approve_within: Duration,
+    /// One JSON line per event.
+    pub json: bool,
+}
+
+/// Set by SIGINT while `fybrk pair` waits: the invitation is cancelled before exiting.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Catches Ctrl-C so a waiting `fybrk pair` can cancel its invitation instead of leaving it
+/// open. Without `SA_RESTART`, a blocking read (the prompt, the control socket) returns
+/// `EINTR` at once, so the loop notices within one step.
+fn catch_ctrl_c() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigint),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and touches no
+    // other state; replacing SIGINT's disposition affects only this short-lived CLI process.
+    if let Err(e) = unsafe { sigaction(Signal::SIGINT, &action) } {
+        tracing::debug!(error = %e, "cannot catch Ctrl-C");
+    }
+}
+
 /// `fybrk pair`.
-pub fn pair(
-    state: &StateDir,
-    expires: Duration,
-    png: Option<PathBuf>,
-    no_wait: bool,
-    json_out: bool,
-) -> Result<ExitCode> {
+pub fn pair(state: &StateDir, opts: PairOptions) -> Result<ExitCode> {
     let daemon = Client::new(state.socket());
+    let png = opts
+        .png
+        .unwrap_or_else(|| PathBuf::from(format!("fybrk-pair-{}.png", unix_now())));
+    let png = std::path::absolute(&png).unwrap_or(png);
     let inv = daemon.call(
         fybrk_control::Pair {
-            expires_secs: expires.as_secs(),
+            expires_secs: opts.expires.as_secs(),
+            yes: opts.yes,
+            approve_within_secs: Some(opts.approve_within.as_secs()),
+            png: Some(png.clone()),
         },
         QUICK,
     )?;
-    let png = png.unwrap_or_else(|| PathBuf::from(format!("fybrk-pair-{}.png", unix_now())));
-    let png = std::path::absolute(&png).unwrap_or(png);
-    fybrk_pair::save_png(&inv.qr, &png)
-        .with_context(|| format!("cannot save the QR code to {}", png.display()))?;
+    if let Err(e) = fybrk_pair::save_png(&inv.qr, &png) {
+        let _ = daemon.call(
+            PairCancel {
+                invite: Some(inv.invite),
+            },
+            QUICK,
+        );
+        return Err(e).with_context(|| format!("cannot save the QR code to {}", png.display()));
+    }
     let secs_left = inv.expires_unix.saturating_sub(unix_now());
-    if json_out {
+    if opts.json {
         let shown = InviteShown {
             payload: inv.payload.clone(),
             expires_unix: inv.expires_unix,
@@ -71,41 +118,35 @@ pub fn pair(
         }
         println!("Scan the code, or run this on the other device:\n");
         println!("  fybrk pair-with '{}'\n", inv.payload);
-        println!("QR code saved to {}", png.display());
+        println!(
+            "QR code saved to {} (readable by you only; deleted when the invitation ends)",
+            png.display()
+        );
         println!(
             "The invitation works once and expires in {} (at unix time {}).",
             fmt_secs(secs_left),
             inv.expires_unix
         );
+        if opts.yes {
+            println!("Whoever uses it first gets the folder without being asked (--yes).");
+        }
     }
     let _ = std::io::stdout().flush();
-    if no_wait {
+    if opts.no_wait {
+        if !opts.json && !opts.yes {
+            println!(
+                "When a device asks, `fybrk status` lists it; allow it with `fybrk approve ID` \
+                 or refuse with `fybrk deny ID`. `fybrk pair --cancel` ends the invitation."
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let tty = !json_out && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if !json_out {
-        println!("Waiting for a device to join (Ctrl-C stops waiting; the invitation stays valid)");
-    }
-    let wait = fybrk_control::PairWait {
-        invite: inv.invite,
-        wait_secs: 1,
-    };
-    let joined = loop {
-        match daemon.call(wait, QUICK)? {
-            PairWaitReply::Joined { joined } => break joined,
-            PairWaitReply::Waiting { expires_unix, .. } => {
-                if tty {
-                    let left = expires_unix.saturating_sub(unix_now());
-                    print!("\r  {} left   ", fmt_secs(left));
-                    let _ = std::io::stdout().flush();
-                }
-            }
-        }
-    };
-    if tty {
-        println!();
-    }
-    if json_out {
+    catch_ctrl_c();
+    let outcome = wait_for_join(&daemon, inv.invite, opts.json);
+    // The daemon deletes it too; the CLI wrote it, so it cleans up whatever happened.
+    let _ = std::fs::remove_file(&png);
+    let joined = outcome?;
+    if opts.json {
         let reply = PairWaitReply::Joined { joined };
         println!("{}", serde_json::to_string(&reply)?);
     } else {
@@ -114,17 +155,198 @@ pub fn pair(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Follows invitation `invite` until a device joins; asks the person about each request when
+/// there is a terminal, prints it (JSON or how to approve) otherwise. Ctrl-C cancels.
+fn wait_for_join(daemon: &Client, invite: u64, json_out: bool) -> Result<fybrk_control::PeerRef> {
+    let ask = !json_out && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let tty = !json_out && std::io::stdout().is_terminal();
+    if !json_out {
+        println!("Waiting for a device to join (Ctrl-C cancels the invitation)");
+    }
+    let wait = fybrk_control::PairWait {
+        invite,
+        wait_secs: 1,
+    };
+    let mut shown: Option<String> = None;
+    loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            let _ = daemon.call(
+                PairCancel {
+                    invite: Some(invite),
+                },
+                QUICK,
+            );
+            bail!("interrupted: the invitation was cancelled");
+        }
+        let reply = match daemon.call(wait, QUICK) {
+            Ok(r) => r,
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match reply {
+            PairWaitReply::Joined { joined } => {
+                if tty {
+                    println!();
+                }
+                return Ok(joined);
+            }
+            PairWaitReply::Request { request } => {
+                if shown.as_deref() == Some(request.id.as_str()) {
+                    continue;
+                }
+                shown = Some(request.id.clone());
+                if json_out {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&PairWaitReply::Request { request })?
+                    );
+                    let _ = std::io::stdout().flush();
+                    continue;
+                }
+                println!(
+                    "\n{} ({}) asks to join this folder.\nIts screen must show the same words:\n\n    {}\n",
+                    request.name, request.id, request.code
+                );
+                if !ask {
+                    println!(
+                        "Allow it with `fybrk approve {}`, or refuse with `fybrk deny {}`.",
+                        request.id, request.id
+                    );
+                    continue;
+                }
+                let allow = prompt("Allow? [y/N] ")?;
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let decision = if allow {
+                    daemon
+                        .call(fybrk_control::Approve { id: request.id }, QUICK)
+                        .map(|_| ())
+                } else {
+                    daemon
+                        .call(fybrk_control::Deny { id: request.id }, QUICK)
+                        .map(|_| ())
+                };
+                decision?;
+            }
+            PairWaitReply::Waiting { expires_unix, .. } => {
+                if tty {
+                    let left = expires_unix.saturating_sub(unix_now());
+                    print!("\r  {} left   ", fmt_secs(left));
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    }
+}
+
+/// Asks a yes/no question on the terminal; anything but y/yes is no (so is Ctrl-C).
+fn prompt(question: &str) -> Result<bool> {
+    print!("{question}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(_) => Ok(matches!(
+            line.trim().to_ascii_lowercase().as_str(),
+            "y" | "yes"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `fybrk pair --cancel`.
+pub fn cancel(state: &StateDir, json_out: bool) -> Result<ExitCode> {
+    let r = Client::new(state.socket()).call(PairCancel { invite: None }, QUICK)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("cancelled {} open invitation(s)", r.cancelled);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fybrk approve` / `fybrk deny`.
+pub fn decide(state: &StateDir, id: &str, approve: bool) -> Result<ExitCode> {
+    let daemon = Client::new(state.socket());
+    let id = id.to_owned();
+    let who = if approve {
+        daemon.call(fybrk_control::Approve { id }, QUICK)?
+    } else {
+        daemon.call(fybrk_control::Deny { id }, QUICK)?
+    };
+    if approve {
+        println!("allowed {} ({}) to join", who.name, who.id);
+    } else {
+        println!(
+            "refused {} ({}); the invitation has ended",
+            who.name, who.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The invitation text: the argument, standard input for `-`, or the QR code in a picture.
+fn invitation_text(payload: Option<&str>, qr: Option<&Path>) -> Result<String> {
+    if let Some(path) = qr {
+        return Ok(fybrk_pair::read_image(path)?);
+    }
+    match payload {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the invitation from standard input")?;
+            Ok(line.trim().to_owned())
+        }
+        Some(p) => Ok(p.to_owned()),
+        None => {
+            bail!("give the invitation's text, `-` to read it from standard input, or --qr FILE")
+        }
+    }
+}
+
 /// `fybrk pair-with`.
-pub fn pair_with(state: &StateDir, payload: &str) -> Result<ExitCode> {
-    let r = Client::new(state.socket()).call(
-        fybrk_control::PairWith {
-            payload: payload.to_owned(),
-        },
+pub fn pair_with(state: &StateDir, payload: Option<&str>, qr: Option<&Path>) -> Result<ExitCode> {
+    let payload = invitation_text(payload, qr)?;
+    let daemon = Client::new(state.socket());
+    let mut reply = daemon.call(
+        fybrk_control::PairWith { payload },
         Some(Duration::from_secs(300)),
     )?;
+    let mut told = false;
+    let peer = loop {
+        match reply {
+            PairWithReply::Joined { peer } => break peer,
+            PairWithReply::Waiting {
+                join,
+                code,
+                inviter,
+                deadline_unix,
+                ..
+            } => {
+                if !told {
+                    told = true;
+                    println!(
+                        "{} ({}) is asking its user to allow this device.\n\
+                         It must show the same words:\n\n    {code}\n\n\
+                         Waiting for approval (up to {})...",
+                        inviter.name,
+                        inviter.id,
+                        fmt_secs(deadline_unix.saturating_sub(unix_now()))
+                    );
+                    let _ = std::io::stdout().flush();
+                }
+                reply = daemon.call(
+                    fybrk_control::PairWithWait { join, wait_secs: 2 },
+                    Some(Duration::from_secs(30)),
+                )?;
+            }
+        }
+    };
     println!(
         "paired with {} ({}); syncing the folder",
-        r.peer.name, r.peer.id
+        peer.name, peer.id
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -20,6 +20,7 @@
 //! - [`mod@proof`]: the HMAC proof of the secret, bound to one TLS session.
 //! - [`handshake`]: the messages, their frames, the rate limits, and the inviter and joiner state
 //!   machines.
+//! - [`sas`]: the words both screens show, so a person can tell their device from a stranger's.
 //! - device names are cleaned for display by [`sanitize_name`] wherever they cross devices.
 
 mod base32;
@@ -28,10 +29,12 @@ pub mod invite;
 mod name;
 pub mod proof;
 pub mod qr;
+pub mod sas;
 
 pub use handshake::{
     decode_frame, encode_frame, FrameError, InviterSession, JoinRequest, JoinedPeer, JoinerSession,
-    PairError, PairingGate, RateLimiter, RefuseReason, Refused, Reply, Welcome,
+    PairError, PairingGate, PendingJoin, RateLimiter, RefuseReason, Refused, Reply, Welcome,
+    APPROVE_WITHIN_SECS,
 };
 pub use invite::{
     HostPort, Invitation, InviteError, Rendezvous, RendezvousParseError, INVITE_TTL_SECS,
@@ -39,7 +42,7 @@ pub use invite::{
 };
 pub use name::{sanitize_name, MAX_NAME_LEN};
 pub use proof::{proof, verify_proof, Role};
-pub use qr::{render_terminal, save_png, QrError};
+pub use qr::{read_image, render_terminal, save_png, QrError, ReadQrError};
 
 /// The first 8 bytes of an id in hex, for `Debug` output that identifies without flooding.
 fn hex_prefix(bytes: &[u8]) -> String {

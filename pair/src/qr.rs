@@ -1,4 +1,4 @@
-//! QR codes for invitations: in the terminal, and as a PNG file.
+//! QR codes for invitations: in the terminal, as a PNG file, and read back from a picture.
 //!
 //! Both use error-correction level M (about 15% of the code can be damaged or glare-covered and
 //! still read), the usual choice for screens: level H would need a larger, denser code for the
@@ -132,13 +132,101 @@ pub fn png_image(text: &str) -> Result<GrayImage, QrError> {
 }
 
 /// Saves `text` as a PNG QR code at `path` (see [`png_image`]), replacing any file there.
+/// The file is readable by its owner only: it holds the invitation's secret.
 pub fn save_png(text: &str, path: &Path) -> Result<(), QrError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    let save = |source| QrError::Save {
+        path: path.to_owned(),
+        source,
+    };
+    let mut png = std::io::Cursor::new(Vec::new());
     png_image(text)?
-        .save_with_format(path, ImageFormat::Png)
-        .map_err(|source| QrError::Save {
+        .write_to(&mut png, ImageFormat::Png)
+        .map_err(save)?;
+    let io = |e: std::io::Error| save(image::ImageError::IoError(e));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    // `mode` applies only to a new file: an existing one keeps its permissions otherwise.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    file.write_all(png.get_ref()).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// Largest side, in pixels, a picture is scanned at: a phone photo (4000 x 3000) is scaled
+/// down first, which keeps the scan fast and still resolves a code that fills a fair part of
+/// the picture.
+const SCAN_MAX_SIDE: u32 = 2000;
+
+/// Reads the text of the QR code in the picture at `path` (PNG or JPEG: a saved invitation, or
+/// a phone photo of a screen showing one).
+pub fn read_image(path: &Path) -> Result<String, ReadQrError> {
+    let open = |source| ReadQrError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| open(image::ImageError::IoError(e)))?
+        .with_guessed_format()
+        .map_err(|e| open(image::ImageError::IoError(e)))?;
+    // A hostile or broken file must not make us allocate gigabytes.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(16_384);
+    limits.max_image_height = Some(16_384);
+    limits.max_alloc = Some(256 << 20);
+    reader.limits(limits);
+    let img = reader.decode().map_err(open)?;
+    let img = if img.width().max(img.height()) > SCAN_MAX_SIDE {
+        img.resize(
+            SCAN_MAX_SIDE,
+            SCAN_MAX_SIDE,
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        img
+    };
+    let luma = img.to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(luma);
+    let grids = prepared.detect_grids();
+    grids
+        .iter()
+        .find_map(|g| g.decode().ok().map(|(_, text)| text))
+        .ok_or(ReadQrError::NoCode {
             path: path.to_owned(),
-            source,
+            found: grids.len(),
         })
+}
+
+/// Why [`read_image`] found no invitation in a picture.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadQrError {
+    /// The file could not be read or is not a PNG or JPEG picture.
+    #[error("cannot read {path} as a PNG or JPEG picture: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What the image library reported.
+        #[source]
+        source: image::ImageError,
+    },
+    /// No readable QR code in the picture.
+    #[error(
+        "found no readable QR code in {path} ({found} code-like patterns); take the picture \
+         again closer and sharper, or copy the invitation's text instead"
+    )]
+    NoCode {
+        /// The file.
+        path: PathBuf,
+        /// How many code-like patterns were seen but could not be read.
+        found: usize,
+    },
 }
 
 #[cfg(test)]
@@ -216,6 +304,44 @@ mod tests {
         let q = PNG_QUIET_ZONE * PNG_MODULE_PX;
         assert_eq!(img.get_pixel(q - 1, q - 1).0[0], 255);
         assert_eq!(img.get_pixel(q, q).0[0], 0);
+    }
+
+    #[test]
+    fn saved_png_is_private_and_reads_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invite.png");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        save_png(TEXT, &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(read_image(&path).unwrap(), TEXT);
+
+        // As a JPEG "photo": larger than the scan size, grey background, blurred edges.
+        let code = png_image(TEXT).unwrap();
+        let side = 2600;
+        let mut photo = image::GrayImage::from_pixel(side, side, image::Luma([180]));
+        image::imageops::overlay(
+            &mut photo,
+            &image::imageops::resize(&code, 1200, 1200, image::imageops::FilterType::Triangle),
+            700,
+            600,
+        );
+        let jpg = dir.path().join("photo.jpg");
+        photo.save(&jpg).unwrap();
+        assert_eq!(read_image(&jpg).unwrap(), TEXT);
+
+        let blank = dir.path().join("blank.png");
+        image::GrayImage::from_pixel(50, 50, image::Luma([255]))
+            .save(&blank)
+            .unwrap();
+        assert!(matches!(
+            read_image(&blank),
+            Err(ReadQrError::NoCode { .. })
+        ));
+        std::fs::write(&blank, b"not a picture").unwrap();
+        assert!(matches!(read_image(&blank), Err(ReadQrError::Open { .. })));
     }
 
     /// Reads the single QR code in a grey-scale picture, as a phone would.

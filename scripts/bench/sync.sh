@@ -16,7 +16,7 @@
 #   FYBRK_BIN      the fybrk binary to measure        [target/release/fybrk, built if missing]
 #
 # Pairs, one after the other: fybrk (two daemons, own --state and mount, --listen 127.0.0.1:0,
-# paired with `pair --no-wait --json` + `pair-with`), then Syncthing with fsWatcherDelayS=1 (its
+# paired with `pair --yes --no-wait --json` + `pair-with`), then Syncthing with fsWatcherDelayS=1 (its
 # minimum) and with the default 10 (two instances each, own --home, loopback-only config:
 # no discovery, relays, NAT, STUN, usage or crash reporting, upgrades; explicit tcp:// and quic://
 # 127.0.0.1 addresses). Everything runs in a private network namespace (unshare --net) holding
@@ -298,7 +298,7 @@ run_fybrk() {
     pb=$("$FYBRK" --state "$dir/b/state" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["listen_addr"].rsplit(":",1)[1])')
     nft_pair "$label" "$pa" "$pb"
     say "fybrk: A pid $pida (:$pa), B pid $pidb (:$pb)"
-    payload=$("$FYBRK" --state "$dir/a/state" pair --no-wait --json --png "$dir/pair.png" | head -n 1 |
+    payload=$("$FYBRK" --state "$dir/a/state" pair --yes --no-wait --json --png "$dir/pair.png" | head -n 1 |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"])')
     "$FYBRK" --state "$dir/b/state" pair-with "$payload"
     helper fy-wait --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" >"$dir/link" ||

@@ -101,7 +101,8 @@ pub fn parse_reply<C: Call>(line: &str) -> Result<C::Reply, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{Gc, Pair, Status};
+    use crate::pairing::Pair;
+    use crate::request::{Gc, Status};
     use crate::server::{self, Handler};
     use crate::{
         GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, StatusReply,
@@ -152,6 +153,18 @@ mod tests {
         fn pair_with(&self, _: crate::PairWith) -> Result<PairWithReply, String> {
             Err("no".into())
         }
+        fn pair_with_wait(&self, _: crate::PairWithWait) -> Result<PairWithReply, String> {
+            Err("no".into())
+        }
+        fn approve(&self, _: crate::Approve) -> Result<PeerRef, String> {
+            Err("no".into())
+        }
+        fn deny(&self, _: crate::Deny) -> Result<PeerRef, String> {
+            Err("no".into())
+        }
+        fn pair_cancel(&self, _: crate::PairCancel) -> Result<crate::PairCancelReply, String> {
+            Err("no".into())
+        }
         fn peers(&self, _: crate::Peers) -> Result<PeersReply, String> {
             Err("no".into())
         }
@@ -190,7 +203,7 @@ mod tests {
         let timeout = Some(Duration::from_secs(10));
         let gc = client.call(Gc, timeout).unwrap();
         assert_eq!(gc.freed_chunks, 2);
-        let inv = client.call(Pair { expires_secs: 60 }, timeout).unwrap();
+        let inv = client.call(Pair::expiring(60), timeout).unwrap();
         assert_eq!(inv.expires_unix, 60);
         match client.call(Status, timeout) {
             Err(ControlError::Daemon(e)) => assert_eq!(e, "no status here"),

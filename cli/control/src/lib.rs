@@ -17,9 +17,10 @@
 //!   command's reply type.
 //! - [`status`]: the reply to `status` ([`StatusReply`]): the folder, the network side
 //!   ([`NetworkStatus`]), each peer's link ([`PeerStatus`]).
-//! - [`reply`]: the other replies (verify, gc, unmount, pairing, peers, unpair), the error
-//!   reply, and the `--json` outputs that no daemon sends (`pair --json`'s first line,
-//!   `nat-check --json`).
+//! - [`pairing`]: invitations, approving the devices that ask, joining (requests and replies),
+//!   and `pair --json`'s first line.
+//! - [`reply`]: the other replies (verify, gc, unmount, peers, unpair), the error reply, and
+//!   `nat-check --json`'s report.
 //! - [`history`]: `log` and `restore`.
 //! - [`client`]: [`Client`], a blocking typed client over the unix socket.
 //! - [`server`]: [`Handler`], one method per command, and [`server::answer`], which turns a
@@ -27,6 +28,7 @@
 
 pub mod client;
 pub mod history;
+pub mod pairing;
 pub mod reply;
 pub mod request;
 pub mod server;
@@ -34,14 +36,15 @@ pub mod status;
 
 pub use client::{Client, ControlError};
 pub use history::{Log, LogEntry, LogReply, Restore, RestoreReply};
+pub use pairing::{
+    Approve, Deny, Invite, InviteShown, JoinRequestInfo, Pair, PairCancel, PairCancelReply,
+    PairWait, PairWaitReply, PairWith, PairWithReply, PairWithWait,
+};
 pub use reply::{
-    ErrorReply, GcReply, Invite, InviteShown, Mapping, NatCheckReport, PairWaitReply,
-    PairWithReply, PeerInfo, PeerRef, PeersReply, StunAnswer, StunFailure, UnmountReply,
-    VerifyReply,
+    ErrorReply, GcReply, Mapping, NatCheckReport, PeerInfo, PeerRef, PeersReply, StunAnswer,
+    StunFailure, UnmountReply, VerifyReply,
 };
-pub use request::{
-    Call, Gc, Pair, PairWait, PairWith, Peers, Request, Status, Unmount, Unpair, Verify,
-};
+pub use request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 pub use server::Handler;
 pub use status::{
     MassDeletionAlert, NatStatus, NetworkStatus, PathKind, PeerStatus, Quality, RelayStatus,

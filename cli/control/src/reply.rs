@@ -50,63 +50,6 @@ pub struct UnmountReply {
     pub mount_point: PathBuf,
 }
 
-/// `pair`: a new invitation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invite {
-    /// The invitation's number on this daemon, for [`crate::PairWait`].
-    pub invite: u64,
-    /// The text for `fybrk pair-with` (`fybrk1:...`).
-    pub payload: String,
-    /// The same invitation in the form drawn as a QR code.
-    pub qr: String,
-    /// When it expires, in unix seconds.
-    pub expires_unix: u64,
-    /// The addresses it names for reaching this device.
-    pub addrs: Vec<SocketAddr>,
-}
-
-/// `fybrk pair --json`'s first line: the invitation as shown.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InviteShown {
-    /// The text for `fybrk pair-with`.
-    pub payload: String,
-    /// When it expires, in unix seconds.
-    pub expires_unix: u64,
-    /// Where the QR code was saved as PNG.
-    pub png: PathBuf,
-}
-
-/// `pair_wait`: the device that used the invitation, or still waiting. On the wire either
-/// `{"joined": {"id": .., "name": ..}}` or `{"waiting": true, "expires_unix": ..}`; an expired
-/// invitation is an [`ErrorReply`]. `fybrk pair --json` prints the `joined` form as its second
-/// line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum PairWaitReply {
-    /// A device joined with it.
-    Joined {
-        /// That device.
-        joined: PeerRef,
-    },
-    /// Nobody used it yet.
-    Waiting {
-        /// Always `true`.
-        waiting: bool,
-        /// When it expires, in unix seconds.
-        expires_unix: u64,
-    },
-}
-
-impl PairWaitReply {
-    /// Still waiting for invitation that expires at `expires_unix`.
-    pub fn waiting(expires_unix: u64) -> PairWaitReply {
-        PairWaitReply::Waiting {
-            waiting: true,
-            expires_unix,
-        }
-    }
-}
-
 /// A device, by id and name: the reply to `unpair`, and part of the pairing replies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRef {
@@ -114,13 +57,6 @@ pub struct PeerRef {
     pub id: String,
     /// Its name.
     pub name: String,
-}
-
-/// `pair_with`: the folder joined.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairWithReply {
-    /// The device whose folder this one joined.
-    pub peer: PeerRef,
 }
 
 /// `peers`: the paired devices.
@@ -276,37 +212,6 @@ mod tests {
                 mount_point: "/mnt".into(),
             },
             json!({"pid": 7, "mount_point": "/mnt"}),
-        );
-        same(
-            Invite {
-                invite: 1,
-                payload: "fybrk1:x".into(),
-                qr: "FYBRK1:X".into(),
-                expires_unix: 99,
-                addrs: vec!["127.0.0.1:22100".parse().unwrap()],
-            },
-            json!({"invite": 1, "payload": "fybrk1:x", "qr": "FYBRK1:X", "expires_unix": 99,
-                   "addrs": ["127.0.0.1:22100"]}),
-        );
-        same(
-            InviteShown {
-                payload: "fybrk1:x".into(),
-                expires_unix: 99,
-                png: "/tmp/q.png".into(),
-            },
-            json!({"payload": "fybrk1:x", "expires_unix": 99, "png": "/tmp/q.png"}),
-        );
-        same(
-            PairWaitReply::waiting(99),
-            json!({"waiting": true, "expires_unix": 99}),
-        );
-        same(
-            PairWaitReply::Joined { joined: laptop() },
-            json!({"joined": {"id": "AAAAAAA", "name": "laptop"}}),
-        );
-        same(
-            PairWithReply { peer: laptop() },
-            json!({"peer": {"id": "AAAAAAA", "name": "laptop"}}),
         );
         same(laptop(), json!({"id": "AAAAAAA", "name": "laptop"}));
         same(

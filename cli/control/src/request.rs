@@ -5,9 +5,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Log, LogReply, Restore, RestoreReply};
-use crate::reply::{
-    GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply, VerifyReply,
+use crate::pairing::{
+    Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
+    PairWithReply, PairWithWait,
 };
+use crate::reply::{GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
 use crate::status::StatusReply;
 
 /// A request on the wire: `{"cmd": "<command>", ...its fields}`.
@@ -22,12 +24,20 @@ pub enum Request {
     Gc(Gc),
     /// `{"cmd":"unmount"}`.
     Unmount(Unmount),
-    /// `{"cmd":"pair","expires_secs":600}`.
+    /// `{"cmd":"pair","expires_secs":600,"yes":false,"approve_within_secs":null,"png":null}`.
     Pair(Pair),
     /// `{"cmd":"pair_wait","invite":1,"wait_secs":1}`.
     PairWait(PairWait),
     /// `{"cmd":"pair_with","payload":"fybrk1:..."}`.
     PairWith(PairWith),
+    /// `{"cmd":"pair_with_wait","join":1,"wait_secs":1}`.
+    PairWithWait(PairWithWait),
+    /// `{"cmd":"approve","id":"AB12"}`.
+    Approve(Approve),
+    /// `{"cmd":"deny","id":"AB12"}`.
+    Deny(Deny),
+    /// `{"cmd":"pair_cancel","invite":null}`.
+    PairCancel(PairCancel),
     /// `{"cmd":"peers"}`.
     Peers(Peers),
     /// `{"cmd":"unpair","id":"..."}`.
@@ -59,29 +69,6 @@ pub struct Gc;
 /// Unmount the folder and stop the daemon (it answers first).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unmount;
-
-/// Make an invitation into this folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pair {
-    /// How long the invitation stays valid, in seconds.
-    pub expires_secs: u64,
-}
-
-/// Wait until an invitation is used or expires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairWait {
-    /// The invitation's number ([`Invite::invite`]).
-    pub invite: u64,
-    /// How long to wait at most, in seconds, before answering that it is still waiting.
-    pub wait_secs: u64,
-}
-
-/// Join the folder of the device that made this invitation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairWith {
-    /// The invitation's text (`fybrk1:...`).
-    pub payload: String,
-}
 
 /// The paired devices.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +103,10 @@ call! {
     Pair => Invite,
     PairWait => PairWaitReply,
     PairWith => PairWithReply,
+    PairWithWait => PairWithReply,
+    Approve => PeerRef,
+    Deny => PeerRef,
+    PairCancel => PairCancelReply,
     Peers => PeersReply,
     Unpair => PeerRef,
     Log => LogReply,
@@ -129,14 +120,34 @@ mod tests {
     /// The wire form of every request, as today's clients send it.
     #[test]
     fn requests_keep_their_wire_form() {
-        let cases: [(Request, &str); 9] = [
+        let cases: [(Request, &str); 13] = [
             (Status.into(), r#"{"cmd":"status"}"#),
             (Verify.into(), r#"{"cmd":"verify"}"#),
             (Gc.into(), r#"{"cmd":"gc"}"#),
             (Unmount.into(), r#"{"cmd":"unmount"}"#),
             (
-                Pair { expires_secs: 600 }.into(),
-                r#"{"cmd":"pair","expires_secs":600}"#,
+                Pair::expiring(600).into(),
+                r#"{"cmd":"pair","expires_secs":600,"yes":false,"approve_within_secs":null,"png":null}"#,
+            ),
+            (
+                PairWithWait {
+                    join: 2,
+                    wait_secs: 1,
+                }
+                .into(),
+                r#"{"cmd":"pair_with_wait","join":2,"wait_secs":1}"#,
+            ),
+            (
+                Approve { id: "AB12".into() }.into(),
+                r#"{"cmd":"approve","id":"AB12"}"#,
+            ),
+            (
+                Deny { id: "AB12".into() }.into(),
+                r#"{"cmd":"deny","id":"AB12"}"#,
+            ),
+            (
+                PairCancel { invite: None }.into(),
+                r#"{"cmd":"pair_cancel","invite":null}"#,
             ),
             (
                 PairWait {
@@ -166,6 +177,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&req).unwrap(), wire);
             assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req);
         }
+    }
+
+    #[test]
+    fn older_pair_requests_still_read() {
+        let old: Request = serde_json::from_str(r#"{"cmd":"pair","expires_secs":60}"#).unwrap();
+        assert_eq!(old, Pair::expiring(60).into());
     }
 
     #[test]

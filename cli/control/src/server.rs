@@ -5,13 +5,12 @@
 use std::fmt::Display;
 
 use crate::history::{Log, LogReply, Restore, RestoreReply};
-use crate::reply::{
-    ErrorReply, GcReply, Invite, PairWaitReply, PairWithReply, PeerRef, PeersReply, UnmountReply,
-    VerifyReply,
+use crate::pairing::{
+    Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
+    PairWithReply, PairWithWait,
 };
-use crate::request::{
-    Call, Gc, Pair, PairWait, PairWith, Peers, Request, Status, Unmount, Unpair, Verify,
-};
+use crate::reply::{ErrorReply, GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
+use crate::request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 use crate::status::StatusReply;
 
 /// What the daemon does for each command. [`answer`] checks at compile time that each method
@@ -34,6 +33,14 @@ pub trait Handler {
     fn pair_wait(&self, req: PairWait) -> Result<PairWaitReply, Self::Error>;
     /// [`PairWith`].
     fn pair_with(&self, req: PairWith) -> Result<PairWithReply, Self::Error>;
+    /// [`PairWithWait`].
+    fn pair_with_wait(&self, req: PairWithWait) -> Result<PairWithReply, Self::Error>;
+    /// [`Approve`].
+    fn approve(&self, req: Approve) -> Result<PeerRef, Self::Error>;
+    /// [`Deny`].
+    fn deny(&self, req: Deny) -> Result<PeerRef, Self::Error>;
+    /// [`PairCancel`].
+    fn pair_cancel(&self, req: PairCancel) -> Result<PairCancelReply, Self::Error>;
     /// [`Peers`].
     fn peers(&self, req: Peers) -> Result<PeersReply, Self::Error>;
     /// [`Unpair`].
@@ -63,6 +70,10 @@ fn dispatch<H: Handler>(req: Request, h: &H) -> String {
         Request::Pair(r) => encode::<Pair, H>(h.pair(r)),
         Request::PairWait(r) => encode::<PairWait, H>(h.pair_wait(r)),
         Request::PairWith(r) => encode::<PairWith, H>(h.pair_with(r)),
+        Request::PairWithWait(r) => encode::<PairWithWait, H>(h.pair_with_wait(r)),
+        Request::Approve(r) => encode::<Approve, H>(h.approve(r)),
+        Request::Deny(r) => encode::<Deny, H>(h.deny(r)),
+        Request::PairCancel(r) => encode::<PairCancel, H>(h.pair_cancel(r)),
         Request::Peers(r) => encode::<Peers, H>(h.peers(r)),
         Request::Unpair(r) => encode::<Unpair, H>(h.unpair(r)),
         Request::Log(r) => encode::<Log, H>(h.log(r)),
@@ -114,6 +125,18 @@ mod tests {
         }
         fn pair_with(&self, _: PairWith) -> Result<PairWithReply, &'static str> {
             Err("refused")
+        }
+        fn pair_with_wait(&self, _: PairWithWait) -> Result<PairWithReply, &'static str> {
+            Err("refused")
+        }
+        fn approve(&self, _: Approve) -> Result<PeerRef, &'static str> {
+            Err("refused")
+        }
+        fn deny(&self, _: Deny) -> Result<PeerRef, &'static str> {
+            Err("refused")
+        }
+        fn pair_cancel(&self, _: PairCancel) -> Result<PairCancelReply, &'static str> {
+            Ok(PairCancelReply::default())
         }
         fn peers(&self, _: Peers) -> Result<PeersReply, &'static str> {
             Ok(PeersReply::default())

@@ -53,6 +53,9 @@ pub struct StatusReply {
     /// undoes it.
     #[serde(default)]
     pub mass_deletions: Vec<MassDeletionAlert>,
+    /// Devices with a valid invitation proof waiting for `fybrk approve` / `fybrk deny`.
+    #[serde(default)]
+    pub pair_requests: Vec<crate::JoinRequestInfo>,
 }
 
 /// A peer deleted many files within minutes.
@@ -282,6 +285,7 @@ mod tests {
             sequence: 17,
             history_bytes: 9,
             mass_deletions: Vec::new(),
+            pair_requests: Vec::new(),
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {
@@ -331,6 +335,7 @@ mod tests {
             "mass_deletions",
             "mount_point",
             "nat",
+            "pair_requests",
             "pending_bytes",
             "pending_items",
             "peers",

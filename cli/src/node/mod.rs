@@ -34,12 +34,15 @@
 //! - `policy`: the decisions about links, as state machines without I/O or clock (the
 //!   simultaneous-dial tie-break, backoff, the relay-upgrade schedule, relay-everything mode).
 //! - `traversal`: rendezvous, STUN and TURN start-up, and relay-everything mode.
-//! - `pairing`: invitations and both sides of the pairing exchange; `framing` its frames.
+//! - `pairing`: invitations, the inviting side of the exchange and its approval; `framing`
+//!   the frames.
+//! - `join`: pairing, the joining side (dial, prove, wait for approval, adopt).
 //! - `joining`: moving this device into a joined folder.
 //! - `status`: what `fybrk status` and `fybrk peers` show.
 //! - `socket`: binding the one UDP socket.
 
 mod framing;
+mod join;
 mod joining;
 mod links;
 mod pairing;
@@ -150,6 +153,9 @@ struct Shared {
     invites: Mutex<Vec<Invite>>,
     outcomes: Mutex<HashMap<u64, InviteOutcome>>,
     next_invite: AtomicU64,
+    /// Joins this device started (`pair_with`), for `pair_with_wait`.
+    joins: Mutex<HashMap<u64, join::JoinState>>,
+    next_join: AtomicU64,
     folder_key: Mutex<FolderKey>,
     /// Held while joining a folder: one join at a time.
     joining: Mutex<()>,
@@ -284,6 +290,8 @@ impl Node {
             invites: Mutex::new(Vec::new()),
             outcomes: Mutex::new(HashMap::new()),
             next_invite: AtomicU64::new(1),
+            joins: Mutex::new(HashMap::new()),
+            next_join: AtomicU64::new(1),
             folder_key: Mutex::new(folder_key),
             joining: Mutex::new(()),
         });

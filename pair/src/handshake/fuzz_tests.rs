@@ -70,6 +70,8 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
             ),
         Just(Reply::Refused(RefuseReason::BadProof.into())),
         Just(Reply::Refused(RefuseReason::AlreadyUsed.into())),
+        Just(Reply::Refused(RefuseReason::Denied.into())),
+        any::<u64>().prop_map(|within_secs| Reply::Pending { within_secs }),
         any::<u64>().prop_map(|retry_after_secs| Reply::Refused(
             RefuseReason::RateLimited { retry_after_secs }.into()
         )),

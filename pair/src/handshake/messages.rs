@@ -75,6 +75,12 @@ pub enum RefuseReason {
         /// Seconds until the inviter accepts attempts again.
         retry_after_secs: u64,
     },
+    /// The inviter's user denied the request.
+    Denied,
+    /// The inviter's user did not answer the request in time.
+    TimedOut,
+    /// The invitation was cancelled on the inviter (or ended by an earlier denial).
+    Cancelled,
 }
 
 impl From<RefuseReason> for Refused {
@@ -83,13 +89,21 @@ impl From<RefuseReason> for Refused {
     }
 }
 
-/// The inviter's answer to a [`JoinRequest`].
+/// The inviter's answer to a [`JoinRequest`]: [`Reply::Pending`] first when its user has to
+/// approve, then a [`Reply::Welcome`] or a [`Reply::Refused`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// Accepted.
     Welcome(Welcome),
     /// Refused.
     Refused(Refused),
+    /// The proof is right; the inviter's user is being asked. The final answer follows on the
+    /// same stream.
+    Pending {
+        /// How long the inviter waits for its user, in seconds (relative: the clocks of the
+        /// two devices need not agree).
+        within_secs: u64,
+    },
 }
 
 /// Why a frame could not be written or read.

@@ -8,9 +8,11 @@
 //! joiner                                        inviter
 //! JoinerSession::request(binding)
 //!                         ── JoinRequest ──▶
-//!                                               InviterSession::handle_join(req, binding, peer, now)
+//!                                               InviterSession::handle_request(req, binding, peer, now)
+//!                         ◀── Pending ──────    both screens show sas::code(binding); the user
+//!                                               compares and answers: approve | deny | timeout
 //!                         ◀── Reply ────────    Welcome (+ JoinedPeer for the daemon) | Refused
-//! JoinerSession::handle_reply(reply)
+//! JoinerSession::handle_reply(reply)            (Pending first: Ok(None), then the final one)
 //! ```
 
 mod messages;
@@ -88,14 +90,57 @@ impl PairingGate {
     }
 }
 
-/// The inviter's side of one open invitation.
+/// How long a valid join request waits for the inviter's user by default: long enough to read
+/// two screens, short enough that a forgotten request does not hold the invitation for long.
+pub const APPROVE_WITHIN_SECS: u64 = 120;
+
+/// A join request with a valid proof, waiting for the inviter's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingJoin {
+    /// The device asking.
+    pub peer: JoinedPeer,
+    /// The words both screens show ([`crate::sas::code`] of the connection).
+    pub code: String,
+    /// When the request arrived (unix seconds).
+    pub since_unix: u64,
+    /// When it times out unanswered (unix seconds).
+    pub deadline_unix: u64,
+}
+
+/// Where an invitation is in its life.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Waiting for a device to present a proof.
+    Open,
+    /// A device proved the secret; its user decides.
+    Pending {
+        join: PendingJoin,
+        binding: [u8; 32],
+    },
+    /// Approved: the welcome was handed to this device.
+    Used(JoinedPeer),
+    /// Denied, timed out or cancelled: nothing more is accepted.
+    Ended(RefuseReason),
+}
+
+/// The inviter's side of one invitation.
+///
+/// ```text
+/// Open --valid proof--> Pending --approve--> Used
+///   |                      |--deny / timeout / cancel--> Ended
+///   |--cancel--> Ended
+/// ```
+///
+/// [`InviterSession::handle_join`] is the shortcut for invitations approved in advance
+/// (`fybrk pair --yes`): request and approval in one step.
 pub struct InviterSession {
     secret: [u8; 16],
     folder_id: [u8; 16],
     folder_key: [u8; 32],
     inviter_name: String,
     expires_unix: u64,
-    used_by: Option<JoinedPeer>,
+    approve_within_secs: u64,
+    phase: Phase,
     bad_proofs: RateLimiter,
 }
 
@@ -104,7 +149,7 @@ impl fmt::Debug for InviterSession {
         f.debug_struct("InviterSession")
             .field("folder_id", &crate::hex_prefix(&self.folder_id))
             .field("expires_unix", &self.expires_unix)
-            .field("used_by", &self.used_by)
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
@@ -118,30 +163,41 @@ impl InviterSession {
             folder_key,
             inviter_name: sanitize_name(&invitation.inviter_name),
             expires_unix: invitation.expires_unix,
-            used_by: None,
+            approve_within_secs: APPROVE_WITHIN_SECS,
+            phase: Phase::Open,
             bad_proofs: RateLimiter::new(MAX_BAD_PROOFS, BAD_PROOF_WINDOW_SECS),
         }
+    }
+
+    /// Sets how long a valid request waits for approval (at least 1 s).
+    pub fn with_approval_window(mut self, secs: u64) -> Self {
+        self.approve_within_secs = secs.max(1);
+        self
     }
 
     /// Handles a join request that arrived on the connection whose TLS exporter value is
     /// `binding` and whose peer presented a certificate with device id `peer_id`.
     ///
-    /// On success the invitation is used up and the reply is the [`Welcome`] to send, with the
-    /// [`JoinedPeer`] to pin. Checks, in order: expired (by this device's clock, exactly),
-    /// already used, rate limited, then the proof and that `req.joiner_id` is `peer_id` (a
-    /// request naming another device than the one on the connection counts as a bad proof).
-    pub fn handle_join(
+    /// A valid one makes the invitation [`PendingJoin`] until [`InviterSession::approve`],
+    /// [`InviterSession::deny`], [`InviterSession::cancel`] or the approval deadline
+    /// ([`InviterSession::poll_timeout`]). Checks, in order: ended (cancelled, denied, timed
+    /// out), expired (by this device's clock, exactly), already used or pending, rate limited,
+    /// then the proof and that `req.joiner_id` is `peer_id` (a request naming another device
+    /// than the one on the connection counts as a bad proof).
+    pub fn handle_request(
         &mut self,
         req: &JoinRequest,
         binding: &[u8; 32],
         peer_id: &[u8; 32],
         now_unix: u64,
-    ) -> Result<(Welcome, JoinedPeer), Refused> {
+    ) -> Result<PendingJoin, Refused> {
+        match &self.phase {
+            Phase::Ended(_) => return Err(RefuseReason::Cancelled.into()),
+            Phase::Used(_) | Phase::Pending { .. } => return Err(RefuseReason::AlreadyUsed.into()),
+            Phase::Open => {}
+        }
         if now_unix >= self.expires_unix {
             return Err(RefuseReason::Expired.into());
-        }
-        if self.used_by.is_some() {
-            return Err(RefuseReason::AlreadyUsed.into());
         }
         self.bad_proofs
             .check(now_unix)
@@ -157,18 +213,91 @@ impl InviterSession {
             self.bad_proofs.record(now_unix);
             return Err(RefuseReason::BadProof.into());
         }
-        let peer = JoinedPeer {
-            id: req.joiner_id,
-            name: sanitize_name(&req.joiner_name),
+        let join = PendingJoin {
+            peer: JoinedPeer {
+                id: req.joiner_id,
+                name: sanitize_name(&req.joiner_name),
+            },
+            code: crate::sas::code(binding),
+            since_unix: now_unix,
+            deadline_unix: now_unix.saturating_add(self.approve_within_secs),
         };
-        self.used_by = Some(peer.clone());
+        self.phase = Phase::Pending {
+            join: join.clone(),
+            binding: *binding,
+        };
+        Ok(join)
+    }
+
+    /// [`InviterSession::handle_request`] and [`InviterSession::approve`] at once, for an
+    /// invitation approved in advance: the [`Welcome`] to send and the [`JoinedPeer`] to pin.
+    pub fn handle_join(
+        &mut self,
+        req: &JoinRequest,
+        binding: &[u8; 32],
+        peer_id: &[u8; 32],
+        now_unix: u64,
+    ) -> Result<(Welcome, JoinedPeer), Refused> {
+        self.handle_request(req, binding, peer_id, now_unix)?;
+        self.approve(now_unix)
+    }
+
+    /// The user allowed the pending request: the invitation is used up, and the [`Welcome`]
+    /// goes to the device. Refused with [`RefuseReason::TimedOut`] past the deadline (the
+    /// invitation then ends), and with [`RefuseReason::Cancelled`] when nothing is pending.
+    pub fn approve(&mut self, now_unix: u64) -> Result<(Welcome, JoinedPeer), Refused> {
+        let Phase::Pending { join, binding } = &self.phase else {
+            return Err(RefuseReason::Cancelled.into());
+        };
+        if now_unix >= join.deadline_unix {
+            self.phase = Phase::Ended(RefuseReason::TimedOut);
+            return Err(RefuseReason::TimedOut.into());
+        }
+        let peer = join.peer.clone();
         let welcome = Welcome {
             folder_id: self.folder_id,
             folder_key: self.folder_key,
             inviter_name: self.inviter_name.clone(),
-            proof: proof(&self.secret, binding, Role::Inviter, &req.joiner_id),
+            proof: proof(&self.secret, binding, Role::Inviter, &peer.id),
         };
+        self.phase = Phase::Used(peer.clone());
         Ok((welcome, peer))
+    }
+
+    /// The user refused the pending request. The invitation ends with it: its secret reached
+    /// someone the user did not expect, so it must not be tried again. Returns the device.
+    pub fn deny(&mut self) -> Option<JoinedPeer> {
+        let Phase::Pending { join, .. } = &self.phase else {
+            return None;
+        };
+        let peer = join.peer.clone();
+        self.phase = Phase::Ended(RefuseReason::Denied);
+        Some(peer)
+    }
+
+    /// Ends the invitation unless a device already joined with it. Returns the pending device,
+    /// if one was waiting (it is told [`RefuseReason::Cancelled`]).
+    pub fn cancel(&mut self) -> Option<JoinedPeer> {
+        let pending = match &self.phase {
+            Phase::Used(_) | Phase::Ended(_) => return None,
+            Phase::Pending { join, .. } => Some(join.peer.clone()),
+            Phase::Open => None,
+        };
+        self.phase = Phase::Ended(RefuseReason::Cancelled);
+        pending
+    }
+
+    /// Ends a pending request whose deadline passed at `now_unix`; returns its device.
+    pub fn poll_timeout(&mut self, now_unix: u64) -> Option<JoinedPeer> {
+        let Phase::Pending { join, .. } = &self.phase else {
+            return None;
+        };
+        if now_unix < join.deadline_unix {
+            return None;
+        }
+        let peer = join.peer.clone();
+        self.phase = Phase::Ended(RefuseReason::TimedOut);
+        Some(peer)
     }
 
     /// Whether `req` proves this invitation's secret on the connection with exporter value
@@ -186,7 +315,26 @@ impl InviterSession {
 
     /// The device that used the invitation, once one has.
     pub fn used_by(&self) -> Option<&JoinedPeer> {
-        self.used_by.as_ref()
+        match &self.phase {
+            Phase::Used(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The request waiting for the user, if any.
+    pub fn pending(&self) -> Option<&PendingJoin> {
+        match &self.phase {
+            Phase::Pending { join, .. } => Some(join),
+            _ => None,
+        }
+    }
+
+    /// Why the invitation ended without a device joining (denied, timed out, cancelled).
+    pub fn ended(&self) -> Option<RefuseReason> {
+        match &self.phase {
+            Phase::Ended(r) => Some(*r),
+            _ => None,
+        }
     }
 
     /// When the invitation expires (unix seconds); the daemon can drop the session then.
@@ -194,9 +342,10 @@ impl InviterSession {
         self.expires_unix
     }
 
-    /// Whether a join could still succeed: not used and not expired at `now_unix`.
+    /// Whether a join could still begin: nobody used it, nobody is waiting, not ended and not
+    /// expired at `now_unix`.
     pub fn is_open(&self, now_unix: u64) -> bool {
-        self.used_by.is_none() && now_unix < self.expires_unix
+        matches!(self.phase, Phase::Open) && now_unix < self.expires_unix
     }
 }
 
@@ -231,6 +380,23 @@ pub enum PairError {
         /// Seconds until it accepts attempts again.
         retry_after_secs: u64,
     },
+    /// The inviter's user said no.
+    #[error(
+        "the other device's user denied the request, and the invitation has ended; if that \
+         was a mistake, ask for a new one with `fybrk pair`"
+    )]
+    Denied,
+    /// The inviter's user did not answer in time.
+    #[error(
+        "nobody approved the request on the other device in time; ask for a new invitation \
+         with `fybrk pair` and approve it there"
+    )]
+    TimedOut,
+    /// The invitation was cancelled on the inviter.
+    #[error(
+        "the invitation was cancelled on the other device; ask for a new one with `fybrk pair`"
+    )]
+    Cancelled,
     /// The answer did not prove knowledge of the secret: not the device that made the invitation.
     #[error(
         "the device that answered does not know this invitation's secret, so it is not the \
@@ -260,6 +426,9 @@ impl From<RefuseReason> for PairError {
             RefuseReason::RateLimited { retry_after_secs } => {
                 PairError::RateLimited { retry_after_secs }
             }
+            RefuseReason::Denied => PairError::Denied,
+            RefuseReason::TimedOut => PairError::TimedOut,
+            RefuseReason::Cancelled => PairError::Cancelled,
         }
     }
 }
@@ -320,12 +489,19 @@ impl JoinerSession {
         }
     }
 
+    /// The words this connection shows ([`crate::sas::code`]), once a request was made.
+    pub fn code(&self) -> Option<String> {
+        self.binding.as_ref().map(crate::sas::code)
+    }
+
     /// Handles the inviter's reply on the connection of the last [`JoinerSession::request`].
-    /// A [`Welcome`] is returned only if its proof and folder check out; its name is sanitised.
-    pub fn handle_reply(&mut self, reply: Reply) -> Result<Welcome, PairError> {
+    /// `Ok(None)`: the inviter's user is being asked; read the next reply. A [`Welcome`] is
+    /// returned only if its proof and folder check out; its name is sanitised.
+    pub fn handle_reply(&mut self, reply: Reply) -> Result<Option<Welcome>, PairError> {
         let binding = self.binding.ok_or(PairError::NoRequest)?;
         let mut welcome = match reply {
             Reply::Refused(Refused { reason }) => return Err(reason.into()),
+            Reply::Pending { .. } => return Ok(None),
             Reply::Welcome(w) => w,
         };
         if !verify_proof(
@@ -341,7 +517,7 @@ impl JoinerSession {
             return Err(PairError::WrongFolder);
         }
         welcome.inviter_name = sanitize_name(&welcome.inviter_name);
-        Ok(welcome)
+        Ok(Some(welcome))
     }
 }
 

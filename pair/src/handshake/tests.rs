@@ -31,7 +31,10 @@ fn exchange(
     };
     let frame = encode_frame(&reply).unwrap();
     let (reply, _) = decode_frame::<Reply>(&frame).unwrap().unwrap();
-    (joiner.handle_reply(reply), peer)
+    let answer = joiner
+        .handle_reply(reply)
+        .map(|w| w.expect("handle_join answers at once"));
+    (answer, peer)
 }
 
 fn refused(reason: RefuseReason) -> Refused {
@@ -221,14 +224,118 @@ fn joiner_checks_the_welcome() {
     ));
     let mut escaping = welcome.clone();
     escaping.inviter_name = "\x1b]0;pwned\x07".into();
-    let accepted = joiner.handle_reply(Reply::Welcome(escaping)).unwrap();
+    let accepted = joiner
+        .handle_reply(Reply::Welcome(escaping))
+        .unwrap()
+        .unwrap();
     assert_eq!(accepted.inviter_name, "?]0;pwned?");
     assert_eq!(
         joiner
             .handle_reply(Reply::Welcome(welcome.clone()))
             .unwrap(),
-        welcome
+        Some(welcome)
     );
+}
+
+/// The request path a person approves: both ends show the same words, nothing is handed over
+/// before approval, and a denial, a timeout or a cancel ends the invitation for everyone.
+#[test]
+fn a_valid_request_waits_for_the_user() {
+    let inv = invitation();
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(30);
+    let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
+    let req = joiner.request(&BINDING);
+    let pending = inviter
+        .handle_request(&req, &BINDING, &JOINER_ID, T0)
+        .unwrap();
+    assert_eq!(pending.peer.name, "laptop");
+    assert_eq!(
+        Some(pending.code.clone()),
+        joiner.code(),
+        "both screens agree"
+    );
+    assert_eq!(pending.deadline_unix, T0 + 30);
+    assert_eq!(inviter.pending(), Some(&pending));
+    assert!(!inviter.is_open(T0) && inviter.used_by().is_none());
+    assert!(matches!(
+        joiner.handle_reply(Reply::Pending { within_secs: 30 }),
+        Ok(None)
+    ));
+
+    // Someone else with the same invitation meanwhile: refused, the pending one stays.
+    let mut other = JoinerSession::new(&inv, [0x77; 32], "stranger");
+    let req2 = other.request(&[0x45; 32]);
+    let r = inviter.handle_request(&req2, &[0x45; 32], &[0x77; 32], T0 + 1);
+    assert_eq!(r, Err(refused(RefuseReason::AlreadyUsed)));
+    assert_ne!(
+        other.code(),
+        joiner.code(),
+        "another connection, other words"
+    );
+
+    assert_eq!(inviter.poll_timeout(T0 + 29), None);
+    let (welcome, peer) = inviter.approve(T0 + 29).unwrap();
+    assert_eq!(peer.id, JOINER_ID);
+    assert_eq!(inviter.used_by(), Some(&peer));
+    let got = joiner
+        .handle_reply(Reply::Welcome(welcome))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.folder_key, FOLDER_KEY);
+    assert_eq!(
+        inviter.approve(T0 + 29),
+        Err(refused(RefuseReason::Cancelled))
+    );
+}
+
+#[test]
+fn deny_timeout_and_cancel_end_the_invitation() {
+    let inv = invitation();
+    let request = |inviter: &mut InviterSession, now| {
+        let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
+        let req = joiner.request(&BINDING);
+        inviter.handle_request(&req, &BINDING, &JOINER_ID, now)
+    };
+
+    let mut denied = InviterSession::new(&inv, FOLDER_KEY);
+    request(&mut denied, T0).unwrap();
+    assert_eq!(denied.deny().map(|p| p.id), Some(JOINER_ID));
+    assert_eq!(denied.ended(), Some(RefuseReason::Denied));
+    assert_eq!(denied.deny(), None);
+    assert_eq!(denied.approve(T0), Err(refused(RefuseReason::Cancelled)));
+    assert_eq!(
+        request(&mut denied, T0 + 1),
+        Err(refused(RefuseReason::Cancelled)),
+        "a denied invitation takes no new request"
+    );
+
+    let mut late = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(10);
+    request(&mut late, T0).unwrap();
+    assert_eq!(late.poll_timeout(T0 + 9), None);
+    assert_eq!(late.poll_timeout(T0 + 10).map(|p| p.id), Some(JOINER_ID));
+    assert_eq!(late.ended(), Some(RefuseReason::TimedOut));
+    let mut slow = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(10);
+    request(&mut slow, T0).unwrap();
+    assert_eq!(
+        slow.approve(T0 + 10),
+        Err(refused(RefuseReason::TimedOut)),
+        "approving after the deadline is too late, even before a poll"
+    );
+
+    let mut cancelled = InviterSession::new(&inv, FOLDER_KEY);
+    assert_eq!(cancelled.cancel(), None);
+    assert_eq!(
+        request(&mut cancelled, T0),
+        Err(refused(RefuseReason::Cancelled))
+    );
+    let mut waiting = InviterSession::new(&inv, FOLDER_KEY);
+    request(&mut waiting, T0).unwrap();
+    assert_eq!(waiting.cancel().map(|p| p.id), Some(JOINER_ID));
+    let mut used = InviterSession::new(&inv, FOLDER_KEY);
+    request(&mut used, T0).unwrap();
+    used.approve(T0).unwrap();
+    assert_eq!(used.cancel(), None, "a used invitation stays used");
+    assert!(used.used_by().is_some());
 }
 
 #[test]
@@ -256,6 +363,9 @@ fn refusals_tell_the_user_what_to_do() {
         RefuseReason::BadProof,
         RefuseReason::Expired,
         RefuseReason::AlreadyUsed,
+        RefuseReason::Denied,
+        RefuseReason::TimedOut,
+        RefuseReason::Cancelled,
     ] {
         let msg = PairError::from(reason).to_string();
         assert!(msg.contains("fybrk pair"), "{msg}");
