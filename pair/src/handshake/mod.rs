@@ -180,8 +180,8 @@ impl InviterSession {
     ///
     /// A valid one makes the invitation [`PendingJoin`] until [`InviterSession::approve`],
     /// [`InviterSession::deny`], [`InviterSession::cancel`] or the approval deadline
-    /// ([`InviterSession::poll_timeout`]). Checks, in order: ended (cancelled, denied, timed
-    /// out), expired (by this device's clock, exactly), already used or pending, rate limited,
+    /// ([`InviterSession::poll_timeout`]). Checks, in order: expired (by this device's clock,
+    /// exactly), ended (cancelled, denied, timed out), already used or pending, rate limited,
     /// then the proof and that `req.joiner_id` is `peer_id` (a request naming another device
     /// than the one on the connection counts as a bad proof).
     pub fn handle_request(
@@ -191,13 +191,13 @@ impl InviterSession {
         peer_id: &[u8; 32],
         now_unix: u64,
     ) -> Result<PendingJoin, Refused> {
+        if now_unix >= self.expires_unix {
+            return Err(RefuseReason::Expired.into());
+        }
         match &self.phase {
             Phase::Ended(_) => return Err(RefuseReason::Cancelled.into()),
             Phase::Used(_) | Phase::Pending { .. } => return Err(RefuseReason::AlreadyUsed.into()),
             Phase::Open => {}
-        }
-        if now_unix >= self.expires_unix {
-            return Err(RefuseReason::Expired.into());
         }
         self.bad_proofs
             .check(now_unix)
