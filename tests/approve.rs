@@ -306,15 +306,31 @@ fn an_invitation_is_read_from_stdin_or_a_qr_picture() {
     wait_file(&b, "hello.txt", b"hi\n", SYNC_TIMEOUT);
 
     // The PNG `fybrk pair` saved, read back as the QR code (copied: it is deleted once used).
+    // Charlie has a file of its own: without a terminal to ask on, joining needs --yes, and
+    // the refusal uses nothing up.
+    c.ok(write_file(&c.path("mine.txt"), b"charlie's\n"), "write");
     let inv = a.invite(&[]);
     let copy = c.root().join("scan.png");
     std::fs::copy(&inv.png, &copy).unwrap();
+    let qr = copy.to_str().unwrap();
+    let out = c.run(&["pair-with", "--qr", qr], Duration::from_secs(120));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    c.check(
+        !out.status.success() && said.contains("1 files") && said.contains("--yes"),
+        || {
+            format!(
+                "pair-with into a non-empty folder should ask\n{}",
+                describe(&out)
+            )
+        },
+    );
     let out = c.run(
-        &["pair-with", "--qr", copy.to_str().unwrap()],
+        &["pair-with", "--yes", "--qr", qr],
         Duration::from_secs(120),
     );
     c.check(out.status.success(), || {
         format!("pair-with --qr failed\n{}", describe(&out))
     });
     wait_file(&c, "hello.txt", b"hi\n", SYNC_TIMEOUT);
+    wait_file(&a, "mine.txt", b"charlie's\n", SYNC_TIMEOUT);
 }

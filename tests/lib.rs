@@ -1233,10 +1233,11 @@ impl Peer {
         }
     }
 
-    /// `fybrk pair-with PAYLOAD` on this device, not judged.
+    /// `fybrk pair-with --yes PAYLOAD` on this device (its own files are shared without
+    /// asking), not judged.
     pub fn try_pair_with(&self, payload: &str) -> Output {
         self.m
-            .run(&["pair-with", payload], Duration::from_secs(120))
+            .run(&["pair-with", "--yes", payload], Duration::from_secs(120))
     }
 
     /// `fybrk peers --json`, parsed; fails unless it exits 0 with a `peers` array (the parse

@@ -149,7 +149,7 @@ fn pair_and_sync_then(
     }
 
     let p = payload(&a);
-    let out = b.run(&["pair-with", &p], Duration::from_secs(120));
+    let out = b.run(&["pair-with", "--yes", &p], Duration::from_secs(120));
     if !out.status.success() {
         b.fail(&format!(
             "pair-with through the rendezvous failed\n{}\n--- rendezvous server\n{}\n--- coturn\n{}\n--- alpha\n{}",

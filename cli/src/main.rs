@@ -119,6 +119,9 @@ enum Cmd {
         /// Read the invitation from a picture of its QR code (PNG or JPEG, e.g. a photo).
         #[arg(long, value_name = "FILE", conflicts_with = "payload")]
         qr: Option<PathBuf>,
+        /// Share this folder's existing files with the other folder without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// List the paired devices.
     Peers {
@@ -273,8 +276,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ),
         Cmd::Approve { id } => pairing::decide(&state, &id, true),
         Cmd::Deny { id } => pairing::decide(&state, &id, false),
-        Cmd::PairWith { payload, qr } => {
-            pairing::pair_with(&state, payload.as_deref(), qr.as_deref())
+        Cmd::PairWith { payload, qr, yes } => {
+            pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes)
         }
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),

@@ -306,10 +306,46 @@ fn invitation_text(payload: Option<&str>, qr: Option<&Path>) -> Result<String> {
     }
 }
 
+/// Asks before this device's own files are merged into another folder (they will be shared
+/// with every device of that folder). `yes` answers for the user; without a terminal the
+/// answer is no, with a message saying how to agree.
+fn confirm_merge(daemon: &Client, payload: &str, yes: bool) -> Result<()> {
+    let status = daemon.call(fybrk_control::Status, QUICK)?;
+    let entries = status.files + status.symlinks + status.dirs;
+    if entries == 0 || yes {
+        return Ok(());
+    }
+    // A malformed invitation is reported by the daemon, with its reasons.
+    let inviter = fybrk_pair::Invitation::parse(payload, unix_now())
+        .map(|i| fybrk_pair::sanitize_name(&i.inviter_name))
+        .unwrap_or_else(|_| "the inviting device".into());
+    let question = format!(
+        "This folder holds {} files ({}). Joining shares them with {inviter}'s folder and every \
+         device in it.",
+        status.files,
+        human_bytes(status.logical_bytes)
+    );
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        bail!("{question} Run `fybrk pair-with --yes ...` to agree to that.");
+    }
+    println!("{question}");
+    if prompt("Share them and join? [y/N] ")? {
+        Ok(())
+    } else {
+        bail!("not joined; nothing was shared")
+    }
+}
+
 /// `fybrk pair-with`.
-pub fn pair_with(state: &StateDir, payload: Option<&str>, qr: Option<&Path>) -> Result<ExitCode> {
+pub fn pair_with(
+    state: &StateDir,
+    payload: Option<&str>,
+    qr: Option<&Path>,
+    yes: bool,
+) -> Result<ExitCode> {
     let payload = invitation_text(payload, qr)?;
     let daemon = Client::new(state.socket());
+    confirm_merge(&daemon, &payload, yes)?;
     let mut reply = daemon.call(
         fybrk_control::PairWith { payload },
         Some(Duration::from_secs(300)),

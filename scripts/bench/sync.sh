@@ -300,7 +300,7 @@ run_fybrk() {
     say "fybrk: A pid $pida (:$pa), B pid $pidb (:$pb)"
     payload=$("$FYBRK" --state "$dir/a/state" pair --yes --no-wait --json --png "$dir/pair.png" | head -n 1 |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["payload"])')
-    "$FYBRK" --state "$dir/b/state" pair-with "$payload"
+    "$FYBRK" --state "$dir/b/state" pair-with --yes "$payload"
     helper fy-wait --fybrk "$FYBRK" --state-a "$dir/a/state" --state-b "$dir/b/state" >"$dir/link" ||
         { tail -n 20 "$dir"/*/state/daemon.log >&2; die "the fybrk daemons did not connect"; }
     link=$(cat "$dir/link")
