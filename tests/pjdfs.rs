@@ -356,3 +356,70 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
         m.fail(&format!("{problems}{summary}"));
     }
 }
+
+/// expected.txt parses, names only existing .t files and known classes (no mount needed).
+#[test]
+fn expected_txt_is_well_formed() {
+    let tests_dir = pjd_dir().join("tests");
+    let mut files = Vec::new();
+    t_files(&tests_dir, &tests_dir, &mut files);
+    let expected = load_expected(&files);
+    assert!(expected.len() > 50, "only {} files listed", expected.len());
+    for (file, lines) in &expected {
+        let all: usize = lines.iter().map(|e| e.numbers.len()).sum();
+        let distinct: BTreeSet<u32> = lines
+            .iter()
+            .flat_map(|e| e.numbers.iter().copied())
+            .collect();
+        assert_eq!(all, distinct.len(), "{file}: a test number is listed twice");
+    }
+}
+
+#[test]
+fn numbers_round_trip_and_tap_failures_are_read() {
+    let set = parse_numbers("5-7,9,11-12").unwrap();
+    assert_eq!(
+        set.iter().copied().collect::<Vec<_>>(),
+        [5, 6, 7, 9, 11, 12]
+    );
+    assert_eq!(format_numbers(&set), "5-7,9,11-12");
+    assert!(parse_numbers("7-5").is_err());
+    assert!(parse_numbers("x").is_err());
+
+    let ok = Command::new("true").status().unwrap();
+    let bad = Command::new("false").status().unwrap();
+    let tap = "1..5\nok 1\nnot ok 2 - tried 'x'\nnot ok 3 # TODO known\nnot ok 4\nok 5\n";
+    assert_eq!(format_numbers(&failures(bad, tap)), "2,4");
+    // A script that bailed out before any `not ok` is test 0; a clean exit is no failure.
+    assert_eq!(
+        format_numbers(&failures(bad, "1..7\nok 1\nBail out!\n")),
+        "0"
+    );
+    assert!(failures(ok, "1..1\nok 1\n").is_empty());
+}
+
+/// A timed-out file is killed with its whole process group, children included.
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    let mark = tempfile::NamedTempFile::new().unwrap();
+    let start = Instant::now();
+    let (status, _) = run_group(
+        Command::new("sh").arg("-c").arg(format!(
+            "(sleep 3; echo late > {}) & sleep 30",
+            mark.path().display()
+        )),
+        Duration::from_millis(500),
+    );
+    assert!(status.is_none(), "not reported as hung: {status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "kill took {:?}",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        fs::read_to_string(mark.path()).unwrap(),
+        "",
+        "a child survived the kill"
+    );
+}
