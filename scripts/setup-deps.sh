@@ -42,8 +42,10 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
 #   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network
 #   syncthing        the side-by-side peer in the sync benchmark
+#   perl             `prove`, which runs the vendored pjdfstest .t files (tests/pjdfs.rs); gcc for
+#                    its C helper comes with build-essential
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
-    coturn nftables iproute2 conntrack syncthing hyperfine)
+    coturn nftables iproute2 conntrack syncthing hyperfine perl)
 
 pkgs=("${base_pkgs[@]}")
 if [[ $with_test -eq 1 ]]; then
@@ -165,6 +167,23 @@ fi
 # confusing "No such file or directory".
 if [[ $(id -u) -ne 0 ]] && ! command -v fusermount3 >/dev/null 2>&1; then
     die "fusermount3 not found (Debian/Ubuntu package fuse3); non-root mounts need it"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. pjdfstest's C helper (tests/pjdfs.rs)
+# ---------------------------------------------------------------------------------------------
+# The .t files look for an executable `pjdfstest` in their own directory or a parent, so it is
+# built beside the vendored source (gitignored). Rebuilt only when the source is newer.
+if [[ $with_test -eq 1 ]]; then
+    pjd="$ROOT/tests/pjdfstest"
+    if [[ ! -x $pjd/pjdfstest || $pjd/pjdfstest.c -nt $pjd/pjdfstest || $pjd/config.h -nt $pjd/pjdfstest ]]; then
+        say "building tests/pjdfstest/pjdfstest"
+        cc -Wall -Werror -O2 -o "$pjd/pjdfstest.tmp" "$pjd/pjdfstest.c" ||
+            die "cannot build tests/pjdfstest/pjdfstest (gcc from build-essential)"
+        mv -f "$pjd/pjdfstest.tmp" "$pjd/pjdfstest"
+    else
+        say "tests/pjdfstest/pjdfstest up to date"
+    fi
 fi
 
 say "done"
