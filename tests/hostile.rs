@@ -176,9 +176,10 @@ fn path_strategy() -> impl Strategy<Value = String> {
 
 fn piece_strategy() -> impl Strategy<Value = Piece> {
     prop_oneof![
-        6 => (0usize..4, prop_oneof![4 => Just(0i64), 1 => -3i64..3, 1 => Just(70_000i64)])
+        12 => (0usize..4, prop_oneof![12 => Just(0i64), 1 => -3i64..3, 1 => Just(70_000i64)])
             .prop_map(|(index, len_error)| Piece::Pool { index, len_error }),
-        2 => prop_oneof![1u32..5000, Just(0u32), Just(u32::MAX)].prop_map(Piece::Hole),
+        2 => prop_oneof![8 => 1u32..5000, 1 => Just(0u32), 1 => Just(u32::MAX)]
+            .prop_map(Piece::Hole),
         1 => (0u32..5000).prop_map(Piece::Unknown),
     ]
 }
@@ -187,17 +188,17 @@ fn crafted_strategy() -> impl Strategy<Value = Crafted> {
     (
         path_strategy(),
         prop_oneof![6 => Just(Kind::File), 1 => Just(Kind::Dir), 1 => Just(Kind::Symlink)],
-        prop_oneof![4 => Just(0o644u32), 1 => any::<u32>(), 1 => Just(0o4755u32)],
+        prop_oneof![12 => Just(0o644u32), 1 => any::<u32>(), 1 => Just(0o4755u32)],
         prop::collection::vec(piece_strategy(), 0..5),
-        prop_oneof![6 => Just(0i64), 1 => -10i64..10, 1 => Just(i64::MAX)],
+        prop_oneof![12 => Just(0i64), 1 => -10i64..10, 1 => Just(i64::MAX)],
         prop_oneof![
-            4 => Just(1_700_000_000_000_000_000i64),
+            12 => Just(1_700_000_000_000_000_000i64),
             1 => any::<i64>(),
             1 => Just(i64::MAX)
         ],
-        prop_oneof![4 => 1u64..100, 1 => Just(u64::MAX), 1 => Just(1u64 << 50)],
+        prop_oneof![12 => 1u64..100, 1 => Just(u64::MAX), 1 => Just(1u64 << 50)],
         prop::bool::weighted(0.1),
-        prop::option::of("[a-z./]{0,20}"),
+        prop::option::weighted(0.1, "[a-z./]{0,20}"),
     )
         .prop_map(
             |(path, kind, mode, pieces, size_error, mtime_ns, counter, deleted, target)| Crafted {
@@ -241,7 +242,7 @@ fn craft(c: &Crafted, pool: &[ChunkRef]) -> FileRecord {
     r
 }
 
-/// Runs a sender session over `from` and a receiver session over `to` until both are idle,
+/// Runs a sender session over `from` and a receiver session over `to` until they are quiet,
 /// frames through the real codec. Panics if the receiver's driver fails: a refused record must
 /// never end its session.
 fn replicate(from: &mut StoreReplica<Liar>, to: &mut StoreReplica<Store>) {
@@ -286,7 +287,9 @@ fn replicate(from: &mut StoreReplica<Liar>, to: &mut StoreReplica<Store>) {
         if to.closed().is_some() || from.closed().is_some() {
             return;
         }
-        if !moved && a.is_idle() && b.is_idle() {
+        // Quiet: nothing more happens without timers (which this loop does not drive; a record
+        // whose chunk the sender lacks stays failed and pending, so `is_idle` would wait forever).
+        if !moved {
             return;
         }
     }
@@ -404,7 +407,7 @@ fn run_case(crafted: &[Crafted]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn hostile_records_through_a_replica_read_back_as_the_chunks_or_eio(
