@@ -491,8 +491,8 @@ fn lies(h: u64, real: ChunkRef, slots: &BTreeMap<&'static str, FileRecord>) -> V
     out
 }
 
-/// What H sends: the slot files' chunk is `SLOT_DATA`.
-const SLOT_DATA: &[u8] = b"the content of every slot file, 48 bytes long!!";
+/// The content of every slot file: the one real chunk the length lies name.
+const SLOT_DATA: &[u8] = b"the content of every slot file, one chunk long";
 
 #[test]
 fn a_paired_hostile_peer_cannot_break_a_mount() {
