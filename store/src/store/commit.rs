@@ -76,7 +76,10 @@ impl Store {
     /// batch: a [`Versioning::Remote`] record keeps its version vector exactly (it only gets a
     /// local sequence number, so peers of this device learn about it), which is what lets every
     /// device converge on the same vectors. Replication applies a remote version and the
-    /// conflict copy it may cause with one call.
+    /// conflict copy it may cause with one call. A remote record whose chunk list claims a
+    /// length other than a stored chunk's own fails the whole commit with
+    /// [`StoreError::ChunkLength`] (nothing written): a peer's lengths are checked, this
+    /// device's writer makes its own.
     pub fn commit_changes(
         &self,
         records: Vec<(FileRecord, Versioning)>,
