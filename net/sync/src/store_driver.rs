@@ -400,12 +400,11 @@ impl<S: ReplicaStore> StoreReplica<S> {
 }
 
 /// True when the store refused one record for what the record says, not because the store
-/// failed: the session skips it and goes on.
+/// failed: the session skips it and goes on. Not [`StoreError::MissingChunk`]: the driver
+/// pinned or fetched every chunk before the apply, so a missing one is the store's fault, and
+/// ending the session lets the next one retry the record instead of skipping it for good.
 fn refused(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::ChunkLength { .. } | StoreError::MissingChunk(_)
-    )
+    matches!(e, StoreError::ChunkLength { .. })
 }
 
 /// True when `record`'s content includes chunk `id`.
