@@ -32,6 +32,19 @@ pub enum StoreError {
         /// The path that changed.
         path: String,
     },
+    /// A peer's record claims a chunk length that differs from the stored chunk's plaintext
+    /// length: the record is refused (reads would return wrong bytes or fail).
+    #[error("{path}: chunk {chunk} is {actual} bytes, but the record claims {claimed}")]
+    ChunkLength {
+        /// The record's path.
+        path: String,
+        /// The chunk whose length differs.
+        chunk: ChunkId,
+        /// The length the record claims.
+        claimed: u32,
+        /// The chunk's real plaintext length.
+        actual: u64,
+    },
     /// The folder key does not match the one this store was created with.
     #[error("the folder key does not match this store (wrong folder.key?)")]
     WrongKey,

@@ -442,6 +442,55 @@ fn a_chunk_length_that_lies_is_refused_by_read_file() {
 }
 
 #[test]
+fn a_remote_record_whose_chunk_length_lies_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let kept = write_file(&store, "kept", b"0123456789");
+    let real = kept.chunks[0];
+    let before = store.sequence();
+    let remote = Versioning::Remote { based_on: None };
+    for claimed in [4u32, 11, 100_000] {
+        let mut r = FileRecord::new("f", Kind::File, 0o644, 1);
+        r.chunks = vec![
+            ChunkRef::hole(3),
+            ChunkRef {
+                id: real.id,
+                len: claimed,
+            },
+        ];
+        r.size = 3 + u64::from(claimed);
+        let e = store.commit_changes(vec![(r, remote)], None, false);
+        assert!(
+            matches!(e, Err(StoreError::ChunkLength { claimed: c, actual: 10, .. }) if c == claimed),
+            "{e:?}"
+        );
+    }
+    // A chunk written with the same commit (the writer's pending ones) is checked too.
+    let mut w = store.writer();
+    let fresh = w.add(b"fresh bytes").unwrap();
+    let mut r = FileRecord::new("g", Kind::File, 0o644, 1);
+    r.chunks = vec![ChunkRef {
+        id: fresh.id,
+        len: fresh.len + 1,
+    }];
+    r.size = u64::from(fresh.len + 1);
+    let e = store.commit_changes(vec![(r.clone(), remote)], Some(&mut w), false);
+    assert!(matches!(e, Err(StoreError::ChunkLength { .. })), "{e:?}");
+    assert_eq!(store.sequence(), before, "nothing written");
+    assert_eq!(store.get("f").unwrap(), None);
+    assert!(store.verify().unwrap().is_ok());
+    // The true lengths commit, with the writer's chunks still there after the refusal.
+    r.chunks[0].len = fresh.len;
+    r.size = u64::from(fresh.len);
+    store
+        .commit_changes(vec![(r, remote)], Some(&mut w), false)
+        .unwrap();
+    drop(w);
+    assert_eq!(read_file(&store, "g"), b"fresh bytes");
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
 fn the_root_time_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

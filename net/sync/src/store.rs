@@ -52,7 +52,9 @@ pub trait ReplicaStore {
     /// [`StoreError::Changed`] (nothing written) when the record at its path is no longer the
     /// one with sequence `based_on`; a [`Versioning::Local`] one is bumped for this device.
     /// A live file record whose chunks the store does not hold fails with
-    /// [`StoreError::MissingChunk`]. Not necessarily durable: see [`ReplicaStore::sync`].
+    /// [`StoreError::MissingChunk`]; a remote one whose chunk list claims a length other than
+    /// a chunk's own fails with [`StoreError::ChunkLength`] (nothing written). Not necessarily
+    /// durable: see [`ReplicaStore::sync`].
     fn commit_changes(
         &self,
         changes: Vec<(FileRecord, Versioning)>,
@@ -101,8 +103,13 @@ mod tests {
     }
 
     /// The part of the contract the driver's re-decisions and verification rely on, checked
-    /// the same way on both implementations. `local_mkdir` makes a local change at a path.
-    fn conditional_commits<S: ReplicaStore>(store: &S, local_mkdir: impl Fn(&str)) {
+    /// the same way on both implementations. `local_mkdir` makes a local change at a path,
+    /// `local_write` writes a local file of one chunk.
+    fn conditional_commits<S: ReplicaStore>(
+        store: &S,
+        local_mkdir: impl Fn(&str),
+        local_write: impl Fn(&str, &[u8]),
+    ) {
         let mut staging = store.staging();
         store
             .commit_changes(remote(remote_dir("a", 1), None), &mut staging)
@@ -149,6 +156,33 @@ mod tests {
             matches!(r, Err(StoreError::MissingChunk(id)) if id == missing),
             "{r:?}"
         );
+        // A remote record's chunk lengths are checked against the chunks themselves: a claim
+        // longer or shorter than the real chunk is refused and nothing is written.
+        local_write("data", b"0123456789");
+        let real = store.get("data").unwrap().unwrap().chunks[0];
+        assert_eq!(real.len, 10);
+        let a_seq = store.get("a").unwrap().unwrap().seq;
+        for claimed in [real.len - 1, real.len + 1] {
+            let before = store.sequence();
+            let mut lying = remote_dir("a", 3);
+            lying.kind = Kind::File;
+            lying.chunks = vec![
+                ChunkRef::hole(2),
+                ChunkRef {
+                    len: claimed,
+                    ..real
+                },
+            ];
+            lying.size = 2 + u64::from(claimed);
+            let r = store.commit_changes(remote(lying, Some(a_seq)), &mut staging);
+            assert!(
+                matches!(&r, Err(StoreError::ChunkLength { path, claimed: c, actual, .. })
+                    if path == "a" && *c == claimed && *actual == u64::from(real.len)),
+                "{r:?}"
+            );
+            assert_eq!(store.sequence(), before, "a refused commit writes nothing");
+        }
+
         let r = staging.add_sealed(&missing, b"not the chunk".to_vec());
         assert!(matches!(r, Err(StoreError::CorruptChunk(..))), "{r:?}");
         assert!(!store.has_chunk(&missing).unwrap());
@@ -164,19 +198,37 @@ mod tests {
             StoreOptions::default(),
         )
         .unwrap();
-        conditional_commits(&store, |p| {
-            let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
-            store.commit(vec![dir], None, false).unwrap();
-        });
+        conditional_commits(
+            &store,
+            |p| {
+                let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
+                store.commit(vec![dir], None, false).unwrap();
+            },
+            |p, data| {
+                store.write_file(p, data, 0o644, 2).unwrap();
+            },
+        );
     }
 
     #[test]
     fn the_in_memory_store_keeps_the_contract() {
         let store = MemStore::new(0x1111_1111_1111_1111);
-        conditional_commits(&store, |p| {
-            let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
-            store.commit_local(vec![dir], Vec::new());
-        });
+        conditional_commits(
+            &store,
+            |p| {
+                let dir = FileRecord::new(p, Kind::Dir, 0o700, 2);
+                store.commit_local(vec![dir], Vec::new());
+            },
+            |p, data| {
+                let mut file = FileRecord::new(p, Kind::File, 0o644, 2);
+                file.chunks = vec![ChunkRef {
+                    id: super::mem::chunk_id(data),
+                    len: data.len() as u32,
+                }];
+                file.size = data.len() as u64;
+                store.commit_local(vec![file], vec![data.to_vec()]);
+            },
+        );
         assert_eq!(store.counters().changed, 2);
     }
 }

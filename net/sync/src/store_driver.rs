@@ -26,7 +26,8 @@ use super::store::{ReplicaStore, Staging};
 use super::{Action, FetchFailure, RecordToken, Session, SyncError};
 
 /// Why the driver must drop the session: the store failed (disk full, I/O, a corrupt record).
-/// A chunk that fails verification is not an error; the session re-requests it.
+/// A chunk that fails verification is not an error; the session re-requests it. Nor is a
+/// record the store refuses ([`Problem::Refused`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// A store operation failed while executing an action.
@@ -62,6 +63,16 @@ pub enum Problem {
         path: String,
         /// Its encoded size bound.
         bytes: usize,
+    },
+    /// The store refused a peer's record (a chunk length that is not the chunk's, say): it was
+    /// skipped, never applied or relayed, and the session went on with the others.
+    Refused {
+        /// When it was refused.
+        at: Instant,
+        /// The record's path.
+        path: String,
+        /// The store's reason.
+        reason: String,
     },
 }
 
@@ -182,7 +193,7 @@ impl<S: ReplicaStore> StoreReplica<S> {
             Action::NeedChunks { token, record } => self.need_chunks(session, token, record)?,
             Action::StoreChunk { id, data } => self.store_chunk(session, id, data)?,
             Action::Apply(record) => {
-                self.apply(record)?;
+                self.apply(session.peer(), record, now)?;
                 session.handle_local_changed(self.store.sequence())
             }
             Action::ReadChunk { id, req_id } => {
@@ -315,7 +326,15 @@ impl<S: ReplicaStore> StoreReplica<S> {
     }
 
     /// Resolves `remote` against the current local record and commits the result in one batch.
-    fn apply(&mut self, remote: FileRecord) -> Result<(), DriverError> {
+    /// A record the store refuses ([`refused`]) is skipped with a warning naming `peer` and a
+    /// [`Problem::Refused`]: the session already counted it as settled when it asked for the
+    /// apply, so progress moves past it and nothing waits for it.
+    fn apply(
+        &mut self,
+        peer: Option<ShortId>,
+        remote: FileRecord,
+        now: Instant,
+    ) -> Result<(), DriverError> {
         let mut writer = match self.holds.remove(&remote.path) {
             Some(h) if h.record == remote => h.writer,
             other => {
@@ -357,6 +376,20 @@ impl<S: ReplicaStore> StoreReplica<S> {
             match self.store.commit_changes(changes, &mut writer) {
                 Ok(_) => break,
                 Err(StoreError::Changed { .. }) if attempts < 8 => attempts += 1,
+                Err(e) if refused(&e) => {
+                    tracing::warn!(
+                        peer = format_args!("{:016x}", peer.unwrap_or_default()),
+                        path = ?remote.path,
+                        reason = %e,
+                        "refused a record from peer"
+                    );
+                    self.problems.push(Problem::Refused {
+                        at: now,
+                        path: remote.path,
+                        reason: e.to_string(),
+                    });
+                    return Ok(());
+                }
                 Err(e) => return Err(err("applying a remote record")(e)),
             }
         }
@@ -364,6 +397,14 @@ impl<S: ReplicaStore> StoreReplica<S> {
         self.applied += 1;
         Ok(())
     }
+}
+
+/// True when the store refused one record for what the record says, not because the store
+/// failed: the session skips it and goes on. Not [`StoreError::MissingChunk`]: the driver
+/// pinned or fetched every chunk before the apply, so a missing one is the store's fault, and
+/// ending the session lets the next one retry the record instead of skipping it for good.
+fn refused(e: &StoreError) -> bool {
+    matches!(e, StoreError::ChunkLength { .. })
 }
 
 /// True when `record`'s content includes chunk `id`.
@@ -657,6 +698,58 @@ mod tests {
         assert_eq!(read_file(p.store(1), "f.bin"), data);
         let chunks = p.store(0).get("f.bin").unwrap().unwrap().chunks.len();
         assert_eq!(p.counts.chunk_requests, chunks + 1, "one re-request");
+    }
+
+    #[test]
+    fn a_record_whose_chunk_length_lies_is_refused_and_the_session_goes_on() {
+        let mut p = Pair::new();
+        let a = p.store(0).clone();
+        // Committed locally on A (local commits trust their writer), so A's session offers
+        // them to B like any record: a 10-byte chunk claimed longer and shorter.
+        for (path, claimed) in [("long", 100u32), ("short", 4)] {
+            let mut w = a.writer();
+            let real = w.add(format!("{path:>10}").as_bytes()).unwrap();
+            let mut r = FileRecord::new(path, Kind::File, 0o644, 1);
+            r.chunks = vec![fybrk_store::ChunkRef {
+                id: real.id,
+                len: claimed,
+            }];
+            r.size = u64::from(r.chunks[0].len);
+            a.commit(vec![r], Some(&mut w), false).unwrap();
+        }
+        write_file(&a, "ok.txt", b"valid", 10);
+        p.sync();
+
+        let b = p.store(1);
+        assert_eq!(b.get("long").unwrap(), None);
+        assert_eq!(b.get("short").unwrap(), None);
+        assert_eq!(read_file(b, "ok.txt"), b"valid");
+        let refused: Vec<&str> = p.devices[1]
+            .replica
+            .problems()
+            .iter()
+            .map(|pr| match pr {
+                Problem::Refused { path, .. } => path.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(refused, ["long", "short"]);
+        assert_eq!(
+            p.sessions[1].peer_seen(),
+            a.sequence(),
+            "progress moved past them"
+        );
+        assert!(b.verify().unwrap().is_ok());
+
+        // Later changes still flow.
+        write_file(&a, "later.txt", b"later", 11);
+        p.sync();
+        assert_eq!(read_file(p.store(1), "later.txt"), b"later");
+        assert_eq!(
+            p.devices[1].replica.problems().len(),
+            2,
+            "not refused again"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 
 use super::writer::NewChunk;
 use super::{lock, ChunkWriter, Committed, Stats, Store};
+use crate::crypto::SEAL_OVERHEAD;
 use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, META, ORPHANS, RECORDS, REFS};
 use crate::history::{self, Version};
 use crate::record::path_key;
@@ -75,7 +76,10 @@ impl Store {
     /// batch: a [`Versioning::Remote`] record keeps its version vector exactly (it only gets a
     /// local sequence number, so peers of this device learn about it), which is what lets every
     /// device converge on the same vectors. Replication applies a remote version and the
-    /// conflict copy it may cause with one call.
+    /// conflict copy it may cause with one call. A remote record whose chunk list claims a
+    /// length other than a stored chunk's own fails the whole commit with
+    /// [`StoreError::ChunkLength`] (nothing written): a peer's lengths are checked, this
+    /// device's writer makes its own.
     pub fn commit_changes(
         &self,
         records: Vec<(FileRecord, Versioning)>,
@@ -164,6 +168,12 @@ impl Store {
                 record.chunks.clear();
             }
 
+            if let Versioning::Remote { .. } = versioning {
+                // A peer's chunk list is a claim; the stored chunk is the truth. A length that
+                // differs would make reads return wrong bytes, so the record is refused here
+                // (local records take their lengths from this device's writer).
+                self.check_chunk_lengths(&record, &mut refs)?;
+            }
             let mut delta: HashMap<ChunkId, i64> = HashMap::new();
             if let Some(old) = &old {
                 batch.delete_cf(self.cf(LOG), old.seq.to_be_bytes());
@@ -352,6 +362,47 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses `record` when one of its stored chunks (holes aside) is not as long as the
+    /// record says: every chunk is sealed with a fixed overhead, so the refs entry read for the
+    /// reference count anyway (and cached in `refs`) gives the plaintext length without
+    /// decrypting anything. A chunk the store lacks is [`StoreError::MissingChunk`].
+    fn check_chunk_lengths(
+        &self,
+        record: &FileRecord,
+        refs: &mut HashMap<ChunkId, RefEntry>,
+    ) -> Result<()> {
+        for c in record.chunks.iter().filter(|c| !c.id.is_hole()) {
+            let entry = self.ref_entry(refs, &c.id)?;
+            let actual = u64::from(entry.sealed_len).saturating_sub(SEAL_OVERHEAD as u64);
+            if actual != u64::from(c.len) {
+                return Err(StoreError::ChunkLength {
+                    path: record.path.clone(),
+                    chunk: c.id,
+                    claimed: c.len,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The refs entry of chunk `id`, from `refs` (this commit's view) or the database, cached
+    /// in `refs`.
+    fn ref_entry(&self, refs: &mut HashMap<ChunkId, RefEntry>, id: &ChunkId) -> Result<RefEntry> {
+        if let Some(e) = refs.get(id) {
+            return Ok(*e);
+        }
+        let entry = match self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? {
+            Some(v) => RefEntry::decode(&v).ok_or_else(|| StoreError::CorruptRecord {
+                key: format!("refs/{id}"),
+                reason: "bad reference entry".into(),
+            })?,
+            None => return Err(StoreError::MissingChunk(*id)),
+        };
+        refs.insert(*id, entry);
+        Ok(entry)
+    }
+
     pub(crate) fn apply_ref_delta(
         &self,
         batch: &mut WriteBatch,
@@ -359,16 +410,7 @@ impl Store {
         id: &ChunkId,
         delta: i64,
     ) -> Result<()> {
-        let mut entry = match refs.get(id) {
-            Some(e) => *e,
-            None => match self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? {
-                Some(v) => RefEntry::decode(&v).ok_or_else(|| StoreError::CorruptRecord {
-                    key: format!("refs/{id}"),
-                    reason: "bad reference entry".into(),
-                })?,
-                None => return Err(StoreError::MissingChunk(*id)),
-            },
-        };
+        let mut entry = self.ref_entry(refs, id)?;
         let count = entry.count as i64 + delta;
         if count < 0 {
             tracing::error!(chunk = %id, count, "reference count went negative; clamping to 0");

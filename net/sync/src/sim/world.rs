@@ -379,6 +379,7 @@ impl World {
             match p {
                 Problem::FetchFailed { path, .. } => self.stats.failed.push(path.clone()),
                 Problem::RecordTooLarge { path, .. } => panic!("record too large: {path}"),
+                Problem::Refused { path, reason, .. } => panic!("refused {path}: {reason}"),
             }
         }
         end.problems = end.replica.problems().len();

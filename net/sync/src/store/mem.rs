@@ -5,7 +5,8 @@
 //! change merges the previous version's vector and bumps this device's counter to that sequence;
 //! a remote record keeps its vector and is refused with [`StoreError::Changed`] when the record
 //! at its path moved since the decision; a live file record needs all its chunks
-//! ([`StoreError::MissingChunk`]); garbage collection frees chunks no live record references
+//! ([`StoreError::MissingChunk`]) and a remote record's chunk lengths must be the chunks' own
+//! ([`StoreError::ChunkLength`]); garbage collection frees chunks no live record references
 //! unless they are pinned. Chunk "sealing" is the identity and a chunk's id is a hash of its
 //! bytes, so a corrupted chunk no longer matches its id (standing in for keyed BLAKE3 +
 //! AES-GCM).
@@ -246,9 +247,25 @@ impl Inner {
             if let Some(c) = record
                 .chunks
                 .iter()
+                .filter(|c| !c.id.is_hole())
                 .find(|c| !self.chunks.contains_key(&c.id) && !pending.contains_key(&c.id))
             {
                 return Err(StoreError::MissingChunk(c.id));
+            }
+            if matches!(versioning, Versioning::Remote { .. }) {
+                // A peer's claimed length against the chunk's bytes, as the real store checks.
+                for c in record.chunks.iter().filter(|c| !c.id.is_hole()) {
+                    let data = self.chunks.get(&c.id).or_else(|| pending.get(&c.id));
+                    let actual = data.map_or(0, |d| d.len() as u64);
+                    if actual != u64::from(c.len) {
+                        return Err(StoreError::ChunkLength {
+                            path: record.path,
+                            chunk: c.id,
+                            claimed: c.len,
+                            actual,
+                        });
+                    }
+                }
             }
             out.push(record);
         }
