@@ -32,9 +32,9 @@ pub mod qr;
 pub mod sas;
 
 pub use handshake::{
-    decode_frame, encode_frame, FrameError, InviterSession, JoinRequest, JoinedPeer, JoinerSession,
-    PairError, PairingGate, PendingJoin, RateLimiter, RefuseReason, Refused, Reply, Welcome,
-    APPROVE_WITHIN_SECS,
+    decode_frame, encode_frame, BadProofs, FrameError, InviterSession, JoinRequest, JoinedPeer,
+    JoinerSession, PairError, PairingGate, PendingJoin, RateLimiter, RefuseReason, Refused, Reply,
+    Welcome, APPROVE_WITHIN_SECS,
 };
 pub use invite::{
     HostPort, Invitation, InviteError, Rendezvous, RendezvousParseError, INVITE_TTL_SECS,

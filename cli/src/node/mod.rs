@@ -153,6 +153,8 @@ struct Shared {
     invites: Mutex<Vec<Invite>>,
     outcomes: Mutex<HashMap<u64, InviteOutcome>>,
     next_invite: AtomicU64,
+    /// Wrong pairing proofs per source address and claimed device id.
+    bad_proofs: Mutex<fybrk_pair::BadProofs>,
     /// Joins this device started (`pair_with`), for `pair_with_wait`.
     joins: Mutex<HashMap<u64, join::JoinState>>,
     next_join: AtomicU64,
@@ -290,6 +292,7 @@ impl Node {
             invites: Mutex::new(Vec::new()),
             outcomes: Mutex::new(HashMap::new()),
             next_invite: AtomicU64::new(1),
+            bad_proofs: Mutex::new(fybrk_pair::BadProofs::new()),
             joins: Mutex::new(HashMap::new()),
             next_join: AtomicU64::new(1),
             folder_key: Mutex::new(folder_key),

@@ -7,7 +7,7 @@
 //! waiting `fybrk pair`) decides, the approval window passes, or the invitation is cancelled.
 //! `fybrk pair --yes` approves in advance.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -324,7 +324,7 @@ impl Shared {
         let (mut send, mut recv) = conn.accept_bi().await?;
         let req: JoinRequest = read_frame(&mut recv).await?;
         let binding = channel_binding(&conn, PAIR_LABEL, &[])?;
-        let first = self.look_at(&req, &binding, peer);
+        let first = self.look_at(&req, &binding, peer, conn.remote_address().ip());
         let answer = match first {
             Err(refused) => Err(refused),
             Ok(Step::Welcome(number, welcome, joined)) => Ok((number, welcome, joined)),
@@ -364,28 +364,25 @@ impl Shared {
     }
 
     /// The first look at a join request: refused, welcomed (approved in advance), or to be
-    /// asked about. The invitation whose secret the request proves answers (used, expired,
-    /// rate limited, or valid). If none does, the secret is wrong: every open invitation
-    /// counts a bad proof, so guessing is rate limited.
+    /// asked about. The invitation whose secret the request proves answers (expired, used,
+    /// ended, or valid): a right proof is never rate limited. A proof that matches no
+    /// invitation counts against its source address and claimed device id, across all
+    /// invitations (`BadProofs`), so a flood slows down only whoever sends it.
     fn look_at(
         &self,
         req: &JoinRequest,
         binding: &[u8; 32],
         peer: DeviceId,
+        source: IpAddr,
     ) -> Result<Step, fybrk_pair::Refused> {
         let now = unix_now();
         let mut invites = lock(&self.invites);
         let Some(inv) = invites.iter_mut().find(|i| i.session.matches(req, binding)) else {
-            let mut refused = None;
-            for inv in invites.iter_mut().filter(|i| i.session.is_open(now)) {
-                if let Err(e) = inv
-                    .session
-                    .handle_request(req, binding, peer.as_bytes(), now)
-                {
-                    refused.get_or_insert(e);
-                }
-            }
-            return Err(refused.unwrap_or_else(|| RefuseReason::BadProof.into()));
+            drop(invites);
+            let mut bad = lock(&self.bad_proofs);
+            bad.check(source, &req.joiner_id, now)?;
+            bad.record(source, &req.joiner_id, now);
+            return Err(RefuseReason::BadProof.into());
         };
         let pending = inv
             .session

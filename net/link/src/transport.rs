@@ -13,16 +13,21 @@
 //! once.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{ConnectionError, IdleTimeout, TransportConfig, TransportErrorCode, VarInt};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::identity::{DeviceId, DeviceKey};
-use crate::tls::{self, Allow, PeerPolicy, TlsError, TlsIdentity};
+use crate::tls::{self, PeerPolicy, TlsError, TlsIdentity};
+
+mod accept;
+
+use accept::{handshake, AcceptError, Sources, MAX_PENDING_HANDSHAKES};
+pub use accept::{Accepted, Admission};
 
 /// Keep-alive interval. Common NATs drop an idle UDP mapping after 30 s or more (RFC 4787 asks
 /// for at least 2 minutes, many home routers use 30-60 s); a packet every 10 s keeps the mapping,
@@ -37,14 +42,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// because a peer that has not answered in 10 s is very likely offline or unreachable on that
 /// path, and the caller usually has other candidate addresses (or the relay) to try.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long an incoming handshake may take before it is dropped, so a stalled or malicious
-/// client cannot hold a handshake slot for the whole idle timeout.
-const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Incoming handshakes in progress at once; past this, new attempts are refused. A handful of
-/// paired devices never come close; the bound stops a flood from exhausting memory.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Per-stream receive window. Chunks (at most 256 KiB) travel one per stream, but an index
 /// stream or a large catch-up may stream much more; 16 MiB covers the bandwidth-delay product of
@@ -159,51 +156,13 @@ pub enum ConnectError {
     Tls(#[from] TlsError),
 }
 
-/// How an accepted peer was let in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// A paired device.
-    Paired,
-    /// An unknown device admitted while an invitation is open: run only the pairing handshake on
-    /// this connection. Its id is proven by TLS like any other, so once pairing succeeds and the
-    /// device is in the policy, the same connection may go on to replication.
-    PairingOnly,
-}
-
-/// A connection accepted by [`Transport::accept`], with its verified peer.
-#[derive(Debug)]
-pub struct Accepted {
-    /// The established connection.
-    pub connection: quinn::Connection,
-    /// The peer's device id, proven by its certificate and handshake signature.
-    pub peer: DeviceId,
-    /// What the policy allowed when the connection was handed over.
-    pub admission: Admission,
-}
-
-/// Why an incoming handshake was not yielded (logged only).
-#[derive(Debug, thiserror::Error)]
-enum AcceptError {
-    #[error("handshake from {remote} failed: {source}")]
-    Handshake {
-        remote: SocketAddr,
-        source: ConnectionError,
-    },
-    #[error("handshake from {remote} timed out")]
-    Timeout { remote: SocketAddr },
-    #[error("{remote} presented no usable certificate")]
-    NoIdentity { remote: SocketAddr },
-    #[error("device {peer} at {remote} is not paired (policy changed during the handshake)")]
-    Denied { remote: SocketAddr, peer: DeviceId },
-}
-
 /// fybrk's QUIC endpoint on one UDP socket.
 pub struct Transport {
     endpoint: quinn::Endpoint,
     identity: TlsIdentity,
     policy: Arc<dyn PeerPolicy>,
     transport_config: Arc<TransportConfig>,
-    handshakes: tokio::sync::Mutex<JoinSet<Result<Accepted, AcceptError>>>,
+    handshakes: tokio::sync::Mutex<(JoinSet<(IpAddr, Result<Accepted, AcceptError>)>, Sources)>,
 }
 
 impl Transport {
@@ -264,7 +223,7 @@ impl Transport {
             identity,
             policy,
             transport_config,
-            handshakes: tokio::sync::Mutex::new(JoinSet::new()),
+            handshakes: tokio::sync::Mutex::new((JoinSet::new(), Sources::default())),
         })
     }
 
@@ -355,7 +314,8 @@ impl Transport {
     /// policy refuses, or whose handshake fails or stalls, are logged and dropped. One caller at
     /// a time: concurrent calls wait for each other.
     pub async fn accept(&self) -> Option<Accepted> {
-        let mut handshakes = self.handshakes.lock().await;
+        let mut guard = self.handshakes.lock().await;
+        let (handshakes, sources) = &mut *guard;
         let mut endpoint_open = true;
         loop {
             tokio::select! {
@@ -365,14 +325,30 @@ impl Transport {
                         incoming.refuse();
                     }
                     Some(incoming) => {
-                        handshakes.spawn(handshake(incoming, Arc::clone(&self.policy)));
+                        let source = incoming.remote_address().ip();
+                        if sources.begin(source) {
+                            handshakes.spawn(handshake(incoming, Arc::clone(&self.policy)));
+                        } else {
+                            warn!(remote = %incoming.remote_address(), "too many handshakes from this address at once; refusing");
+                            incoming.refuse();
+                        }
                     }
                     None => endpoint_open = false,
                 },
                 Some(joined) = handshakes.join_next() => match joined {
-                    Ok(Ok(accepted)) => return Some(accepted),
-                    Ok(Err(e)) => debug!("incoming connection dropped: {e}"),
-                    Err(e) => warn!("handshake task failed: {e}"),
+                    Ok((source, result)) => {
+                        sources.end(source);
+                        match result {
+                            Ok(accepted) => return Some(accepted),
+                            Err(e) => debug!("incoming connection dropped: {e}"),
+                        }
+                    }
+                    Err(e) => {
+                        // A panicked task loses its source: forget all counts rather than
+                        // refuse that address for good.
+                        *sources = Sources::default();
+                        warn!("handshake task failed: {e}");
+                    }
                 },
                 else => return None,
             }
@@ -421,38 +397,6 @@ fn runtime() -> Result<Arc<dyn quinn::Runtime>, TransportError> {
     // quinn's tokio runtime panics outside a runtime; check first and return an error instead.
     tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
     Ok(Arc::new(quinn::TokioRuntime))
-}
-
-/// Completes one incoming handshake and asks the policy again for the admission to report.
-async fn handshake(
-    incoming: quinn::Incoming,
-    policy: Arc<dyn PeerPolicy>,
-) -> Result<Accepted, AcceptError> {
-    let remote = incoming.remote_address();
-    let connecting = incoming
-        .accept()
-        .map_err(|source| AcceptError::Handshake { remote, source })?;
-    let connection = tokio::time::timeout(ACCEPT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| AcceptError::Timeout { remote })?
-        .map_err(|source| AcceptError::Handshake { remote, source })?;
-    let peer = tls::peer_id(&connection).ok_or(AcceptError::NoIdentity { remote })?;
-    // The verifier admitted the peer moments ago; asking again gives the verdict as of hand-over
-    // (an invitation may have closed, or the device been unpaired, in between).
-    let admission = match policy.allows(&peer) {
-        Allow::Paired => Admission::Paired,
-        Allow::PairingOnly => Admission::PairingOnly,
-        Allow::Deny => {
-            connection.close(CLOSE_NOT_PAIRED, b"not paired");
-            return Err(AcceptError::Denied { remote, peer });
-        }
-    };
-    info!(%remote, peer = %peer.abbrev(), ?admission, "accepted connection");
-    Ok(Accepted {
-        connection,
-        peer,
-        admission,
-    })
 }
 
 /// Waits until the server confirms the handshake (its HANDSHAKE_DONE frame, sent once it has

@@ -15,11 +15,13 @@
 //! JoinerSession::handle_reply(reply)            (Pending first: Ok(None), then the final one)
 //! ```
 
+mod bad_proofs;
 mod messages;
 mod rate_limit;
 
 use std::fmt;
 
+pub use bad_proofs::{BadProofs, BAD_PROOF_WINDOW_SECS, MAX_BAD_PROOFS, MAX_TRACKED};
 pub use messages::{
     decode_frame, encode_frame, FrameError, JoinRequest, RefuseReason, Refused, Reply, Welcome,
     FRAME_HEADER_LEN, MAX_FRAME_LEN,
@@ -30,17 +32,6 @@ use crate::fmt_secs;
 use crate::invite::Invitation;
 use crate::name::sanitize_name;
 use crate::proof::{proof, verify_proof, Role};
-
-/// Wrong proofs tolerated per invitation within [`BAD_PROOF_WINDOW_SECS`] before it refuses
-/// everything, right proofs included. A 128-bit secret cannot be guessed online at any rate, so
-/// this is not what keeps the secret safe: it stops a peer from hammering the inviter (work, log
-/// noise) and makes a flood of bad attempts visible as a pause instead of an endless stream.
-/// A real user gets a wrong proof only by pasting a different invitation, so five is generous.
-pub const MAX_BAD_PROOFS: usize = 5;
-
-/// How long the wrong proofs are remembered. Short next to the invitation's 10-minute life, so a
-/// locked invitation becomes usable again for the real joiner before it expires.
-pub const BAD_PROOF_WINDOW_SECS: u64 = 60;
 
 /// Pairing connections the daemon admits through its [`PairingGate`] per [`GATE_WINDOW_SECS`],
 /// across all invitations: a person pairs a handful of devices, never dozens a minute.
@@ -141,7 +132,6 @@ pub struct InviterSession {
     expires_unix: u64,
     approve_within_secs: u64,
     phase: Phase,
-    bad_proofs: RateLimiter,
 }
 
 impl fmt::Debug for InviterSession {
@@ -165,7 +155,6 @@ impl InviterSession {
             expires_unix: invitation.expires_unix,
             approve_within_secs: APPROVE_WITHIN_SECS,
             phase: Phase::Open,
-            bad_proofs: RateLimiter::new(MAX_BAD_PROOFS, BAD_PROOF_WINDOW_SECS),
         }
     }
 
@@ -181,7 +170,7 @@ impl InviterSession {
     /// A valid one makes the invitation [`PendingJoin`] until [`InviterSession::approve`],
     /// [`InviterSession::deny`], [`InviterSession::cancel`] or the approval deadline
     /// ([`InviterSession::poll_timeout`]). Checks, in order: expired (by this device's clock,
-    /// exactly), ended (cancelled, denied, timed out), already used or pending, rate limited,
+    /// exactly), ended (cancelled, denied, timed out), already used or pending,
     /// then the proof and that `req.joiner_id` is `peer_id` (a request naming another device
     /// than the one on the connection counts as a bad proof).
     pub fn handle_request(
@@ -199,9 +188,6 @@ impl InviterSession {
             Phase::Used(_) | Phase::Pending { .. } => return Err(RefuseReason::AlreadyUsed.into()),
             Phase::Open => {}
         }
-        self.bad_proofs
-            .check(now_unix)
-            .map_err(|retry_after_secs| RefuseReason::RateLimited { retry_after_secs })?;
         let proof_ok = verify_proof(
             &self.secret,
             binding,
@@ -210,7 +196,8 @@ impl InviterSession {
             &req.proof,
         );
         if !proof_ok || req.joiner_id != *peer_id {
-            self.bad_proofs.record(now_unix);
+            // Counted by the daemon's [`BadProofs`], per source and claimed id: a flood of
+            // wrong proofs must never lock the real joiner out of its invitation.
             return Err(RefuseReason::BadProof.into());
         }
         let join = PendingJoin {

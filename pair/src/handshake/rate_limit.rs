@@ -46,6 +46,12 @@ impl RateLimiter {
         Err((oldest + self.window_secs).saturating_sub(now_unix).max(1))
     }
 
+    /// True when no event is left in the window at `now_unix`.
+    pub fn is_idle(&mut self, now_unix: u64) -> bool {
+        self.expire(now_unix);
+        self.events.is_empty()
+    }
+
     /// Counts an event at `now_unix`.
     pub fn record(&mut self, now_unix: u64) {
         self.expire(now_unix);
