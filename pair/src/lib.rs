@@ -20,12 +20,14 @@
 //! - [`mod@proof`]: the HMAC proof of the secret, bound to one TLS session.
 //! - [`handshake`]: the messages, their frames, the rate limits, and the inviter and joiner state
 //!   machines.
+//! - [`members`]: the folder's member list, a log of signed entries every member checks.
 //! - [`sas`]: the words both screens show, so a person can tell their device from a stranger's.
 //! - device names are cleaned for display by [`sanitize_name`] wherever they cross devices.
 
 mod base32;
 pub mod handshake;
 pub mod invite;
+pub mod members;
 mod name;
 pub mod proof;
 pub mod qr;

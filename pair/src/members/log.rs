@@ -1,0 +1,374 @@
+//! [`MemberLog`]: the entries a device holds and who is a member according to them (see the
+//! rules in the module above).
+//!
+//! The decision is recomputed from all entries after each change: entries whose ancestors are
+//! all present, in topological order, with each entry's ancestors as a bitset, so "was the
+//! author a member as of what it had seen" and "had the remover seen this" are set lookups. The
+//! log is bounded ([`MAX_ENTRIES`]), so the quadratic parts stay in the milliseconds.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{device_id, Entry, EntryId, Op, Signed};
+
+/// Entries a log holds at most. A folder gains a few per device it ever had; past this, new
+/// entries are refused (with an error naming the limit) rather than growing without bound.
+pub const MAX_ENTRIES: usize = 4096;
+
+/// Why an entry was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The signature is not the author's.
+    #[error("the signature does not match the entry's author")]
+    BadSignature,
+    /// The bytes are not a well-formed entry.
+    #[error("malformed member entry: {0}")]
+    Malformed(String),
+    /// The log is full.
+    #[error("the member log holds {MAX_ENTRIES} entries already")]
+    Full,
+    /// A founding entry for another folder.
+    #[error("a founding entry for another folder")]
+    OtherFolder,
+}
+
+/// A member as the log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its device id.
+    pub device: [u8; 32],
+    /// Its name (from the latest entry that named it).
+    pub name: String,
+    /// Who added it (itself for the founder).
+    pub added_by: [u8; 32],
+    /// When, by the adder's clock (unix seconds).
+    pub added_unix: u64,
+}
+
+/// One entry held, decoded.
+#[derive(Debug, Clone)]
+struct Held {
+    signed: Signed,
+    entry: Entry,
+    author: [u8; 32],
+}
+
+/// The member list of one folder.
+#[derive(Debug, Clone)]
+pub struct MemberLog {
+    folder: [u8; 16],
+    held: HashMap<EntryId, Held>,
+    /// Ids of the entries that count, from the last recomputation.
+    valid: HashSet<EntryId>,
+    members: Vec<Member>,
+    removed: HashSet<[u8; 32]>,
+}
+
+impl MemberLog {
+    /// An empty log for folder `folder`.
+    pub fn new(folder: [u8; 16]) -> MemberLog {
+        MemberLog {
+            folder,
+            held: HashMap::new(),
+            valid: HashSet::new(),
+            members: Vec::new(),
+            removed: HashSet::new(),
+        }
+    }
+
+    /// Takes `signed` (checked: decodes, within bounds, signed by its author). `Ok(true)` when
+    /// it is new. The member list is recomputed; an entry whose parents have not arrived yet is
+    /// held and counts once they do.
+    pub fn insert(&mut self, signed: Signed) -> Result<bool, InsertError> {
+        let added = self.take(signed)?;
+        if added {
+            self.recompute();
+        }
+        Ok(added)
+    }
+
+    /// [`MemberLog::insert`] for many entries, recomputing once. Returns how many were new and
+    /// the first error (the other entries are still taken).
+    pub fn insert_all(
+        &mut self,
+        entries: impl IntoIterator<Item = Signed>,
+    ) -> (usize, Option<InsertError>) {
+        let mut new = 0;
+        let mut first_err = None;
+        for s in entries {
+            match self.take(s) {
+                Ok(true) => new += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if new > 0 {
+            self.recompute();
+        }
+        (new, first_err)
+    }
+
+    fn take(&mut self, signed: Signed) -> Result<bool, InsertError> {
+        let id = signed.id();
+        if self.held.contains_key(&id) {
+            return Ok(false);
+        }
+        if self.held.len() >= MAX_ENTRIES {
+            return Err(InsertError::Full);
+        }
+        let entry = signed.open()?;
+        if let Op::Found { folder, .. } = &entry.op {
+            if *folder != self.folder {
+                return Err(InsertError::OtherFolder);
+            }
+        }
+        let author = device_id(&entry.author_key);
+        self.held.insert(
+            id,
+            Held {
+                signed,
+                entry,
+                author,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Writes an entry by the device with public key `author_key` on top of everything this log
+    /// holds (its heads as parents), signed with `sign`, and takes it.
+    pub fn append(
+        &mut self,
+        author_key: [u8; 32],
+        op: Op,
+        now_unix: u64,
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+    ) -> Result<Signed, InsertError> {
+        let mut parents = self.heads();
+        parents.truncate(super::MAX_PARENTS);
+        let entry = Entry {
+            parents,
+            author_key,
+            at_unix: now_unix,
+            op,
+        };
+        let signed = Signed::new(&entry, sign);
+        self.insert(signed.clone())?;
+        Ok(signed)
+    }
+
+    /// Every entry held, for sending to a peer or saving (in an order a receiver can take them).
+    pub fn entries(&self) -> Vec<Signed> {
+        let mut out: Vec<(u64, EntryId, &Signed)> = self
+            .held
+            .iter()
+            .map(|(id, h)| (h.entry.at_unix, *id, &h.signed))
+            .collect();
+        out.sort_by_key(|(at, id, _)| (*at, *id));
+        out.into_iter().map(|(_, _, s)| s.clone()).collect()
+    }
+
+    /// The members, founder first, then by the time they were added.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Whether `device` is a member now.
+    pub fn is_member(&self, device: &[u8; 32]) -> bool {
+        self.members.iter().any(|m| m.device == *device)
+    }
+
+    /// Whether `device` was removed (it can never come back).
+    pub fn is_removed(&self, device: &[u8; 32]) -> bool {
+        self.removed.contains(device)
+    }
+
+    /// Whether the folder has a founding entry that counts.
+    pub fn is_founded(&self) -> bool {
+        !self.members.is_empty() || !self.removed.is_empty()
+    }
+
+    /// The valid entries no other valid entry names as a parent.
+    pub fn heads(&self) -> Vec<EntryId> {
+        let named: HashSet<&EntryId> = self
+            .valid
+            .iter()
+            .filter_map(|id| self.held.get(id))
+            .flat_map(|h| h.entry.parents.iter())
+            .collect();
+        let mut heads: Vec<EntryId> = self
+            .valid
+            .iter()
+            .filter(|id| !named.contains(id))
+            .copied()
+            .collect();
+        heads.sort_unstable();
+        heads
+    }
+
+    /// Decides again which entries count and who is a member.
+    fn recompute(&mut self) {
+        let order = self.topological();
+        let n = order.len();
+        let index: HashMap<EntryId, usize> =
+            order.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let words = n.div_ceil(64);
+        // ancestors[i]: bitset of the entries i had seen (strictly before it).
+        let mut ancestors = vec![vec![0u64; words]; n];
+        for (i, id) in order.iter().enumerate() {
+            let parents = &self.held[id].entry.parents;
+            let mut set = vec![0u64; words];
+            for p in parents {
+                if let Some(&j) = index.get(p) {
+                    set[j / 64] |= 1 << (j % 64);
+                    for (w, a) in set.iter_mut().zip(&ancestors[j]) {
+                        *w |= a;
+                    }
+                }
+            }
+            ancestors[i] = set;
+        }
+        let hs: Vec<&Held> = order.iter().map(|id| &self.held[id]).collect();
+        let entry = |i: usize| hs[i];
+
+        // The root: the founding entry without parents with the smallest id.
+        let root = (0..n)
+            .filter(|&i| {
+                matches!(entry(i).entry.op, Op::Found { .. }) && entry(i).entry.parents.is_empty()
+            })
+            .min_by_key(|&i| order[i]);
+        let mut forced_out = vec![false; n];
+        let mut valid = vec![false; n];
+        loop {
+            for i in 0..n {
+                let e = entry(i);
+                valid[i] = !forced_out[i]
+                    && match (&e.entry.op, root) {
+                        (Op::Found { .. }, Some(r)) => i == r,
+                        (_, Some(r)) => {
+                            has(&ancestors[i], r)
+                                && member_in(&ancestors[i], &valid, &hs, &e.author)
+                        }
+                        (_, None) => false,
+                    };
+            }
+            // Removal wins: what a removed device wrote without the remover having seen it
+            // counts for nothing.
+            let mut changed = false;
+            for rm in (0..n).filter(|&i| valid[i]) {
+                let Op::Remove { device } = entry(rm).entry.op else {
+                    continue;
+                };
+                for j in 0..n {
+                    if j != rm
+                        && !forced_out[j]
+                        && entry(j).author == device
+                        && !has(&ancestors[rm], j)
+                    {
+                        forced_out[j] = true;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+
+        let mut removed = HashSet::new();
+        let mut added: Vec<Member> = Vec::new();
+        for i in (0..n).filter(|&i| valid[i]) {
+            let e = entry(i);
+            match &e.entry.op {
+                Op::Found { name, .. } => {
+                    note_add(&mut added, e.author, name, e.author, e.entry.at_unix)
+                }
+                Op::Add { device, name } => {
+                    note_add(&mut added, *device, name, e.author, e.entry.at_unix)
+                }
+                Op::Remove { device } => {
+                    removed.insert(*device);
+                }
+            }
+        }
+        added.retain(|m| !removed.contains(&m.device));
+        self.valid = (0..n).filter(|&i| valid[i]).map(|i| order[i]).collect();
+        self.members = added;
+        self.removed = removed;
+    }
+
+    /// The held entries whose ancestors are all held, parents before children.
+    fn topological(&self) -> Vec<EntryId> {
+        let mut pending: HashMap<EntryId, usize> = HashMap::new();
+        let mut children: HashMap<EntryId, Vec<EntryId>> = HashMap::new();
+        let mut ready: Vec<EntryId> = Vec::new();
+        for (id, h) in &self.held {
+            let parents: HashSet<&EntryId> = h.entry.parents.iter().collect();
+            if parents.iter().any(|p| !self.held.contains_key(*p)) {
+                continue;
+            }
+            for p in &parents {
+                children.entry(**p).or_default().push(*id);
+            }
+            if parents.is_empty() {
+                ready.push(*id);
+            } else {
+                pending.insert(*id, parents.len());
+            }
+        }
+        // Deterministic: the same entries give the same order on every device.
+        ready.sort_unstable();
+        let mut order = Vec::with_capacity(self.held.len());
+        while let Some(id) = ready.pop() {
+            order.push(id);
+            let mut next: Vec<EntryId> = Vec::new();
+            for c in children.get(&id).into_iter().flatten() {
+                if let Some(n) = pending.get_mut(c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        pending.remove(c);
+                        next.push(*c);
+                    }
+                }
+            }
+            ready.extend(next);
+            ready.sort_unstable();
+        }
+        // Anything left in `pending` names a missing ancestor (or a cycle, which ids that
+        // hash their parents make impossible): it waits.
+        order
+    }
+}
+
+/// Whether bit `j` is set in `set`.
+fn has(set: &[u64], j: usize) -> bool {
+    set[j / 64] & (1 << (j % 64)) != 0
+}
+
+/// Whether `device` is a member as of the entries in `seen` (a bitset over `hs`) that count.
+fn member_in(seen: &[u64], valid: &[bool], hs: &[&Held], device: &[u8; 32]) -> bool {
+    let mut member = false;
+    for j in (0..hs.len()).filter(|&j| has(seen, j) && valid[j]) {
+        match &hs[j].entry.op {
+            Op::Found { .. } if hs[j].author == *device => member = true,
+            Op::Add { device: d, .. } if d == device => member = true,
+            Op::Remove { device: d } if d == device => return false,
+            _ => {}
+        }
+    }
+    member
+}
+
+/// Records that `device` was added (keeps the first adder, takes the latest name).
+fn note_add(added: &mut Vec<Member>, device: [u8; 32], name: &str, by: [u8; 32], at_unix: u64) {
+    let name = crate::sanitize_name(name);
+    match added.iter_mut().find(|m| m.device == device) {
+        Some(m) => m.name = name,
+        None => added.push(Member {
+            device,
+            name,
+            added_by: by,
+            added_unix: at_unix,
+        }),
+    }
+}

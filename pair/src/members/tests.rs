@@ -1,0 +1,300 @@
+//! The member log with real Ed25519 keys: who counts, forgeries, removal, merging in any order.
+
+use proptest::prelude::*;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+use super::*;
+
+const FOLDER: [u8; 16] = [7; 16];
+const T0: u64 = 1_750_000_000;
+
+struct Device {
+    key: Ed25519KeyPair,
+}
+
+impl Device {
+    fn new() -> Device {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Device {
+            key: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+        }
+    }
+    fn pk(&self) -> [u8; 32] {
+        self.key.public_key().as_ref().try_into().unwrap()
+    }
+    fn id(&self) -> [u8; 32] {
+        device_id(&self.pk())
+    }
+    fn sign(&self) -> impl FnOnce(&[u8]) -> [u8; 64] + '_ {
+        |msg| self.key.sign(msg).as_ref().try_into().unwrap()
+    }
+    fn append(&self, log: &mut MemberLog, op: Op) -> Signed {
+        log.append(self.pk(), op, T0, self.sign()).unwrap()
+    }
+    fn found(&self, log: &mut MemberLog) -> Signed {
+        self.append(
+            log,
+            Op::Found {
+                folder: FOLDER,
+                name: "founder".into(),
+            },
+        )
+    }
+    fn add(&self, log: &mut MemberLog, other: &Device, name: &str) -> Signed {
+        self.append(
+            log,
+            Op::Add {
+                device: other.id(),
+                name: name.into(),
+            },
+        )
+    }
+    fn remove(&self, log: &mut MemberLog, other: &Device) -> Signed {
+        self.append(log, Op::Remove { device: other.id() })
+    }
+}
+
+fn ids(log: &MemberLog) -> Vec<[u8; 32]> {
+    let mut v: Vec<[u8; 32]> = log.members().iter().map(|m| m.device).collect();
+    v.sort_unstable();
+    v
+}
+
+fn sorted(mut v: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
+    v.sort_unstable();
+    v
+}
+
+/// Gives `to` everything `from` holds.
+fn sync(from: &MemberLog, to: &mut MemberLog) {
+    let (_, err) = to.insert_all(from.entries());
+    assert_eq!(err, None);
+}
+
+#[test]
+fn the_founder_adds_and_everyone_sees_who_added_whom() {
+    let (a, b, c) = (Device::new(), Device::new(), Device::new());
+    let mut log = MemberLog::new(FOLDER);
+    assert!(!log.is_founded());
+    a.found(&mut log);
+    a.add(&mut log, &b, "laptop");
+    b.add(&mut log, &c, "phone");
+    assert_eq!(ids(&log), sorted(vec![a.id(), b.id(), c.id()]));
+    let phone = log.members().iter().find(|m| m.device == c.id()).unwrap();
+    assert_eq!((phone.name.as_str(), phone.added_by), ("phone", b.id()));
+    let founder = log.members().iter().find(|m| m.device == a.id()).unwrap();
+    assert_eq!(founder.added_by, a.id());
+
+    // Another device gets the same list from the entries alone.
+    let mut other = MemberLog::new(FOLDER);
+    sync(&log, &mut other);
+    assert_eq!(ids(&other), ids(&log));
+    assert_eq!(other.heads(), log.heads());
+}
+
+#[test]
+fn forged_and_foreign_entries_count_for_nothing() {
+    let (a, b, stranger) = (Device::new(), Device::new(), Device::new());
+    let mut log = MemberLog::new(FOLDER);
+    a.found(&mut log);
+
+    // A stranger signs "a adds me": the author key is a's, the signature is not.
+    let entry = Entry {
+        parents: log.heads(),
+        author_key: a.pk(),
+        at_unix: T0,
+        op: Op::Add {
+            device: stranger.id(),
+            name: "me".into(),
+        },
+    };
+    let forged = Signed::new(&entry, stranger.sign());
+    assert_eq!(log.insert(forged), Err(InsertError::BadSignature));
+    // Valid signature, body changed afterwards.
+    let mut tampered = a.add(&mut MemberLog::new(FOLDER), &b, "x");
+    tampered.body[1] ^= 1;
+    assert!(log.insert(tampered).is_err());
+
+    // A stranger adds itself on top of the log, signed properly: not a member, so no effect.
+    let mut copy = log.clone();
+    stranger.add(&mut copy, &stranger, "me");
+    sync(&copy, &mut log);
+    assert_eq!(ids(&log), vec![a.id()]);
+    // Its own founding entry for this folder loses to the older root... or wins by id? Either
+    // way only one root counts, and one founder.
+    let mut rival = MemberLog::new(FOLDER);
+    stranger.found(&mut rival);
+    sync(&rival, &mut log);
+    assert_eq!(log.members().len(), 1);
+
+    // A founding entry for another folder is refused outright.
+    let mut elsewhere = MemberLog::new([9; 16]);
+    let e = elsewhere
+        .append(
+            a.pk(),
+            Op::Found {
+                folder: [9; 16],
+                name: "x".into(),
+            },
+            T0,
+            a.sign(),
+        )
+        .unwrap();
+    assert_eq!(log.insert(e), Err(InsertError::OtherFolder));
+}
+
+#[test]
+fn a_removed_device_stays_out_and_cannot_add_anyone_after() {
+    let (a, b, c, d) = (Device::new(), Device::new(), Device::new(), Device::new());
+    let mut on_a = MemberLog::new(FOLDER);
+    a.found(&mut on_a);
+    a.add(&mut on_a, &b, "b");
+    a.add(&mut on_a, &c, "c");
+    let mut on_c = on_a.clone();
+    let mut on_b = on_a.clone();
+
+    a.remove(&mut on_a, &c);
+    assert!(!on_a.is_member(&c.id()) && on_a.is_removed(&c.id()));
+
+    // c, not yet told (or pretending not to be), adds d on top of what it had seen.
+    c.add(&mut on_c, &d, "d");
+    assert!(
+        on_c.is_member(&d.id()),
+        "in c's own view, before it hears of its removal"
+    );
+    sync(&on_c, &mut on_a);
+    assert!(
+        !on_a.is_member(&d.id()),
+        "the remover had not seen it: it counts for nothing"
+    );
+    assert!(!on_a.is_member(&c.id()));
+
+    // b was offline through all of it and learns in any order.
+    sync(&on_c, &mut on_b);
+    sync(&on_a, &mut on_b);
+    assert_eq!(ids(&on_b), ids(&on_a));
+    assert_eq!(ids(&on_b), sorted(vec![a.id(), b.id()]));
+
+    // Adding c back does not bring it back.
+    b.add(&mut on_b, &c, "c again");
+    assert!(!on_b.is_member(&c.id()));
+}
+
+#[test]
+fn entries_wait_for_their_parents() {
+    let (a, b, c) = (Device::new(), Device::new(), Device::new());
+    let mut log = MemberLog::new(FOLDER);
+    let found = a.found(&mut log);
+    let add_b = a.add(&mut log, &b, "b");
+    let add_c = b.add(&mut log, &c, "c");
+    let mut late = MemberLog::new(FOLDER);
+    assert_eq!(late.insert(add_c.clone()), Ok(true));
+    assert_eq!(late.insert(add_b), Ok(true));
+    assert!(late.members().is_empty(), "no root yet");
+    assert_eq!(late.insert(found), Ok(true));
+    assert_eq!(ids(&late), ids(&log));
+    assert_eq!(late.insert(add_c), Ok(false), "already held");
+}
+
+#[test]
+fn the_log_is_bounded() {
+    let a = Device::new();
+    let mut log = MemberLog::new(FOLDER);
+    a.found(&mut log);
+    let mut last = None;
+    for i in 0..MAX_ENTRIES {
+        let r = log.append(
+            a.pk(),
+            Op::Remove {
+                device: [i as u8; 32],
+            },
+            T0 + i as u64,
+            a.sign(),
+        );
+        last = Some(r);
+        if last.as_ref().is_some_and(Result::is_err) {
+            break;
+        }
+    }
+    assert_eq!(last, Some(Err(InsertError::Full)));
+}
+
+/// One step of a random history: device `by` adds or removes device `whom`, or two devices
+/// exchange logs.
+#[derive(Debug, Clone)]
+enum Step {
+    Add { by: usize, whom: usize },
+    Remove { by: usize, whom: usize },
+    Sync { from: usize, to: usize },
+}
+
+fn arb_step(n: usize) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..n, 0..n).prop_map(|(by, whom)| Step::Add { by, whom }),
+        (0..n, 0..n).prop_map(|(by, whom)| Step::Remove { by, whom }),
+        (0..n, 0..n).prop_map(|(from, to)| Step::Sync { from, to }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any history on four devices: once every log has every entry, all agree on the members,
+    /// whatever order the entries arrived in; nobody removed is a member; and every member was
+    /// added by the founder or by a device that was a member when it added it.
+    #[test]
+    fn every_device_converges_on_the_same_members(
+        steps in proptest::collection::vec(arb_step(4), 1..40),
+    ) {
+        let devs: Vec<Device> = (0..4).map(|_| Device::new()).collect();
+        let mut logs: Vec<MemberLog> = (0..4).map(|_| MemberLog::new(FOLDER)).collect();
+        devs[0].found(&mut logs[0]);
+        for s in &steps {
+            match *s {
+                Step::Add { by, whom } => {
+                    if logs[by].is_member(&devs[by].id()) {
+                        devs[by].add(&mut logs[by], &devs[whom], "n");
+                    }
+                }
+                Step::Remove { by, whom } => {
+                    if logs[by].is_member(&devs[by].id()) {
+                        devs[by].remove(&mut logs[by], &devs[whom]);
+                    }
+                }
+                Step::Sync { from, to } => {
+                    let entries = logs[from].entries();
+                    logs[to].insert_all(entries);
+                }
+            }
+        }
+        let mut all = MemberLog::new(FOLDER);
+        for l in &logs {
+            all.insert_all(l.entries());
+        }
+        let want = ids(&all);
+        for (i, l) in logs.iter_mut().enumerate() {
+            // Delivered in reverse order this time.
+            let mut entries = all.entries();
+            entries.reverse();
+            l.insert_all(entries);
+            prop_assert_eq!(ids(l), want.clone(), "device {}", i);
+            prop_assert_eq!(l.heads(), all.heads());
+        }
+        for m in all.members() {
+            prop_assert!(!all.is_removed(&m.device));
+        }
+    }
+
+    /// Arbitrary bytes never panic the decoder or the log.
+    #[test]
+    fn hostile_bytes_are_refused_cleanly(
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        sig in proptest::collection::vec(any::<u8>(), 0..80),
+    ) {
+        let mut log = MemberLog::new(FOLDER);
+        let r = log.insert(Signed { body, sig });
+        prop_assert!(r.is_err());
+        prop_assert!(log.members().is_empty());
+    }
+}
