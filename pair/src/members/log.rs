@@ -6,7 +6,8 @@
 //! author a member as of what it had seen" and "had the remover seen this" are set lookups. The
 //! log is bounded ([`MAX_ENTRIES`]), so the quadratic parts stay in the milliseconds.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::{device_id, Entry, EntryId, Op, Signed};
 
@@ -206,6 +207,12 @@ impl MemberLog {
         heads
     }
 
+    /// [`MemberLog::recompute`], for timing it in tests.
+    #[cfg(test)]
+    pub(super) fn recompute_for_test(&mut self) {
+        self.recompute();
+    }
+
     /// Decides again which entries count and who is a member.
     fn recompute(&mut self) {
         let order = self.topological();
@@ -230,6 +237,19 @@ impl MemberLog {
         }
         let hs: Vec<&Held> = order.iter().map(|id| &self.held[id]).collect();
         let entry = |i: usize| hs[i];
+        // Per device: the entries that make it a member or not (its founding, adds, removes),
+        // and the entries it wrote; so each check looks at a few entries, not all of them.
+        let mut about: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
+        let mut by_author: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
+        for (i, h) in hs.iter().enumerate() {
+            let subject = match &h.entry.op {
+                Op::Found { .. } => h.author,
+                Op::Add { device, .. } | Op::Remove { device } => *device,
+            };
+            about.entry(subject).or_default().push(i);
+            by_author.entry(h.author).or_default().push(i);
+        }
+        let none: Vec<usize> = Vec::new();
 
         // The root: the founding entry without parents with the smallest id.
         let root = (0..n)
@@ -247,24 +267,29 @@ impl MemberLog {
                         (Op::Found { .. }, Some(r)) => i == r,
                         (_, Some(r)) => {
                             has(&ancestors[i], r)
-                                && member_in(&ancestors[i], &valid, &hs, &e.author)
+                                && member_in(
+                                    &ancestors[i],
+                                    &valid,
+                                    &hs,
+                                    about.get(&e.author).unwrap_or(&none),
+                                )
                         }
                         (_, None) => false,
                     };
             }
-            // Removal wins: what a removed device wrote without the remover having seen it
-            // counts for nothing.
+            // Removal wins: what a removed device added without the remover having seen it
+            // counts for nothing. Its removals still count, so two members removing each other
+            // at once both end up out. Marks only accumulate: when a removal stops counting in
+            // a later round (its author turns out to have been added by a removed device), what
+            // it marked stays out: in doubt, out.
             let mut changed = false;
             for rm in (0..n).filter(|&i| valid[i]) {
                 let Op::Remove { device } = entry(rm).entry.op else {
                     continue;
                 };
-                for j in 0..n {
-                    if j != rm
-                        && !forced_out[j]
-                        && entry(j).author == device
-                        && !has(&ancestors[rm], j)
-                    {
+                for &j in by_author.get(&device).unwrap_or(&none) {
+                    let is_removal = matches!(entry(j).entry.op, Op::Remove { .. });
+                    if j != rm && !is_removal && !forced_out[j] && !has(&ancestors[rm], j) {
                         forced_out[j] = true;
                         changed = true;
                     }
@@ -316,23 +341,21 @@ impl MemberLog {
                 pending.insert(*id, parents.len());
             }
         }
-        // Deterministic: the same entries give the same order on every device.
-        ready.sort_unstable();
+        // Deterministic: the same entries give the same order on every device (smallest ready
+        // id first).
+        let mut ready: BinaryHeap<Reverse<EntryId>> = ready.into_iter().map(Reverse).collect();
         let mut order = Vec::with_capacity(self.held.len());
-        while let Some(id) = ready.pop() {
+        while let Some(Reverse(id)) = ready.pop() {
             order.push(id);
-            let mut next: Vec<EntryId> = Vec::new();
             for c in children.get(&id).into_iter().flatten() {
                 if let Some(n) = pending.get_mut(c) {
                     *n -= 1;
                     if *n == 0 {
                         pending.remove(c);
-                        next.push(*c);
+                        ready.push(Reverse(*c));
                     }
                 }
             }
-            ready.extend(next);
-            ready.sort_unstable();
         }
         // Anything left in `pending` names a missing ancestor (or a cycle, which ids that
         // hash their parents make impossible): it waits.
@@ -345,15 +368,14 @@ fn has(set: &[u64], j: usize) -> bool {
     set[j / 64] & (1 << (j % 64)) != 0
 }
 
-/// Whether `device` is a member as of the entries in `seen` (a bitset over `hs`) that count.
-fn member_in(seen: &[u64], valid: &[bool], hs: &[&Held], device: &[u8; 32]) -> bool {
+/// Whether a device is a member as of the entries in `seen` (a bitset over `hs`) that count;
+/// `about` lists the entries concerning that device.
+fn member_in(seen: &[u64], valid: &[bool], hs: &[&Held], about: &[usize]) -> bool {
     let mut member = false;
-    for j in (0..hs.len()).filter(|&j| has(seen, j) && valid[j]) {
+    for &j in about.iter().filter(|&&j| has(seen, j) && valid[j]) {
         match &hs[j].entry.op {
-            Op::Found { .. } if hs[j].author == *device => member = true,
-            Op::Add { device: d, .. } if d == device => member = true,
-            Op::Remove { device: d } if d == device => return false,
-            _ => {}
+            Op::Remove { .. } => return false,
+            Op::Found { .. } | Op::Add { .. } => member = true,
         }
     }
     member

@@ -13,9 +13,10 @@
 //! - One root: the `Found` entry with no parents (the smallest id wins if two devices founded
 //!   concurrently; the other root and everything built only on it count for nothing).
 //! - An entry counts when its author was a member as of its ancestors (the entries it had seen).
-//! - Removal wins and cannot be undone from below: once `Remove(D)` counts, every entry D wrote
-//!   that the remover had not seen counts for nothing (D cannot add a new identity after its
-//!   removal by pretending it wrote the entry earlier), and D is never a member again.
+//! - Removal wins and cannot be undone from below: once `Remove(D)` counts, every device D
+//!   added (or founding it wrote) that the remover had not seen counts for nothing (D cannot
+//!   add a new identity after its removal by pretending it wrote the entry earlier), and D is
+//!   never a member again. Two members removing each other at once are both out.
 //!
 //! Everything here is pure: no I/O, no clock (callers pass the time), signing through a closure.
 

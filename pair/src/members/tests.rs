@@ -182,6 +182,22 @@ fn a_removed_device_stays_out_and_cannot_add_anyone_after() {
 }
 
 #[test]
+fn two_members_removing_each_other_are_both_out() {
+    let (a, b, c) = (Device::new(), Device::new(), Device::new());
+    let mut on_a = MemberLog::new(FOLDER);
+    a.found(&mut on_a);
+    a.add(&mut on_a, &b, "b");
+    a.add(&mut on_a, &c, "c");
+    let mut on_b = on_a.clone();
+    let mut on_c = on_a.clone();
+    b.remove(&mut on_b, &c);
+    c.remove(&mut on_c, &b);
+    sync(&on_b, &mut on_a);
+    sync(&on_c, &mut on_a);
+    assert_eq!(ids(&on_a), vec![a.id()]);
+}
+
+#[test]
 fn entries_wait_for_their_parents() {
     let (a, b, c) = (Device::new(), Device::new(), Device::new());
     let mut log = MemberLog::new(FOLDER);
@@ -202,22 +218,36 @@ fn the_log_is_bounded() {
     let a = Device::new();
     let mut log = MemberLog::new(FOLDER);
     a.found(&mut log);
-    let mut last = None;
-    for i in 0..MAX_ENTRIES {
-        let r = log.append(
-            a.pk(),
-            Op::Remove {
-                device: [i as u8; 32],
+    // A chain of removals of made-up devices, built outside and taken in one go.
+    let mut parent = log.heads()[0];
+    let mut chain = Vec::new();
+    for i in 0..MAX_ENTRIES as u64 {
+        let entry = Entry {
+            parents: vec![parent],
+            author_key: a.pk(),
+            at_unix: T0 + i,
+            op: Op::Remove {
+                device: device_id(&[(i % 251) as u8; 32]),
             },
-            T0 + i as u64,
-            a.sign(),
-        );
-        last = Some(r);
-        if last.as_ref().is_some_and(Result::is_err) {
-            break;
-        }
+        };
+        let s = Signed::new(&entry, a.sign());
+        parent = s.id();
+        chain.push(s);
     }
-    assert_eq!(last, Some(Err(InsertError::Full)));
+    let started = std::time::Instant::now();
+    let (new, err) = log.insert_all(chain);
+    assert_eq!(new, MAX_ENTRIES - 1);
+    assert_eq!(err, Some(InsertError::Full));
+    assert!(log.is_member(&a.id()));
+    // Deciding over a full log is cheap enough to do after every entry.
+    let one = std::time::Instant::now();
+    log.recompute_for_test();
+    assert!(
+        one.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        one.elapsed()
+    );
+    let _ = started;
 }
 
 /// One step of a random history: device `by` adds or removes device `whom`, or two devices
