@@ -263,7 +263,8 @@ fn hand_over(state: &StateDir, mnt: &Path, unit_pid: u32) -> Result<()> {
             s.mount_point.display()
         );
     }
-    println!(
+    // stderr: with --json, stdout carries only the report.
+    eprintln!(
         "fybrk: {} is mounted by hand (pid {}); unmounting it so systemd can take over",
         mnt.display(),
         s.pid
