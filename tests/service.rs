@@ -396,63 +396,229 @@ fn exec_start_notifies_and_restarts_after_kill_9() {
     assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid)));
 }
 
-/// With a systemd user session (a developer's machine, not CI): the real install, restart after
-/// kill -9, status and uninstall.
-#[test]
-fn installs_and_survives_kill_9() {
-    if !user_session() {
-        eprintln!("no systemd user session here (a CI container): real install not tested");
-        return;
+/// A systemd user manager to install into: the user's own session when one answers, else (root,
+/// e.g. a CI container booted without systemd) a private `systemd --user` in a mount namespace
+/// of its own, where a tmpfs `/run/systemd/system` tells it the system "was booted with
+/// systemd". Commands run inside that namespace through `nsenter`; the test reads the mount
+/// through `/proc/PID/root`. Dropping it stops the manager, which stops (unmounts) its units.
+struct UserManager {
+    /// The private manager (its pid is also the namespace's handle); `None`: the user's session.
+    private: Option<Child>,
+    home: PathBuf,
+    runtime: PathBuf,
+}
+
+impl UserManager {
+    fn start(scratch: &Path) -> Result<UserManager, String> {
+        let home = scratch.join("home");
+        let runtime = scratch.join("runtime");
+        fs::create_dir_all(&home).unwrap();
+        fs::create_dir_all(&runtime).unwrap();
+        fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        if user_session() {
+            return Ok(UserManager {
+                private: None,
+                home,
+                runtime,
+            });
+        }
+        for tool in ["unshare", "nsenter"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                return Err(format!("`{tool}` is missing"));
+            }
+        }
+        let systemd = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or("systemd is not installed")?;
+        let script = format!(
+            "[ -d /run/systemd ] || mkdir -p /run/systemd; \
+             mount -t tmpfs fybrk-test /run/systemd && mkdir /run/systemd/system && \
+             exec {systemd} --user"
+        );
+        let log = fs::File::create(scratch.join("manager.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run unshare: {e}"))?;
+        let mut um = UserManager {
+            private: Some(child),
+            home,
+            runtime,
+        };
+        let answers = wait_until(Duration::from_secs(15), || {
+            um.cmd("systemctl")
+                .args(["--user", "show", "--property=Version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !answers {
+            let log = fs::read_to_string(scratch.join("manager.log")).unwrap_or_default();
+            let _ = um.private.as_mut().unwrap().kill();
+            return Err(format!("a private `systemd --user` did not come up: {log}"));
+        }
+        Ok(um)
     }
-    let Some(m) = Mount::prepare() else { return };
-    let mnt = m.mnt.to_str().unwrap().to_string();
-    let run = |args: &[&str]| run_timeout(&mut m.cmd(args), Duration::from_secs(120));
-    // Uninstalled whatever happens, so no unit outlives the test.
-    struct Uninstall(PathBuf, String);
-    impl Drop for Uninstall {
-        fn drop(&mut self) {
-            let _ = run_timeout(
-                Command::new(fybrk_bin()).arg("--state").arg(&self.0).args([
-                    "service",
-                    "uninstall",
-                    &self.1,
-                ]),
-                Duration::from_secs(120),
-            );
+
+    /// `program`, run where the manager is (inside its namespace, with its HOME and runtime dir).
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = match &self.private {
+            Some(child) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &child.id().to_string(), "-m", "--"])
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        if self.private.is_some() {
+            c.env("HOME", &self.home)
+                .env("XDG_RUNTIME_DIR", &self.runtime)
+                .env_remove("XDG_CONFIG_HOME")
+                .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        }
+        c
+    }
+
+    /// `path` as this process sees it (through the manager's mount namespace).
+    fn path(&self, path: &Path) -> PathBuf {
+        match &self.private {
+            Some(child) => Path::new(&format!("/proc/{}/root", child.id()))
+                .join(path.strip_prefix("/").unwrap()),
+            None => path.to_path_buf(),
         }
     }
-    let _cleanup = Uninstall(m.state.clone(), mnt.clone());
-    let out = run(&["service", "install", &mnt, "--json"]);
+
+    fn is_mounted(&self, mnt: &Path) -> bool {
+        let table = match &self.private {
+            Some(child) => format!("/proc/{}/mounts", child.id()),
+            None => "/proc/self/mounts".into(),
+        };
+        let want = mnt.to_str().unwrap().replace(' ', "\\040");
+        fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.private {
+            // SIGTERM: the manager stops every unit (ExecStop unmounts), then exits.
+            let pid = child.id() as i32;
+            let _ = fybrk_tests::signal(pid, libc::SIGTERM);
+            if !wait_until(Duration::from_secs(60), || {
+                child.try_wait().ok().flatten().is_some()
+            }) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The real thing: `service install` into a systemd user manager (the user's session, or a
+/// private one where none runs, as in CI), then kill -9 of the daemon, which systemd restarts,
+/// `status`, and `uninstall`.
+#[test]
+fn installs_and_survives_kill_9() {
+    let Some(mut m) = Mount::prepare() else {
+        return;
+    };
+    let um = match UserManager::start(&m.root().join("systemd")) {
+        Ok(um) => um,
+        Err(why) => {
+            eprintln!("no systemd user manager can run here ({why}): the real install is not tested; exec_start_notifies_and_restarts_after_kill_9 drives the unit's command lines instead");
+            return;
+        }
+    };
+    eprintln!(
+        "installing into {}",
+        if um.private.is_some() {
+            "a private systemd --user (no user session here)"
+        } else {
+            "this user's systemd session"
+        }
+    );
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    let state = m.state.clone();
+    let fybrk = |args: &[&str]| {
+        let mut c = um.cmd(fybrk_bin());
+        c.arg("--state").arg(&state).args(args);
+        run_timeout(&mut c, Duration::from_secs(120))
+    };
+    let out = fybrk(&["service", "install", &mnt, "--json"]);
+    // Uninstalled whatever happens (after a failed assert too), so no unit outlives the test.
+    struct Uninstall<'a>(&'a dyn Fn(&[&str]) -> Output, &'a str);
+    impl Drop for Uninstall<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["service", "uninstall", self.1]);
+        }
+    }
+    let _cleanup = Uninstall(&fybrk, &mnt);
     assert!(out.status.success(), "install: {}", describe(&out));
     let installed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let unit = installed["unit"].as_str().unwrap().to_string();
     assert!(
-        is_mounted(&m.mnt),
+        um.is_mounted(&m.mnt),
         "install returned before the folder was mounted"
     );
-    let status = |m: &Mount| -> serde_json::Value {
-        let out = run_timeout(&mut m.cmd(&["service", "status", &mnt, "--json"]), T);
+    let status = || -> serde_json::Value {
+        let out = fybrk(&["service", "status", &mnt, "--json"]);
         assert!(out.status.success(), "{}", describe(&out));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["services"][0].clone()
     };
-    let s = status(&m);
+    let s = status();
     assert_eq!(s["active_state"], "active", "{s}");
+    assert_eq!(s["enabled"], "enabled", "{s}");
+    assert_eq!(s["status_text"], format!("serving {mnt}"), "{s}");
     let pid = s["main_pid"].as_i64().unwrap() as i32;
-    fs::write(m.path("kept.txt"), b"still here").unwrap();
+    m.adopt_daemon();
+    fs::write(um.path(&m.mnt.join("kept.txt")), b"still here").unwrap();
+
     fybrk_tests::signal(pid, libc::SIGKILL).unwrap();
     let back = wait_until(Duration::from_secs(60), || {
-        let s = status(&m);
+        let s = status();
         s["active_state"] == "active" && s["main_pid"].as_i64().is_some_and(|p| p as i32 != pid)
     });
-    assert!(
-        back,
-        "{unit} did not come back after kill -9: {}",
-        status(&m)
+    assert!(back, "{unit} did not come back after kill -9: {}", status());
+    m.adopt_daemon();
+    let s = status();
+    assert!(s["restarts"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(
+        fs::read(um.path(&m.mnt.join("kept.txt"))).unwrap(),
+        b"still here"
     );
-    assert_eq!(fs::read(m.path("kept.txt")).unwrap(), b"still here");
-    let out = run(&["service", "uninstall", &mnt]);
+
+    let out = fybrk(&["service", "uninstall", &mnt]);
     assert!(out.status.success(), "uninstall: {}", describe(&out));
-    assert!(!is_mounted(&m.mnt), "uninstall left the folder mounted");
+    assert!(!um.is_mounted(&m.mnt), "uninstall left the folder mounted");
+    let units = um.path(&um.home.join(".config/systemd/user"));
+    if um.private.is_some() {
+        assert!(!units.join(&unit).exists(), "uninstall left the unit file");
+    }
+    let out = fybrk(&["service", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["unit"] != unit.as_str()),
+        "{v}"
+    );
 }
 
 #[test]
