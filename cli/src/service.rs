@@ -403,7 +403,7 @@ fn print_status(r: &StatusReport) {
             line += &format!(", {e}");
         }
         if let Some(n) = s.restarts.filter(|n| *n > 0) {
-            line += &format!(", restarted {n} times");
+            line += &format!(", restarts: {n}");
         }
         println!("{line}");
         if let Some(t) = &s.status_text {
