@@ -213,7 +213,7 @@ enum Cmd {
         /// bash, zsh, fish (also elvish, powershell).
         shell: clap_complete::Shell,
     },
-    /// Print this manual page in roff: `fybrk man | man -l -`.
+    /// Print the manual page in roff: `fybrk man | man -l -`.
     Man,
 }
 
