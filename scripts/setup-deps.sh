@@ -44,8 +44,10 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   syncthing        the side-by-side peer in the sync benchmark
 #   perl             `prove`, which runs the vendored pjdfstest .t files (tests/pjdfs.rs); gcc for
 #                    its C helper comes with build-essential
+#   systemd          systemd-analyze verifies the unit `fybrk service` writes, systemd-escape
+#                    checks its name (tests/service.rs); ~10 MB, nothing is started
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
-    coturn nftables iproute2 conntrack syncthing hyperfine perl)
+    coturn nftables iproute2 conntrack syncthing hyperfine perl systemd)
 
 pkgs=("${base_pkgs[@]}")
 if [[ $with_test -eq 1 ]]; then

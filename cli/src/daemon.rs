@@ -161,6 +161,8 @@ pub fn run(
             let _ = nix::unistd::dup2_stdout(&null);
         }
     }
+    // Under systemd (Type=notify): READY=1 only now, with the kernel mount and socket in place.
+    crate::service::notify::started(started.as_ref().err(), mnt);
     let daemon = started?;
     tracing::info!(mount = %mnt.display(), "mounted");
     daemon.serve(signals)

@@ -1,6 +1,7 @@
 //! `fybrk`: the command line and the daemon.
 
 mod args;
+mod completions;
 mod config;
 mod control;
 mod daemon;
@@ -11,6 +12,7 @@ mod mounts;
 mod node;
 mod pairing;
 mod peers;
+mod service;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -201,6 +203,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run the folder as a systemd user service: mounted at login, restarted if the daemon dies.
+    Service {
+        #[command(subcommand)]
+        cmd: service::ServiceCmd,
+    },
+    /// Print a shell completion script: `source <(fybrk completions bash)`.
+    Completions {
+        /// bash, zsh, fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page in roff: `fybrk man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -282,6 +296,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Unpair { id } => pairing::unpair(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),
+        Cmd::Service { cmd } => service::run(cmd, &state, cli.config.as_deref()),
+        Cmd::Completions { shell } => completions::print_completions(shell),
+        Cmd::Man => completions::print_man(),
         Cmd::NatCheck { stun, json } => {
             // The same STUN servers as the daemon: --stun, else FYBRK_STUN, else the config file.
             let flags = MountArgs {
