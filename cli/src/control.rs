@@ -140,7 +140,15 @@ impl Handler for Control {
     }
 
     fn unpair(&self, req: fybrk_control::Unpair) -> Result<PeerRef> {
-        self.node.unpair(&req.id)
+        self.node.remove(&req.id)
+    }
+
+    fn members(&self, _: fybrk_control::Members) -> Result<fybrk_control::MembersReply> {
+        Ok(self.node.members())
+    }
+
+    fn remove(&self, req: fybrk_control::Remove) -> Result<PeerRef> {
+        self.node.remove(&req.id)
     }
 
     fn log(&self, req: fybrk_control::Log) -> Result<LogReply> {

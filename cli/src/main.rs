@@ -150,7 +150,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a paired device: it can no longer connect or receive changes.
+    /// The folder's members: who added each, online or last seen.
+    Members {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device from the folder: every member refuses it from then on, also members
+    /// that are offline now (they learn it when they reconnect).
+    Remove {
+        /// Its id, a unique prefix of the id, or its name.
+        id: String,
+    },
+    /// The same as `remove` (the old name).
     Unpair {
         /// Its id, a unique prefix of the id, or its name.
         id: String,
@@ -294,7 +306,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes)
         }
         Cmd::Peers { json } => pairing::peers(&state, json),
-        Cmd::Unpair { id } => pairing::unpair(&state, &id),
+        Cmd::Members { json } => pairing::members(&state, json),
+        Cmd::Remove { id } | Cmd::Unpair { id } => pairing::remove(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),
         Cmd::Service { cmd } => service::run(cmd, &state, cli.config.as_deref()),
         Cmd::Completions { shell } => completions::print_completions(shell),

@@ -1,5 +1,5 @@
 //! The commands that talk to the daemon about other devices: `pair` (and `approve`, `deny`,
-//! `pair --cancel`), `pair-with`, `peers`, `unpair`, and `status --watch`.
+//! `pair --cancel`), `pair-with`, `peers`, `members`, `remove` (`unpair`), and `status --watch`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -399,12 +399,53 @@ pub fn peers(state: &StateDir, json_out: bool) -> Result<ExitCode> {
 }
 
 /// `fybrk unpair`.
-pub fn unpair(state: &StateDir, id: &str) -> Result<ExitCode> {
-    let r = Client::new(state.socket()).call(fybrk_control::Unpair { id: id.to_owned() }, QUICK)?;
+pub fn remove(state: &StateDir, id: &str) -> Result<ExitCode> {
+    let r = Client::new(state.socket()).call(fybrk_control::Remove { id: id.to_owned() }, QUICK)?;
     println!(
-        "unpaired {} ({}): it can no longer connect to this device",
+        "removed {} ({}) from the folder: no member accepts it any more",
         r.name, r.id
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fybrk members`.
+pub fn members(state: &StateDir, json_out: bool) -> Result<ExitCode> {
+    let r = Client::new(state.socket()).call(fybrk_control::Members, QUICK)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !r.founded {
+        println!("no member list yet: it arrives from the folder's members once one is connected");
+    }
+    for m in &r.members {
+        let short: String = m.id.chars().take(7).collect();
+        let by = if m.added_by == m.id {
+            "founded the folder".to_string()
+        } else if m.added_by_name.is_empty() {
+            format!(
+                "added by {}",
+                m.added_by.chars().take(7).collect::<String>()
+            )
+        } else {
+            format!("added by {}", m.added_by_name)
+        };
+        let state = if m.this_device {
+            "this device".to_string()
+        } else if m.connected {
+            "connected".to_string()
+        } else {
+            match m.last_seen_unix {
+                Some(t) => format!("last seen {} ago", fmt_secs(unix_now().saturating_sub(t))),
+                None => "never connected to this device".to_string(),
+            }
+        };
+        println!(
+            "{:<16} {short}  {by}, {}  {state}",
+            m.name,
+            fmt_secs(unix_now().saturating_sub(m.added_unix)) + " ago"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -145,39 +145,6 @@ impl PeerBook {
         }
         self.dirty = true;
     }
-
-    /// The device named by `query`: its full id, a unique prefix of the id's text (dashes
-    /// optional), or its exact name.
-    pub fn find(&self, query: &str) -> Result<DeviceId, String> {
-        let q = query.trim();
-        if let Ok(id) = q.parse::<DeviceId>() {
-            return if self.peers.contains_key(&id) {
-                Ok(id)
-            } else {
-                Err(format!("device {id} is not paired with this device"))
-            };
-        }
-        let norm = |s: &str| s.replace('-', "").to_ascii_uppercase();
-        let qn = norm(q);
-        let mut hits: Vec<DeviceId> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| {
-                p.name == q || (!qn.is_empty() && norm(&id.to_string()).starts_with(&qn))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        hits.dedup();
-        match hits.len() {
-            1 => Ok(hits[0]),
-            0 => Err(format!(
-                "no paired device matches {q:?}: `fybrk peers` lists them"
-            )),
-            n => Err(format!(
-                "{n} paired devices match {q:?}: give more of the id (`fybrk peers` lists them)"
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -186,7 +153,7 @@ mod tests {
     use fybrk_net::identity::DeviceKey;
 
     #[test]
-    fn book_round_trips_and_finds_by_prefix_and_name() {
+    fn book_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("peers.json");
         let a = DeviceKey::generate().unwrap().id();
@@ -216,12 +183,6 @@ mod tests {
         let book = PeerBook::load(&path).unwrap();
         assert_eq!(book.get(&a).unwrap().seen, 7);
         assert_eq!(book.get(&a).unwrap().addrs.len(), 1);
-        assert_eq!(book.find("phone").unwrap(), b);
-        assert_eq!(book.find(&a.to_string()).unwrap(), a);
-        assert_eq!(book.find(&a.to_string()[..12]).unwrap(), a);
-        assert!(book
-            .find("tablet")
-            .unwrap_err()
-            .contains("no paired device"));
+        assert_eq!(book.get(&b).unwrap().name, "phone");
     }
 }

@@ -73,6 +73,10 @@ impl StateDir {
     pub fn peers(&self) -> PathBuf {
         self.root.join("peers.json")
     }
+    /// The folder's member list (`members.log`, postcard).
+    pub fn members(&self) -> PathBuf {
+        self.root.join("members.log")
+    }
     pub fn socket(&self) -> PathBuf {
         self.root.join("control.sock")
     }

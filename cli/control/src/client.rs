@@ -165,6 +165,12 @@ mod tests {
         fn pair_cancel(&self, _: crate::PairCancel) -> Result<crate::PairCancelReply, String> {
             Err("no".into())
         }
+        fn members(&self, _: crate::Members) -> Result<crate::MembersReply, String> {
+            Err("no".into())
+        }
+        fn remove(&self, _: crate::Remove) -> Result<PeerRef, String> {
+            Err("no".into())
+        }
         fn peers(&self, _: crate::Peers) -> Result<PeersReply, String> {
             Err("no".into())
         }

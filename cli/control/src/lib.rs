@@ -17,6 +17,7 @@
 //!   command's reply type.
 //! - [`status`]: the reply to `status` ([`StatusReply`]): the folder, the network side
 //!   ([`NetworkStatus`]), each peer's link ([`PeerStatus`]).
+//! - [`members`]: the folder's member list and removing a device from it.
 //! - [`pairing`]: invitations, approving the devices that ask, joining (requests and replies),
 //!   and `pair --json`'s first line.
 //! - [`reply`]: the other replies (verify, gc, unmount, peers, unpair), the error reply, and
@@ -28,6 +29,7 @@
 
 pub mod client;
 pub mod history;
+pub mod members;
 pub mod pairing;
 pub mod reply;
 pub mod request;
@@ -36,6 +38,7 @@ pub mod status;
 
 pub use client::{Client, ControlError};
 pub use history::{Log, LogEntry, LogReply, Restore, RestoreReply};
+pub use members::{MemberInfo, Members, MembersReply, Remove};
 pub use pairing::{
     Approve, Deny, Invite, InviteShown, JoinRequestInfo, Pair, PairCancel, PairCancelReply,
     PairWait, PairWaitReply, PairWith, PairWithReply, PairWithWait,

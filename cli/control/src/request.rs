@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Log, LogReply, Restore, RestoreReply};
+use crate::members::{Members, MembersReply, Remove};
 use crate::pairing::{
     Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
     PairWithReply, PairWithWait,
@@ -40,8 +41,12 @@ pub enum Request {
     PairCancel(PairCancel),
     /// `{"cmd":"peers"}`.
     Peers(Peers),
-    /// `{"cmd":"unpair","id":"..."}`.
+    /// `{"cmd":"unpair","id":"..."}` (an alias of `remove`).
     Unpair(Unpair),
+    /// `{"cmd":"members"}`.
+    Members(Members),
+    /// `{"cmd":"remove","id":"..."}`.
+    Remove(Remove),
     /// `{"cmd":"log","path":"docs/a.txt","limit":null}`.
     Log(Log),
     /// `{"cmd":"restore","path":"docs","at_ns":1764669600000000000,"version":null,"to":null}`.
@@ -109,6 +114,8 @@ call! {
     PairCancel => PairCancelReply,
     Peers => PeersReply,
     Unpair => PeerRef,
+    Members => MembersReply,
+    Remove => PeerRef,
     Log => LogReply,
     Restore => RestoreReply,
 }

@@ -5,6 +5,7 @@
 use std::fmt::Display;
 
 use crate::history::{Log, LogReply, Restore, RestoreReply};
+use crate::members::{Members, MembersReply, Remove};
 use crate::pairing::{
     Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
     PairWithReply, PairWithWait,
@@ -45,6 +46,10 @@ pub trait Handler {
     fn peers(&self, req: Peers) -> Result<PeersReply, Self::Error>;
     /// [`Unpair`].
     fn unpair(&self, req: Unpair) -> Result<PeerRef, Self::Error>;
+    /// [`Members`].
+    fn members(&self, req: Members) -> Result<MembersReply, Self::Error>;
+    /// [`Remove`].
+    fn remove(&self, req: Remove) -> Result<PeerRef, Self::Error>;
     /// [`Log`].
     fn log(&self, req: Log) -> Result<LogReply, Self::Error>;
     /// [`Restore`].
@@ -76,6 +81,8 @@ fn dispatch<H: Handler>(req: Request, h: &H) -> String {
         Request::PairCancel(r) => encode::<PairCancel, H>(h.pair_cancel(r)),
         Request::Peers(r) => encode::<Peers, H>(h.peers(r)),
         Request::Unpair(r) => encode::<Unpair, H>(h.unpair(r)),
+        Request::Members(r) => encode::<Members, H>(h.members(r)),
+        Request::Remove(r) => encode::<Remove, H>(h.remove(r)),
         Request::Log(r) => encode::<Log, H>(h.log(r)),
         Request::Restore(r) => encode::<Restore, H>(h.restore(r)),
     }
@@ -137,6 +144,12 @@ mod tests {
         }
         fn pair_cancel(&self, _: PairCancel) -> Result<PairCancelReply, &'static str> {
             Ok(PairCancelReply::default())
+        }
+        fn members(&self, _: Members) -> Result<MembersReply, &'static str> {
+            Ok(MembersReply::default())
+        }
+        fn remove(&self, _: Remove) -> Result<PeerRef, &'static str> {
+            Err("refused")
         }
         fn peers(&self, _: Peers) -> Result<PeersReply, &'static str> {
             Ok(PeersReply::default())

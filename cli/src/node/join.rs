@@ -215,6 +215,7 @@ impl Shared {
         tokio::task::spawn_blocking(move || sh.adopt_folder(&key))
             .await
             .map_err(|e| anyhow!("joining the folder failed: {e}"))??;
+        self.joined_folder();
         let name = fybrk_pair::sanitize_name(&welcome.inviter_name);
         self.add_peer(inviter, &name, addr);
         tracing::info!(peer = %inviter, %name, "joined the folder");

@@ -309,6 +309,7 @@ impl Shared {
         });
         *lock(&self.connects).entry(peer).or_insert(0) += 1;
         tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), initiator, "connected");
+        self.start_member_exchange(peer, conn.clone());
         tokio::spawn(self.clone().run_link(peer, conn, initiator, generation));
     }
 

@@ -38,6 +38,8 @@
 //!   the frames.
 //! - `join`: pairing, the joining side (dial, prove, wait for approval, adopt).
 //! - `joining`: moving this device into a joined folder.
+//! - `members`: the folder's member list: kept, exchanged with every link, applied to who may
+//!   connect.
 //! - `status`: what `fybrk status` and `fybrk peers` show.
 //! - `socket`: binding the one UDP socket.
 
@@ -45,6 +47,7 @@ mod framing;
 mod join;
 mod joining;
 mod links;
+mod members;
 mod pairing;
 mod policy;
 mod socket;
@@ -153,6 +156,13 @@ struct Shared {
     invites: Mutex<Vec<Invite>>,
     outcomes: Mutex<HashMap<u64, InviteOutcome>>,
     next_invite: AtomicU64,
+    /// This device's key, for signing member entries.
+    device_key: DeviceKey,
+    /// The folder's member list.
+    members: Mutex<fybrk_pair::members::MemberLog>,
+    /// Whether this device may found the member list (not after joining a folder: the list
+    /// comes from its members).
+    may_found: std::sync::atomic::AtomicBool,
     /// Wrong pairing proofs per source address and claimed device id.
     bad_proofs: Mutex<fybrk_pair::BadProofs>,
     /// Joins this device started (`pair_with`), for `pair_with_wait`.
@@ -267,7 +277,13 @@ impl Node {
             invalidate.clone(),
             mass.clone(),
         ));
+        let (members, may_found) = members::load(&state.members(), store.folder_id())?;
+        let device_key = DeviceKey::load(&state.device_key())
+            .context("cannot read this device's key again for the member list")?;
         let shared = Arc::new(Shared {
+            device_key,
+            members: Mutex::new(members),
+            may_found: std::sync::atomic::AtomicBool::new(may_found),
             mass,
             state: state.clone(),
             mux,
@@ -310,6 +326,7 @@ impl Node {
             for peer in peers {
                 shared.start_dialer(peer);
             }
+            shared.reconcile_members();
         }
         Ok(Node { rt, shared })
     }

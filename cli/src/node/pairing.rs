@@ -13,11 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use fybrk_control::{JoinRequestInfo, PairCancelReply, PairWaitReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::{channel_binding, PairingWindow};
-use fybrk_net::transport::CLOSE_NOT_PAIRED;
 use fybrk_pair::{
     Invitation, InviterSession, JoinRequest, JoinedPeer, PendingJoin, RefuseReason, Reply, Welcome,
 };
@@ -224,30 +223,10 @@ impl Node {
         PairCancelReply { cancelled }
     }
 
-    /// Removes a paired device: it can no longer connect, and its connection is closed.
-    pub fn unpair(&self, query: &str) -> Result<PeerRef> {
-        let sh = &self.shared;
-        let (id, peer) = {
-            let mut book = lock(&sh.book);
-            let id = book.find(query).map_err(|e| anyhow!(e))?;
-            let peer = book.remove(&id).context("peer vanished")?;
-            // Progress of the others is saved too: only once what it names is durable.
-            sh.fs.store().sync()?;
-            book.save()?;
-            (id, peer)
-        };
-        sh.allow.remove(&id);
-        if let Some(link) = lock(&sh.links).remove(&id) {
-            link.conn.close(CLOSE_NOT_PAIRED, b"unpaired");
-        }
-        if let Some(wake) = lock(&sh.dialers).remove(&id) {
-            wake.notify_one();
-        }
-        tracing::info!(peer = %id, name = %peer.name, "unpaired");
-        Ok(PeerRef {
-            id: id.to_string(),
-            name: peer.name,
-        })
+    /// Removes a device from the folder for every member (`unpair` is the same).
+    pub fn remove(&self, query: &str) -> Result<PeerRef> {
+        let _enter = self.rt.enter();
+        self.shared.remove_member(query)
     }
 }
 
@@ -347,6 +326,7 @@ impl Shared {
             Ok((number, welcome, JoinedPeer { name, .. })) => {
                 // Trust the device before it has the key: it connects for replication next.
                 self.add_peer(peer, &name, conn.remote_address());
+                self.member_added(peer, &name);
                 lock(&self.outcomes).insert(number, InviteOutcome::Joined(peer, name.clone()));
                 tracing::info!(peer = %peer, %name, "device joined");
                 write_frame(&mut send, &Reply::Welcome(welcome)).await?;

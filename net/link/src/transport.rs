@@ -156,13 +156,16 @@ pub enum ConnectError {
     Tls(#[from] TlsError),
 }
 
+/// Incoming handshakes in progress, each ending with its source address and outcome.
+type Handshakes = JoinSet<(IpAddr, Result<Accepted, AcceptError>)>;
+
 /// fybrk's QUIC endpoint on one UDP socket.
 pub struct Transport {
     endpoint: quinn::Endpoint,
     identity: TlsIdentity,
     policy: Arc<dyn PeerPolicy>,
     transport_config: Arc<TransportConfig>,
-    handshakes: tokio::sync::Mutex<(JoinSet<(IpAddr, Result<Accepted, AcceptError>)>, Sources)>,
+    handshakes: tokio::sync::Mutex<(Handshakes, Sources)>,
 }
 
 impl Transport {

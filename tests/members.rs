@@ -1,0 +1,129 @@
+//! The folder's member list through real daemons: a device added by one member is known to
+//! every member within seconds (also members it never paired with), and `fybrk remove` on one
+//! member shuts the removed device out of every member while the others keep syncing.
+//!
+//! Its own test binary. Run: `cargo build --release -p fybrk && cargo test --release -p
+//! fybrk-tests --test members` (root and /dev/fuse, see `tests/lib.rs`).
+
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use fybrk_control::MembersReply;
+use fybrk_tests::{
+    assert_stays_absent, describe, pair, wait_connected, wait_file, wait_for, write_file, Peer,
+    CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
+};
+
+/// How long a member entry may take to reach a device two hops away.
+const SPREAD: Duration = Duration::from_secs(30);
+
+fn members(p: &Peer) -> MembersReply {
+    let out = p.run(&["members", "--json"], Duration::from_secs(30));
+    p.check(out.status.success(), || {
+        format!("`fybrk members --json` failed\n{}", describe(&out))
+    });
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        p.fail(&format!(
+            "members --json is not a MembersReply ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    })
+}
+
+fn ids(r: &MembersReply) -> Vec<String> {
+    let mut v: Vec<String> = r.members.iter().map(|m| m.id.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
+    let Some(a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(b) = Peer::start("bravo") else {
+        return;
+    };
+    let Some(c) = Peer::start("charlie") else {
+        return;
+    };
+    // Alpha invites bravo, bravo invites charlie: alpha never pairs with charlie.
+    pair(&a, &b);
+    wait_connected(&a, &b, CONNECT_TIMEOUT);
+    pair(&b, &c);
+    let mut want = vec![a.id(), b.id(), c.id()];
+    want.sort();
+    let list = wait_for("alpha to list charlie as a member", SPREAD, || {
+        let r = members(&a);
+        if ids(&r) == want {
+            Ok(r)
+        } else {
+            Err(format!("alpha's members: {r:?}"))
+        }
+    });
+    let charlie = list.members.iter().find(|m| m.id == c.id()).unwrap();
+    a.check(
+        charlie.added_by == b.id() && charlie.added_by_name == "bravo",
+        || format!("charlie should be added by bravo: {charlie:?}"),
+    );
+    let founder = list.members.iter().find(|m| m.id == a.id()).unwrap();
+    a.check(founder.added_by == a.id() && founder.this_device, || {
+        format!("alpha founded the folder: {founder:?}")
+    });
+    wait_for("charlie to hold the same list", SPREAD, || {
+        let r = members(&c);
+        if ids(&r) == want {
+            Ok(())
+        } else {
+            Err(format!("charlie's members: {r:?}"))
+        }
+    });
+    let text = a.run(&["members"], Duration::from_secs(30));
+    let shown = String::from_utf8_lossy(&text.stdout).into_owned();
+    a.check(
+        shown.contains("charlie") && shown.contains("added by bravo"),
+        || format!("`fybrk members` should say who added charlie:\n{shown}"),
+    );
+
+    // Alpha removes charlie; bravo, which paired charlie, shuts it out too.
+    a.ok(write_file(&a.path("before.txt"), b"v1"), "write");
+    wait_file(&c, "before.txt", b"v1", SYNC_TIMEOUT);
+    let out = a.run(&["remove", "charlie"], Duration::from_secs(30));
+    a.check(out.status.success(), || {
+        format!("`fybrk remove charlie` failed\n{}", describe(&out))
+    });
+    want.retain(|id| *id != c.id());
+    for p in [&a, &b] {
+        wait_for(&format!("{} to drop charlie", p.name), SPREAD, || {
+            let r = members(p);
+            if ids(&r) == want {
+                Ok(())
+            } else {
+                Err(format!("{}'s members: {r:?}", p.name))
+            }
+        });
+    }
+    wait_for(
+        "bravo to close its link to charlie",
+        CONNECT_TIMEOUT,
+        || match b.status_peer(&c) {
+            Some(e) if e.connected => Err(format!("bravo shows charlie: {e:?}")),
+            _ => Ok(()),
+        },
+    );
+    // A file written after the removal reaches bravo (alpha and bravo keep syncing), never
+    // charlie; charlie's own new file reaches nobody.
+    b.ok(write_file(&b.path("after.txt"), b"after"), "write");
+    c.ok(write_file(&c.path("from-charlie.txt"), b"c"), "write");
+    wait_file(&a, "after.txt", b"after", SYNC_TIMEOUT);
+    assert_stays_absent(
+        &[
+            (&c, "after.txt"),
+            (&a, "from-charlie.txt"),
+            (&b, "from-charlie.txt"),
+        ],
+        STAYS_ABSENT,
+    );
+}
