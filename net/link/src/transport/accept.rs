@@ -1,15 +1,18 @@
 //! Taking incoming connections: completing a handshake, asking the policy how the peer is let in,
-//! and the limits that keep strangers cheap. While an invitation is open any device gets through
-//! TLS (to present its proof), so an unknown device gets a small transport budget (one stream,
-//! small windows: a pairing exchange is two frames of at most 4 KiB) and one address may run only
-//! a few handshakes at once.
+//! and the limit that keeps strangers cheap: while an invitation is open any device gets through
+//! TLS (to present its proof), so one address may run only a few handshakes at once.
+//!
+//! Not here (tried and taken out): shrinking an unknown device's connection to a pairing-sized
+//! budget with quinn's `set_max_concurrent_bi_streams(1)` / `set_receive_window(64 KiB)` after
+//! the handshake made pairing through the rendezvous fail under 5 % loss in `tests/nat_sync.rs`
+//! (reproducibly in the full suite, never alone); the cause is not understood yet.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{ConnectionError, VarInt};
+use quinn::ConnectionError;
 use tracing::info;
 
 use super::CLOSE_NOT_PAIRED;
@@ -28,9 +31,6 @@ pub(super) const MAX_PENDING_HANDSHAKES: usize = 64;
 /// address has a few devices, each with at most one or two handshakes to us at a time; a flood
 /// from one address takes this many of the [`MAX_PENDING_HANDSHAKES`] slots, not all of them.
 pub(super) const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
-
-/// Receive window of a connection admitted for pairing only: the exchange is two small frames.
-const PAIRING_RECEIVE_WINDOW: u32 = 64 << 10;
 
 /// Handshakes in progress per source address.
 #[derive(Debug, Default)]
@@ -59,16 +59,6 @@ impl Sources {
             }
         }
     }
-}
-
-/// Shrinks what an unknown device may use on its connection to what pairing needs: one
-/// bidirectional stream (the exchange), no unidirectional ones, a 64 KiB receive window. The
-/// per-stream window and idle timeout are fixed by the handshake; the daemon bounds the
-/// exchange's time itself.
-fn pairing_budget(connection: &quinn::Connection) {
-    connection.set_max_concurrent_bi_streams(VarInt::from_u32(1));
-    connection.set_max_concurrent_uni_streams(VarInt::from_u32(0));
-    connection.set_receive_window(VarInt::from_u32(PAIRING_RECEIVE_WINDOW));
 }
 
 /// How an accepted peer was let in.
@@ -136,10 +126,7 @@ async fn complete(
     // (an invitation may have closed, or the device been unpaired, in between).
     let admission = match policy.allows(&peer) {
         Allow::Paired => Admission::Paired,
-        Allow::PairingOnly => {
-            pairing_budget(&connection);
-            Admission::PairingOnly
-        }
+        Allow::PairingOnly => Admission::PairingOnly,
         Allow::Deny => {
             connection.close(CLOSE_NOT_PAIRED, b"not paired");
             return Err(AcceptError::Denied { remote, peer });
