@@ -180,6 +180,13 @@ fn nothing_is_shared_before_approval_and_both_screens_agree() {
         )
     });
 
+    let status = a.run(&["status"], Duration::from_secs(30));
+    let shown_status = String::from_utf8_lossy(&status.stdout).into_owned();
+    a.check(
+        shown_status.contains(&req.code) && shown_status.contains("fybrk approve"),
+        || format!("`fybrk status` should list the request with its words:\n{shown_status}"),
+    );
+
     // Waiting: no key, no file, not paired.
     assert_stays_absent(&[(&b, "secret.txt")], Duration::from_secs(3));
     assert_not_joined(&a, &b, &own_folder);

@@ -58,6 +58,13 @@ pub fn print_status(s: &StatusReply) {
         "history       {} on disk for old versions and deleted files",
         human_bytes(s.history_bytes)
     );
+    for r in &s.pair_requests {
+        println!(
+            "JOIN REQUEST  {} ({}) asks to join; its screen must show: {}. \
+             `fybrk approve {}` or `fybrk deny {}`",
+            r.name, r.id, r.code, r.id, r.id
+        );
+    }
     for m in &s.mass_deletions {
         println!(
             "WARNING       {} deleted {} files within minutes (since {}); to undo: {}",
