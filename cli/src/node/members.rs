@@ -13,7 +13,6 @@
 //! dropped. A member that pairs a device, or finds a paired device missing from the list (a
 //! folder from before the list existed), adds it, so every device converges on one list.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use fybrk_net::transport::CLOSE_NOT_PAIRED;
 use fybrk_pair::members::{MemberLog, Op, Signed};
 use serde::{Deserialize, Serialize};
 
-use super::{lock, unix_now, Node, Shared};
+use super::{lock, names_device, unix_now, Node, Shared};
 
 /// The largest member message read from a peer: a full log (4,096 entries of ~200 bytes) with
 /// room to spare. Bigger is refused (and logged), never buffered.
@@ -200,7 +199,6 @@ impl Shared {
     /// device) from the folder, for every member.
     pub(super) fn remove_member(self: &Arc<Self>, query: &str) -> Result<fybrk_control::PeerRef> {
         let q = query.trim();
-        let norm = |s: &str| s.replace('-', "").to_ascii_uppercase();
         let mut candidates: Vec<(DeviceId, String)> = lock(&self.members)
             .members()
             .iter()
@@ -213,9 +211,7 @@ impl Shared {
         }
         let hits: Vec<(DeviceId, String)> = candidates
             .into_iter()
-            .filter(|(id, name)| {
-                name == q || (!q.is_empty() && norm(&id.to_string()).starts_with(&norm(q)))
-            })
+            .filter(|(id, name)| names_device(q, id, name))
             .collect();
         let (id, name) = match hits.as_slice() {
             [one] => one.clone(),
@@ -318,21 +314,23 @@ impl Shared {
         let (fresh, before, after) = {
             let mut log = lock(&self.members);
             let before: Vec<_> = log.members().to_vec();
-            let known: HashSet<[u8; 32]> = log.entries().iter().map(Signed::id).collect();
-            let (n, err) = log.insert_all(entries.clone());
+            // What is new here (and taken) is what gets passed on.
+            let mut fresh: Vec<Signed> = entries
+                .iter()
+                .filter(|s| !log.holds(&s.id()))
+                .cloned()
+                .collect();
+            let (n, err) = log.insert_all(entries);
             if let Some(e) = err {
                 tracing::warn!(peer = %from.abbrev(), "a member entry from this peer was refused: {e}");
             }
+            fresh.retain(|s| log.holds(&s.id()));
             if n == 0 {
                 return;
             }
             if let Err(e) = self.save_members(&log) {
                 tracing::error!("cannot save the member list: {e:#}");
             }
-            let fresh: Vec<Signed> = entries
-                .into_iter()
-                .filter(|s| !known.contains(&s.id()))
-                .collect();
             (fresh, before, log.members().to_vec())
         };
         for m in after

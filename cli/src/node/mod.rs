@@ -173,6 +173,14 @@ struct Shared {
     joining: Mutex<()>,
 }
 
+/// Whether `query` (as typed after `approve`, `deny`, `remove`) names the device `id` called
+/// `name`: its exact name, or a prefix of its id's text (dashes and case do not matter).
+fn names_device(query: &str, id: &DeviceId, name: &str) -> bool {
+    let q = query.trim();
+    let norm = |s: &str| s.replace('-', "").to_ascii_uppercase();
+    name == q || (!q.is_empty() && norm(&id.to_string()).starts_with(&norm(q)))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every guarded value is updated by single inserts/removes; a panicking holder leaves it
     // consistent.

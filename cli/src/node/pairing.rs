@@ -23,7 +23,7 @@ use fybrk_pair::{
 
 use super::framing::{read_frame, write_frame};
 use super::traversal::candidate_addrs;
-use super::{lock, unix_now, Node, Shared};
+use super::{lock, names_device, unix_now, Node, Shared};
 use crate::peers::Peer;
 
 /// TLS exporter label binding a pairing proof (and the words both screens show) to one
@@ -162,14 +162,12 @@ impl Node {
         let now = unix_now();
         let mut invites = lock(&self.shared.invites);
         let q = query.trim();
-        let norm = |s: &str| s.replace('-', "").to_ascii_uppercase();
         let hits: Vec<usize> = invites
             .iter()
             .enumerate()
             .filter(|(_, i)| {
                 i.session.pending().is_some_and(|p| {
-                    let id = DeviceId::from_bytes(p.peer.id).to_string();
-                    p.peer.name == q || (!q.is_empty() && norm(&id).starts_with(&norm(q)))
+                    names_device(q, &DeviceId::from_bytes(p.peer.id), &p.peer.name)
                 })
             })
             .map(|(n, _)| n)

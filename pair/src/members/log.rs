@@ -169,6 +169,11 @@ impl MemberLog {
         out.into_iter().map(|(_, _, s)| s.clone()).collect()
     }
 
+    /// Whether entry `id` is held (counted or not).
+    pub fn holds(&self, id: &EntryId) -> bool {
+        self.held.contains_key(id)
+    }
+
     /// The members, founder first, then by the time they were added.
     pub fn members(&self) -> &[Member] {
         &self.members
