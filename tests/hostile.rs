@@ -133,6 +133,7 @@ fn open_store(dir: &std::path::Path, device: u64) -> Store {
         StoreOptions {
             cache_bytes: 1 << 20,
             device: Some(device),
+            folder_id: None,
         },
     )
     .unwrap()

@@ -227,12 +227,12 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
     crate::node::finish_join(state, identity.id.short())?;
     // Spill files of a previous run are unnamed (O_TMPFILE) and vanish on their own; nothing else
     // lives in staging/.
-    let key = state.load_or_create_key()?;
+    let keys = state.load_or_create_keys()?;
     let store_options = StoreOptions {
         device: Some(identity.id.short()),
         ..StoreOptions::default()
     };
-    let db = state.db(&key);
+    let db = state.db(&keys);
     // Stores of folders this device left (a join finished while some thread still held one).
     for other in state.all_dbs() {
         if other != db {
@@ -240,7 +240,9 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
             let _ = std::fs::remove_dir_all(&other);
         }
     }
-    let store = Store::open(&db, &key, store_options).map_err(|e| explain_store_error(e, state))?;
+    let store = keys
+        .open_store(&db, store_options)
+        .map_err(|e| explain_store_error(e, state))?;
     std::fs::write(state.pid(), format!("{}\n", std::process::id()))?;
     collect_garbage(&store, &options.retention);
     let cfg = FsConfig {
@@ -255,7 +257,7 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
         &device,
         &identity.name,
         fs.clone(),
-        key,
+        keys,
         options.listen,
         options.traversal.clone(),
         inval_tx,

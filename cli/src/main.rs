@@ -5,6 +5,7 @@ mod completions;
 mod config;
 mod control;
 mod daemon;
+mod folder_keys;
 mod history;
 mod human;
 mod massdel;
@@ -515,9 +516,10 @@ fn rendezvous(listen: std::net::SocketAddr) -> Result<ExitCode> {
 /// Opens the store directly when no daemon runs (taking the state lock, so none can start).
 fn with_offline_store<T>(state: &StateDir, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
     let _lock = state.lock()?;
-    let key = state.existing_key()?;
-    let store = Store::open(&state.db(&key), &key, StoreOptions::default())
-        .with_context(|| format!("cannot open the store in {}", state.db(&key).display()))?;
+    let keys = state.existing_keys()?;
+    let store = keys
+        .open_store(&state.db(&keys), StoreOptions::default())
+        .with_context(|| format!("cannot open the store in {}", state.db(&keys).display()))?;
     f(&store)
 }
 

@@ -1,12 +1,11 @@
 //! The state directory: where a daemon keeps its database, key, socket, log and lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::folder_keys::{self, FolderKeys};
 use anyhow::{bail, Context, Result};
-use fybrk_store::FolderKey;
 
 /// Paths inside one state directory.
 #[derive(Clone, Debug)]
@@ -39,9 +38,9 @@ impl StateDir {
         let hex: String = folder[..8].iter().map(|b| format!("{b:02x}")).collect();
         self.root.join(format!("db-{hex}"))
     }
-    /// The store of the current folder (the one `folder.key` opens).
-    pub fn db(&self, key: &FolderKey) -> PathBuf {
-        self.db_for(fybrk_store::Crypto::new(key).folder_id())
+    /// The store of the folder `keys` are for.
+    pub fn db(&self, keys: &FolderKeys) -> PathBuf {
+        self.db_for(keys.folder_id)
     }
     /// Store directories in the state dir, whatever folder they belong to.
     pub fn all_dbs(&self) -> Vec<PathBuf> {
@@ -129,10 +128,10 @@ impl StateDir {
         }
     }
 
-    /// The folder key, created (random, mode 0600) on first use.
-    pub fn load_or_create_key(&self) -> Result<FolderKey> {
+    /// The folder's id and keys, created (random, mode 0600) on first use.
+    pub fn load_or_create_keys(&self) -> Result<FolderKeys> {
         let path = self.key();
-        match read_key(&path) {
+        match folder_keys::read(&path) {
             Ok(Some(key)) => Ok(key),
             Ok(None) => {
                 if !self.all_dbs().is_empty() {
@@ -143,59 +142,23 @@ impl StateDir {
                         self.root.display()
                     );
                 }
-                let key = FolderKey::generate();
-                write_key(&path, &key)?;
-                Ok(key)
+                let keys = FolderKeys::generate();
+                folder_keys::write(&path, &keys)?;
+                Ok(keys)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The key if it exists (for commands that must not create a folder).
-    pub fn existing_key(&self) -> Result<FolderKey> {
-        read_key(&self.key())?.with_context(|| {
+    /// The keys if they exist (for commands that must not create a folder).
+    pub fn existing_keys(&self) -> Result<FolderKeys> {
+        folder_keys::read(&self.key())?.with_context(|| {
             format!(
                 "no fybrk folder in {} (run `fybrk mount DIR` first)",
                 self.root.display()
             )
         })
     }
-}
-
-/// Reads a 32-byte key file; `None` if it does not exist.
-pub fn read_key(path: &Path) -> Result<Option<FolderKey>> {
-    match File::open(path) {
-        Ok(mut f) => {
-            let mut raw = Vec::new();
-            f.read_to_end(&mut raw)?;
-            let bytes: [u8; 32] = raw.try_into().map_err(|v: Vec<u8>| {
-                anyhow::anyhow!(
-                    "{} holds {} bytes, expected 32: the key file is damaged",
-                    path.display(),
-                    v.len()
-                )
-            })?;
-            Ok(Some(FolderKey::from_bytes(bytes)))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-/// Writes a key file (mode 0600) durably, replacing any file at `path` atomically.
-pub fn write_key(path: &Path, key: &FolderKey) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(key.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    sync_dir(path)
 }
 
 /// fsyncs the directory holding `path`, so a rename or create in it survives a crash.

@@ -19,6 +19,7 @@ fn fs(dir: &tempfile::TempDir) -> Fs {
         StoreOptions {
             cache_bytes: 1 << 20,
             device: Some(1),
+            folder_id: None,
         },
     )
     .unwrap();

@@ -36,7 +36,7 @@ pub mod sas;
 pub use handshake::{
     decode_frame, encode_frame, BadProofs, FrameError, InviterSession, JoinRequest, JoinedPeer,
     JoinerSession, PairError, PairingGate, PendingJoin, RateLimiter, RefuseReason, Refused, Reply,
-    Welcome, APPROVE_WITHIN_SECS,
+    Welcome, APPROVE_WITHIN_SECS, MAX_LATER_KEYS,
 };
 pub use invite::{
     HostPort, Invitation, InviteError, Rendezvous, RendezvousParseError, INVITE_TTL_SECS,

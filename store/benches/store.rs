@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         StoreOptions {
             cache_bytes: 0,
             device: None,
+            folder_id: None,
         },
     )
     .expect("open");

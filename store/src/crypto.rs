@@ -102,6 +102,7 @@ pub struct Crypto {
     /// key fails at once instead of on the first read.
     check: [u8; 32],
     folder_id: [u8; 16],
+    key_id: u64,
 }
 
 impl Crypto {
@@ -122,11 +123,16 @@ impl Crypto {
         let mut folder_id = [0u8; 16];
         hk.expand(b"folder id", &mut folder_id)
             .expect("16 bytes is a valid HKDF length");
+        let mut key_id = [0u8; 8];
+        hk.expand(b"key id", &mut key_id)
+            .expect("8 bytes is a valid HKDF length");
         Crypto {
             id_key,
             cipher,
             check,
             folder_id,
+            // The low bit set: never 0, which names a folder's first key (see `keys`).
+            key_id: u64::from_le_bytes(key_id) | 1,
         }
     }
 
@@ -181,9 +187,17 @@ impl Crypto {
         Ok(plain)
     }
 
-    /// The folder's public id, the same on every device with this key.
-    pub fn folder_id(&self) -> [u8; 16] {
+    /// The id a folder created before folder ids were chosen at random got from its first key.
+    /// Kept for those folders only: a folder's id must not follow its key, which changes when a
+    /// member is removed.
+    pub fn legacy_folder_id(&self) -> [u8; 16] {
         self.folder_id
+    }
+
+    /// A public name of this key (derived from it, revealing nothing of it, never 0): what a
+    /// chunk sealed under a later key says it needs, and what the member list names.
+    pub fn key_id(&self) -> u64 {
+        self.key_id
     }
 
     /// The key check value stored alongside the data.

@@ -3,7 +3,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `chunks` | chunk id | sealed chunk (blob files) |
-//! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length |
+//! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length (+ the key it is sealed under, when not the first) |
 //! | `orphans` | chunk id | empty: the chunk's count reached 0, GC should look at it |
 //! | `records` | [`crate::record::path_key`] | postcard [`crate::FileRecord`] |
 //! | `log` | local sequence number (big endian) | path key of the record it changed |
@@ -14,6 +14,7 @@ use std::path::Path;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 
+use crate::keys::{KeyId, FIRST_KEY};
 use crate::Result;
 
 pub(crate) const CHUNKS: &str = "chunks";
@@ -24,25 +25,41 @@ pub(crate) const LOG: &str = "log";
 pub(crate) const META: &str = "meta";
 pub(crate) const HISTORY: &str = "history";
 
-/// Per-chunk bookkeeping: how many record slots use it and how many bytes it takes on disk.
+/// Per-chunk bookkeeping: how many record slots use it, how many bytes it takes on disk and
+/// which of the folder's keys seals it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RefEntry {
     pub count: u64,
     pub sealed_len: u32,
+    pub key: KeyId,
 }
 
 impl RefEntry {
-    pub fn encode(&self) -> [u8; 12] {
-        let mut out = [0u8; 12];
-        out[..8].copy_from_slice(&self.count.to_le_bytes());
-        out[8..].copy_from_slice(&self.sealed_len.to_le_bytes());
+    /// 12 bytes under the folder's first key (the layout from before keys rotated, so those
+    /// stores read as they are), 20 with a later key's id.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.sealed_len.to_le_bytes());
+        if self.key != FIRST_KEY {
+            out.extend_from_slice(&self.key.to_le_bytes());
+        }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<RefEntry> {
         let count = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
         let sealed_len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
-        Some(RefEntry { count, sealed_len })
+        let key = match bytes.get(12..) {
+            Some([]) => FIRST_KEY,
+            Some(k) => u64::from_le_bytes(k.try_into().ok()?),
+            None => return None,
+        };
+        Some(RefEntry {
+            count,
+            sealed_len,
+            key,
+        })
     }
 }
 
@@ -104,8 +121,20 @@ mod tests {
         let e = RefEntry {
             count: 7,
             sealed_len: 65_564,
+            key: FIRST_KEY,
         };
+        assert_eq!(
+            e.encode().len(),
+            12,
+            "stores from before rotation read unchanged"
+        );
         assert_eq!(RefEntry::decode(&e.encode()), Some(e));
+        let later = RefEntry {
+            key: 0xabcd_0001,
+            ..e
+        };
+        assert_eq!(RefEntry::decode(&later.encode()), Some(later));
         assert_eq!(RefEntry::decode(&[1, 2]), None);
+        assert_eq!(RefEntry::decode(&[0; 15]), None, "a torn key id");
     }
 }

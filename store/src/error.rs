@@ -45,6 +45,10 @@ pub enum StoreError {
         /// The chunk's real plaintext length.
         actual: u64,
     },
+    /// A chunk is sealed under a key of the folder this device does not hold (yet): a later
+    /// key reaches members with the member list, so it is worth asking again soon.
+    #[error("chunk needs the folder's key {0:016x}, which this device does not hold yet")]
+    UnknownKey(u64),
     /// The folder key does not match the one this store was created with.
     #[error("the folder key does not match this store (wrong folder.key?)")]
     WrongKey,

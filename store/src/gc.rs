@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, ORPHANS, RECORDS, REFS};
 use crate::store::{decode_record, Store};
-use crate::{ChunkId, Kind, Result};
+use crate::{ChunkId, Kind, Result, StoreError};
 
 /// What a GC pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -126,7 +126,19 @@ impl Store {
                 continue;
             };
             let id = ChunkId(raw);
-            if let Err(e) = self.inner.crypto.open(&id, &sealed) {
+            let opened = match self.chunk_key(&id) {
+                Ok(Some(key)) => self
+                    .inner
+                    .keys
+                    .get(key)
+                    .and_then(|crypto| crypto.open(&id, &sealed).map(drop)),
+                Ok(None) => Err(StoreError::CorruptRecord {
+                    key: format!("refs/{id}"),
+                    reason: "a stored chunk has no reference entry".into(),
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = opened {
                 report.problems.push(e.to_string());
             }
             stored.insert(id, 0);

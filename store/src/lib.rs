@@ -4,6 +4,7 @@
 //!
 //! - [`chunker`]: FastCDC cut points (16 / 64 / 256 KiB).
 //! - [`crypto`]: the folder key, keyed-BLAKE3 chunk ids and AES-256-GCM sealing.
+//! - [`keys`]: the folder's keys over time (one more per removed member) and chunk envelopes.
 //! - [`record`]: file records with version vectors, and how paths become keys.
 //! - [`history`]: every kept version of every path, the folder as it was at a time, and
 //!   retention.
@@ -21,6 +22,7 @@ mod db;
 mod error;
 mod gc;
 pub mod history;
+pub mod keys;
 pub mod naming;
 pub mod record;
 mod store;
@@ -28,6 +30,7 @@ mod store;
 pub use crypto::{ChunkId, Crypto, FolderKey};
 pub use error::{Result, StoreError};
 pub use gc::{GcReport, VerifyReport};
+pub use keys::{KeyId, FIRST_KEY};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
 pub use store::{
     ChunkWriter, CommitWatcher, Committed, Pins, Stats, Store, StoreOptions, Versioning,

@@ -15,6 +15,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
         StoreOptions {
             cache_bytes: 1 << 20,
             device: Some(0xfeed),
+            folder_id: None,
         },
     )
     .unwrap()
@@ -342,6 +343,7 @@ fn remote_versions_and_sealed_chunks_move_between_stores() {
         StoreOptions {
             cache_bytes: 0,
             device: Some(0xb),
+            folder_id: None,
         },
     )
     .unwrap();
@@ -498,4 +500,108 @@ fn the_root_time_is_kept() {
     store.set_root_mtime(-5).unwrap();
     drop(store);
     assert_eq!(open(&dir).root_mtime().unwrap(), Some(-5));
+}
+
+/// A store that holds only the folder's first key (a removed device's).
+fn open_with(dir: &std::path::Path, later: &[[u8; 32]]) -> Store {
+    let store = Store::open(
+        dir,
+        &FolderKey::from_bytes([1; 32]),
+        StoreOptions {
+            folder_id: Some([9; 16]),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    for k in later {
+        store.add_key(&FolderKey::from_bytes(*k));
+    }
+    store
+}
+
+#[test]
+fn chunks_after_a_rekey_are_sealed_under_the_new_key_only() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = open_with(dirs[0].path(), &[[2; 32]]);
+    assert_eq!(a.folder_id(), [9; 16], "the id does not follow the keys");
+    let old = write_file(&a, "old.txt", &random(100_000, 1));
+    let second = a.add_key(&FolderKey::from_bytes([2; 32]));
+    a.use_key(second).unwrap();
+    assert_eq!(a.current_key(), second);
+    let new = write_file(&a, "new.txt", &random(100_000, 2));
+    for c in &old.chunks {
+        assert_eq!(a.chunk_key(&c.id).unwrap(), Some(FIRST_KEY));
+    }
+    for c in &new.chunks {
+        assert_eq!(a.chunk_key(&c.id).unwrap(), Some(second));
+    }
+    assert_eq!(read_file(&a, "new.txt"), random(100_000, 2));
+    assert!(a.verify().unwrap().problems.is_empty());
+
+    // The first key alone cannot open a new chunk, even given its ciphertext.
+    let first_only = Crypto::new(&FolderKey::from_bytes([1; 32]));
+    let c = new.chunks[0].id;
+    let envelope = a.read_sealed(&c).unwrap().unwrap();
+    let (key, sealed) = crate::keys::open_envelope(&envelope).unwrap();
+    assert_eq!(key, second);
+    assert!(first_only.open(&c, sealed).is_err());
+
+    // A device without the key refuses the chunk as unknown (not corrupt) and takes it once
+    // it has the key; a holder of both keys receives both kinds.
+    let removed = open_with(dirs[1].path(), &[]);
+    let mut w = removed.writer();
+    assert!(matches!(
+        w.add_sealed(&c, envelope.clone()),
+        Err(StoreError::UnknownKey(k)) if k == second
+    ));
+    let member = open_with(dirs[2].path(), &[[2; 32]]);
+    let mut w = member.writer();
+    w.add_sealed(&c, envelope.clone()).unwrap();
+    let o = old.chunks[0].id;
+    w.add_sealed(&o, a.read_sealed(&o).unwrap().unwrap())
+        .unwrap();
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(member.chunk_key(&c).unwrap(), Some(second));
+    assert_eq!(
+        member.read_chunk(&c).unwrap().len(),
+        new.chunks[0].len as usize
+    );
+    assert_eq!(
+        member.read_chunk(&o).unwrap().len(),
+        old.chunks[0].len as usize
+    );
+
+    // A forged envelope naming the wrong key is refused, never stored.
+    let mut forged = envelope.clone();
+    forged[..8].copy_from_slice(&FIRST_KEY.to_le_bytes());
+    let mut w = open_with(tempfile::tempdir().unwrap().path(), &[[2; 32]]).writer();
+    assert!(matches!(
+        w.add_sealed(&c, forged),
+        Err(StoreError::CorruptChunk(..))
+    ));
+    assert!(matches!(
+        w.add_sealed(&c, vec![1, 2, 3]),
+        Err(StoreError::CorruptChunk(..))
+    ));
+}
+
+#[test]
+fn a_reopened_store_reads_every_key_s_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), &[[2; 32]]);
+    write_file(&a, "one", &random(70_000, 3));
+    a.use_key(a.add_key(&FolderKey::from_bytes([2; 32])))
+        .unwrap();
+    write_file(&a, "two", &random(70_000, 4));
+    drop(a);
+    let a = open_with(dir.path(), &[[2; 32]]);
+    assert_eq!(read_file(&a, "one"), random(70_000, 3));
+    assert_eq!(read_file(&a, "two"), random(70_000, 4));
+    drop(a);
+    // Without the later key the store still opens (the first key is right) and says which key
+    // the newer file needs.
+    let a = open_with(dir.path(), &[]);
+    assert_eq!(read_file(&a, "one"), random(70_000, 3));
+    assert!(matches!(a.read_file("two"), Err(StoreError::UnknownKey(_))));
 }

@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::folder_keys::FolderKeys;
 use anyhow::{anyhow, bail, Result};
 use fybrk_control::{PairWithReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::channel_binding;
 use fybrk_net::transport::CLOSE_SHUTDOWN;
 use fybrk_pair::{Invitation, JoinerSession, Reply};
-use fybrk_store::FolderKey;
 use tokio::sync::oneshot;
 
 use super::framing::{read_frame, write_frame};
@@ -210,9 +210,9 @@ impl Shared {
             bail!("the inviting device sent another folder than its invitation named; not joining");
         }
         let addr = conn.remote_address();
-        let key = FolderKey::from_bytes(welcome.folder_key);
+        let keys = FolderKeys::shared(welcome.folder_id, welcome.folder_key, &welcome.later_keys);
         let sh = self.clone();
-        tokio::task::spawn_blocking(move || sh.adopt_folder(&key))
+        tokio::task::spawn_blocking(move || sh.adopt_folder(keys))
             .await
             .map_err(|e| anyhow!("joining the folder failed: {e}"))??;
         self.joined_folder();

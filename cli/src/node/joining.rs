@@ -4,28 +4,28 @@
 
 use anyhow::{bail, Context, Result};
 use fybrk_fs::FsError;
-use fybrk_store::{FolderKey, Kind, Store, StoreOptions};
+use fybrk_store::{Kind, Store, StoreOptions};
 
 use super::{commit_watcher, lock, Shared};
+use crate::folder_keys::{self, FolderKeys};
 use crate::state::StateDir;
 
 /// Chunks copied into a new store before they are written out, when joining a folder.
 const ADOPT_FLUSH_CHUNKS: usize = 64;
 
 impl Shared {
-    /// Moves this device into the folder whose key is `key`: copies every record of the
-    /// current store into a new store of that folder, switches the filesystem to it, and makes
-    /// the switch durable. Blocking (it copies file contents).
-    pub(super) fn adopt_folder(&self, key: &FolderKey) -> Result<()> {
+    /// Moves this device into the folder `keys` open: copies every record of the current
+    /// store into a new store of that folder, switches the filesystem to it, and makes the
+    /// switch durable. Blocking (it copies file contents).
+    pub(super) fn adopt_folder(&self, keys: FolderKeys) -> Result<()> {
         let _one = lock(&self.joining);
-        let new_id = fybrk_store::Crypto::new(key).folder_id();
         let old = self.fs.store();
-        if old.folder_id() == new_id {
+        if old.folder_id() == keys.folder_id {
             return Ok(());
         }
         // From here a crash is finished at the next start (see `finish_join`).
-        crate::state::write_key(&self.state.joining_key(), key)?;
-        let new = open_store(&self.state, key, old.device())?;
+        folder_keys::write(&self.state.joining_key(), &keys)?;
+        let new = open_store(&self.state, &keys, old.device())?;
         new.on_commit(commit_watcher(
             self.local_seq.clone(),
             self.invalidate.clone(),
@@ -51,9 +51,9 @@ impl Shared {
             }
         }
         new.sync()?;
-        crate::state::write_key(&self.state.key(), key)?;
+        folder_keys::write(&self.state.key(), &keys)?;
         std::fs::remove_file(self.state.joining_key())?;
-        *lock(&self.folder_key) = FolderKey::from_bytes(*key.as_bytes());
+        *lock(&self.folder_keys) = keys;
         lock(&self.book).reset_progress();
         self.local_seq.send_replace(new.sequence());
         let old_dir = self.state.db_for(old.folder_id());
@@ -68,12 +68,11 @@ impl Shared {
     }
 }
 
-/// Opens (creating) the store of the folder `key` in `state`.
-pub fn open_store(state: &StateDir, key: &FolderKey, device: u64) -> Result<Store> {
-    let dir = state.db(key);
-    Store::open(
+/// Opens (creating) the store of the folder `keys` open in `state`.
+pub fn open_store(state: &StateDir, keys: &FolderKeys, device: u64) -> Result<Store> {
+    let dir = state.db(keys);
+    keys.open_store(
         &dir,
-        key,
         StoreOptions {
             device: Some(device),
             ..StoreOptions::default()
@@ -124,23 +123,23 @@ pub fn copy_records(from: &Store, to: &Store, since: u64) -> Result<()> {
 /// made durable. Copies the old folder's records into the new store again (copying is
 /// idempotent) and switches.
 pub fn finish_join(state: &StateDir, device: u64) -> Result<()> {
-    let Some(new_key) = crate::state::read_key(&state.joining_key())? else {
+    let Some(new_keys) = folder_keys::read(&state.joining_key())? else {
         return Ok(());
     };
     tracing::warn!("finishing an interrupted join");
-    let new = open_store(state, &new_key, device)?;
-    if let Some(old_key) = crate::state::read_key(&state.key())? {
-        let old_dir = state.db(&old_key);
-        if old_dir.exists() && old_dir != state.db(&new_key) {
-            let old = open_store(state, &old_key, device)?;
+    let new = open_store(state, &new_keys, device)?;
+    if let Some(old_keys) = folder_keys::read(&state.key())? {
+        let old_dir = state.db(&old_keys);
+        if old_dir.exists() && old_dir != state.db(&new_keys) {
+            let old = open_store(state, &old_keys, device)?;
             copy_records(&old, &new, 0)?;
             drop(old);
             new.sync()?;
-            crate::state::write_key(&state.key(), &new_key)?;
+            folder_keys::write(&state.key(), &new_keys)?;
             std::fs::remove_dir_all(&old_dir)?;
         }
     }
-    crate::state::write_key(&state.key(), &new_key)?;
+    folder_keys::write(&state.key(), &new_keys)?;
     std::fs::remove_file(state.joining_key())?;
     Ok(())
 }

@@ -66,7 +66,9 @@ use fybrk_fs::Fs;
 use fybrk_net::identity::{DeviceId, DeviceKey};
 use fybrk_net::tls::AllowList;
 use fybrk_net::transport::Transport;
-use fybrk_store::{CommitWatcher, Committed, FolderKey};
+use fybrk_store::{CommitWatcher, Committed};
+
+use crate::folder_keys::FolderKeys;
 use tokio::sync::{watch, Notify};
 
 use crate::peers::PeerBook;
@@ -168,7 +170,8 @@ struct Shared {
     /// Joins this device started (`pair_with`), for `pair_with_wait`.
     joins: Mutex<HashMap<u64, join::JoinState>>,
     next_join: AtomicU64,
-    folder_key: Mutex<FolderKey>,
+    /// The folder's id and keys (as in `folder.key`).
+    folder_keys: Mutex<FolderKeys>,
     /// Held while joining a folder: one join at a time.
     joining: Mutex<()>,
 }
@@ -230,7 +233,7 @@ impl Node {
         device: &DeviceKey,
         name: &str,
         fs: Arc<Fs>,
-        folder_key: FolderKey,
+        folder_keys: FolderKeys,
         listen: Listen,
         traversal: Traversal,
         invalidate: std::sync::mpsc::Sender<Vec<String>>,
@@ -319,7 +322,7 @@ impl Node {
             bad_proofs: Mutex::new(fybrk_pair::BadProofs::new()),
             joins: Mutex::new(HashMap::new()),
             next_join: AtomicU64::new(1),
-            folder_key: Mutex::new(folder_key),
+            folder_keys: Mutex::new(folder_keys),
             joining: Mutex::new(()),
         });
         tracing::info!(addr = %listen_addr, "listening (QUIC over UDP)");

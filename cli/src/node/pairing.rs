@@ -80,9 +80,12 @@ impl Node {
         )
         .map_err(|e| anyhow!("cannot make an invitation: {e}"))?;
         inv.expires_unix = now.saturating_add(req.expires_secs.max(1));
-        let key = *lock(&sh.folder_key).as_bytes();
+        let (key, later) = {
+            let keys = lock(&sh.folder_keys);
+            (*keys.first.as_bytes(), keys.later_bytes())
+        };
         let number = sh.next_invite.fetch_add(1, Ordering::Relaxed);
-        let mut session = InviterSession::new(&inv, key);
+        let mut session = InviterSession::new(&inv, key, &later);
         if let Some(secs) = req.approve_within_secs {
             session = session.with_approval_window(secs);
         }

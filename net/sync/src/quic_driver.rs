@@ -222,6 +222,7 @@ mod tests {
             StoreOptions {
                 cache_bytes: 1 << 20,
                 device: Some(key.id().short()),
+                folder_id: None,
             },
         )
         .unwrap()

@@ -183,7 +183,8 @@ mod tests {
             assert_eq!(store.sequence(), before, "a refused commit writes nothing");
         }
 
-        let r = staging.add_sealed(&missing, b"not the chunk".to_vec());
+        // An envelope naming the folder's first key (0), then bytes that are not the chunk.
+        let r = staging.add_sealed(&missing, [&[0u8; 8][..], b"not the chunk"].concat());
         assert!(matches!(r, Err(StoreError::CorruptChunk(..))), "{r:?}");
         assert!(!store.has_chunk(&missing).unwrap());
         assert_eq!(store.read_sealed(&missing).unwrap(), None);

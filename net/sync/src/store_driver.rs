@@ -311,6 +311,13 @@ impl<S: ReplicaStore> StoreReplica<S> {
                 tracing::warn!(chunk = %id, why, "chunk from peer failed verification");
                 return Ok(session.handle_chunk_verified(id, false));
             }
+            // Sealed under a folder key that has not reached this device yet (it travels with
+            // the member list, which may be a moment behind): asked for again like a bad
+            // chunk, and the record waits if the key is still missing after the retries.
+            Err(e @ StoreError::UnknownKey(_)) => {
+                tracing::warn!(peer = ?session.peer(), chunk = %id, "{e}");
+                return Ok(session.handle_chunk_verified(id, false));
+            }
             Err(e) => return Err(err("storing a chunk")(e)),
         }
         // A chunk only this record needs stays in its writer and is written with the record's
@@ -448,6 +455,7 @@ mod tests {
             StoreOptions {
                 cache_bytes: 1 << 20,
                 device: Some(IDS[i]),
+                folder_id: None,
             },
         )
         .unwrap();

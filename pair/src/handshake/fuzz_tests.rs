@@ -58,16 +58,18 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
             any::<[u8; 16]>(),
             any::<[u8; 32]>(),
             ".{0,40}",
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4)
         )
-            .prop_map(
-                |(folder_id, folder_key, inviter_name, proof)| Reply::Welcome(Welcome {
+            .prop_map(|(folder_id, folder_key, inviter_name, proof, later_keys)| {
+                Reply::Welcome(Welcome {
                     folder_id,
                     folder_key,
                     inviter_name,
                     proof,
+                    later_keys,
                 })
-            ),
+            }),
         Just(Reply::Refused(RefuseReason::BadProof.into())),
         Just(Reply::Refused(RefuseReason::AlreadyUsed.into())),
         Just(Reply::Refused(RefuseReason::Denied.into())),

@@ -8,10 +8,14 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The largest frame body accepted. The biggest message is a join request with a 32-byte name,
-/// about 130 bytes; the margin leaves room for later fields, and the limit stops a peer that is
-/// not yet trusted from making us allocate much.
-pub const MAX_FRAME_LEN: usize = 4096;
+/// The largest frame body accepted. The biggest message is a welcome with its later keys (up to
+/// [`MAX_LATER_KEYS`] of 32 bytes); a join request is about 130 bytes. The limit stops a peer that
+/// is not yet trusted from making us allocate much.
+pub const MAX_FRAME_LEN: usize = 16 << 10;
+
+/// The most later folder keys a welcome carries: the newest ones (new chunks are sealed under
+/// the newest); any older ones reach the new member with the member list.
+pub const MAX_LATER_KEYS: usize = 256;
 
 /// Bytes of length prefix before each frame body.
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -33,7 +37,8 @@ pub struct JoinRequest {
 pub struct Welcome {
     /// The folder being shared; matches the invitation's folder.
     pub folder_id: [u8; 16],
-    /// The folder's 256-bit key, from which the store derives its id and encryption keys.
+    /// The folder's first 256-bit key, from which the store derives its chunk-id and
+    /// encryption keys.
     pub folder_key: [u8; 32],
     /// The inviter's device name (sanitised on arrival).
     pub inviter_name: String,
@@ -42,6 +47,9 @@ pub struct Welcome {
     /// second check means a driver that forgot the pin still cannot be handed a folder by a
     /// device that never saw the invitation.
     pub proof: [u8; 32],
+    /// The folder's later keys (one per removal of a member), oldest first, at most
+    /// [`MAX_LATER_KEYS`]: chunks written since the last removal are sealed under the last.
+    pub later_keys: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Welcome {
@@ -49,6 +57,7 @@ impl fmt::Debug for Welcome {
         f.debug_struct("Welcome")
             .field("folder_id", &crate::hex_prefix(&self.folder_id))
             .field("folder_key", &"<hidden>")
+            .field("later_keys", &self.later_keys.len())
             .field("inviter_name", &self.inviter_name)
             .finish_non_exhaustive()
     }
@@ -231,6 +240,7 @@ mod tests {
         let w = Welcome {
             folder_id: [1; 16],
             folder_key: [0xEE; 32],
+            later_keys: vec![[0xDD; 32]],
             inviter_name: "a".into(),
             proof: [0; 32],
         };

@@ -24,7 +24,7 @@ use std::fmt;
 pub use bad_proofs::{BadProofs, BAD_PROOF_WINDOW_SECS, MAX_BAD_PROOFS, MAX_TRACKED};
 pub use messages::{
     decode_frame, encode_frame, FrameError, JoinRequest, RefuseReason, Refused, Reply, Welcome,
-    FRAME_HEADER_LEN, MAX_FRAME_LEN,
+    FRAME_HEADER_LEN, MAX_FRAME_LEN, MAX_LATER_KEYS,
 };
 pub use rate_limit::RateLimiter;
 
@@ -128,6 +128,7 @@ pub struct InviterSession {
     secret: [u8; 16],
     folder_id: [u8; 16],
     folder_key: [u8; 32],
+    later_keys: Vec<[u8; 32]>,
     inviter_name: String,
     expires_unix: u64,
     approve_within_secs: u64,
@@ -145,12 +146,15 @@ impl fmt::Debug for InviterSession {
 }
 
 impl InviterSession {
-    /// Opens `invitation` (made by this device) for the folder whose key is `folder_key`.
-    pub fn new(invitation: &Invitation, folder_key: [u8; 32]) -> Self {
+    /// Opens `invitation` (made by this device) for the folder whose first key is `folder_key`
+    /// and later keys `later_keys` (oldest first; only the newest [`MAX_LATER_KEYS`] are sent).
+    pub fn new(invitation: &Invitation, folder_key: [u8; 32], later_keys: &[[u8; 32]]) -> Self {
+        let newest = later_keys.len().saturating_sub(MAX_LATER_KEYS);
         Self {
             secret: invitation.secret,
             folder_id: invitation.folder,
             folder_key,
+            later_keys: later_keys[newest..].to_vec(),
             inviter_name: sanitize_name(&invitation.inviter_name),
             expires_unix: invitation.expires_unix,
             approve_within_secs: APPROVE_WITHIN_SECS,
@@ -244,6 +248,7 @@ impl InviterSession {
         let welcome = Welcome {
             folder_id: self.folder_id,
             folder_key: self.folder_key,
+            later_keys: self.later_keys.clone(),
             inviter_name: self.inviter_name.clone(),
             proof: proof(&self.secret, binding, Role::Inviter, &peer.id),
         };

@@ -44,7 +44,7 @@ fn refused(reason: RefuseReason) -> Refused {
 #[test]
 fn right_secret_works_once() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     assert_eq!(joiner.inviter_id(), &INVITER_ID);
 
@@ -77,7 +77,7 @@ fn right_secret_works_once() {
 #[test]
 fn wrong_secret_is_bad_proof() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut stale = inv.clone();
     stale.secret = [0; 16];
     let mut joiner = JoinerSession::new(&stale, JOINER_ID, "laptop");
@@ -92,7 +92,7 @@ fn wrong_secret_is_bad_proof() {
 #[test]
 fn wrong_proofs_never_lock_out_the_right_one() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut guesser = inv.clone();
     guesser.secret = [9; 16];
     let mut bad = JoinerSession::new(&guesser, [0x77; 32], "guesser");
@@ -110,7 +110,7 @@ fn wrong_proofs_never_lock_out_the_right_one() {
 #[test]
 fn expired_is_refused_by_the_inviters_clock() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     assert_eq!(inviter.expires_unix(), T0 + crate::INVITE_TTL_SECS);
     for now in [inv.expires_unix, inv.expires_unix + 1000] {
@@ -127,7 +127,7 @@ fn expired_is_refused_by_the_inviters_clock() {
 #[test]
 fn a_proof_from_another_connection_is_refused() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     // A relay records the request made on connection A and replays it on its own connection B.
     let captured = joiner.request(&[0xAA; 32]);
@@ -142,7 +142,7 @@ fn a_proof_from_another_connection_is_refused() {
 #[test]
 fn a_request_for_another_device_than_the_connections_is_refused() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     let req = joiner.request(&BINDING);
     // Right proof, but the TLS peer on this connection is some other device.
@@ -153,7 +153,7 @@ fn a_request_for_another_device_than_the_connections_is_refused() {
 #[test]
 fn joiner_checks_the_welcome() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     assert!(matches!(
         joiner.handle_reply(Reply::Refused(refused(RefuseReason::Expired))),
@@ -207,7 +207,7 @@ fn joiner_checks_the_welcome() {
 #[test]
 fn a_valid_request_waits_for_the_user() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(30);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]).with_approval_window(30);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     let req = joiner.request(&BINDING);
     let pending = inviter
@@ -262,7 +262,7 @@ fn deny_timeout_and_cancel_end_the_invitation() {
         inviter.handle_request(&req, &BINDING, &JOINER_ID, now)
     };
 
-    let mut denied = InviterSession::new(&inv, FOLDER_KEY);
+    let mut denied = InviterSession::new(&inv, FOLDER_KEY, &[]);
     request(&mut denied, T0).unwrap();
     assert_eq!(denied.deny().map(|p| p.id), Some(JOINER_ID));
     assert_eq!(denied.ended(), Some(RefuseReason::Denied));
@@ -274,12 +274,12 @@ fn deny_timeout_and_cancel_end_the_invitation() {
         "a denied invitation takes no new request"
     );
 
-    let mut late = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(10);
+    let mut late = InviterSession::new(&inv, FOLDER_KEY, &[]).with_approval_window(10);
     request(&mut late, T0).unwrap();
     assert_eq!(late.poll_timeout(T0 + 9), None);
     assert_eq!(late.poll_timeout(T0 + 10).map(|p| p.id), Some(JOINER_ID));
     assert_eq!(late.ended(), Some(RefuseReason::TimedOut));
-    let mut slow = InviterSession::new(&inv, FOLDER_KEY).with_approval_window(10);
+    let mut slow = InviterSession::new(&inv, FOLDER_KEY, &[]).with_approval_window(10);
     request(&mut slow, T0).unwrap();
     assert_eq!(
         slow.approve(T0 + 10),
@@ -287,16 +287,16 @@ fn deny_timeout_and_cancel_end_the_invitation() {
         "approving after the deadline is too late, even before a poll"
     );
 
-    let mut cancelled = InviterSession::new(&inv, FOLDER_KEY);
+    let mut cancelled = InviterSession::new(&inv, FOLDER_KEY, &[]);
     assert_eq!(cancelled.cancel(), None);
     assert_eq!(
         request(&mut cancelled, T0),
         Err(refused(RefuseReason::Cancelled))
     );
-    let mut waiting = InviterSession::new(&inv, FOLDER_KEY);
+    let mut waiting = InviterSession::new(&inv, FOLDER_KEY, &[]);
     request(&mut waiting, T0).unwrap();
     assert_eq!(waiting.cancel().map(|p| p.id), Some(JOINER_ID));
-    let mut used = InviterSession::new(&inv, FOLDER_KEY);
+    let mut used = InviterSession::new(&inv, FOLDER_KEY, &[]);
     request(&mut used, T0).unwrap();
     used.approve(T0).unwrap();
     assert_eq!(used.cancel(), None, "a used invitation stays used");
@@ -306,7 +306,7 @@ fn deny_timeout_and_cancel_end_the_invitation() {
 #[test]
 fn joiner_names_are_sanitised_for_the_inviters_prompt() {
     let inv = invitation();
-    let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let mut joiner = JoinerSession::new(&inv, JOINER_ID, "ok");
     let mut req = joiner.request(&BINDING);
     req.joiner_name = format!("\u{202E}{}", "x".repeat(100));
@@ -356,7 +356,7 @@ fn the_gate_limits_attempts_across_invitations() {
 #[test]
 fn debug_hides_secrets() {
     let inv = invitation();
-    let inviter = InviterSession::new(&inv, FOLDER_KEY);
+    let inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
     let joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
     for shown in [format!("{inviter:?}"), format!("{joiner:?}")] {
         assert!(
@@ -388,7 +388,7 @@ proptest! {
     #[test]
     fn model(attempts in proptest::collection::vec(arb_attempt(), 1..60)) {
         let inv = invitation();
-        let mut inviter = InviterSession::new(&inv, FOLDER_KEY);
+        let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &[]);
         let mut wrong = inv.clone();
         wrong.secret[0] ^= 1;
         let mut now = T0;
@@ -419,4 +419,29 @@ proptest! {
         }
         prop_assert!(successes <= 1);
     }
+}
+
+#[test]
+fn a_welcome_carries_the_newest_later_keys_within_one_frame() {
+    let inv = invitation();
+    let later: Vec<[u8; 32]> = (0..300u32)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            k
+        })
+        .collect();
+    let mut inviter = InviterSession::new(&inv, FOLDER_KEY, &later);
+    let mut joiner = JoinerSession::new(&inv, JOINER_ID, "laptop");
+    let (welcome, _) = exchange(&mut joiner, &mut inviter, &BINDING, T0 + 5);
+    let welcome = welcome.unwrap();
+    assert_eq!(welcome.later_keys.len(), crate::MAX_LATER_KEYS);
+    assert_eq!(
+        welcome.later_keys.last(),
+        later.last(),
+        "the newest is sent"
+    );
+    assert_eq!(welcome.later_keys[0], later[300 - crate::MAX_LATER_KEYS]);
+    let frame = crate::encode_frame(&Reply::Welcome(welcome)).unwrap();
+    assert!(frame.len() <= crate::handshake::MAX_FRAME_LEN + crate::handshake::FRAME_HEADER_LEN);
 }

@@ -62,6 +62,23 @@ pub struct MemberLog {
     valid: HashSet<EntryId>,
     members: Vec<Member>,
     removed: HashSet<[u8; 32]>,
+    /// The rekeys that count, in the log's deterministic order, each with whether it covers
+    /// every removal that counts.
+    rekeys: Vec<(u64, bool)>,
+    /// Whether any removal counts.
+    any_removal: bool,
+}
+
+/// Which folder key new chunks are sealed under ([`MemberLog::write_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKey {
+    /// The folder's first key: nobody was ever removed.
+    First,
+    /// The later key with this id.
+    Later(u64),
+    /// A device was removed and no key this device holds postdates every removal: a member
+    /// must make a new key (a [`Op::Rekey`]) before sealing anything new.
+    NeedNew,
 }
 
 impl MemberLog {
@@ -73,6 +90,31 @@ impl MemberLog {
             valid: HashSet::new(),
             members: Vec::new(),
             removed: HashSet::new(),
+            rekeys: Vec::new(),
+            any_removal: false,
+        }
+    }
+
+    /// The ids of the later keys the log names (rekeys that count), oldest first.
+    pub fn key_ids(&self) -> Vec<u64> {
+        self.rekeys.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Which key new chunks are sealed under, given which later keys this device holds: the
+    /// last rekey (in the log's order, the same on every device) that covers every removal and
+    /// whose key is held; the first key while nobody was removed and no later key is held.
+    pub fn write_key(&self, held: impl Fn(u64) -> bool) -> WriteKey {
+        let newest = self
+            .rekeys
+            .iter()
+            .rev()
+            // Id 0 names the first key, which every device that ever paired holds: a rekey to
+            // it (only a broken or hostile member writes one) never counts.
+            .find(|(id, covers)| *covers && *id != 0 && held(*id));
+        match newest {
+            Some((id, _)) => WriteKey::Later(*id),
+            None if self.any_removal => WriteKey::NeedNew,
+            None => WriteKey::First,
         }
     }
 
@@ -248,10 +290,13 @@ impl MemberLog {
         let mut by_author: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
         for (i, h) in hs.iter().enumerate() {
             let subject = match &h.entry.op {
-                Op::Found { .. } => h.author,
-                Op::Add { device, .. } | Op::Remove { device } => *device,
+                Op::Found { .. } => Some(h.author),
+                Op::Add { device, .. } | Op::Remove { device } => Some(*device),
+                Op::Rekey { .. } => None,
             };
-            about.entry(subject).or_default().push(i);
+            if let Some(subject) = subject {
+                about.entry(subject).or_default().push(i);
+            }
             by_author.entry(h.author).or_default().push(i);
         }
         let none: Vec<usize> = Vec::new();
@@ -305,6 +350,10 @@ impl MemberLog {
             }
         }
 
+        let removals: Vec<usize> = (0..n)
+            .filter(|&i| valid[i] && matches!(entry(i).entry.op, Op::Remove { .. }))
+            .collect();
+        let mut rekeys = Vec::new();
         let mut removed = HashSet::new();
         let mut added: Vec<Member> = Vec::new();
         for i in (0..n).filter(|&i| valid[i]) {
@@ -319,9 +368,15 @@ impl MemberLog {
                 Op::Remove { device } => {
                     removed.insert(*device);
                 }
+                Op::Rekey { key_id } => {
+                    let covers = removals.iter().all(|&r| has(&ancestors[i], r));
+                    rekeys.push((*key_id, covers));
+                }
             }
         }
         added.retain(|m| !removed.contains(&m.device));
+        self.rekeys = rekeys;
+        self.any_removal = !removals.is_empty();
         self.valid = (0..n).filter(|&i| valid[i]).map(|i| order[i]).collect();
         self.members = added;
         self.removed = removed;
@@ -381,6 +436,7 @@ fn member_in(seen: &[u64], valid: &[bool], hs: &[&Held], about: &[usize]) -> boo
         match &hs[j].entry.op {
             Op::Remove { .. } => return false,
             Op::Found { .. } | Op::Add { .. } => member = true,
+            Op::Rekey { .. } => {}
         }
     }
     member

@@ -13,6 +13,10 @@
 //! - One root: the `Found` entry with no parents (the smallest id wins if two devices founded
 //!   concurrently; the other root and everything built only on it count for nothing).
 //! - An entry counts when its author was a member as of its ancestors (the entries it had seen).
+//! - A rekey counts like any entry; it *covers* the removals among its ancestors (its author
+//!   knew of them, so it gave the key to none of those devices). New chunks are sealed under
+//!   the last covering rekey whose key a device holds ([`MemberLog::write_key`]); when none
+//!   covers every removal, a member makes one.
 //! - Removal wins and cannot be undone from below: once `Remove(D)` counts, every device D
 //!   added (or founding it wrote) that the remover had not seen counts for nothing (D cannot
 //!   add a new identity after its removal by pretending it wrote the entry earlier), and D is
@@ -25,7 +29,7 @@ mod log;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use log::{InsertError, Member, MemberLog, MAX_ENTRIES};
+pub use log::{InsertError, Member, MemberLog, WriteKey, MAX_ENTRIES};
 
 /// An entry's id: SHA-256 of [`ID_LABEL`] and its bytes.
 pub type EntryId = [u8; 32];
@@ -65,6 +69,13 @@ pub enum Op {
     Remove {
         /// The device's id.
         device: [u8; 32],
+    },
+    /// The author made a new folder key (after a removal) and gives it to the members it
+    /// knows, over their links; the key itself is never in the log, only its public id.
+    /// Chunks are sealed under the newest such key that postdates every removal.
+    Rekey {
+        /// The key's id (`fybrk_store::Crypto::key_id`).
+        key_id: u64,
     },
 }
 
@@ -142,7 +153,7 @@ impl Signed {
         }
         let name_len = match &entry.op {
             Op::Found { name, .. } | Op::Add { name, .. } => name.len(),
-            Op::Remove { .. } => 0,
+            Op::Remove { .. } | Op::Rekey { .. } => 0,
         };
         if name_len > MAX_ENTRY_NAME {
             return Err(InsertError::Malformed(format!(

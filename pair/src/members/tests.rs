@@ -328,3 +328,89 @@ proptest! {
         prop_assert!(log.members().is_empty());
     }
 }
+
+#[test]
+fn a_removal_needs_a_new_key_and_a_rekey_after_it_covers_it() {
+    let (a, b, c) = (Device::new(), Device::new(), Device::new());
+    let mut log = MemberLog::new(FOLDER);
+    a.found(&mut log);
+    a.add(&mut log, &b, "b");
+    a.add(&mut log, &c, "c");
+    let all = |_: u64| true;
+    assert_eq!(log.write_key(all), WriteKey::First, "nobody removed");
+    a.remove(&mut log, &c);
+    assert_eq!(log.write_key(all), WriteKey::NeedNew);
+    a.append(&mut log, Op::Rekey { key_id: 11 });
+    assert_eq!(log.write_key(all), WriteKey::Later(11));
+    assert_eq!(
+        log.write_key(|_| false),
+        WriteKey::NeedNew,
+        "a key not held yet"
+    );
+    assert_eq!(log.key_ids(), vec![11]);
+
+    // B learns everything and removes nobody: it writes under the same key.
+    let mut at_b = MemberLog::new(FOLDER);
+    sync(&log, &mut at_b);
+    assert_eq!(at_b.write_key(all), WriteKey::Later(11));
+}
+
+#[test]
+fn concurrent_removals_need_a_key_that_postdates_both() {
+    let (a, b, c, d) = (Device::new(), Device::new(), Device::new(), Device::new());
+    let mut at_a = MemberLog::new(FOLDER);
+    a.found(&mut at_a);
+    a.add(&mut at_a, &b, "b");
+    a.add(&mut at_a, &c, "c");
+    a.add(&mut at_a, &d, "d");
+    let mut at_b = MemberLog::new(FOLDER);
+    sync(&at_a, &mut at_b);
+    // A removes C and rekeys (the key may reach D); B removes D and rekeys (it may reach C).
+    a.remove(&mut at_a, &c);
+    a.append(&mut at_a, Op::Rekey { key_id: 21 });
+    b.remove(&mut at_b, &d);
+    b.append(&mut at_b, Op::Rekey { key_id: 23 });
+    let all = |_: u64| true;
+    assert_eq!(at_a.write_key(all), WriteKey::Later(21));
+    sync(&at_b, &mut at_a);
+    sync(&at_a, &mut at_b);
+    assert_eq!(
+        at_a.write_key(all),
+        WriteKey::NeedNew,
+        "neither key covers both"
+    );
+    assert_eq!(at_b.write_key(all), WriteKey::NeedNew);
+    // Both make one at once: both cover both removals, and both devices pick the same.
+    a.append(&mut at_a, Op::Rekey { key_id: 31 });
+    b.append(&mut at_b, Op::Rekey { key_id: 33 });
+    sync(&at_b, &mut at_a);
+    sync(&at_a, &mut at_b);
+    let chosen = at_a.write_key(all);
+    assert!(matches!(chosen, WriteKey::Later(31 | 33)), "{chosen:?}");
+    assert_eq!(at_b.write_key(all), chosen, "the same choice on both");
+    // Until the other's key arrives, each may use its own: both cover both removals.
+    assert_eq!(at_a.write_key(|id| id == 31), WriteKey::Later(31));
+}
+
+#[test]
+fn a_removed_device_cannot_rekey_and_the_first_key_cannot_come_back() {
+    let (a, b, c) = (Device::new(), Device::new(), Device::new());
+    let mut at_a = MemberLog::new(FOLDER);
+    a.found(&mut at_a);
+    a.add(&mut at_a, &b, "b");
+    a.add(&mut at_a, &c, "c");
+    let mut at_c = MemberLog::new(FOLDER);
+    sync(&at_a, &mut at_c);
+    a.remove(&mut at_a, &c);
+    a.append(&mut at_a, Op::Rekey { key_id: 41 });
+    // C, not yet knowing, rekeys on its own (a key it would know): unseen by the remover, so
+    // it counts for nothing.
+    c.append(&mut at_c, Op::Rekey { key_id: 43 });
+    sync(&at_c, &mut at_a);
+    let all = |_: u64| true;
+    assert_eq!(at_a.write_key(all), WriteKey::Later(41));
+    assert_eq!(at_a.key_ids(), vec![41]);
+    // A member writing a "rekey" to the first key: never chosen.
+    b.append(&mut at_a, Op::Rekey { key_id: 0 });
+    assert_eq!(at_a.write_key(all), WriteKey::Later(41));
+}

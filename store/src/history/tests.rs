@@ -12,6 +12,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
         StoreOptions {
             cache_bytes: 1 << 20,
             device: Some(0xfeed),
+            folder_id: None,
         },
     )
     .unwrap()

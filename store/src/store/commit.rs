@@ -113,7 +113,7 @@ impl Store {
             // Its earlier batches must be in the database before the flush below, and sealing
             // the rest is done before the write lock is taken.
             w.settle()?;
-            w.seal_pending();
+            w.seal_pending()?;
             let pending: usize = w.pending.iter().map(|c| c.data.len()).sum();
             if pending > 0 {
                 self.ensure_room(pending as u64)?;
@@ -341,7 +341,13 @@ impl Store {
         stats: &mut Stats,
         chunks: &[NewChunk],
     ) -> Result<()> {
-        for NewChunk { id, data, sealed } in chunks {
+        for NewChunk {
+            id,
+            data,
+            sealed,
+            key,
+        } in chunks
+        {
             debug_assert!(*sealed, "chunks are sealed before the write lock is taken");
             let (id, sealed) = (*id, data);
             if refs.contains_key(&id) || self.has_chunk(&id)? {
@@ -350,6 +356,7 @@ impl Store {
             let entry = RefEntry {
                 count: 0,
                 sealed_len: sealed.len() as u32,
+                key: *key,
             };
             stats.chunks += 1;
             stats.stored_bytes += sealed.len() as u64;
@@ -430,7 +437,7 @@ impl Store {
     /// (outside the write lock).
     pub(super) fn flush_chunks(&self, chunks: &mut [NewChunk]) -> Result<()> {
         for c in chunks.iter_mut() {
-            c.seal(self.crypto());
+            c.seal(&self.inner.keys)?;
         }
         // Sized up front: growing a 1 MiB batch by doubling copied it several times over.
         let bytes: usize = chunks.iter().map(|c| c.data.len() + 3 * 64).sum();

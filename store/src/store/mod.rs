@@ -19,9 +19,10 @@ use rocksdb::{WriteBatch, DB};
 
 use crate::cache::ChunkCache;
 use crate::crypto::random_bytes;
-use crate::db::{self, META};
+use crate::db::{self, RefEntry, META, REFS};
+use crate::keys::{KeyId, Keys};
 use crate::record::ShortId;
-use crate::{Crypto, FolderKey, Result, StoreError};
+use crate::{ChunkId, Crypto, FolderKey, Result, StoreError};
 
 mod commit;
 mod pins;
@@ -45,6 +46,9 @@ pub struct StoreOptions {
     /// This device's short id (first 64 bits of its device id), recorded when the store is
     /// created and used in version vectors. `None`: a random one.
     pub device: Option<ShortId>,
+    /// The folder's id, chosen at random when the folder was created and kept with its keys.
+    /// `None`: the id a folder from before random ids got from its first key.
+    pub folder_id: Option<[u8; 16]>,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +56,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 4 << 20,
             device: None,
+            folder_id: None,
         }
     }
 }
@@ -68,7 +73,7 @@ struct WriteState {
 
 pub(crate) struct Inner {
     pub(crate) db: DB,
-    pub(crate) crypto: Crypto,
+    pub(crate) keys: Keys,
     device: ShortId,
     folder_id: [u8; 16],
     /// Serialises every write that reads before it writes (refcounts, records, sequence).
@@ -120,8 +125,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
-    /// Opens the store in `dir`, creating it on first use. Fails with [`StoreError::WrongKey`]
-    /// when `key` is not the key the store was created with.
+    /// Opens the store in `dir`, creating it on first use. `key` is the folder's first key
+    /// (later ones are added with [`Store::add_key`]). Fails with [`StoreError::WrongKey`] when
+    /// `key` is not the key the store was created with.
     pub fn open(dir: &Path, key: &FolderKey, options: StoreOptions) -> Result<Store> {
         let db = db::open(dir)?;
         let crypto = Crypto::new(key);
@@ -156,7 +162,9 @@ impl Store {
         };
         let device = read_meta("device")?;
         let device = u64::from_le_bytes(device.try_into().map_err(|v| fixed("device", v))?);
-        let folder_id = crypto.folder_id();
+        let folder_id = options
+            .folder_id
+            .unwrap_or_else(|| crypto.legacy_folder_id());
         let seq = match db.get_cf(meta, b"seq")? {
             Some(v) => u64::from_le_bytes(v.try_into().map_err(|v| fixed("seq", v))?),
             None => 0,
@@ -171,7 +179,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 db,
-                crypto,
+                keys: Keys::new(crypto),
                 device,
                 folder_id,
                 write: Mutex::new(WriteState {
@@ -194,8 +202,8 @@ impl Store {
         self.inner.device
     }
 
-    /// The folder's id, derived from the folder key: every device holding the key agrees on
-    /// it without exchanging it, and it reveals nothing about the key.
+    /// The folder's id: random when the folder was created (older folders: derived from their
+    /// first key), handed to every member at pairing, the same whatever key is current.
     pub fn folder_id(&self) -> [u8; 16] {
         self.inner.folder_id
     }
@@ -211,9 +219,45 @@ impl Store {
             .push(watcher);
     }
 
-    /// Hashing and sealing of chunks under this folder's key.
-    pub fn crypto(&self) -> &Crypto {
-        &self.inner.crypto
+    /// Hashing and sealing of new chunks: the folder's current key.
+    pub fn crypto(&self) -> Arc<Crypto> {
+        self.inner.keys.current().1
+    }
+
+    /// Learns a later key of the folder (after a member was removed); returns its id. Chunks
+    /// sealed under it can be read and received from now on; new chunks use it only after
+    /// [`Store::use_key`].
+    pub fn add_key(&self, key: &FolderKey) -> KeyId {
+        self.inner.keys.add(key)
+    }
+
+    /// Seals every chunk written from now on under key `id` (one [`Store::add_key`] returned,
+    /// or [`FIRST_KEY`]). Chunks already cut by an open writer keep their key.
+    pub fn use_key(&self, id: KeyId) -> Result<()> {
+        self.inner.keys.set_current(id)
+    }
+
+    /// The key new chunks are sealed under.
+    pub fn current_key(&self) -> KeyId {
+        self.inner.keys.current_id()
+    }
+
+    /// The ids of every key this store knows.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.inner.keys.ids()
+    }
+
+    /// The key chunk `id` is sealed under (`None`: not stored).
+    pub fn chunk_key(&self, id: &ChunkId) -> Result<Option<KeyId>> {
+        let Some(v) = self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? else {
+            return Ok(None);
+        };
+        RefEntry::decode(&v)
+            .map(|e| Some(e.key))
+            .ok_or_else(|| StoreError::CorruptRecord {
+                key: format!("refs/{id}"),
+                reason: "bad reference entry".into(),
+            })
     }
 
     /// Current totals.

@@ -112,19 +112,26 @@ impl Store {
         if let Some(hit) = self.inner.cache.get(id) {
             return Ok(hit);
         }
+        let key = self.chunk_key(id)?.ok_or(StoreError::MissingChunk(*id))?;
         let sealed = self
             .inner
             .db
             .get_pinned_cf(self.cf(CHUNKS), id.0)?
             .ok_or(StoreError::MissingChunk(*id))?;
-        let plain: Arc<[u8]> = self.inner.crypto.open(id, &sealed)?.into();
+        let plain: Arc<[u8]> = self.inner.keys.get(key)?.open(id, &sealed)?.into();
         self.inner.cache.insert(*id, plain.clone());
         Ok(plain)
     }
 
-    /// A chunk as stored (sealed): what travels between peers, who hold the same folder key.
+    /// A chunk as it travels between members: an envelope of the key it is sealed under and
+    /// the sealed bytes (see [`crate::keys`]). Members hold the folder's keys, so it is never
+    /// decrypted on the way.
     pub fn read_sealed(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        Ok(self.inner.db.get_cf(self.cf(CHUNKS), id.0)?)
+        let Some(key) = self.chunk_key(id)? else {
+            return Ok(None);
+        };
+        let sealed = self.inner.db.get_pinned_cf(self.cf(CHUNKS), id.0)?;
+        Ok(sealed.map(|s| crate::keys::envelope(key, &s)))
     }
 
     /// The whole content of the live file at `path` (`None` if there is none), in memory: for

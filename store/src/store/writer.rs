@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::mpsc;
 
 use super::{Pins, Store};
-use crate::{ChunkId, ChunkRef, Crypto, Result, StoreError};
+use crate::keys::{self, KeyId, Keys};
+use crate::{ChunkId, ChunkRef, Result, StoreError};
 
 /// New chunks are written to the database in batches of about this many bytes, so a file larger
 /// than memory streams through instead of piling up in one write batch.
@@ -32,14 +33,20 @@ pub(crate) struct NewChunk {
     pub(super) id: ChunkId,
     pub(super) data: Vec<u8>,
     pub(super) sealed: bool,
+    /// The folder key its id was computed with, and that seals it.
+    pub(super) key: KeyId,
 }
 
 impl NewChunk {
-    pub(super) fn seal(&mut self, crypto: &Crypto) {
+    /// Seals the plaintext under the key its id was computed with. Keys are never forgotten,
+    /// so that key is always there; were it not, the chunk stays plaintext in memory and the
+    /// error stops the write (nothing unsealed reaches the disk).
+    pub(super) fn seal(&mut self, keys: &Keys) -> Result<()> {
         if !self.sealed {
-            self.data = crypto.seal(&self.id, &self.data);
+            self.data = keys.get(self.key)?.seal(&self.id, &self.data);
             self.sealed = true;
         }
+        Ok(())
     }
 }
 
@@ -74,15 +81,27 @@ struct Background {
 impl ChunkWriter {
     /// Adds one chunk of plaintext and returns its reference.
     pub fn add(&mut self, plaintext: &[u8]) -> Result<ChunkRef> {
-        let id = self.store.crypto().chunk_id(plaintext);
-        self.stage(id, plaintext.len() as u32, || plaintext.to_vec(), false)
+        let (key, crypto) = self.store.inner.keys.current();
+        let id = crypto.chunk_id(plaintext);
+        self.stage(
+            id,
+            plaintext.len() as u32,
+            || plaintext.to_vec(),
+            false,
+            key,
+        )
     }
 
-    /// Adds a chunk received sealed from a peer. It is decrypted and re-hashed first: a chunk
-    /// that does not authenticate or does not match `id` is refused and never stored.
-    pub fn add_sealed(&mut self, id: &ChunkId, sealed: Vec<u8>) -> Result<ChunkRef> {
-        let len = self.store.crypto().open(id, &sealed)?.len() as u32;
-        self.stage(*id, len, || sealed, true)
+    /// Adds a chunk received from a peer, in the envelope [`Store::read_sealed`] gives (the key
+    /// it is sealed under, then the sealed bytes). It is decrypted and re-hashed first: a chunk
+    /// that does not authenticate or does not match `id` is refused and never stored; one
+    /// under a key this device does not hold yet is [`StoreError::UnknownKey`].
+    pub fn add_sealed(&mut self, id: &ChunkId, envelope: Vec<u8>) -> Result<ChunkRef> {
+        let (key, sealed) =
+            keys::open_envelope(&envelope).ok_or(StoreError::CorruptChunk(*id, "too short"))?;
+        let len = self.store.inner.keys.get(key)?.open(id, sealed)?.len() as u32;
+        let sealed = sealed.to_vec();
+        self.stage(*id, len, || sealed, true, key)
     }
 
     /// Pins `id` and buffers its bytes unless the store already has it.
@@ -92,6 +111,7 @@ impl ChunkWriter {
         len: u32,
         data: impl FnOnce() -> Vec<u8>,
         sealed: bool,
+        key: KeyId,
     ) -> Result<ChunkRef> {
         // Pin first, then look: GC checks pins under the same lock it deletes with, so a chunk
         // seen here stays until the pin goes.
@@ -99,7 +119,12 @@ impl ChunkWriter {
         if !self.pending_ids.contains(&id) && !self.store.has_chunk(&id)? {
             let data = data();
             self.pending_bytes += data.len();
-            self.pending.push(NewChunk { id, data, sealed });
+            self.pending.push(NewChunk {
+                id,
+                data,
+                sealed,
+                key,
+            });
             self.pending_ids.insert(id);
             if self.pending_bytes >= CHUNK_BATCH_BYTES {
                 self.ship()?;
@@ -174,11 +199,11 @@ impl ChunkWriter {
     }
 
     /// Seals the pending plaintext chunks (before a commit takes the write lock).
-    pub(super) fn seal_pending(&mut self) {
-        let crypto = self.store.crypto();
+    pub(super) fn seal_pending(&mut self) -> Result<()> {
         for c in &mut self.pending {
-            c.seal(crypto);
+            c.seal(&self.store.inner.keys)?;
         }
+        Ok(())
     }
 
     pub(super) fn clear_pending(&mut self) {
