@@ -512,19 +512,18 @@ fn a_paired_hostile_peer_cannot_break_a_mount() {
     // H's identity, folder key and store; B's id and address.
     let key = DeviceKey::load(&h.state.join("device.key")).unwrap();
     let h_id = key.id();
-    let folder_key: [u8; 32] = std::fs::read(h.state.join("folder.key"))
+    let keys = fybrk_store::keyfile::read(&h.state.join("folder.key"))
         .unwrap()
-        .try_into()
         .unwrap();
-    let store = Store::open(
-        &store_dir(&h.state),
-        &FolderKey::from_bytes(folder_key),
-        StoreOptions {
-            device: Some(h_id.short()),
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let store = keys
+        .open_store(
+            &store_dir(&h.state),
+            StoreOptions {
+                device: Some(h_id.short()),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
     let b_id: DeviceId = b.id().parse().unwrap();
     let b_addr: SocketAddr = b.listen_addr().parse().unwrap();
 

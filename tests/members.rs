@@ -10,10 +10,12 @@
 
 use std::time::Duration;
 
-use fybrk_control::MembersReply;
+use std::process::Command;
+
+use fybrk_control::{MembersReply, VerifyReply};
 use fybrk_tests::{
-    assert_stays_absent, describe, pair, wait_connected, wait_file, wait_for, write_file, Peer,
-    CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
+    assert_stays_absent, describe, pair, store_dir, wait_connected, wait_file, wait_for,
+    write_file, Gen, Peer, CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
 };
 
 /// How long a member entry may take to reach a device two hops away.
@@ -40,13 +42,13 @@ fn ids(r: &MembersReply) -> Vec<String> {
 
 #[test]
 fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
-    let Some(a) = Peer::start("alpha") else {
+    let Some(mut a) = Peer::start("alpha") else {
         return;
     };
-    let Some(b) = Peer::start("bravo") else {
+    let Some(mut b) = Peer::start("bravo") else {
         return;
     };
-    let Some(c) = Peer::start("charlie") else {
+    let Some(mut c) = Peer::start("charlie") else {
         return;
     };
     // Alpha invites bravo, bravo invites charlie: alpha never pairs with charlie.
@@ -126,4 +128,69 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
         ],
         STAYS_ABSENT,
     );
+
+    // The removal rotated the folder key. Alpha's and bravo's new chunks are sealed under a
+    // key charlie never got, and it survives a restart.
+    let (ka, kb) = (members(&a), members(&b));
+    a.check(
+        ka.keys == 2 && kb.keys == 2 && ka.current_key == kb.current_key,
+        || format!("one new key on both: alpha {ka:?}, bravo {kb:?}"),
+    );
+    a.check(members(&c).keys == 1, || {
+        "charlie keeps only the old key".into()
+    });
+    let mut gen = Gen::new(12);
+    let big = gen.bytes(300_000);
+    a.ok(write_file(&a.path("after-a.bin"), &big), "write");
+    wait_file(&b, "after-a.bin", &big, SYNC_TIMEOUT);
+    b.restart();
+    wait_connected(&a, &b, CONNECT_TIMEOUT);
+    b.ok(write_file(&b.path("after-restart.txt"), b"again"), "write");
+    wait_file(&a, "after-restart.txt", b"again", SYNC_TIMEOUT);
+    wait_file(&b, "after-a.bin", &big, SYNC_TIMEOUT);
+    a.down();
+    b.down();
+    c.down();
+    // With a copy of a member's whole store (all of its ciphertext) in charlie's state dir,
+    // charlie's keys open every chunk from before the removal and none written after it.
+    for p in [&a, &b] {
+        let own = verify_json(p);
+        p.check(own.problems.is_empty(), || {
+            format!("{} holds every key of its store: {own:?}", p.name)
+        });
+        let theirs = store_dir(&p.state);
+        let mine = store_dir(&c.state);
+        std::fs::remove_dir_all(&mine).unwrap();
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&theirs)
+            .arg(&mine)
+            .output()
+            .unwrap();
+        c.check(cp.status.success(), || describe(&cp));
+        let r = verify_json(&c);
+        let unreadable = r
+            .problems
+            .iter()
+            .filter(|m| m.contains("does not hold"))
+            .count();
+        c.check(unreadable >= 3 && unreadable == r.problems.len(), || {
+            format!(
+                "charlie's old key must open no chunk written after the removal \
+                 (after.txt, after-a.bin's chunks, after-restart.txt) and nothing else may fail; \
+                 {}'s store: {r:?}",
+                p.name
+            )
+        });
+        c.check((unreadable as u64) < r.chunks_checked, || {
+            format!("chunks from before the removal open with charlie's key: {r:?}")
+        });
+    }
+}
+
+/// `fybrk verify --json` (the daemon is down: the store is opened directly).
+fn verify_json(p: &Peer) -> VerifyReply {
+    let out = p.run(&["verify", "--json"], Duration::from_secs(120));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| p.fail(&format!("verify --json ({e}): {}", describe(&out))))
 }

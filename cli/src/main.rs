@@ -5,7 +5,6 @@ mod completions;
 mod config;
 mod control;
 mod daemon;
-mod folder_keys;
 mod history;
 mod human;
 mod massdel;

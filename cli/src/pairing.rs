@@ -446,6 +446,14 @@ pub fn members(state: &StateDir, json_out: bool) -> Result<ExitCode> {
             fmt_secs(unix_now().saturating_sub(m.added_unix)) + " ago"
         );
     }
+    if r.keys > 1 {
+        println!(
+            "the folder key was rotated {} time(s), after removals: new files are sealed under \
+             key {}, which removed devices never got",
+            r.keys - 1,
+            r.current_key
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,8 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::folder_keys::{self, FolderKeys};
 use anyhow::{bail, Context, Result};
+use fybrk_store::keyfile::{self as folder_keys, FolderKeys};
 
 /// Paths inside one state directory.
 #[derive(Clone, Debug)]
@@ -143,16 +143,20 @@ impl StateDir {
                     );
                 }
                 let keys = FolderKeys::generate();
-                folder_keys::write(&path, &keys)?;
+                folder_keys::write(&path, &keys)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok(keys)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
     }
 
     /// The keys if they exist (for commands that must not create a folder).
     pub fn existing_keys(&self) -> Result<FolderKeys> {
-        folder_keys::read(&self.key())?.with_context(|| {
+        let path = self.key();
+        let keys =
+            folder_keys::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        keys.with_context(|| {
             format!(
                 "no fybrk folder in {} (run `fybrk mount DIR` first)",
                 self.root.display()

@@ -4,6 +4,7 @@
 //!
 //! - [`chunker`]: FastCDC cut points (16 / 64 / 256 KiB).
 //! - [`crypto`]: the folder key, keyed-BLAKE3 chunk ids and AES-256-GCM sealing.
+//! - [`keyfile`]: `folder.key`, the folder's id and every key it has had.
 //! - [`keys`]: the folder's keys over time (one more per removed member) and chunk envelopes.
 //! - [`record`]: file records with version vectors, and how paths become keys.
 //! - [`history`]: every kept version of every path, the folder as it was at a time, and
@@ -22,6 +23,7 @@ mod db;
 mod error;
 mod gc;
 pub mod history;
+pub mod keyfile;
 pub mod keys;
 pub mod naming;
 pub mod record;
@@ -30,6 +32,7 @@ mod store;
 pub use crypto::{ChunkId, Crypto, FolderKey};
 pub use error::{Result, StoreError};
 pub use gc::{GcReport, VerifyReport};
+pub use keyfile::FolderKeys;
 pub use keys::{KeyId, FIRST_KEY};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
 pub use store::{

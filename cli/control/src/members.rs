@@ -22,6 +22,14 @@ pub struct MembersReply {
     pub founded: bool,
     /// The members, founder first.
     pub members: Vec<MemberInfo>,
+    /// How many keys the folder has had that this device holds: 1, plus one per rotation
+    /// (each removal of a member makes a new key).
+    #[serde(default)]
+    pub keys: u64,
+    /// The id of the key new files are sealed under (16 hex digits; all zeros: the folder's
+    /// first key).
+    #[serde(default)]
+    pub current_key: String,
 }
 
 /// One member in `members`.
@@ -64,10 +72,13 @@ mod tests {
                 connected: true,
                 last_seen_unix: Some(6),
             }],
+            keys: 2,
+            current_key: "00000000000000ab".into(),
         };
         let wire = json!({"founded": true, "members": [{"id": "AAAAAAA", "name": "laptop",
             "added_by": "BBBBBBB", "added_by_name": "desk", "added_unix": 5,
-            "this_device": false, "connected": true, "last_seen_unix": 6}]});
+            "this_device": false, "connected": true, "last_seen_unix": 6}],
+            "keys": 2, "current_key": "00000000000000ab"});
         assert_eq!(serde_json::to_value(&r).unwrap(), wire);
         assert_eq!(serde_json::from_value::<MembersReply>(wire).unwrap(), r);
         let req: crate::Request =

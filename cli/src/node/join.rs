@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::folder_keys::FolderKeys;
 use anyhow::{anyhow, bail, Result};
 use fybrk_control::{PairWithReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::channel_binding;
 use fybrk_net::transport::CLOSE_SHUTDOWN;
 use fybrk_pair::{Invitation, JoinerSession, Reply};
+use fybrk_store::FolderKeys;
 use tokio::sync::oneshot;
 
 use super::framing::{read_frame, write_frame};

@@ -7,8 +7,8 @@ use fybrk_fs::FsError;
 use fybrk_store::{Kind, Store, StoreOptions};
 
 use super::{commit_watcher, lock, Shared};
-use crate::folder_keys::{self, FolderKeys};
 use crate::state::StateDir;
+use fybrk_store::keyfile::{self as folder_keys, FolderKeys};
 
 /// Chunks copied into a new store before they are written out, when joining a folder.
 const ADOPT_FLUSH_CHUNKS: usize = 64;

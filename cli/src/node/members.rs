@@ -29,6 +29,14 @@ use super::{lock, names_device, unix_now, Node, Shared};
 /// room to spare. Bigger is refused (and logged), never buffered.
 const MAX_MESSAGE: usize = 4 << 20;
 
+/// What one member stream carries: entries, and the folder's later keys when the receiver is a
+/// member (see `keys`).
+#[derive(Serialize, Deserialize)]
+struct Message {
+    entries: Vec<Signed>,
+    keys: Vec<[u8; 32]>,
+}
+
 /// `STATE/members.log`: the folder it is for, whether this device may found its list, and the
 /// entries.
 #[derive(Serialize, Deserialize)]
@@ -84,7 +92,10 @@ impl Shared {
                 .map(|m| m.name.clone())
                 .unwrap_or_default()
         };
+        let store = self.fs.store();
         MembersReply {
+            keys: store.key_ids().len() as u64,
+            current_key: format!("{:016x}", store.current_key()),
             founded: log.is_founded(),
             members: log
                 .members()
@@ -107,7 +118,7 @@ impl Shared {
     }
 
     /// Writes `STATE/members.log` (atomically: a crash leaves the old list or the new one).
-    fn save_members(&self, log: &MemberLog) -> Result<()> {
+    pub(super) fn save_members(&self, log: &MemberLog) -> Result<()> {
         let path = self.state.members();
         let file = File {
             folder: self.fs.store().folder_id(),
@@ -173,7 +184,7 @@ impl Shared {
     }
 
     /// Appends an entry by this device (signed with its key) to `log`.
-    fn sign_entry(&self, log: &mut MemberLog, op: Op) -> Option<Signed> {
+    pub(super) fn sign_entry(&self, log: &mut MemberLog, op: Op) -> Option<Signed> {
         let key = &self.device_key;
         match log.append(key.public_key(), op, unix_now(), |m| key.sign(m)) {
             Ok(s) => Some(s),
@@ -234,10 +245,11 @@ impl Shared {
             }
             made
         };
+        // The new key goes with the removal, in one message: a member never sees the removal
+        // without the key made for it (and so never makes a second one).
+        let rekey = self.new_key().map(|(_, entry)| entry);
         // Everyone else hears first; then the link to the removed device goes.
-        if let Some(s) = made {
-            self.broadcast_members(vec![s], Some(id));
-        }
+        self.broadcast_members(made.into_iter().chain(rekey).collect(), Some(id));
         {
             let mut book = lock(&self.book);
             book.remove(&id);
@@ -288,7 +300,7 @@ impl Shared {
     /// until the connection ends.
     pub(super) fn start_member_exchange(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection) {
         let entries = lock(&self.members).entries();
-        send(conn.clone(), peer, entries);
+        send(conn.clone(), peer, entries, self.keys_for(&peer));
         let sh = self.clone();
         tokio::spawn(async move {
             while let Ok(mut recv) = conn.accept_uni().await {
@@ -299,8 +311,8 @@ impl Shared {
                         continue;
                     }
                 };
-                match postcard::from_bytes::<Vec<Signed>>(&bytes) {
-                    Ok(entries) => sh.merge_members(peer, entries),
+                match postcard::from_bytes::<Message>(&bytes) {
+                    Ok(m) => sh.merge_members(peer, m.entries, m.keys),
                     Err(e) => {
                         tracing::warn!(peer = %peer.abbrev(), "undecodable member list message: {e}")
                     }
@@ -309,8 +321,10 @@ impl Shared {
         });
     }
 
-    /// Takes entries a peer sent; new ones are saved, announced, applied and passed on.
-    fn merge_members(self: &Arc<Self>, from: DeviceId, entries: Vec<Signed>) {
+    /// Takes entries and keys a peer sent; new entries are saved, announced, applied and passed
+    /// on. Keys are taken before anything is decided, so a removal and the key made for it
+    /// arriving together never look like a removal without a key.
+    fn merge_members(self: &Arc<Self>, from: DeviceId, entries: Vec<Signed>, keys: Vec<[u8; 32]>) {
         let (fresh, before, after) = {
             let mut log = lock(&self.members);
             let before: Vec<_> = log.members().to_vec();
@@ -325,7 +339,14 @@ impl Shared {
                 tracing::warn!(peer = %from.abbrev(), "a member entry from this peer was refused: {e}");
             }
             fresh.retain(|s| log.holds(&s.id()));
+            drop(log);
+            let new_keys = self.take_keys(from, keys);
+            let log = lock(&self.members);
             if n == 0 {
+                drop(log);
+                if new_keys {
+                    self.apply_keys();
+                }
                 return;
             }
             if let Err(e) = self.save_members(&log) {
@@ -354,7 +375,7 @@ impl Shared {
     }
 
     /// Sends `entries` to every linked peer except `except`.
-    fn broadcast_members(&self, entries: Vec<Signed>, except: Option<DeviceId>) {
+    pub(super) fn broadcast_members(&self, entries: Vec<Signed>, except: Option<DeviceId>) {
         if entries.is_empty() {
             return;
         }
@@ -364,7 +385,7 @@ impl Shared {
             .map(|(id, l)| (*id, l.conn.clone()))
             .collect();
         for (peer, conn) in links {
-            send(conn, peer, entries.clone());
+            send(conn, peer, entries.clone(), self.keys_for(&peer));
         }
     }
 
@@ -400,13 +421,14 @@ impl Shared {
                 wake.notify_one();
             }
         }
+        self.apply_keys();
     }
 }
 
-/// Sends `entries` to `peer` on a stream of their own (in the background).
-fn send(conn: quinn::Connection, peer: DeviceId, entries: Vec<Signed>) {
+/// Sends `entries` (and `keys`) to `peer` on a stream of their own (in the background).
+fn send(conn: quinn::Connection, peer: DeviceId, entries: Vec<Signed>, keys: Vec<[u8; 32]>) {
     tokio::spawn(async move {
-        let bytes = match postcard::to_stdvec(&entries) {
+        let bytes = match postcard::to_stdvec(&Message { entries, keys }) {
             Ok(b) => b,
             Err(e) => return tracing::error!("cannot encode member entries: {e}"),
         };

@@ -46,6 +46,7 @@
 mod framing;
 mod join;
 mod joining;
+mod keys;
 mod links;
 mod members;
 mod pairing;
@@ -68,7 +69,7 @@ use fybrk_net::tls::AllowList;
 use fybrk_net::transport::Transport;
 use fybrk_store::{CommitWatcher, Committed};
 
-use crate::folder_keys::FolderKeys;
+use fybrk_store::FolderKeys;
 use tokio::sync::{watch, Notify};
 
 use crate::peers::PeerBook;

@@ -12,13 +12,13 @@
 //! later key would make the chunks sealed under it unreadable here.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use fybrk_store::{Crypto, FolderKey, Store, StoreOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::{Crypto, FolderKey, Store, StoreOptions};
 
 /// First bytes of the current layout (a 32-byte legacy key cannot start with it by chance
 /// often enough to matter, and it is longer than 32 bytes in any case).
@@ -49,7 +49,7 @@ impl FolderKeys {
     /// A new folder: a random id and a random first key.
     pub fn generate() -> FolderKeys {
         FolderKeys {
-            folder_id: rand::random(),
+            folder_id: crate::crypto::random_bytes(),
             first: FolderKey::generate(),
             later: Vec::new(),
         }
@@ -71,8 +71,7 @@ impl FolderKeys {
 
     /// Adds `key` unless it is already here; true when it was new.
     pub fn add_later(&mut self, key: FolderKey) -> bool {
-        let id = Crypto::new(&key).key_id();
-        if self.later.iter().any(|k| Crypto::new(k).key_id() == id) {
+        if self.later.iter().any(|k| k.as_bytes() == key.as_bytes()) {
             return false;
         }
         self.later.push(key);
@@ -80,7 +79,7 @@ impl FolderKeys {
     }
 
     /// Opens (creating) this folder's store in `dir` and gives it every later key.
-    pub fn open_store(&self, dir: &Path, options: StoreOptions) -> fybrk_store::Result<Store> {
+    pub fn open_store(&self, dir: &Path, options: StoreOptions) -> crate::Result<Store> {
         let store = Store::open(
             dir,
             &self.first,
@@ -89,21 +88,28 @@ impl FolderKeys {
                 ..options
             },
         )?;
+        let mut newest = None;
         for k in &self.later {
-            store.add_key(k);
+            newest = Some(store.add_key(k));
+        }
+        // Until the member list says otherwise (the daemon asks it at start), new chunks go
+        // under the newest key: never under an older one a removed device may hold.
+        if let Some(id) = newest {
+            store.use_key(id)?;
         }
         Ok(store)
     }
 
-    fn encode(&self) -> Result<Vec<u8>> {
+    fn encode(&self) -> Vec<u8> {
         let on_disk = OnDisk {
             folder_id: self.folder_id,
             first: *self.first.as_bytes(),
             later: self.later_bytes(),
         };
         let mut out = MAGIC.to_vec();
-        out.extend(postcard::to_stdvec(&on_disk).context("cannot encode the folder keys")?);
-        Ok(out)
+        // Arrays and a vector of arrays: postcard cannot fail on them.
+        out.extend(postcard::to_stdvec(&on_disk).unwrap_or_default());
+        out
     }
 
     fn decode(raw: &[u8]) -> Option<FolderKeys> {
@@ -124,42 +130,46 @@ impl FolderKeys {
     }
 }
 
-/// Reads a key file; `None` if it does not exist.
-pub fn read(path: &Path) -> Result<Option<FolderKeys>> {
+/// Reads a key file; `None` if it does not exist. A damaged file is an `InvalidData` error
+/// that says what to do.
+pub fn read(path: &Path) -> io::Result<Option<FolderKeys>> {
     let mut raw = Vec::new();
     match File::open(path) {
-        Ok(mut f) => f
-            .read_to_end(&mut raw)
-            .with_context(|| format!("cannot read {}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(mut f) => f.read_to_end(&mut raw)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
     match FolderKeys::decode(&raw) {
         Some(keys) => Ok(Some(keys)),
-        None => bail!(
-            "{} ({} bytes) is damaged: restore it from your backup, or remove the state dir's \
-             folder and pair again",
-            path.display(),
-            raw.len()
-        ),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} ({} bytes) is damaged: restore it from your backup (without it the folder's \
+                 files cannot be read here), or pair this device again",
+                path.display(),
+                raw.len()
+            ),
+        )),
     }
 }
 
-/// Writes a key file (mode 0600) durably, replacing any file at `path` atomically.
-pub fn write(path: &Path, keys: &FolderKeys) -> Result<()> {
-    let bytes = keys.encode()?;
+/// Writes a key file (mode 0600) durably, replacing any file at `path` atomically: written
+/// aside, fsynced, renamed, and the directory fsynced.
+pub fn write(path: &Path, keys: &FolderKeys) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(&bytes)?;
+        .open(&tmp)?;
+    f.write_all(&keys.encode())?;
     f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    crate::state::sync_dir(path)
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
