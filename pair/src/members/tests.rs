@@ -272,7 +272,9 @@ proptest! {
 
     /// Any history on four devices: once every log has every entry, all agree on the members,
     /// whatever order the entries arrived in; nobody removed is a member; and every member was
-    /// added by the founder or by a device that was a member when it added it.
+    /// added by the founder or by a device that was a member when it added it. Members rekey
+    /// as the daemon does (when a removal is not covered); once everything is delivered and the
+    /// members have rekeyed, all choose the same key, and one that covers every removal.
     #[test]
     fn every_device_converges_on_the_same_members(
         steps in proptest::collection::vec(arb_step(4), 1..40),
@@ -280,6 +282,13 @@ proptest! {
         let devs: Vec<Device> = (0..4).map(|_| Device::new()).collect();
         let mut logs: Vec<MemberLog> = (0..4).map(|_| MemberLog::new(FOLDER)).collect();
         devs[0].found(&mut logs[0]);
+        let mut next_key = 1u64;
+        let mut rekey = |dev: &Device, log: &mut MemberLog| {
+            if log.is_member(&dev.id()) && log.write_key(|_| true) == WriteKey::NeedNew {
+                dev.append(log, Op::Rekey { key_id: next_key });
+                next_key += 1;
+            }
+        };
         for s in &steps {
             match *s {
                 Step::Add { by, whom } => {
@@ -290,11 +299,13 @@ proptest! {
                 Step::Remove { by, whom } => {
                     if logs[by].is_member(&devs[by].id()) {
                         devs[by].remove(&mut logs[by], &devs[whom]);
+                        rekey(&devs[by], &mut logs[by]);
                     }
                 }
                 Step::Sync { from, to } => {
                     let entries = logs[from].entries();
                     logs[to].insert_all(entries);
+                    rekey(&devs[to], &mut logs[to]);
                 }
             }
         }
@@ -313,6 +324,24 @@ proptest! {
         }
         for m in all.members() {
             prop_assert!(!all.is_removed(&m.device));
+        }
+
+        // The members that see an uncovered removal rekey at once; then everything is
+        // delivered again.
+        for (d, l) in devs.iter().zip(logs.iter_mut()) {
+            rekey(d, l);
+        }
+        for l in &logs {
+            all.insert_all(l.entries());
+        }
+        let chosen = all.write_key(|_| true);
+        if !all.members().is_empty() {
+            prop_assert!(chosen != WriteKey::NeedNew, "a member made a covering key");
+        }
+        for (i, l) in logs.iter_mut().enumerate() {
+            l.insert_all(all.entries());
+            prop_assert_eq!(l.write_key(|_| true), chosen, "device {}", i);
+            prop_assert_eq!(l.key_ids(), all.key_ids());
         }
     }
 
