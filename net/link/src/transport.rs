@@ -209,7 +209,7 @@ impl Transport {
         let identity = TlsIdentity::new(key)?;
         let transport_config = Arc::new(transport_config());
         let mut server = tls::server_config(&identity, Arc::clone(&policy))?;
-        server.transport_config(Arc::clone(&transport_config));
+        server.transport_config(Arc::new(incoming_transport_config()));
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Keep the QUIC fixed bit (0x40) set on every packet: the socket demultiplexer tells
         // QUIC from STUN (first byte 0-3) and TURN ChannelData (64-79) by it (RFC 9443).
@@ -396,6 +396,16 @@ fn transport_config() -> TransportConfig {
     t
 }
 
+/// The settings an incoming connection starts with: a pairing-sized budget, raised for paired
+/// devices once the handshake shows who it is (`accept::full_budget`).
+fn incoming_transport_config() -> TransportConfig {
+    let mut t = transport_config();
+    t.receive_window(VarInt::from_u32(accept::PAIRING_RECEIVE_WINDOW));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t
+}
+
 fn runtime() -> Result<Arc<dyn quinn::Runtime>, TransportError> {
     // quinn's tokio runtime panics outside a runtime; check first and return an error instead.
     tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
@@ -570,6 +580,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_paired_device_gets_the_full_budget() {
+        let a = Node::new();
+        let b = Node::new();
+        a.allow.add(b.id());
+        let mut incoming = a.serve();
+        let (conn, _) = b
+            .transport
+            .connect(a.addr(), a.id())
+            .await
+            .expect("connect");
+        let accepted = next(&mut incoming).await;
+        assert_eq!(accepted.admission, Admission::Paired);
+        let mut open = Vec::new();
+        for _ in 0..8 {
+            let bi = tokio::time::timeout(SETTLE, conn.open_bi()).await;
+            open.push(bi.expect("raised stream limit").expect("stream"));
+        }
+        let uni = tokio::time::timeout(SETTLE, conn.open_uni()).await;
+        let mut uni = uni.expect("raised uni limit").expect("stream");
+        let big = vec![7u8; 1 << 20];
+        tokio::time::timeout(SETTLE, uni.write_all(&big))
+            .await
+            .expect("a raised window takes 1 MiB")
+            .expect("write");
+    }
+
+    #[tokio::test]
     async fn unpaired_client_is_refused() {
         let a = Node::new();
         let b = Node::new();
@@ -652,7 +689,7 @@ mod tests {
 
         let window = a.allow.open_pairing();
         // The joiner knows the inviter's id from the invitation.
-        let (_conn, peer) = joiner
+        let (conn, peer) = joiner
             .transport
             .connect(a.addr(), a.id())
             .await
@@ -661,6 +698,20 @@ mod tests {
         let accepted = next(&mut incoming).await;
         assert_eq!(accepted.peer, joiner.id());
         assert_eq!(accepted.admission, Admission::PairingOnly);
+
+        // A pairing-sized budget: one bidirectional stream, no unidirectional one, and no more
+        // than 64 KiB in flight towards an inviter that is not reading.
+        let (mut send, _recv) = conn.open_bi().await.expect("the one stream");
+        let more = tokio::time::timeout(SETTLE, conn.open_bi()).await;
+        assert!(more.is_err(), "a second stream must wait for credit");
+        let uni = tokio::time::timeout(SETTLE, conn.open_uni()).await;
+        assert!(uni.is_err(), "no unidirectional stream");
+        let big = vec![7u8; 1 << 20];
+        let flood = tokio::time::timeout(SETTLE, send.write_all(&big)).await;
+        assert!(
+            flood.is_err(),
+            "1 MiB cannot be pushed at a stranger's budget"
+        );
 
         drop(window);
         let err = joiner
