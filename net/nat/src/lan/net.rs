@@ -132,15 +132,12 @@ pub fn bind_v6(port: u16) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// Joins the discovery group on interface `index`. Joining twice is not an error.
-pub fn join_group(socket: &UdpSocket, index: u32) -> io::Result<()> {
-    match socket.join_multicast_v6(&MULTICAST_GROUP, index) {
-        Err(e) if e.raw_os_error() == Some(libc_eaddrinuse()) => Ok(()),
+/// Joins the discovery group on interface `index` (on any socket: std's or tokio's). Joining
+/// twice is not an error.
+pub fn join_group<S: std::os::fd::AsFd>(socket: &S, index: u32) -> io::Result<()> {
+    match socket2::SockRef::from(socket).join_multicast_v6(&MULTICAST_GROUP, index) {
+        // What Linux answers to a second join of the same group on one interface.
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EADDRINUSE as i32) => Ok(()),
         r => r,
     }
-}
-
-/// `EADDRINUSE`: what Linux answers to a second join of the same group on one interface.
-fn libc_eaddrinuse() -> i32 {
-    nix::errno::Errno::EADDRINUSE as i32
 }
