@@ -4,6 +4,7 @@
 //! dials whom it names.
 
 use std::collections::HashMap;
+use std::mem::Discriminant;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -69,6 +70,11 @@ pub(super) fn start(sh: &Arc<Shared>, options: LanOptions) {
         tracing::info!("LAN discovery is off");
         return;
     }
+    if sh.listen_addr.ip().is_loopback() {
+        // Nobody on the LAN could dial a loopback address (the tests on one machine).
+        tracing::info!("LAN discovery is off: listening on loopback only");
+        return;
+    }
     let v4 = lan::net::bind_v4(options.port)
         .map_err(|e| tracing::warn!(port = options.port, "LAN discovery: no IPv4 socket: {e}"))
         .ok();
@@ -106,7 +112,7 @@ impl Shared {
         policy.handle_start(Instant::now());
         let mut rescan = tokio::time::interval(RESCAN);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut logged: HashMap<IpAddr, Instant> = HashMap::new();
+        let mut logged: HashMap<(IpAddr, Discriminant<Ignored>), Instant> = HashMap::new();
         let (mut buf4, mut buf6) = (vec![0u8; 2048], vec![0u8; 2048]);
         loop {
             // The thread's rng is not `Send`: not held across the await.
@@ -219,8 +225,12 @@ impl Shared {
 }
 
 /// Names the source of an ignored announcement in the log (not for duplicates, nor more than
-/// once a minute per source, so a stranger on the LAN does not fill it).
-fn log_ignored(logged: &mut HashMap<IpAddr, Instant>, from: SocketAddr, why: &Ignored) {
+/// once a minute per source and reason, so a stranger on the LAN does not fill it).
+fn log_ignored(
+    logged: &mut HashMap<(IpAddr, Discriminant<Ignored>), Instant>,
+    from: SocketAddr,
+    why: &Ignored,
+) {
     match why {
         Ignored::RateLimited | Ignored::Replay(_) => return,
         Ignored::Malformed(lan::DecodeError::BadMagic) => return,
