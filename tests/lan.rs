@@ -276,4 +276,10 @@ fn a_renumbered_device_is_found_again_by_lan_discovery() {
     let (path, _) = link_to(&a, &b_id).unwrap();
     assert_eq!(path, "lan");
     b.assert_verify_ok();
+    for l in daemon_log(&a)
+        .lines()
+        .filter(|l| l.contains("LAN discovery"))
+    {
+        eprintln!("alpha: {l}");
+    }
 }

@@ -144,6 +144,7 @@ impl Shared {
             let Some((data, from)) = got else { continue };
             let verdict =
                 policy.handle_datagram(Instant::now(), wall_ms(), from, &data, &View(&self));
+            tracing::debug!(%from, len = data.len(), ?verdict, "LAN discovery: datagram");
             match verdict {
                 Verdict::Own | Verdict::Heard { .. } => {}
                 Verdict::Dial { peer, addrs } => {
@@ -237,8 +238,9 @@ fn log_ignored(
         _ => {}
     }
     let now = Instant::now();
+    let key = (from.ip(), std::mem::discriminant(why));
     if logged
-        .get(&from.ip())
+        .get(&key)
         .is_some_and(|t| now.duration_since(*t) < LOG_EVERY)
     {
         return;
@@ -246,6 +248,6 @@ fn log_ignored(
     if logged.len() >= 256 {
         logged.clear();
     }
-    logged.insert(from.ip(), now);
+    logged.insert(key, now);
     tracing::info!(%from, "LAN discovery: ignored an announcement: {why}");
 }
