@@ -53,10 +53,14 @@ pub fn interfaces() -> Vec<Interface> {
         let iface = &mut out[idx];
         let Some(addr) = ifa.address else { continue };
         if let Some(v4) = addr.as_sockaddr_in() {
-            iface.addrs.push(IpAddr::V4(v4.ip()));
+            let ip = v4.ip();
+            iface.addrs.push(IpAddr::V4(ip));
             if flags.contains(InterfaceFlags::IFF_BROADCAST) {
-                if let Some(b) = ifa.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()) {
-                    iface.broadcasts.push(b.ip());
+                let given = ifa.broadcast.as_ref().and_then(|b| b.as_sockaddr_in());
+                let mask = ifa.netmask.as_ref().and_then(|m| m.as_sockaddr_in());
+                let b = directed_broadcast(ip, given.map(|b| b.ip()), mask.map(|m| m.ip()));
+                if let Some(b) = b.filter(|b| !iface.broadcasts.contains(b)) {
+                    iface.broadcasts.push(b);
                 }
             }
         } else if let Some(v6) = addr.as_sockaddr_in6() {
@@ -64,6 +68,24 @@ pub fn interfaces() -> Vec<Interface> {
         }
     }
     out
+}
+
+/// The directed broadcast address of `ip`: the one the interface has, else (an address added
+/// without `brd`, which `getifaddrs` reports as 0.0.0.0, and sending there reaches only this
+/// machine) the host bits of `mask` set. `None` for /31 and /32, which have none.
+pub fn directed_broadcast(
+    ip: Ipv4Addr,
+    given: Option<Ipv4Addr>,
+    mask: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    if let Some(b) = given.filter(|b| !b.is_unspecified() && *b != ip) {
+        return Some(b);
+    }
+    let mask = u32::from(mask?);
+    if mask.leading_ones() >= 31 {
+        return None;
+    }
+    Some(Ipv4Addr::from(u32::from(ip) | !mask))
 }
 
 /// The addresses to announce: every interface address, of the families the QUIC socket

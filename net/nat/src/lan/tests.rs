@@ -420,3 +420,25 @@ fn each_source_is_rate_limited_and_the_table_is_bounded() {
         "{v:?}"
     );
 }
+
+#[test]
+fn directed_broadcast_from_the_mask_when_the_interface_has_none() {
+    use super::net::directed_broadcast;
+    let ip = Ipv4Addr::new(10, 77, 0, 11);
+    let mask = Some(Ipv4Addr::new(255, 255, 255, 0));
+    let want = Some(Ipv4Addr::new(10, 77, 0, 255));
+    assert_eq!(
+        directed_broadcast(ip, Some(Ipv4Addr::UNSPECIFIED), mask),
+        want
+    );
+    assert_eq!(directed_broadcast(ip, None, mask), want);
+    assert_eq!(
+        directed_broadcast(ip, Some(Ipv4Addr::new(10, 77, 0, 127)), mask),
+        Some(Ipv4Addr::new(10, 77, 0, 127))
+    );
+    assert_eq!(
+        directed_broadcast(ip, None, Some(Ipv4Addr::new(255, 255, 255, 254))),
+        None
+    );
+    assert_eq!(directed_broadcast(ip, None, None), None);
+}
