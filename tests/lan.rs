@@ -203,7 +203,7 @@ fn ping_shows_the_round_trip_and_the_path() {
     };
     let Scene { a, dev_b, .. } = &scene;
     // One line per attempt; --until-direct (the default) stops at the first direct answer.
-    let (out, replies) = ping(&a, &["bravo", "--json", "--count", "5"]);
+    let (out, replies) = ping(a, &["bravo", "--json", "--count", "5"]);
     assert!(out.status.success(), "ping: {}", describe(&out));
     assert_eq!(replies.len(), 1, "until-direct stops at once: {replies:?}");
     let r = &replies[0];
@@ -214,20 +214,17 @@ fn ping_shows_the_round_trip_and_the_path() {
         r.rtt_ms.is_some_and(|ms| (0.0..1000.0).contains(&ms)),
         "{r:?}"
     );
-    let (out, replies) = ping(
-        &a,
-        &["bravo", "--json", "--count", "2", "--no-until-direct"],
-    );
+    let (out, replies) = ping(a, &["bravo", "--json", "--count", "2", "--no-until-direct"]);
     assert!(out.status.success(), "ping: {}", describe(&out));
     assert_eq!(replies.len(), 2, "{replies:?}");
-    let (out, _) = ping(&a, &["bravo", "--count", "1"]);
+    let (out, _) = ping(a, &["bravo", "--count", "1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let want = format!(
         "pong from bravo ({}:{QUIC_PORT}) via lan in ",
         dev_b.lan_ip()
     );
     assert!(text.starts_with(&want), "{text}");
-    let (out, _) = ping(&a, &["nobody"]);
+    let (out, _) = ping(a, &["nobody"]);
     assert!(
         !out.status.success(),
         "ping of an unknown device: {}",
@@ -253,7 +250,7 @@ fn forged_unsigned_and_unpaired_announcements_are_ignored() {
         "the forgeries in alpha's log",
         Duration::from_secs(10),
         || {
-            let log = daemon_log(&a);
+            let log = daemon_log(a);
             let named: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("ignored an announcement") && l.contains(&source))
@@ -268,7 +265,7 @@ fn forged_unsigned_and_unpaired_announcements_are_ignored() {
             }
         },
     );
-    let believed = daemon_log(&a)
+    let believed = daemon_log(a)
         .lines()
         .any(|l| l.contains("heard a paired device") && l.contains(&source));
     assert!(!believed, "a forgery was believed\n{}", a.log_tail());
@@ -296,13 +293,13 @@ fn a_renumbered_device_is_found_again_by_lan_discovery() {
     wait_for(
         "alpha linked to bravo's new address",
         Duration::from_secs(60),
-        || match link_to(&a, &b_id) {
+        || match link_to(a, b_id) {
             Some((_, addr)) if addr.ip() == IpAddr::V4(new_ip) => Ok(()),
             other => Err(format!("{other:?}\n{}", a.log_tail())),
         },
     );
     wait_file(
-        &b,
+        b,
         "after.txt",
         b"after renumbering",
         Duration::from_secs(60)
@@ -314,10 +311,10 @@ fn a_renumbered_device_is_found_again_by_lan_discovery() {
         t0.elapsed().as_secs_f64()
     );
     assert!(t0.elapsed() < Duration::from_secs(60));
-    let (path, _) = link_to(&a, &b_id).unwrap();
+    let (path, _) = link_to(a, b_id).unwrap();
     assert_eq!(path, "lan");
     b.assert_verify_ok();
-    for l in daemon_log(&a)
+    for l in daemon_log(a)
         .lines()
         .filter(|l| l.contains("LAN discovery"))
     {
