@@ -42,7 +42,7 @@ pub struct NetArgs {
     /// (also the config file's `lan_discovery = false`).
     #[arg(long)]
     pub no_lan_discovery: bool,
-    /// UDP port of LAN discovery (also the config file's `lan_discovery_port`). Default 22101;
+    /// UDP port of LAN discovery (also the config file's `lan_discovery_port`). Default 22102;
     /// every device of a LAN must use the same.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub lan_discovery_port: Option<u16>,

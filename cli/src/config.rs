@@ -8,7 +8,7 @@
 //! stun = ["stun.example.org:3478"]
 //! turn = "turn:turn.example.org:3478?user=me&pass=secret"
 //! lan_discovery = true       # announce on the LAN and listen for paired devices (default)
-//! lan_discovery_port = 22101 # the same on every device of a LAN
+//! lan_discovery_port = 22102 # the same on every device of a LAN
 //!
 //! [history]
 //! keep = "1y"        # how long old versions are kept (s, m, h, d, w, y); default 1 year

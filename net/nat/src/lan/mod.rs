@@ -40,9 +40,10 @@ pub use policy::{Announce, Config, Ignored, LanDiscovery, Peers, Verdict};
 pub use wire::{Announcement, DecodeError, EncodeError};
 
 /// The UDP port announcements go to and are heard on, unless configured otherwise
-/// (`lan_discovery_port`): the one after QUIC's default 22100, so a firewall rule can open
-/// both at once. Syncthing uses 21027 for the same purpose.
-pub const DEFAULT_PORT: u16 = 22101;
+/// (`lan_discovery_port`): beside QUIC's default 22100 and the rendezvous server's 22101 (not
+/// that one: a machine may run a daemon and `fybrk rendezvous` with their defaults, and the
+/// rendezvous socket does not share its port). Syncthing uses 21027 for the same purpose.
+pub const DEFAULT_PORT: u16 = 22102;
 
 /// The IPv6 multicast group announcements go to: `ff12::` is a transient (not IANA assigned)
 /// group of link-local scope (routers never forward it); `2210` echoes the port.

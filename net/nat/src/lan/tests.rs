@@ -234,7 +234,7 @@ fn lan() -> Lan {
 #[test]
 fn a_paired_device_at_a_new_address_is_dialled_at_once() {
     let mut l = lan();
-    let from = sa("192.168.1.7:22101");
+    let from = sa("192.168.1.7:22102");
     let bytes = announcement(&l.peer, WALL, vec![ip("192.168.1.7"), ip("10.8.0.3")])
         .encode(&l.peer)
         .unwrap();
@@ -265,7 +265,7 @@ fn a_paired_device_at_a_new_address_is_dialled_at_once() {
         .encode(&l.peer)
         .unwrap();
     let v =
-        l.d.handle_datagram(t2, WALL + 2000, sa("192.168.1.99:22101"), &bytes, &l.peers);
+        l.d.handle_datagram(t2, WALL + 2000, sa("192.168.1.99:22102"), &bytes, &l.peers);
     assert!(matches!(v, Verdict::Dial { .. }), "{v:?}");
     // Linked directly at that address: nothing to do, however long after.
     l.peers.links.insert(l.peer.id(), sa("192.168.1.99:22100"));
@@ -277,7 +277,7 @@ fn a_paired_device_at_a_new_address_is_dialled_at_once() {
         l.d.handle_datagram(
             t3,
             WALL + 300_000,
-            sa("192.168.1.99:22101"),
+            sa("192.168.1.99:22102"),
             &bytes,
             &l.peers
         ),
@@ -291,7 +291,7 @@ fn a_paired_device_at_a_new_address_is_dialled_at_once() {
     let v = l.d.handle_datagram(
         t3 + Duration::from_secs(1),
         WALL + 301_000,
-        sa("192.168.1.99:22101"),
+        sa("192.168.1.99:22102"),
         &bytes,
         &l.peers,
     );
@@ -301,7 +301,7 @@ fn a_paired_device_at_a_new_address_is_dialled_at_once() {
 #[test]
 fn unlinked_devices_are_redialled_at_most_every_30_s() {
     let mut l = lan();
-    let from = sa("192.168.1.7:22101");
+    let from = sa("192.168.1.7:22102");
     let mut dials = 0;
     for s in 0..120u64 {
         let bytes = announcement(&l.peer, WALL + s * 1000, vec![ip("192.168.1.7")])
@@ -322,7 +322,7 @@ fn strangers_forgeries_replays_and_our_own_are_ignored() {
     let mut l = lan();
     let me_key = DeviceKey::generate().unwrap();
     let mut d = LanDiscovery::new(me_key.id(), Config::default());
-    let from = sa("192.168.1.7:22101");
+    let from = sa("192.168.1.7:22102");
     let now = l.t0;
     // Our own.
     let own = announcement(&me_key, WALL, vec![]).encode(&me_key).unwrap();
@@ -385,7 +385,7 @@ fn strangers_forgeries_replays_and_our_own_are_ignored() {
 #[test]
 fn each_source_is_rate_limited_and_the_table_is_bounded() {
     let mut l = lan();
-    let from = sa("192.168.1.7:22101");
+    let from = sa("192.168.1.7:22102");
     let now = l.t0;
     let results: Vec<Verdict> = (0..20)
         .map(|_| l.d.handle_datagram(now, WALL, from, b"x", &l.peers))
