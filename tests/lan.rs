@@ -25,13 +25,18 @@ const LAN_PORT: u16 = 23456;
 const QUIC_PORT: u16 = 22100;
 
 fn mount_in(dev: &Device, m: &mut Mount, name: &str) {
+    let port = LAN_PORT.to_string();
+    mount_with(dev, m, name, &["--lan-discovery-port", &port]);
+}
+
+fn mount_with(dev: &Device, m: &mut Mount, name: &str, extra: &[&str]) {
     let mut cmd = dev.cmd(fybrk_bin());
     cmd.arg("--state")
         .arg(&m.state)
         .arg("mount")
         .arg(&m.mnt)
         .args(["--listen", &format!("0.0.0.0:{QUIC_PORT}"), "--name", name])
-        .args(["--lan-discovery-port", &LAN_PORT.to_string()]);
+        .args(extra);
     let out = run_timeout(&mut cmd, Duration::from_secs(60));
     if !out.status.success() {
         m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
@@ -320,4 +325,54 @@ fn a_renumbered_device_is_found_again_by_lan_discovery() {
     {
         eprintln!("alpha: {l}");
     }
+}
+
+#[test]
+fn switched_off_it_neither_announces_nor_listens() {
+    if !lab::ready() {
+        return;
+    }
+    let lab = Lab::new("lano");
+    let dev_a = lab.add_lan_device();
+    let dev_b = lab.add_lan_device();
+    let Some(mut a) = Mount::prepare() else {
+        return;
+    };
+    let Some(mut b) = Mount::prepare() else {
+        return;
+    };
+    // Off by the config file on alpha, on (the same port) on bravo.
+    std::fs::write(
+        a.state.join("config.toml"),
+        format!("lan_discovery = false\nlan_discovery_port = {LAN_PORT}\n"),
+    )
+    .unwrap();
+    mount_with(&dev_a, &mut a, "alpha", &[]);
+    mount_in(&dev_b, &mut b, "bravo");
+    // Bravo announces at start; alpha would log it (not paired) if it listened.
+    wait_for(
+        "bravo's first announcement",
+        Duration::from_secs(10),
+        || {
+            if daemon_log(&b).contains("LAN discovery on") {
+                Ok(())
+            } else {
+                Err(b.log_tail())
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let log_a = daemon_log(&a);
+    assert!(log_a.contains("LAN discovery is off"), "{}", a.log_tail());
+    assert!(
+        !log_a.contains("ignored an announcement"),
+        "{}",
+        a.log_tail()
+    );
+    let from_a = format!("from={}:", dev_a.lan_ip());
+    assert!(
+        !daemon_log(&b).contains(&from_a),
+        "alpha announced\n{}",
+        b.log_tail()
+    );
 }
