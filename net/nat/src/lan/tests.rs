@@ -442,3 +442,49 @@ fn directed_broadcast_from_the_mask_when_the_interface_has_none() {
     );
     assert_eq!(directed_broadcast(ip, None, None), None);
 }
+
+#[test]
+fn destinations_and_announced_addresses() {
+    use super::net::{announced_addrs, destinations, Interface};
+    let ifaces = vec![
+        Interface {
+            name: "eth0".into(),
+            index: 2,
+            addrs: vec![ip("192.168.1.5"), ip("fe80::1")],
+            broadcasts: vec![Ipv4Addr::new(192, 168, 1, 255)],
+            multicast: true,
+        },
+        Interface {
+            name: "wg0".into(),
+            index: 3,
+            addrs: vec![ip("10.8.0.2")],
+            broadcasts: vec![],
+            multicast: false,
+        },
+    ];
+    let d = destinations(&ifaces, 22102);
+    assert_eq!(
+        d,
+        vec![
+            sa("255.255.255.255:22102"),
+            sa("192.168.1.255:22102"),
+            SocketAddr::V6(std::net::SocketAddrV6::new(
+                super::MULTICAST_GROUP,
+                22102,
+                0,
+                2
+            )),
+        ]
+    );
+    // An IPv4 QUIC socket: only IPv4 addresses are worth announcing.
+    assert_eq!(
+        announced_addrs(&ifaces, sa("0.0.0.0:22100")),
+        vec![ip("10.8.0.2"), ip("192.168.1.5")]
+    );
+    assert_eq!(announced_addrs(&ifaces, sa("[::]:22100")).len(), 3);
+    // Bound to one address: that one.
+    assert_eq!(
+        announced_addrs(&ifaces, sa("192.168.1.5:22100")),
+        vec![ip("192.168.1.5")]
+    );
+}
