@@ -125,8 +125,8 @@ impl Shared {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + RESCAN);
             let got = tokio::select! {
-                r = recv(v4.as_ref(), &mut buf4) => r.map(|(n, from)| (buf4[..n].to_vec(), from)).ok(),
-                r = recv(v6.as_ref(), &mut buf6) => r.map(|(n, from)| (buf6[..n].to_vec(), from)).ok(),
+                r = recv(v4.as_ref(), &mut buf4) => r.map(|(n, from)| (buf4[..n].to_vec(), from)),
+                r = recv(v6.as_ref(), &mut buf6) => r.map(|(n, from)| (buf6[..n].to_vec(), from)),
                 _ = rescan.tick() => {
                     let now_ifaces = lan::net::interfaces();
                     if now_ifaces != ifaces {
@@ -137,11 +137,20 @@ impl Shared {
                             tracing::info!(?addrs, "LAN discovery: our addresses changed, announcing");
                         }
                     }
-                    None
+                    continue;
                 }
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => None,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => continue,
             };
-            let Some((data, from)) = got else { continue };
+            let (data, from) = match got {
+                Ok(got) => got,
+                Err(e) => {
+                    // Not expected on an unconnected UDP socket; a pause keeps a persistent
+                    // error from spinning.
+                    tracing::debug!("LAN discovery: receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let verdict =
                 policy.handle_datagram(Instant::now(), wall_ms(), from, &data, &View(&self));
             tracing::debug!(%from, len = data.len(), ?verdict, "LAN discovery: datagram");
