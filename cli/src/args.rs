@@ -38,6 +38,14 @@ pub struct NetArgs {
     /// with a relay is enough (the other reaches its relayed address).
     #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
     pub turn: Option<String>,
+    /// Do not announce this device on the LAN nor listen for paired devices' announcements
+    /// (also the config file's `lan_discovery = false`).
+    #[arg(long)]
+    pub no_lan_discovery: bool,
+    /// UDP port of LAN discovery (also the config file's `lan_discovery_port`). Default 22102;
+    /// every device of a LAN must use the same.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub lan_discovery_port: Option<u16>,
 }
 
 impl MountArgs {
@@ -58,6 +66,12 @@ impl MountArgs {
         }
         for s in &net.stun {
             out.extend(["--stun".to_string(), s.clone()]);
+        }
+        if net.no_lan_discovery {
+            out.push("--no-lan-discovery".to_string());
+        }
+        if let Some(p) = net.lan_discovery_port {
+            out.extend(["--lan-discovery-port".to_string(), p.to_string()]);
         }
         out
     }

@@ -7,6 +7,8 @@
 //! rendezvous = "rdv.example.org:22101"
 //! stun = ["stun.example.org:3478"]
 //! turn = "turn:turn.example.org:3478?user=me&pass=secret"
+//! lan_discovery = true       # announce on the LAN and listen for paired devices (default)
+//! lan_discovery_port = 22102 # the same on every device of a LAN
 //!
 //! [history]
 //! keep = "1y"        # how long old versions are kept (s, m, h, d, w, y); default 1 year
@@ -46,6 +48,10 @@ pub struct Config {
     pub rendezvous: Option<String>,
     pub stun: Vec<String>,
     pub turn: Option<String>,
+    /// `lan_discovery`: `false` switches LAN discovery off.
+    pub lan_discovery: Option<bool>,
+    /// `lan_discovery_port`.
+    pub lan_discovery_port: Option<u16>,
     /// `[history]`: how long old versions are kept and how much space they may take.
     pub retention: Retention,
 }
@@ -80,6 +86,8 @@ struct Raw {
     rendezvous: Option<Spanned<String>>,
     stun: Option<Vec<Spanned<String>>>,
     turn: Option<Spanned<String>>,
+    lan_discovery: Option<bool>,
+    lan_discovery_port: Option<Spanned<i64>>,
     history: Option<RawHistory>,
 }
 
@@ -180,6 +188,23 @@ impl Config {
                 .map_err(|e| e.to_string());
             check("turn", v, ok)?;
         }
+        let lan_discovery_port = match &raw.lan_discovery_port {
+            None => None,
+            Some(v) => Some(
+                u16::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            Some(v.span()),
+                            format!(
+                                "lan_discovery_port: {} is not a UDP port (1-65535)",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+            ),
+        };
         let mut retention = Retention::default();
         if let Some(h) = &raw.history {
             if let Some(v) = &h.keep {
@@ -207,6 +232,8 @@ impl Config {
                 .map(Spanned::into_inner)
                 .collect(),
             turn: text(raw.turn),
+            lan_discovery: raw.lan_discovery,
+            lan_discovery_port,
         })
     }
 }
@@ -267,6 +294,13 @@ impl MountOptions {
                 rendezvous: net.rendezvous.clone().or_else(|| file.rendezvous.clone()),
                 stun,
                 turn: net.turn.clone().or_else(|| file.turn.clone()),
+                lan: crate::node::LanOptions {
+                    enabled: !net.no_lan_discovery && file.lan_discovery.unwrap_or(true),
+                    port: net
+                        .lan_discovery_port
+                        .or(file.lan_discovery_port)
+                        .unwrap_or(fybrk_net::lan::DEFAULT_PORT),
+                },
             },
             retention: file.retention,
         }
@@ -562,6 +596,7 @@ turn = "turn:file.example.org:1?user=u&pass=p"
                 rendezvous: Some("cli.example.org:2".into()),
                 stun: vec!["cli-stun.example.org:2".into()],
                 turn: Some("turn:cli.example.org:2?user=c&pass=c".into()),
+                ..NetArgs::default()
             },
         };
         let o = MountOptions::resolve(&file(), &cli, Some("env-stun:3"));
@@ -591,6 +626,33 @@ turn = "turn:file.example.org:1?user=u&pass=p"
         assert!(!o.listen.explicit && net.rendezvous.is_none() && net.turn.is_none());
         assert_eq!(o.listen.addr, Listen::default().addr);
         assert!(net.stun.is_empty() && o.name.is_none() && o.config_file.is_none());
+    }
+
+    #[test]
+    fn lan_discovery_keys() {
+        let o = MountOptions::resolve(&Config::default(), &MountArgs::default(), None);
+        assert_eq!(o.traversal.lan, crate::node::LanOptions::default());
+        assert!(o.traversal.lan.enabled);
+        let c = parse("lan_discovery = false\nlan_discovery_port = 23000\n").unwrap();
+        let o = MountOptions::resolve(&c, &MountArgs::default(), None);
+        assert!(!o.traversal.lan.enabled);
+        assert_eq!(o.traversal.lan.port, 23000);
+        let cli = MountArgs {
+            net: NetArgs {
+                no_lan_discovery: true,
+                lan_discovery_port: Some(24000),
+                ..NetArgs::default()
+            },
+            ..MountArgs::default()
+        };
+        let o = MountOptions::resolve(&Config::default(), &cli, None);
+        assert!(!o.traversal.lan.enabled);
+        assert_eq!(o.traversal.lan.port, 24000);
+        assert!(cli.to_args().contains(&"--no-lan-discovery".to_string()));
+        for bad in ["lan_discovery_port = 0", "lan_discovery_port = 70000"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("lan_discovery_port"), "{e}");
+        }
     }
 
     #[test]

@@ -158,6 +158,11 @@ impl Handler for Control {
     fn restore(&self, req: fybrk_control::Restore) -> Result<RestoreReply> {
         crate::history::restore(&self.fs.store(), &req)
     }
+
+    fn ping(&self, req: fybrk_control::Ping) -> Result<fybrk_control::PingReply> {
+        self.node
+            .ping(&req.id, Duration::from_millis(req.wait_ms.min(30_000)))
+    }
 }
 
 /// The store's verify report as the protocol's reply (also `verify` without a daemon).

@@ -5,6 +5,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_control::{Mapping, NatCheckReport, PeersReply, StatusReply};
 
+/// One line of `fybrk ping`: `pong from laptop (192.168.1.7:22100) via lan in 0.4 ms`.
+pub fn ping_line(r: &fybrk_control::PingReply) -> String {
+    let (Some(path), Some(addr), Some(rtt)) = (r.path, r.addr, r.rtt_ms) else {
+        return format!("no link to {} (dialled; not reachable yet)", r.name);
+    };
+    let via = match (path, r.relay) {
+        (fybrk_control::PathKind::Relay, Some(host)) => format!("relay via {host}"),
+        (p, _) => p.as_str().to_string(),
+    };
+    format!("pong from {} ({addr}) via {via} in {rtt:.1} ms", r.name)
+}
+
 /// `n` bytes in binary units: `512 B`, `1.5 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

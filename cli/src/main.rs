@@ -131,6 +131,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Ping a paired device over its link, like `tailscale ping`: the round trip and the path
+    /// (`lan`, `direct`, `relay via HOST`) per attempt, one a second. Exits 0 once a direct
+    /// path answered (with --no-until-direct: once any link answered), else 1.
+    Ping {
+        /// The device: its name, its id, or a unique prefix of its id.
+        device: String,
+        /// At most this many attempts.
+        #[arg(long, short = 'c', value_name = "N", default_value_t = 10)]
+        count: u32,
+        /// Stop at the first direct answer (`lan` or `direct`); the default.
+        #[arg(long, overrides_with = "no_until_direct")]
+        until_direct: bool,
+        /// Make all `--count` attempts, whatever the path.
+        #[arg(long, overrides_with = "until_direct")]
+        no_until_direct: bool,
+        /// One JSON object per attempt, one per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a rendezvous server: devices behind NATs register their addresses with it and ask it
     /// to introduce them to their paired devices (it never sees keys or data).
     Rendezvous {
@@ -306,6 +325,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes)
         }
         Cmd::Peers { json } => pairing::peers(&state, json),
+        Cmd::Ping {
+            device,
+            count,
+            until_direct: _,
+            no_until_direct,
+            json,
+        } => ping(&state, &device, count, !no_until_direct, json),
         Cmd::Members { json } => pairing::members(&state, json),
         Cmd::Remove { id } | Cmd::Unpair { id } => pairing::remove(&state, &id),
         Cmd::Rendezvous { listen } => rendezvous(listen),
@@ -483,6 +509,49 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
+    })
+}
+
+/// `fybrk ping`: one `ping` request a second until `count` attempts, or (with `until_direct`)
+/// until one answers over a direct path.
+fn ping(
+    state: &StateDir,
+    device: &str,
+    count: u32,
+    until_direct: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    // Long enough for a dial of a few addresses when there is no link.
+    const WAIT: Duration = Duration::from_secs(5);
+    let client = Client::new(state.socket());
+    let mut ok = false;
+    for attempt in 0..count.max(1) {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let req = fybrk_control::Ping {
+            id: device.to_owned(),
+            wait_ms: u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX),
+        };
+        let r = client.call(req, Some(WAIT + Duration::from_secs(5)))?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{}", human::ping_line(&r));
+        }
+        ok = if until_direct {
+            r.is_direct()
+        } else {
+            r.connected
+        };
+        if until_direct && ok {
+            break;
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

@@ -39,6 +39,9 @@
 //!   `cmd(program) -> Command` (runs in the device's namespace), `udp(port) -> UdpSocket`,
 //!   `set_loss(percent)`, `lose_mappings()` (its router forgets every NAT mapping and hands out
 //!   new public ports), `unblock_udp()` (a UDP-blocked router lets all UDP out again).
+//! - [`Lab::add_lan_device`]`() -> Device`: a device on one router-less LAN (a bridge in
+//!   namespace `<id>-b`, 10.77.0.0/24), [`Lab::renumber_lan`]`(&mut Device, Ipv4Addr)` (see
+//!   `lan.rs`; for LAN discovery).
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -50,6 +53,7 @@
 #![allow(dead_code)] // each test file uses part of the lab
 
 pub mod coturn;
+mod lan;
 mod nft;
 pub mod udp;
 

@@ -135,6 +135,9 @@ mod tests {
         fn restore(&self, _: crate::Restore) -> Result<crate::RestoreReply, String> {
             Err("no restore".into())
         }
+        fn ping(&self, _: crate::Ping) -> Result<crate::PingReply, String> {
+            Err("not here".into())
+        }
         fn unmount(&self, _: crate::Unmount) -> Result<UnmountReply, String> {
             Err("no".into())
         }

@@ -20,6 +20,7 @@
 //! - [`members`]: the folder's member list and removing a device from it.
 //! - [`pairing`]: invitations, approving the devices that ask, joining (requests and replies),
 //!   and `pair --json`'s first line.
+//! - [`ping`]: `fybrk ping`'s request and reply (one attempt each).
 //! - [`reply`]: the other replies (verify, gc, unmount, peers, unpair), the error reply, and
 //!   `nat-check --json`'s report.
 //! - [`history`]: `log` and `restore`.
@@ -31,6 +32,7 @@ pub mod client;
 pub mod history;
 pub mod members;
 pub mod pairing;
+pub mod ping;
 pub mod reply;
 pub mod request;
 pub mod server;
@@ -43,6 +45,7 @@ pub use pairing::{
     Approve, Deny, Invite, InviteShown, JoinRequestInfo, Pair, PairCancel, PairCancelReply,
     PairWait, PairWaitReply, PairWith, PairWithReply, PairWithWait,
 };
+pub use ping::{Ping, PingReply};
 pub use reply::{
     ErrorReply, GcReply, Mapping, NatCheckReport, PeerInfo, PeerRef, PeersReply, StunAnswer,
     StunFailure, UnmountReply, VerifyReply,

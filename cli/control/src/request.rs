@@ -10,6 +10,7 @@ use crate::pairing::{
     Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
     PairWithReply, PairWithWait,
 };
+use crate::ping::{Ping, PingReply};
 use crate::reply::{GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
 use crate::status::StatusReply;
 
@@ -51,6 +52,8 @@ pub enum Request {
     Log(Log),
     /// `{"cmd":"restore","path":"docs","at_ns":1764669600000000000,"version":null,"to":null}`.
     Restore(Restore),
+    /// `{"cmd":"ping","id":"laptop","wait_ms":3000}`.
+    Ping(Ping),
 }
 
 /// A command and the type of the daemon's answer to it.
@@ -118,6 +121,7 @@ call! {
     Remove => PeerRef,
     Log => LogReply,
     Restore => RestoreReply,
+    Ping => PingReply,
 }
 
 #[cfg(test)]
@@ -127,7 +131,15 @@ mod tests {
     /// The wire form of every request, as today's clients send it.
     #[test]
     fn requests_keep_their_wire_form() {
-        let cases: [(Request, &str); 13] = [
+        let cases: [(Request, &str); 14] = [
+            (
+                Ping {
+                    id: "laptop".into(),
+                    wait_ms: 3000,
+                }
+                .into(),
+                r#"{"cmd":"ping","id":"laptop","wait_ms":3000}"#,
+            ),
             (Status.into(), r#"{"cmd":"status"}"#),
             (Verify.into(), r#"{"cmd":"verify"}"#),
             (Gc.into(), r#"{"cmd":"gc"}"#),

@@ -10,6 +10,7 @@ use crate::pairing::{
     Approve, Deny, Invite, Pair, PairCancel, PairCancelReply, PairWait, PairWaitReply, PairWith,
     PairWithReply, PairWithWait,
 };
+use crate::ping::{Ping, PingReply};
 use crate::reply::{ErrorReply, GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
 use crate::request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 use crate::status::StatusReply;
@@ -54,6 +55,8 @@ pub trait Handler {
     fn log(&self, req: Log) -> Result<LogReply, Self::Error>;
     /// [`Restore`].
     fn restore(&self, req: Restore) -> Result<RestoreReply, Self::Error>;
+    /// [`Ping`].
+    fn ping(&self, req: Ping) -> Result<PingReply, Self::Error>;
 }
 
 /// The reply line (ending in `\n`) to the request line `line`.
@@ -85,6 +88,7 @@ fn dispatch<H: Handler>(req: Request, h: &H) -> String {
         Request::Remove(r) => encode::<Remove, H>(h.remove(r)),
         Request::Log(r) => encode::<Log, H>(h.log(r)),
         Request::Restore(r) => encode::<Restore, H>(h.restore(r)),
+        Request::Ping(r) => encode::<Ping, H>(h.ping(r)),
     }
 }
 
@@ -164,6 +168,9 @@ mod tests {
             Err("refused")
         }
         fn restore(&self, _: crate::Restore) -> Result<crate::RestoreReply, &'static str> {
+            Err("refused")
+        }
+        fn ping(&self, _: Ping) -> Result<PingReply, &'static str> {
             Err("refused")
         }
     }

@@ -258,7 +258,12 @@ impl Shared {
     }
 
     /// Takes a new connection to `peer`, or drops it if a preferred one is already up.
-    fn attach(self: &Arc<Self>, peer: DeviceId, conn: quinn::Connection, initiator: bool) {
+    pub(super) fn attach(
+        self: &Arc<Self>,
+        peer: DeviceId,
+        conn: quinn::Connection,
+        initiator: bool,
+    ) {
         let preferred = is_preferred(&self.id, &peer, initiator);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let relayed = self.is_relayed(conn.remote_address());

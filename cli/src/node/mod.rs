@@ -34,6 +34,8 @@
 //! - `policy`: the decisions about links, as state machines without I/O or clock (the
 //!   simultaneous-dial tie-break, backoff, the relay-upgrade schedule, relay-everything mode).
 //! - `traversal`: rendezvous, STUN and TURN start-up, and relay-everything mode.
+//! - `lan`: LAN discovery's driver (announcing, listening, dialling paired devices heard on
+//!   the LAN); the policy is `fybrk_net::lan`.
 //! - `pairing`: invitations, the inviting side of the exchange and its approval; `framing`
 //!   the frames.
 //! - `join`: pairing, the joining side (dial, prove, wait for approval, adopt).
@@ -47,6 +49,7 @@ mod framing;
 mod join;
 mod joining;
 mod keys;
+mod lan;
 mod links;
 mod members;
 mod pairing;
@@ -76,6 +79,7 @@ use crate::peers::PeerBook;
 use crate::state::StateDir;
 
 pub use joining::finish_join;
+pub use lan::LanOptions;
 use links::Link;
 use pairing::{Invite, InviteOutcome};
 use socket::{bind, grow_buffers};
@@ -106,6 +110,8 @@ pub struct Traversal {
     pub stun: Vec<String>,
     /// `turn:HOST:PORT?user=..&pass=..`: a relay for peers no punch reaches.
     pub turn: Option<String>,
+    /// LAN discovery: on (the default) and its port.
+    pub lan: LanOptions,
 }
 
 impl Default for Listen {
@@ -339,6 +345,7 @@ impl Node {
                 shared.start_dialer(peer);
             }
             shared.reconcile_members();
+            lan::start(&shared, traversal.lan);
         }
         Ok(Node { rt, shared })
     }

@@ -1,7 +1,11 @@
 //! What `fybrk status` and `fybrk peers` show: each paired device, its link (path, loss,
 //! throughput, a quality word) and sync progress.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fybrk_control::PingReply;
+use fybrk_net::identity::DeviceId;
 
 use fybrk_control::{
     NatStatus, NetworkStatus, PathKind, PeerInfo, PeerStatus, PeersReply, Quality, RelayStatus,
@@ -37,6 +41,48 @@ impl Node {
             .collect()
     }
 
+    /// One attempt of `fybrk ping`: the link to the device `query` names (its name or id
+    /// prefix), its path and round trip. Without a link, wakes the device's dialler and waits up
+    /// to `wait` for one.
+    pub fn ping(&self, query: &str, wait: Duration) -> anyhow::Result<PingReply> {
+        let sh = &self.shared;
+        let found: Vec<(DeviceId, String, Option<SocketAddr>)> = lock(&sh.book)
+            .iter()
+            .filter(|(id, p)| super::names_device(query, id, &p.name))
+            .map(|(id, p)| (*id, p.name.clone(), p.addrs.first().copied()))
+            .collect();
+        let (id, name, last_addr) = match found.as_slice() {
+            [one] => one.clone(),
+            [] => anyhow::bail!("no paired device is called {query:?} (see `fybrk peers`)"),
+            _ => anyhow::bail!("{query:?} names several devices: give more of the id"),
+        };
+        let deadline = Instant::now() + wait;
+        let mut woken = false;
+        loop {
+            if let Some(reply) = sh.ping_link(id, &name) {
+                return Ok(reply);
+            }
+            if !woken {
+                if let Some(wake) = lock(&sh.dialers).get(&id) {
+                    wake.notify_one();
+                }
+                woken = true;
+            }
+            if Instant::now() >= deadline {
+                return Ok(PingReply {
+                    id: id.to_string(),
+                    name,
+                    connected: false,
+                    path: None,
+                    addr: last_addr,
+                    relay: None,
+                    rtt_ms: None,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Paired devices for `fybrk peers`.
     pub fn peers(&self) -> PeersReply {
         let sh = &self.shared;
@@ -56,6 +102,32 @@ impl Node {
 }
 
 impl Shared {
+    /// The ping answer for `peer`'s link, if one is up.
+    fn ping_link(&self, peer: DeviceId, name: &str) -> Option<PingReply> {
+        let links = lock(&self.links);
+        let l = links.get(&peer)?;
+        let remote = l.conn.remote_address();
+        let route = self.mux.relay_route(remote);
+        let addr = route.map_or(remote, |r| r.peer);
+        let path = path_kind(l.relayed, addr);
+        let relay = if l.relayed {
+            route
+                .map(|r| r.server)
+                .or_else(|| lock(&self.peer_relays).contains(&remote).then_some(remote))
+        } else {
+            None
+        };
+        Some(PingReply {
+            id: peer.to_string(),
+            name: name.to_owned(),
+            connected: true,
+            path: Some(path),
+            addr: Some(addr),
+            relay,
+            rtt_ms: Some(l.conn.rtt().as_secs_f64() * 1000.0),
+        })
+    }
+
     fn status(&self) -> NetworkStatus {
         let links = lock(&self.links);
         let book = lock(&self.book);
@@ -71,13 +143,7 @@ impl Shared {
                     // A peer that reached our relay is known under an alias: show its address.
                     let addr = l.conn.remote_address();
                     let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
-                    let path = if l.relayed {
-                        PathKind::Relay
-                    } else if is_lan(addr.ip()) {
-                        PathKind::Lan
-                    } else {
-                        PathKind::Direct
-                    };
+                    let path = path_kind(l.relayed, addr);
                     let loss = if stats.path.sent_packets == 0 {
                         0.0
                     } else {
@@ -171,6 +237,18 @@ impl Shared {
             pending_items,
             pending_bytes,
         }
+    }
+}
+
+/// A link's path: relayed, else `lan` for a private, loopback or link-local address (where
+/// LAN discovery finds peers), else `direct`.
+fn path_kind(relayed: bool, addr: SocketAddr) -> PathKind {
+    if relayed {
+        PathKind::Relay
+    } else if is_lan(addr.ip()) {
+        PathKind::Lan
+    } else {
+        PathKind::Direct
     }
 }
 

@@ -18,11 +18,14 @@
 //! - [`turn`]: TURN client (allocation, permissions, channels, refresh) for relayed paths.
 //! - [`backoff`]: exponential backoff with full jitter; the caller keeps the clock and decides
 //!   when to reset it.
+//! - [`lan`]: LAN discovery: signed announcements by broadcast and multicast, and the policy
+//!   deciding when to announce, which announcements to believe and whom to dial.
 //! - [`rendezvous`]: the rendezvous server, its client (registration, introductions) and hole
 //!   punching, as state machines without I/O plus thin tokio drivers.
 //! - `testing` (tests only): a real coturn on loopback for the TURN tests.
 
 pub mod backoff;
+pub mod lan;
 pub mod mux;
 pub mod rendezvous;
 pub mod stun;
