@@ -109,12 +109,14 @@ pub fn check(req: &Request, token: &Token, port: u16) -> Verdict {
         );
     };
     if req.method != "GET" && req.method != "HEAD" {
-        // A browser sends Origin with every POST; a page elsewhere cannot fake it. Scripts
-        // (curl with the bearer token) send none, nor Sec-Fetch-Site.
+        // A browser sends Origin with every POST, and Sec-Fetch-Site; a page elsewhere can fake
+        // neither. Origin is `null` when a referrer policy hides it: then Sec-Fetch-Site
+        // decides. Scripts (curl with the bearer token) send neither.
         let same = format!("http://{host}");
         match (req.header("origin"), req.header("sec-fetch-site")) {
-            (Some(o), _) if o.eq_ignore_ascii_case(&same) => {}
-            (None, None | Some("same-origin") | Some("none")) => {}
+            (Some(o), None | Some("same-origin")) if o.eq_ignore_ascii_case(&same) => {}
+            (Some("null") | None, Some("same-origin")) => {}
+            (None, None) => {}
             _ => return refuse(403, "forbidden: cross-origin request"),
         }
     }
@@ -247,6 +249,26 @@ mod tests {
         assert_eq!(status(check(&cross, &t, PORT)), 403);
         let null = req("POST", "/restore", &[host, auth, ("Origin", "null")]);
         assert_eq!(status(check(&null, &t, PORT)), 403);
+        let hidden = [
+            host,
+            auth,
+            ("Origin", "null"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ];
+        assert_eq!(
+            status(check(&req("POST", "/restore", &hidden), &t, PORT)),
+            200
+        );
+        let lying = [
+            host,
+            auth,
+            ("Origin", "http://127.0.0.1:22102"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ];
+        assert_eq!(
+            status(check(&req("POST", "/restore", &lying), &t, PORT)),
+            403
+        );
         let site = req(
             "POST",
             "/restore",

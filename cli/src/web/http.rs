@@ -268,10 +268,11 @@ impl Response {
             self.content_type,
             self.body.len()
         );
-        // The token may be in the URL of the page that links out; the pages are the folder's
-        // private view: never cached, never framed, nothing loaded from elsewhere.
+        // The pages are the folder's private view: never cached, never framed, nothing loaded
+        // from elsewhere, no referrer to other sites (`same-origin`, not `no-referrer`: with
+        // that, Chromium sends `Origin: null` on the page's own forms).
         head.push_str(
-            "Cache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n\
+            "Cache-Control: no-store\r\nReferrer-Policy: same-origin\r\nX-Frame-Options: DENY\r\n\
              X-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'none'; \
              style-src 'unsafe-inline'; img-src data:; form-action 'self'; \
              frame-ancestors 'none'\r\n",
