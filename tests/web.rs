@@ -250,9 +250,10 @@ fn the_page_shows_the_peer_restores_a_version_and_refuses_strangers() {
     assert!(browser.text(&payload).starts_with("fybrk1:"));
     save_screenshot(&browser, "pair.png");
 
-    // Back on the overview after a while: the chart has samples.
+    // Back on the overview (it reloads itself every 5 s): the chart has throughput samples.
+    std::thread::sleep(Duration::from_secs(10));
     browser.go(&format!("http://{addr}/"));
-    browser.wait_for("svg.chart polyline", Duration::from_secs(30));
+    browser.wait_for("svg.chart polygon", Duration::from_secs(60));
     save_screenshot(&browser, "overview.png");
     drop(browser);
     a.assert_verify_ok();
@@ -332,4 +333,49 @@ fn metrics_parse_and_carry_the_series() {
     assert_eq!(count, inf);
     assert!(value(&after, &format!("{h}_sum"), &[("op", "write")]).unwrap() > 0.0);
     assert_eq!(count, writes(&after));
+}
+
+#[test]
+fn a_busy_port_or_web_off_never_fails_the_mount() {
+    let Some(mut m) = fybrk_tests::Mount::prepare() else {
+        return;
+    };
+    // Something else holds the port: the folder mounts anyway, the log says why there is no
+    // page, and `fybrk web` says so too.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    let config = m.state.join("config.toml");
+    std::fs::write(&config, format!("web_listen = \"{taken}\"\n")).unwrap();
+    m.mount_with(&["--listen", "127.0.0.1:0"]);
+    let log = m.log_tail();
+    assert!(log.contains("no web page: cannot listen"), "{log}");
+    let out = m.run(&["web", "--no-open"], CMD);
+    assert!(
+        !out.status.success(),
+        "fybrk web with no page\n{}",
+        describe(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serves no web page"));
+    m.unmount();
+    drop(squatter);
+
+    // Off: no page, but /metrics on its own listener without a token.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = free.local_addr().unwrap().to_string();
+    drop(free);
+    std::fs::write(
+        &config,
+        format!("web = false\nmetrics_listen = \"{metrics}\"\n"),
+    )
+    .unwrap();
+    m.mount_with(&["--listen", "127.0.0.1:0"]);
+    assert!(!m.state.join("web.addr").exists());
+    let (status, text) = get(&metrics, "/metrics", "");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("# TYPE fybrk_fuse_operations_total counter"),
+        "{text}"
+    );
+    assert_eq!(get(&metrics, "/", "").0, 404);
+    m.unmount();
 }

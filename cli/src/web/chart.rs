@@ -6,9 +6,15 @@ use super::samples::{Sample, INTERVAL_SECS, KEEP};
 const W: f64 = 240.0;
 const H: f64 = 48.0;
 
-/// The chart of `samples` (oldest first) over the window ending at `now`.
+/// The shortest window drawn: a daemon that just started shows its first minute, not a dot at
+/// the right edge of ten minutes.
+const MIN_WINDOW_SECS: u64 = 60;
+
+/// The chart of `samples` (oldest first) over the window ending at `now`: ten minutes, or
+/// since the first sample when that is less (at least a minute).
 pub fn svg(samples: &[Sample], now: u64) -> String {
-    let window = (KEEP as u64 * INTERVAL_SECS) as f64;
+    let span = samples.first().map_or(0, |s| now.saturating_sub(s.unix));
+    let window = span.clamp(MIN_WINDOW_SECS, KEEP as u64 * INTERVAL_SECS) as f64;
     let x = |unix: u64| W - (now.saturating_sub(unix) as f64 / window * W).min(W);
     let max_tp = samples
         .iter()
@@ -37,7 +43,7 @@ pub fn svg(samples: &[Sample], now: u64) -> String {
     }
     let fill = match (
         samples.iter().find(|s| s.throughput_bps.is_some()),
-        samples.last(),
+        samples.iter().rev().find(|s| s.throughput_bps.is_some()),
     ) {
         (Some(first), Some(last)) => format!(
             "<polygon points=\"{:.1},{H} {area}{:.1},{H}\" fill=\"#9cc3e6\" stroke=\"#3a7bbf\"/>",
@@ -48,13 +54,15 @@ pub fn svg(samples: &[Sample], now: u64) -> String {
     };
     format!(
         "<svg class=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
-         xmlns=\"http://www.w3.org/2000/svg\" role=\"img\"><title>last {} minutes: \
-         throughput up to {}/s, round trip up to {:.1} ms</title>\
+         xmlns=\"http://www.w3.org/2000/svg\" role=\"img\"><title>last {} s: \
+         throughput up to {tp}/s, round trip up to {max_rtt:.1} ms</title>\
          <rect width=\"{W}\" height=\"{H}\" fill=\"#f4f6f8\"/>{fill}\
-         <polyline points=\"{line}\" fill=\"none\" stroke=\"#d9534f\" stroke-width=\"1.5\"/></svg>",
-        KEEP as u64 * INTERVAL_SECS / 60,
-        crate::human::human_bytes(max_tp as u64),
-        max_rtt
+         <polyline points=\"{line}\" fill=\"none\" stroke=\"#d9534f\" stroke-width=\"1.5\"/></svg>\
+         <div class=\"muted\" style=\"font-size:11px\"><span style=\"color:#3a7bbf\">■</span> \
+         received, up to {tp}/s · <span style=\"color:#d9534f\">—</span> round trip, up to \
+         {max_rtt:.1} ms</div>",
+        window,
+        tp = crate::human::human_bytes(max_tp as u64),
     )
 }
 
@@ -86,6 +94,6 @@ mod tests {
         assert!(out.contains("<polygon"), "{out}");
         assert!(out.contains("round trip up to 4.0 ms"), "{out}");
         // The newest point is at the right edge, the older ones left of it.
-        assert!(out.contains("238.0,2.0"), "{out}");
+        assert!(out.contains("220.0,2.0"), "{out}");
     }
 }
