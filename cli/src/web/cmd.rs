@@ -1,8 +1,10 @@
 //! `fybrk web`: prints the page's URL with the token, and opens it in a browser when there is
 //! one (`$BROWSER`, else `xdg-open`) and a display.
 
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,17 @@ pub fn run(state: &StateDir, json: bool, no_open: bool) -> Result<ExitCode> {
             state.log().display()
         ),
     };
+    // A daemon killed with -9 leaves web.addr behind: say so rather than print a dead URL.
+    let listening = addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    if !listening {
+        bail!(
+            "nothing answers at {addr} ({} is left from a daemon that is gone?): mount the folder",
+            addr_file.display()
+        );
+    }
     let token_file = super::token_path(state);
     let token = std::fs::read_to_string(&token_file)
         .with_context(|| format!("cannot read {}", token_file.display()))?;
