@@ -1,8 +1,10 @@
 //! The local web page and `/metrics` against two real paired daemons, driven in a real headless
 //! Chromium through chromedriver: the devices table shows the peer, a version restored from the
-//! history page is back on both devices byte for byte, requests without the token, with a
-//! wrong Host or from another origin are refused, and `/metrics` parses with the Prometheus
-//! client library's own text parser and carries the series the README lists.
+//! history page is back on both devices byte for byte, an invitation made on the pairing page
+//! lets a third device in once its request is approved on the overview, requests without the
+//! token, with a wrong Host or from another origin are refused, and `/metrics` parses with the
+//! Prometheus client library's own text parser and carries the series the README lists. A
+//! busy port or `web = false` never fails the mount.
 //!
 //! Screenshots go to `CARGO_TARGET_TMPDIR/web-screenshots/` and, when `FYBRK_SCREENSHOTS=DIR` is
 //! set, to DIR too (tests/screenshots/ holds two of them, shown in the README).
@@ -250,6 +252,41 @@ fn the_page_shows_the_peer_restores_a_version_and_refuses_strangers() {
     assert!(browser.text(&payload).starts_with("fybrk1:"));
     save_screenshot(&browser, "pair.png");
 
+    // A third device uses that invitation; it waits until someone approves it on the page.
+    let payload = browser.text(&payload);
+    let Some(c) = peer("charlie") else {
+        return;
+    };
+    let mut joining = c
+        .cmd(&["pair-with", "--yes", &payload])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    browser.go(&format!("http://{addr}/"));
+    // The overview reloads itself every 5 s: the request shows up with its buttons.
+    let approve = browser.wait_for("button.approve", Duration::from_secs(60));
+    save_screenshot(&browser, "request.png");
+    browser.click(&approve);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = joining.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = joining.kill();
+            panic!("pair-with did not finish after the approval");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = joining.wait_with_output().unwrap();
+    assert!(
+        status.success(),
+        "pair-with after approval\n{}",
+        describe(&out)
+    );
+    wait_file(&c, "doc.txt", &v1, SYNC_TIMEOUT);
+
     // Back on the overview (it reloads itself every 5 s): the chart has throughput samples.
     std::thread::sleep(Duration::from_secs(10));
     browser.go(&format!("http://{addr}/"));
@@ -258,6 +295,7 @@ fn the_page_shows_the_peer_restores_a_version_and_refuses_strangers() {
     drop(browser);
     a.assert_verify_ok();
     b.assert_verify_ok();
+    c.assert_verify_ok();
 }
 
 #[test]

@@ -193,9 +193,11 @@ fn requests(reqs: &[JoinRequestInfo]) -> String {
         b.push_str(&format!(
             "<tr><td>{name}<br><span class=\"muted\">{id}</span></td><td><b>{code}</b></td><td>\
              <form method=\"post\" action=\"/approve\" style=\"display:inline\">\
-             <input type=\"hidden\" name=\"id\" value=\"{id}\"><button>Approve</button></form> \
+             <input type=\"hidden\" name=\"id\" value=\"{id}\"><button class=\"approve\" \
+             data-id=\"{id}\">Approve</button></form> \
              <form method=\"post\" action=\"/deny\" style=\"display:inline\">\
-             <input type=\"hidden\" name=\"id\" value=\"{id}\"><button>Deny</button></form></td></tr>",
+             <input type=\"hidden\" name=\"id\" value=\"{id}\"><button class=\"deny\" \
+             data-id=\"{id}\">Deny</button></form></td></tr>",
             name = esc(&r.name),
             id = esc(&r.id),
             code = esc(&r.code),
