@@ -18,11 +18,15 @@
 pub mod auth;
 pub mod chart;
 pub mod cmd;
+#[cfg(test)]
+mod fake;
 pub mod http;
 pub mod metrics;
 pub mod pages;
 pub mod qr;
 pub mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod samples;
 
 use std::net::{TcpListener, TcpStream};

@@ -60,62 +60,7 @@ impl Samples {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fybrk_control::{NetworkStatus, PeerStatus};
-
-    fn peer(id: &str, rtt: Option<f64>) -> PeerStatus {
-        PeerStatus {
-            id: id.into(),
-            name: id.into(),
-            connected: rtt.is_some(),
-            path: None,
-            loss: None,
-            throughput_bps: rtt.map(|_| 100.0),
-            reconnects: None,
-            quality: None,
-            addr: None,
-            rtt_ms: rtt,
-            bytes_in: 0,
-            bytes_out: 0,
-            lost_packets: None,
-            sent_packets: None,
-            connected_secs: None,
-            last_seen_unix: None,
-            pending_items: 0,
-            pending_bytes: 0,
-            in_sync: true,
-        }
-    }
-
-    fn status(peers: Vec<PeerStatus>) -> StatusReply {
-        StatusReply {
-            mount_point: "/m".into(),
-            device_id: "x".into(),
-            device_name: "x".into(),
-            pid: 1,
-            folder_id: String::new(),
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            logical_bytes: 0,
-            stored_bytes: 0,
-            chunks: 0,
-            dedup_ratio: 1.0,
-            sequence: 0,
-            history_bytes: 0,
-            config_file: None,
-            rendezvous: None,
-            network: NetworkStatus {
-                listen_addr: "127.0.0.1:1".parse().unwrap(),
-                nat: None,
-                relay: None,
-                peers,
-                pending_items: 0,
-                pending_bytes: 0,
-            },
-            mass_deletions: Vec::new(),
-            pair_requests: Vec::new(),
-        }
-    }
+    use crate::web::fake::{peer, status};
 
     #[test]
     fn keeps_the_last_ten_minutes_per_peer_and_forgets_removed_ones() {
