@@ -311,8 +311,40 @@ fn metrics_parse_and_carry_the_series() {
     };
     pair(&a, &b);
     wait_connected(&a, &b, CONNECT_TIMEOUT);
-    let (_, addr) = web(&a);
+    let (url, addr) = web(&a);
     let bearer = format!("Authorization: Bearer {}\r\n", token(&a));
+
+    // With a display and $BROWSER, `fybrk web` starts it on the URL.
+    let seen = a.root().join("browser-saw");
+    let browser = a.root().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = a
+        .cmd(&["web", "--json"])
+        .env("DISPLAY", ":99")
+        .env("BROWSER", &browser)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fybrk web\n{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["opened"], true, "{v}");
+    fybrk_tests::wait_for(
+        "the browser to be started",
+        CMD,
+        || match std::fs::read_to_string(&seen) {
+            Ok(s) if s.trim() == url => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
     let scrape = || {
         let (status, text) = get(&addr, "/metrics", &bearer);
         assert_eq!(status, 200, "{text}");

@@ -259,8 +259,9 @@ impl Response {
         r
     }
 
-    /// Writes the response to `w`.
-    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+    /// Writes the response to `w`; without the body when `head_only` (a `HEAD` request: the
+    /// headers, `Content-Length` included, are those of the `GET`).
+    pub fn write_to(&self, w: &mut impl Write, head_only: bool) -> std::io::Result<()> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.status,
@@ -282,7 +283,9 @@ impl Response {
         }
         head.push_str("\r\n");
         w.write_all(head.as_bytes())?;
-        w.write_all(&self.body)?;
+        if !head_only {
+            w.write_all(&self.body)?;
+        }
         w.flush()
     }
 }

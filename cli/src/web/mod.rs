@@ -152,7 +152,7 @@ where
         if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::AcqRel);
             let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-            let _ = Response::text(503, "busy\n").write_to(&mut stream);
+            let _ = Response::text(503, "busy\n").write_to(&mut stream, false);
             continue;
         }
         let (site, auth, active) = (site.clone(), auth.clone(), active.clone());
@@ -176,18 +176,32 @@ fn answer<H: Handler<Error = anyhow::Error>>(
 ) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut head_only = false;
     let response = match http::read_request(&mut stream) {
         Err(HttpError::Io(_)) => return,
         Err(HttpError::TooLarge(code)) => Response::text(code, "request too large\n"),
         Err(HttpError::Malformed(why)) => Response::text(400, format!("bad request: {why}\n")),
-        Ok(req) => match auth {
-            None if req.path == "/metrics" && req.method == "GET" => site.metrics(),
-            None => Response::text(404, "only /metrics is served here\n"),
-            Some((token, port)) => match auth::check(&req, token, *port) {
-                Verdict::Answer(r) => r,
-                Verdict::Allow => site.route(&req),
-            },
-        },
+        Ok(req) => {
+            head_only = req.method == "HEAD";
+            respond(&req, site, auth)
+        }
     };
-    let _ = response.write_to(&mut stream);
+    let _ = response.write_to(&mut stream, head_only);
+}
+
+fn respond<H: Handler<Error = anyhow::Error>>(
+    req: &http::Request,
+    site: &Site<H>,
+    auth: Option<&(Token, u16)>,
+) -> Response {
+    match auth {
+        None if req.path == "/metrics" && (req.method == "GET" || req.method == "HEAD") => {
+            site.metrics()
+        }
+        None => Response::text(404, "only /metrics is served here\n"),
+        Some((token, port)) => match auth::check(req, token, *port) {
+            Verdict::Answer(r) => r,
+            Verdict::Allow => site.route(req),
+        },
+    }
 }
