@@ -242,14 +242,49 @@ mod tests {
     }
 
     #[test]
-    fn every_family_has_help_and_type() {
-        let ops = fybrk_fs::metrics::snapshot();
-        let mut o = Out(String::new());
-        o.one("fybrk_x_bytes", "gauge", "x", f64::NAN);
-        assert_eq!(
-            o.0,
-            "# HELP fybrk_x_bytes x\n# TYPE fybrk_x_bytes gauge\nfybrk_x_bytes 0\n"
+    fn every_sample_belongs_to_a_family_with_help_and_type() {
+        let mut st = crate::web::fake::status(vec![
+            crate::web::fake::peer("AAAAAAA", Some(2.0)),
+            crate::web::fake::peer("BB\"B", None),
+        ]);
+        st.dedup_ratio = f64::NAN;
+        let text = render(&st, &fybrk_fs::metrics::snapshot());
+        let mut typed = std::collections::HashMap::new();
+        let mut helped = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                typed.insert(name.to_string(), kind.to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split_once(' ').unwrap().0.to_string());
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        name.strip_suffix(s)
+                            .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(
+                    typed.contains_key(family) && helped.contains(family),
+                    "{line}"
+                );
+                assert!(family.starts_with("fybrk_"), "{line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
+            }
+        }
+        assert!(
+            text.contains("fybrk_dedup_ratio 0\n"),
+            "NaN is written as 0"
         );
-        let _ = ops;
+        assert!(
+            text.contains("peer=\"BB\\\"B\",name=\"BB\\\"B\",path=\"none\""),
+            "{text}"
+        );
+        // The offline peer has no round trip sample; the connected one has it in seconds.
+        assert!(text.contains("fybrk_peer_rtt_seconds{peer=\"AAAAAAA\",name=\"AAAAAAA\"} 0.002"));
+        assert!(!text.contains("fybrk_peer_rtt_seconds{peer=\"BB"));
     }
 }
