@@ -46,8 +46,11 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #                    its C helper comes with build-essential
 #   systemd          systemd-analyze verifies the unit `fybrk service` writes, systemd-escape
 #                    checks its name (tests/service.rs); ~10 MB, nothing is started
+#   chromium, chromium-driver  tests/web.rs drives the web page in headless Chromium (WebDriver)
+#   python3-prometheus-client  tests/web.rs parses /metrics with the reference text parser
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
-    coturn nftables iproute2 conntrack syncthing hyperfine perl systemd)
+    coturn nftables iproute2 conntrack syncthing hyperfine perl systemd
+    chromium chromium-driver python3-prometheus-client)
 
 pkgs=("${base_pkgs[@]}")
 if [[ $with_test -eq 1 ]]; then

@@ -9,6 +9,9 @@
 //! turn = "turn:turn.example.org:3478?user=me&pass=secret"
 //! lan_discovery = true       # announce on the LAN and listen for paired devices (default)
 //! lan_discovery_port = 22102 # the same on every device of a LAN
+//! web = true                         # the local web page (default on)
+//! web_listen = "127.0.0.1:22103"     # where it is served; loopback addresses only
+//! metrics_listen = "127.0.0.1:9102"  # optional: /metrics without the token, on its own port
 //!
 //! [history]
 //! keep = "1y"        # how long old versions are kept (s, m, h, d, w, y); default 1 year
@@ -54,6 +57,36 @@ pub struct Config {
     pub lan_discovery_port: Option<u16>,
     /// `[history]`: how long old versions are kept and how much space they may take.
     pub retention: Retention,
+    /// `web`, `web_listen` and `metrics_listen`.
+    pub web: WebOptions,
+}
+
+/// The local web page's and `/metrics`' listeners (`web`, `web_listen`, `metrics_listen`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebOptions {
+    /// Whether the daemon serves the web page (`web = false` turns it off; `/metrics` on
+    /// `metrics_listen` is served either way).
+    pub enabled: bool,
+    /// Where the page (and `/metrics` with the token) is served: a loopback address.
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served without the token, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The web page's default port: next to fybrk's QUIC (22100), rendezvous (22101) and LAN
+/// discovery (22102, UDP) ports, and not Syncthing's 8384, so both can run side by side (the
+/// sync benchmark does).
+pub const DEFAULT_WEB_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 22103);
+
+impl Default for WebOptions {
+    fn default() -> WebOptions {
+        WebOptions {
+            enabled: true,
+            listen: DEFAULT_WEB_LISTEN,
+            metrics_listen: None,
+        }
+    }
 }
 
 /// A config file that cannot be used. Every message names the file.
@@ -89,6 +122,9 @@ struct Raw {
     lan_discovery: Option<bool>,
     lan_discovery_port: Option<Spanned<i64>>,
     history: Option<RawHistory>,
+    web: Option<bool>,
+    web_listen: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[history]` as written.
@@ -218,8 +254,35 @@ impl Config {
                     })?);
             }
         }
+        let addr = |key: &str, v: &Spanned<String>| {
+            v.get_ref().trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    Some(v.span()),
+                    format!("{key}: {:?} is not an IP:PORT address", v.get_ref()),
+                )
+            })
+        };
+        let mut web = WebOptions::default();
+        if let Some(on) = raw.web {
+            web.enabled = on;
+        }
+        if let Some(v) = &raw.web_listen {
+            let a = addr("web_listen", v)?;
+            // The page drives the folder: other machines must never reach it.
+            if !a.ip().is_loopback() {
+                return Err(invalid(
+                    Some(v.span()),
+                    format!("web_listen: {a} is not a loopback address (127.0.0.1 or [::1])"),
+                ));
+            }
+            web.listen = a;
+        }
+        if let Some(v) = &raw.metrics_listen {
+            web.metrics_listen = Some(addr("metrics_listen", v)?);
+        }
         let text = |v: Option<Spanned<String>>| v.map(|v| v.into_inner().trim().to_string());
         Ok(Config {
+            web,
             retention,
             path: Some(path.to_path_buf()),
             listen,
@@ -253,6 +316,8 @@ pub struct MountOptions {
     pub traversal: Traversal,
     /// How long history keeps old versions (the file's `[history]`; no flag).
     pub retention: Retention,
+    /// The web page and `/metrics` (the file's `web`, `web_listen`, `metrics_listen`; no flag).
+    pub web: WebOptions,
 }
 
 impl MountOptions {
@@ -303,6 +368,7 @@ impl MountOptions {
                 },
             },
             retention: file.retention,
+            web: file.web,
         }
     }
 }
@@ -489,6 +555,29 @@ max_size = "20G"
         let e = error("name = \"a\"\nrendezvous = \n");
         assert!(e.starts_with("config file /etc/fybrk.toml:2:"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn web_keys() {
+        assert_eq!(parse("").unwrap().web, WebOptions::default());
+        let c =
+            parse("web = false\nweb_listen = \"127.0.0.1:0\"\nmetrics_listen = \"0.0.0.0:9102\"\n")
+                .unwrap();
+        assert!(!c.web.enabled);
+        assert_eq!(c.web.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.web.metrics_listen, Some("0.0.0.0:9102".parse().unwrap()));
+        let e = error("web_listen = \"0.0.0.0:22102\"\n");
+        assert!(
+            e.contains("web_listen: 0.0.0.0:22102 is not a loopback address"),
+            "{e}"
+        );
+        let e = error("metrics_listen = \"nowhere\"\n");
+        assert!(
+            e.contains("metrics_listen: \"nowhere\" is not an IP:PORT"),
+            "{e}"
+        );
+        let o = MountOptions::resolve(&c, &MountArgs::default(), None);
+        assert_eq!(o.web, c.web);
     }
 
     #[test]

@@ -352,20 +352,23 @@ impl Daemon {
 
         let listener = self.control;
         let node = Arc::new(self.node);
+        let handler = || Control {
+            fs: self.fs.clone(),
+            node: node.clone(),
+            mount_point: mnt.clone(),
+            device_id: self.identity.id,
+            device_name: self.identity.name.clone(),
+            options: self.options.clone(),
+            unmount: unmount.clone(),
+        };
         {
-            let handler = Control {
-                fs: self.fs.clone(),
-                node: node.clone(),
-                mount_point: mnt.clone(),
-                device_id: self.identity.id,
-                device_name: self.identity.name.clone(),
-                options: self.options.clone(),
-                unmount: unmount.clone(),
-            };
+            let handler = handler();
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || control::serve(listener, handler))?;
         }
+        // The web page answers through the same handler as the control socket.
+        crate::web::start(&self.state, self.options.web, handler());
         {
             let fs = self.fs.clone();
             let retention = self.options.retention;
@@ -383,6 +386,7 @@ impl Daemon {
             tracing::error!(error = %e, "could not commit every open file");
         }
         let _ = std::fs::remove_file(self.state.socket());
+        crate::web::stopped(&self.state);
         node.shutdown();
         let _ = std::fs::remove_file(self.state.pid());
         tracing::info!("unmounted; daemon exits");

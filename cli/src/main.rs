@@ -14,6 +14,7 @@ mod pairing;
 mod peers;
 mod service;
 mod state;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -246,6 +247,16 @@ enum Cmd {
     },
     /// Print the manual page in roff: `fybrk man | man -l -`.
     Man,
+    /// Print the local web page's URL (with its token) and open it in the browser: devices,
+    /// sync progress, members, pairing, history with restore. Also serves /metrics.
+    Web {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Only print the URL; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -338,6 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Service { cmd } => service::run(cmd, &state, cli.config.as_deref()),
         Cmd::Completions { shell } => completions::print_completions(shell),
         Cmd::Man => completions::print_man(),
+        Cmd::Web { json, no_open } => web::cmd::run(&state, json, no_open),
         Cmd::NatCheck { stun, json } => {
             // The same STUN servers as the daemon: --stun, else FYBRK_STUN, else the config file.
             let flags = MountArgs {

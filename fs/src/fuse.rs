@@ -63,7 +63,10 @@ fn err(e: FsError) -> Errno {
 /// uncommitted state of the one open file whose request panicked, which the error already
 /// reported to that program.
 pub(crate) fn guarded(op: &'static str, handler: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(handler)) {
+    let started = std::time::Instant::now();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(handler));
+    crate::metrics::record(op, started.elapsed());
+    if let Err(panic) = result {
         let what = match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
             (Some(s), _) => s,
             (_, Some(s)) => s.as_str(),

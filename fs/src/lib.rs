@@ -4,6 +4,8 @@
 //! read, write, rename, ...): tests call it without a mount. [`fuse`] is a thin `fuser` adapter
 //! that only translates requests and errno values. Content handling of open files (write
 //! buffering, staging to disk, incremental re-chunking) lives in `content`.
+//! [`metrics`] counts every FUSE request and its latency (atomics only) for the daemon's
+//! `/metrics`.
 //!
 //! Semantics worth knowing: writes are buffered per open file and committed on `flush` (every
 //! `close`), `fsync` and `release`; `fsync` also makes them durable. Hard links are refused with
@@ -20,6 +22,7 @@ mod fs;
 pub mod fuse;
 mod inodes;
 mod layout;
+pub mod metrics;
 #[cfg(test)]
 mod remote_tests;
 #[cfg(test)]
