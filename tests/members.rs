@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use fybrk_control::{MembersReply, VerifyReply};
+use fybrk_control::{MemberChangeKind, MembersReply, VerifyReply};
 use fybrk_tests::{
     assert_stays_absent, describe, pair, store_dir, wait_connected, wait_file, wait_for,
     write_file, Gen, Peer, CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
@@ -65,7 +65,8 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
             Err(format!("alpha's members: {r:?}"))
         }
     });
-    let charlie = list.members.iter().find(|m| m.id == c.id()).unwrap();
+    let c_id = c.id();
+    let charlie = list.members.iter().find(|m| m.id == c_id).unwrap();
     a.check(
         charlie.added_by == b.id() && charlie.added_by_name == "bravo",
         || format!("charlie should be added by bravo: {charlie:?}"),
@@ -82,6 +83,23 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
             Err(format!("charlie's members: {r:?}"))
         }
     });
+    // The join is announced in alpha's status too.
+    let st = a.status_json();
+    a.check(
+        st.member_changes.iter().any(|c| {
+            c.change == MemberChangeKind::Added
+                && c.id == c_id
+                && c.name == "charlie"
+                && c.by_name == "bravo"
+        }),
+        || format!("alpha's status should say charlie was added by bravo: {st:?}"),
+    );
+    let shown =
+        String::from_utf8_lossy(&a.run(&["status"], Duration::from_secs(30)).stdout).into_owned();
+    a.check(
+        shown.contains("charlie") && shown.contains("added by bravo"),
+        || format!("`fybrk status` should announce the join:\n{shown}"),
+    );
     let text = a.run(&["members"], Duration::from_secs(30));
     let shown = String::from_utf8_lossy(&text.stdout).into_owned();
     a.check(
@@ -107,6 +125,13 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
             }
         });
     }
+    let st = b.status_json();
+    b.check(
+        st.member_changes
+            .iter()
+            .any(|c| c.change == MemberChangeKind::Removed && c.id == c_id && c.by_name == "alpha"),
+        || format!("bravo's status should say alpha removed charlie: {st:?}"),
+    );
     wait_for(
         "bravo to close its link to charlie",
         CONNECT_TIMEOUT,

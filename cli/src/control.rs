@@ -79,6 +79,7 @@ impl Handler for Control {
             network: self.node.status(),
             mass_deletions: self.node.mass_deletions(),
             pair_requests: self.node.pair_requests(),
+            member_changes: self.node.member_changes(),
         })
     }
 

@@ -77,6 +77,23 @@ pub fn print_status(s: &StatusReply) {
             r.name, r.id, r.code, r.id, r.id
         );
     }
+    for c in &s.member_changes {
+        let by = if c.by_name.is_empty() {
+            c.by_id.chars().take(7).collect()
+        } else {
+            c.by_name.clone()
+        };
+        let what = match c.change {
+            fybrk_control::MemberChangeKind::Added => "added",
+            fybrk_control::MemberChangeKind::Removed => "removed",
+        };
+        let short: String = c.id.chars().take(7).collect();
+        println!(
+            "MEMBER        {} ({short}) {what} by {by}, {}",
+            c.name,
+            fybrk_fs::when::format_local(i64::try_from(c.at_unix).unwrap_or(0) * 1_000_000_000)
+        );
+    }
     for m in &s.mass_deletions {
         println!(
             "WARNING       {} deleted {} files within minutes (since {}); to undo: {}",

@@ -56,6 +56,37 @@ pub struct StatusReply {
     /// Devices with a valid invitation proof waiting for `fybrk approve` / `fybrk deny`.
     #[serde(default)]
     pub pair_requests: Vec<crate::JoinRequestInfo>,
+    /// Members added to or removed from the folder in the last day (by the clock of the device
+    /// that made the change), oldest first.
+    #[serde(default)]
+    pub member_changes: Vec<MemberChange>,
+}
+
+/// A device joined or left the folder (in `status`, for a day).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    /// What happened.
+    pub change: MemberChangeKind,
+    /// The device's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The id of the member that added or removed it.
+    pub by_id: String,
+    /// That member's name (empty when unknown).
+    pub by_name: String,
+    /// When (unix seconds, that member's clock).
+    pub at_unix: u64,
+}
+
+/// Added or removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberChangeKind {
+    /// A person approved its join on a member.
+    Added,
+    /// A member removed it (`fybrk remove`).
+    Removed,
 }
 
 /// A peer deleted many files within minutes.
@@ -286,6 +317,14 @@ mod tests {
             history_bytes: 9,
             mass_deletions: Vec::new(),
             pair_requests: Vec::new(),
+            member_changes: vec![MemberChange {
+                change: MemberChangeKind::Removed,
+                id: "CCCCCCC-DDDDDDD".into(),
+                name: "phone".into(),
+                by_id: "AAAAAAA-BBBBBBB".into(),
+                by_name: "desk".into(),
+                at_unix: 1_700_000_000,
+            }],
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {
@@ -313,6 +352,12 @@ mod tests {
         let s = status();
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<StatusReply>(&text).unwrap(), s);
+        let v = serde_json::to_value(&s.member_changes[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"change": "removed", "id": "CCCCCCC-DDDDDDD", "name": "phone",
+                "by_id": "AAAAAAA-BBBBBBB", "by_name": "desk", "at_unix": 1_700_000_000})
+        );
     }
 
     /// The field names and shapes scripts read: flat, with today's keys.
@@ -333,6 +378,7 @@ mod tests {
             "listen_addr",
             "logical_bytes",
             "mass_deletions",
+            "member_changes",
             "mount_point",
             "nat",
             "pair_requests",

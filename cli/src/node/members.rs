@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use fybrk_control::{MemberInfo, MembersReply};
+use fybrk_control::{MemberChange, MemberChangeKind, MemberInfo, MembersReply};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::transport::CLOSE_NOT_PAIRED;
 use fybrk_pair::members::{MemberLog, Op, Signed};
@@ -73,10 +73,63 @@ pub(super) fn load(path: &std::path::Path, folder: [u8; 16]) -> Result<(MemberLo
     Ok((log, file.may_found))
 }
 
+/// How long `status` shows a member change.
+const CHANGES_SHOWN_SECS: u64 = 24 * 3600;
+
 impl Node {
     /// The members, with how each is connected now.
     pub fn members(&self) -> MembersReply {
         self.shared.members_reply()
+    }
+
+    /// Members added or removed in the last day, oldest first, for `status`.
+    pub fn member_changes(&self) -> Vec<MemberChange> {
+        let log = lock(&self.shared.members);
+        let name_of = |d: &[u8; 32]| -> String {
+            let member = log.members().iter().find(|m| m.device == *d);
+            let removed = log.removals().iter().find(|r| r.device == *d);
+            member
+                .map(|m| m.name.clone())
+                .or_else(|| removed.map(|r| r.name.clone()))
+                .unwrap_or_default()
+        };
+        let since = unix_now().saturating_sub(CHANGES_SHOWN_SECS);
+        let change = |change, device: &[u8; 32], name: &str, by: &[u8; 32], at_unix| MemberChange {
+            change,
+            id: DeviceId::from_bytes(*device).to_string(),
+            name: name.to_owned(),
+            by_id: DeviceId::from_bytes(*by).to_string(),
+            by_name: name_of(by),
+            at_unix,
+        };
+        let added = log
+            .members()
+            .iter()
+            .filter(|m| m.added_by != m.device)
+            .map(|m| {
+                change(
+                    MemberChangeKind::Added,
+                    &m.device,
+                    &m.name,
+                    &m.added_by,
+                    m.added_unix,
+                )
+            });
+        let removed = log.removals().iter().map(|r| {
+            change(
+                MemberChangeKind::Removed,
+                &r.device,
+                &r.name,
+                &r.by,
+                r.at_unix,
+            )
+        });
+        let mut out: Vec<MemberChange> = added
+            .chain(removed)
+            .filter(|c| c.at_unix >= since)
+            .collect();
+        out.sort_by_key(|c| c.at_unix);
+        out
     }
 }
 

@@ -35,6 +35,7 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
         },
         mass_deletions: Vec::new(),
         pair_requests: Vec::new(),
+        member_changes: Vec::new(),
     }
 }
 

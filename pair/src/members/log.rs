@@ -45,6 +45,19 @@ pub struct Member {
     pub added_unix: u64,
 }
 
+/// A device removed from the folder, as the entry that removed it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The removed device.
+    pub device: [u8; 32],
+    /// Its name, from the entries that added it (empty if none counts).
+    pub name: String,
+    /// Who removed it.
+    pub by: [u8; 32],
+    /// When, by the remover's clock (unix seconds).
+    pub at_unix: u64,
+}
+
 /// One entry held, decoded.
 #[derive(Debug, Clone)]
 struct Held {
@@ -62,6 +75,8 @@ pub struct MemberLog {
     valid: HashSet<EntryId>,
     members: Vec<Member>,
     removed: HashSet<[u8; 32]>,
+    /// Every removal that counts, in the log's order.
+    removals: Vec<Removal>,
     /// The rekeys that count, in the log's deterministic order, each with whether it covers
     /// every removal that counts.
     rekeys: Vec<(u64, bool)>,
@@ -90,6 +105,7 @@ impl MemberLog {
             valid: HashSet::new(),
             members: Vec::new(),
             removed: HashSet::new(),
+            removals: Vec::new(),
             rekeys: Vec::new(),
             any_removal: false,
         }
@@ -226,6 +242,11 @@ impl MemberLog {
         self.members.iter().any(|m| m.device == *device)
     }
 
+    /// Every removal that counts (who, by whom, when), in the log's order.
+    pub fn removals(&self) -> &[Removal] {
+        &self.removals
+    }
+
     /// Whether `device` was removed (it can never come back).
     pub fn is_removed(&self, device: &[u8; 32]) -> bool {
         self.removed.contains(device)
@@ -354,6 +375,7 @@ impl MemberLog {
             .filter(|&i| valid[i] && matches!(entry(i).entry.op, Op::Remove { .. }))
             .collect();
         let mut rekeys = Vec::new();
+        let mut removals = Vec::new();
         let mut removed = HashSet::new();
         let mut added: Vec<Member> = Vec::new();
         for i in (0..n).filter(|&i| valid[i]) {
@@ -367,6 +389,12 @@ impl MemberLog {
                 }
                 Op::Remove { device } => {
                     removed.insert(*device);
+                    removals.push(Removal {
+                        device: *device,
+                        name: String::new(),
+                        by: e.author,
+                        at_unix: e.entry.at_unix,
+                    });
                 }
                 Op::Rekey { key_id } => {
                     let covers = removals.iter().all(|&r| has(&ancestors[i], r));
@@ -374,7 +402,13 @@ impl MemberLog {
                 }
             }
         }
+        for r in &mut removals {
+            if let Some(m) = added.iter().find(|m| m.device == r.device) {
+                r.name.clone_from(&m.name);
+            }
+        }
         added.retain(|m| !removed.contains(&m.device));
+        self.removals = removals;
         self.rekeys = rekeys;
         self.any_removal = !removals.is_empty();
         self.valid = (0..n).filter(|&i| valid[i]).map(|i| order[i]).collect();

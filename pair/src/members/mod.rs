@@ -29,7 +29,7 @@ mod log;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use log::{InsertError, Member, MemberLog, WriteKey, MAX_ENTRIES};
+pub use log::{InsertError, Member, MemberLog, Removal, WriteKey, MAX_ENTRIES};
 
 /// An entry's id: SHA-256 of [`ID_LABEL`] and its bytes.
 pub type EntryId = [u8; 32];

@@ -369,6 +369,15 @@ fn a_removal_needs_a_new_key_and_a_rekey_after_it_covers_it() {
     assert_eq!(log.write_key(all), WriteKey::First, "nobody removed");
     a.remove(&mut log, &c);
     assert_eq!(log.write_key(all), WriteKey::NeedNew);
+    assert_eq!(
+        log.removals(),
+        &[Removal {
+            device: c.id(),
+            name: "c".into(),
+            by: a.id(),
+            at_unix: T0
+        }]
+    );
     a.append(&mut log, Op::Rekey { key_id: 11 });
     assert_eq!(log.write_key(all), WriteKey::Later(11));
     assert_eq!(
