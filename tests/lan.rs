@@ -44,28 +44,6 @@ fn mount_with(dev: &Device, m: &mut Mount, name: &str, extra: &[&str]) {
     m.adopt_daemon();
 }
 
-fn payload(m: &Mount) -> String {
-    let png = m.root().join("invite.png");
-    let out = m.run(
-        &[
-            "pair",
-            "--yes",
-            "--no-wait",
-            "--json",
-            "--png",
-            png.to_str().expect("utf-8 path"),
-        ],
-        Duration::from_secs(30),
-    );
-    if !out.status.success() {
-        m.fail(&format!("pair failed\n{}", describe(&out)));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: fybrk_control::InviteShown =
-        serde_json::from_str(line.lines().next().unwrap_or_default())
-            .unwrap_or_else(|e| m.fail(&format!("pair printed {line:?}: {e}")));
-    v.payload
-}
 
 /// `other` as `m`'s status shows it, once connected: (path, address).
 fn link_to(m: &Mount, other_id: &str) -> Option<(String, SocketAddr)> {
@@ -172,7 +150,7 @@ fn paired(tag: &str) -> Option<Scene> {
     mount_in(&dev_b, &mut b, "bravo");
 
     // Pairing needs no server here: the invitation lists alpha's LAN address.
-    let p = payload(&a);
+    let p = a.invite_payload();
     let out = b.run(&["pair-with", "--yes", &p], Duration::from_secs(120));
     if !out.status.success() {
         b.fail(&format!(

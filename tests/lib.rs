@@ -564,6 +564,31 @@ impl Mount {
         self.forget_dead_daemon();
     }
 
+    /// `fybrk pair --yes --no-wait --json` (the QR code to a file in the mount's root): the
+    /// invitation's payload, for `pair-with` on another device.
+    pub fn invite_payload(&self) -> String {
+        let png = self.root().join("invite.png");
+        let out = self.run(
+            &[
+                "pair",
+                "--yes",
+                "--no-wait",
+                "--json",
+                "--png",
+                png.to_str().expect("utf-8 path"),
+            ],
+            Duration::from_secs(30),
+        );
+        if !out.status.success() {
+            self.fail(&format!("pair failed\n{}", describe(&out)));
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: fybrk_control::InviteShown =
+            serde_json::from_str(line.lines().next().unwrap_or_default())
+                .unwrap_or_else(|e| self.fail(&format!("pair printed {line:?}: {e}")));
+        v.payload
+    }
+
     /// `fybrk status --json`, parsed as the protocol's [`StatusReply`]. Fails on a non-zero
     /// exit, bad JSON, or a missing or mistyped field.
     pub fn status_json(&self) -> StatusReply {

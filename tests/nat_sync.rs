@@ -35,28 +35,6 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr, extra: &[
     m.adopt_daemon();
 }
 
-fn payload(m: &Mount) -> String {
-    let png = m.root().join("invite.png");
-    let out = m.run(
-        &[
-            "pair",
-            "--yes",
-            "--no-wait",
-            "--json",
-            "--png",
-            png.to_str().expect("utf-8 path"),
-        ],
-        Duration::from_secs(30),
-    );
-    if !out.status.success() {
-        m.fail(&format!("pair failed\n{}", describe(&out)));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let v: fybrk_control::InviteShown =
-        serde_json::from_str(line.lines().next().unwrap_or_default())
-            .unwrap_or_else(|e| m.fail(&format!("pair printed {line:?}: {e}")));
-    v.payload
-}
 
 fn path_to(m: &Mount, other: &Mount) -> Option<String> {
     let id = other.status_json().device_id;
@@ -148,7 +126,7 @@ fn pair_and_sync_then(
         dev_b.set_loss(loss);
     }
 
-    let p = payload(&a);
+    let p = a.invite_payload();
     let out = b.run(&["pair-with", "--yes", &p], Duration::from_secs(120));
     if !out.status.success() {
         b.fail(&format!(
