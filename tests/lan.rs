@@ -44,7 +44,6 @@ fn mount_with(dev: &Device, m: &mut Mount, name: &str, extra: &[&str]) {
     m.adopt_daemon();
 }
 
-
 /// `other` as `m`'s status shows it, once connected: (path, address).
 fn link_to(m: &Mount, other_id: &str) -> Option<(String, SocketAddr)> {
     let s = m.status_json();

@@ -35,7 +35,6 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr, extra: &[
     m.adopt_daemon();
 }
 
-
 fn path_to(m: &Mount, other: &Mount) -> Option<String> {
     let id = other.status_json().device_id;
     let s = m.status_json();

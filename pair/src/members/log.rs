@@ -375,7 +375,7 @@ impl MemberLog {
             .filter(|&i| valid[i] && matches!(entry(i).entry.op, Op::Remove { .. }))
             .collect();
         let mut rekeys = Vec::new();
-        let mut removals = Vec::new();
+        let mut removed_by = Vec::new();
         let mut removed = HashSet::new();
         let mut added: Vec<Member> = Vec::new();
         for i in (0..n).filter(|&i| valid[i]) {
@@ -389,7 +389,7 @@ impl MemberLog {
                 }
                 Op::Remove { device } => {
                     removed.insert(*device);
-                    removals.push(Removal {
+                    removed_by.push(Removal {
                         device: *device,
                         name: String::new(),
                         by: e.author,
@@ -402,13 +402,13 @@ impl MemberLog {
                 }
             }
         }
-        for r in &mut removals {
+        for r in &mut removed_by {
             if let Some(m) = added.iter().find(|m| m.device == r.device) {
                 r.name.clone_from(&m.name);
             }
         }
         added.retain(|m| !removed.contains(&m.device));
-        self.removals = removals;
+        self.removals = removed_by;
         self.rekeys = rekeys;
         self.any_removal = !removals.is_empty();
         self.valid = (0..n).filter(|&i| valid[i]).map(|i| order[i]).collect();
