@@ -192,9 +192,14 @@ fn nothing_is_shared_before_approval_and_both_screens_agree() {
     assert_not_joined(&a, &b, &own_folder);
 
     let prefix = &req.id[..8];
-    let out = a.run(&["approve", prefix], Duration::from_secs(30));
+    let out = a.run(&["approve", prefix, "--json"], Duration::from_secs(30));
     a.check(out.status.success(), || {
         format!("`fybrk approve {prefix}` failed\n{}", describe(&out))
+    });
+    let who: fybrk_control::PeerRef = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| a.fail(&format!("approve --json ({e}): {}", describe(&out))));
+    a.check(who.name == "bravo" && who.id == req.id, || {
+        format!("{who:?}")
     });
     let (ok, stdout, stderr) = joining.finish(PAIR_WAIT);
     b.check(ok && stdout.contains("paired with alpha"), || {

@@ -146,7 +146,16 @@ fn versions_are_listed_and_restored_on_both_devices() {
 
     // GC applies retention, which keeps everything younger than an hour.
     ok(&a, a.run(&["gc"], CMD), "fybrk gc on alpha");
-    ok(&b, b.run(&["gc"], CMD), "fybrk gc on bravo");
+    let out = ok(
+        &b,
+        b.run(&["gc", "--json"], CMD),
+        "fybrk gc --json on bravo",
+    );
+    let r: fybrk_control::GcReply = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| b.fail(&format!("gc --json ({e}): {}", describe(&out))));
+    b.check(r.versions_dropped == 0, || {
+        format!("nothing is older than an hour: {r:?}")
+    });
 
     // On bravo: doc.txt as it was at t1, and the tree as it was at t2; both land on alpha too.
     let r = restore(&b, &[b.path("doc.txt").to_str().unwrap(), "--at", &t1]);

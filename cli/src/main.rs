@@ -107,11 +107,17 @@ enum Cmd {
     Approve {
         /// Its id, a unique prefix of the id, or its name (`fybrk status` lists requests).
         id: String,
+        /// Machine-readable output: the device (`id`, `name`).
+        #[arg(long)]
+        json: bool,
     },
     /// Refuse a device that asks to join; the invitation it used ends.
     Deny {
         /// Its id, a unique prefix of the id, or its name.
         id: String,
+        /// Machine-readable output: the device (`id`, `name`).
+        #[arg(long)]
+        json: bool,
     },
     /// Join the folder of the device that showed this invitation (`fybrk pair` there).
     PairWith {
@@ -181,11 +187,17 @@ enum Cmd {
     Remove {
         /// Its id, a unique prefix of the id, or its name.
         id: String,
+        /// Machine-readable output: the device (`id`, `name`).
+        #[arg(long)]
+        json: bool,
     },
     /// The same as `remove` (the old name).
     Unpair {
         /// Its id, a unique prefix of the id, or its name.
         id: String,
+        /// Machine-readable output: the device (`id`, `name`).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-read, decrypt and re-hash every chunk; check every record. Exits 2 on damage.
     Verify {
@@ -195,7 +207,11 @@ enum Cmd {
     },
     /// Apply history's retention ([history] in config.toml), then free chunks that nothing
     /// references any more.
-    Gc,
+    Gc {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// The kept versions of a file, or of everything under a directory, newest first: time,
     /// device, size, what happened.
     Log {
@@ -330,8 +346,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 json,
             },
         ),
-        Cmd::Approve { id } => pairing::decide(&state, &id, true),
-        Cmd::Deny { id } => pairing::decide(&state, &id, false),
+        Cmd::Approve { id, json } => pairing::decide(&state, &id, true, json),
+        Cmd::Deny { id, json } => pairing::decide(&state, &id, false, json),
         Cmd::PairWith { payload, qr, yes } => {
             pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes)
         }
@@ -344,7 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => ping(&state, &device, count, !no_until_direct, json),
         Cmd::Members { json } => pairing::members(&state, json),
-        Cmd::Remove { id } | Cmd::Unpair { id } => pairing::remove(&state, &id),
+        Cmd::Remove { id, json } | Cmd::Unpair { id, json } => pairing::remove(&state, &id, json),
         Cmd::Rendezvous { listen } => rendezvous(listen),
         Cmd::Service { cmd } => service::run(cmd, &state, cli.config.as_deref()),
         Cmd::Completions { shell } => completions::print_completions(shell),
@@ -411,7 +427,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        Cmd::Gc => {
+        Cmd::Gc { json } => {
             let r = match Client::new(state.socket()).call(fybrk_control::Gc, None) {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
@@ -420,6 +436,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "dropped {} old versions; freed {} chunks ({}); history now takes {}",
                 r.versions_dropped,

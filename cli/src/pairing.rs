@@ -267,7 +267,7 @@ pub fn cancel(state: &StateDir, json_out: bool) -> Result<ExitCode> {
 }
 
 /// `fybrk approve` / `fybrk deny`.
-pub fn decide(state: &StateDir, id: &str, approve: bool) -> Result<ExitCode> {
+pub fn decide(state: &StateDir, id: &str, approve: bool, json_out: bool) -> Result<ExitCode> {
     let daemon = Client::new(state.socket());
     let id = id.to_owned();
     let who = if approve {
@@ -275,7 +275,9 @@ pub fn decide(state: &StateDir, id: &str, approve: bool) -> Result<ExitCode> {
     } else {
         daemon.call(fybrk_control::Deny { id }, QUICK)?
     };
-    if approve {
+    if json_out {
+        println!("{}", serde_json::to_string(&who)?);
+    } else if approve {
         println!("allowed {} ({}) to join", who.name, who.id);
     } else {
         println!(
@@ -398,9 +400,13 @@ pub fn peers(state: &StateDir, json_out: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fybrk unpair`.
-pub fn remove(state: &StateDir, id: &str) -> Result<ExitCode> {
+/// `fybrk remove` (`unpair`).
+pub fn remove(state: &StateDir, id: &str, json_out: bool) -> Result<ExitCode> {
     let r = Client::new(state.socket()).call(fybrk_control::Remove { id: id.to_owned() }, QUICK)?;
+    if json_out {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "removed {} ({}) from the folder: no member accepts it any more",
         r.name, r.id
