@@ -392,6 +392,11 @@ fn metrics_parse_and_carry_the_series() {
     let ratio = value(&after, "fybrk_dedup_ratio", &[]).unwrap();
     assert!(ratio > 1.5, "two identical files dedup about 2x: {ratio}");
     assert!(value(&after, "fybrk_history_bytes", &[]).is_some());
+    assert!(value(&after, "fybrk_chunk_cache_budget_bytes", &[]).unwrap() > 0.0);
+    assert!(value(&after, "fybrk_chunk_cache_bytes", &[]).is_some());
+    assert!(value(&after, "fybrk_chunk_cache_hits_total", &[]).is_some());
+    assert!(value(&after, "fybrk_chunk_cache_misses_total", &[]).is_some());
+    assert!(value(&after, "fybrk_change_sequence", &[]).unwrap() >= 2.0);
     let h = "fybrk_fuse_operation_duration_seconds";
     let count = value(&after, &format!("{h}_count"), &[("op", "write")]).unwrap();
     let inf = value(

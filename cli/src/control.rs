@@ -80,6 +80,16 @@ impl Handler for Control {
             mass_deletions: self.node.mass_deletions(),
             pair_requests: self.node.pair_requests(),
             member_changes: self.node.member_changes(),
+            commits: store.commits(),
+            chunk_cache: {
+                let c = store.cache_stats();
+                fybrk_control::ChunkCacheStatus {
+                    bytes: c.bytes,
+                    budget_bytes: c.budget,
+                    hits: c.hits,
+                    misses: c.misses,
+                }
+            },
         })
     }
 

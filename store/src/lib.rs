@@ -29,6 +29,7 @@ pub mod naming;
 pub mod record;
 mod store;
 
+pub use cache::CacheStats;
 pub use crypto::{ChunkId, Crypto, FolderKey};
 pub use error::{Result, StoreError};
 pub use gc::{GcReport, VerifyReport};

@@ -60,6 +60,26 @@ pub struct StatusReply {
     /// that made the change), oldest first.
     #[serde(default)]
     pub member_changes: Vec<MemberChange>,
+    /// Commits to this device's store since the daemon started (local changes, peers'
+    /// versions, restores).
+    #[serde(default)]
+    pub commits: u64,
+    /// The cache of decrypted chunks that reads go through.
+    #[serde(default)]
+    pub chunk_cache: ChunkCacheStatus,
+}
+
+/// The decrypted-chunk cache in `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCacheStatus {
+    /// Bytes held.
+    pub bytes: u64,
+    /// The most it may hold.
+    pub budget_bytes: u64,
+    /// Reads answered from it since the daemon started.
+    pub hits: u64,
+    /// Reads that had to read and decrypt the chunk.
+    pub misses: u64,
 }
 
 /// A device joined or left the folder (in `status`, for a day).
@@ -325,6 +345,13 @@ mod tests {
                 by_name: "desk".into(),
                 at_unix: 1_700_000_000,
             }],
+            commits: 5,
+            chunk_cache: ChunkCacheStatus {
+                bytes: 1,
+                budget_bytes: 2,
+                hits: 3,
+                misses: 4,
+            },
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {
@@ -366,7 +393,9 @@ mod tests {
         let v = serde_json::to_value(status()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
+            "chunk_cache",
             "chunks",
+            "commits",
             "config_file",
             "dedup_ratio",
             "device_id",

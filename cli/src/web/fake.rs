@@ -36,6 +36,8 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
         mass_deletions: Vec::new(),
         pair_requests: Vec::new(),
         member_changes: Vec::new(),
+        commits: 0,
+        chunk_cache: Default::default(),
     }
 }
 

@@ -100,8 +100,39 @@ pub fn render(s: &StatusReply, ops: &[OpSnapshot]) -> String {
     o.one(
         "fybrk_commits_total",
         "counter",
-        "Changes committed to this device's store (its change sequence).",
+        "Commits to this device's store since the daemon started (local changes, peers' versions, restores).",
+        s.commits as f64,
+    );
+    o.one(
+        "fybrk_change_sequence",
+        "gauge",
+        "This device's change sequence (the last local sequence number).",
         s.sequence as f64,
+    );
+    let c = &s.chunk_cache;
+    o.one(
+        "fybrk_chunk_cache_bytes",
+        "gauge",
+        "Bytes of decrypted chunks in the read cache.",
+        c.bytes as f64,
+    );
+    o.one(
+        "fybrk_chunk_cache_budget_bytes",
+        "gauge",
+        "The most the read cache may hold.",
+        c.budget_bytes as f64,
+    );
+    o.one(
+        "fybrk_chunk_cache_hits_total",
+        "counter",
+        "Chunk reads answered from the cache since the daemon started.",
+        c.hits as f64,
+    );
+    o.one(
+        "fybrk_chunk_cache_misses_total",
+        "counter",
+        "Chunk reads that read and decrypted the chunk since the daemon started.",
+        c.misses as f64,
     );
     let net = &s.network;
     o.one(

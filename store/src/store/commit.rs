@@ -273,6 +273,9 @@ impl Store {
         db.write_opt(batch, &opts)?;
         st.seq = seq;
         st.stats = stats;
+        self.inner
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(w) = writer {
             w.clear_pending();
         }

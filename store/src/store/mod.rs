@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     /// read-ahead sends neighbouring ranges to several FUSE threads at the same time, and a chunk
     /// straddling two requests was otherwise decrypted and hashed twice.
     loads: [Mutex<()>; 32],
+    /// Commits since the store was opened.
+    commits: std::sync::atomic::AtomicU64,
     /// Called after every commit (see [`Store::on_commit`]).
     watchers: std::sync::RwLock<Vec<CommitWatcher>>,
 }
@@ -189,6 +191,7 @@ impl Store {
                 }),
                 pins: Arc::new(PinTable::default()),
                 cache: ChunkCache::new(options.cache_bytes),
+                commits: std::sync::atomic::AtomicU64::new(0),
                 loads: std::array::from_fn(|_| Mutex::new(())),
                 watchers: std::sync::RwLock::new(Vec::new()),
             }),
@@ -258,6 +261,18 @@ impl Store {
                 key: format!("refs/{id}"),
                 reason: "bad reference entry".into(),
             })
+    }
+
+    /// Commits (local changes, peers' versions, restores) since the store was opened.
+    pub fn commits(&self) -> u64 {
+        self.inner
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The decrypted-chunk cache's size, budget, hits and misses.
+    pub fn cache_stats(&self) -> crate::cache::CacheStats {
+        self.inner.cache.stats()
     }
 
     /// Current totals.

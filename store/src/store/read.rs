@@ -105,11 +105,11 @@ impl Store {
         if id.is_hole() {
             return Err(StoreError::MissingChunk(*id));
         }
-        if let Some(hit) = self.inner.cache.get(id) {
+        if let Some(hit) = self.inner.cache.get(id, false) {
             return Ok(hit);
         }
         let _loading = lock(&self.inner.loads[usize::from(id.0[0]) % 32]);
-        if let Some(hit) = self.inner.cache.get(id) {
+        if let Some(hit) = self.inner.cache.get(id, true) {
             return Ok(hit);
         }
         let key = self.chunk_key(id)?.ok_or(StoreError::MissingChunk(*id))?;
