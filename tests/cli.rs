@@ -375,6 +375,30 @@ fn verify_passes_on_a_clean_store_and_fails_on_damage() {
     drop(f);
     drop(data);
     m.assert_verify_ok();
+    // While a verify runs, status lists it with how far it is (what the progress line of a
+    // command on a terminal draws).
+    let mut seen = None;
+    for _ in 0..5 {
+        let mut run = m.cmd(&["verify"]);
+        let mut child = run.stdout(Stdio::null()).spawn().unwrap();
+        while child.try_wait().unwrap().is_none() {
+            let st = m.status_json();
+            if let Some(op) = st.operations.iter().find(|o| o.what == "verify") {
+                seen = Some(op.clone());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if seen.is_some() {
+            break;
+        }
+    }
+    let op = seen.unwrap_or_else(|| m.fail("status never listed the running verify"));
+    m.check(op.total >= 1000 && op.done <= op.total, || {
+        format!("128 MiB is well over 1,000 chunks (64 KiB on average): {op:?}")
+    });
+    m.check(m.status_json().operations.is_empty(), || {
+        "a finished verify is no longer listed".into()
+    });
     m.unmount();
     m.assert_verify_ok();
 

@@ -81,6 +81,7 @@ impl Handler for Control {
             pair_requests: self.node.pair_requests(),
             member_changes: self.node.member_changes(),
             commits: store.commits(),
+            operations: crate::operations::snapshot(),
             chunk_cache: {
                 let c = store.cache_stats();
                 fybrk_control::ChunkCacheStatus {
@@ -94,10 +95,16 @@ impl Handler for Control {
     }
 
     fn verify(&self, _: fybrk_control::Verify) -> Result<VerifyReply> {
-        Ok(verify_reply(self.fs.store().verify()?))
+        let op = crate::operations::start("verify");
+        let report = self
+            .fs
+            .store()
+            .verify_with(&|done, total| op.set(done, total))?;
+        Ok(verify_reply(report))
     }
 
     fn gc(&self, _: Gc) -> Result<GcReply> {
+        let _op = crate::operations::start("gc");
         crate::history::collect(&self.fs.store(), &self.options.retention)
     }
 
@@ -167,6 +174,7 @@ impl Handler for Control {
     }
 
     fn restore(&self, req: fybrk_control::Restore) -> Result<RestoreReply> {
+        let _op = crate::operations::start("restore");
         crate::history::restore(&self.fs.store(), &req)
     }
 

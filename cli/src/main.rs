@@ -10,8 +10,10 @@ mod human;
 mod massdel;
 mod mounts;
 mod node;
+mod operations;
 mod pairing;
 mod peers;
+mod progress;
 mod service;
 mod state;
 mod web;
@@ -396,7 +398,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { json } => {
-            let report = match Client::new(state.socket()).call(fybrk_control::Verify, None) {
+            let called = progress::with_progress(&state, "verify", || {
+                Client::new(state.socket()).call(fybrk_control::Verify, None)
+            });
+            let report = match called {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
                     with_offline_store(&state, |s| Ok(control::verify_reply(s.verify()?)))?
@@ -428,7 +433,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Gc { json } => {
-            let r = match Client::new(state.socket()).call(fybrk_control::Gc, None) {
+            let called = progress::with_progress(&state, "gc", || {
+                Client::new(state.socket()).call(fybrk_control::Gc, None)
+            });
+            let r = match called {
                 Ok(v) => v,
                 Err(_) if !state.socket().exists() => {
                     let retention = config::Config::load(cli.config.as_deref(), &state)?.retention;
@@ -480,7 +488,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 version,
                 to,
             };
-            let r = client.call(req, Some(Duration::from_secs(3600)))?;
+            let r = progress::with_progress(&state, "restore", || {
+                client.call(req, Some(Duration::from_secs(3600)))
+            })?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else if r.restored + r.deleted == 0 {

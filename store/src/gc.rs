@@ -103,6 +103,21 @@ impl Store {
     /// the change log and the records agree. Works on a consistent snapshot while the store is
     /// in use.
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(&|_, _| {})
+    }
+
+    /// [`Store::verify`], telling `progress` how far it is now and then: items checked so far
+    /// and about how many there are (chunks, then records; the total is an estimate from the
+    /// store's totals, so `done` may pass it a little).
+    pub fn verify_with(&self, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport> {
+        let totals = self.stats();
+        let total = totals.chunks + totals.files + totals.dirs + totals.symlinks;
+        let tick = |report: &VerifyReport| {
+            let done = report.chunks_checked + report.records_checked;
+            if done & 255 == 0 {
+                progress(done, total.max(done));
+            }
+        };
         let db = &self.inner.db;
         let snap = db.snapshot();
         let mut report = VerifyReport::default();
@@ -119,6 +134,7 @@ impl Store {
                 }
             };
             report.chunks_checked += 1;
+            tick(&report);
             let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
                 report
                     .problems
@@ -155,6 +171,7 @@ impl Store {
                 }
             };
             report.records_checked += 1;
+            tick(&report);
             let record = match decode_record(&key, &value) {
                 Ok(r) => r,
                 Err(e) => {

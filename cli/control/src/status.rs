@@ -67,6 +67,20 @@ pub struct StatusReply {
     /// The cache of decrypted chunks that reads go through.
     #[serde(default)]
     pub chunk_cache: ChunkCacheStatus,
+    /// Long operations running now (verify, gc, restore, join), with how far they are.
+    #[serde(default)]
+    pub operations: Vec<OperationStatus>,
+}
+
+/// A long operation in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationStatus {
+    /// `verify`, `gc`, `restore` or `join`.
+    pub what: String,
+    /// Items done so far.
+    pub done: u64,
+    /// About how many there are (0: not known).
+    pub total: u64,
 }
 
 /// The decrypted-chunk cache in `status`.
@@ -346,6 +360,11 @@ mod tests {
                 at_unix: 1_700_000_000,
             }],
             commits: 5,
+            operations: vec![OperationStatus {
+                what: "verify".into(),
+                done: 1,
+                total: 2,
+            }],
             chunk_cache: ChunkCacheStatus {
                 bytes: 1,
                 budget_bytes: 2,
@@ -409,6 +428,7 @@ mod tests {
             "mass_deletions",
             "member_changes",
             "mount_point",
+            "operations",
             "nat",
             "pair_requests",
             "pending_bytes",

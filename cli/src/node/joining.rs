@@ -31,10 +31,11 @@ impl Shared {
             self.invalidate.clone(),
             self.mass.clone(),
         ));
+        let op = crate::operations::start("join");
         let mut copied_to = 0;
         loop {
             let target = old.sequence();
-            copy_records(&old, &new, copied_to)?;
+            copy_records(&old, &new, copied_to, &|done, total| op.set(done, total))?;
             copied_to = target;
             match self
                 .fs
@@ -83,8 +84,17 @@ pub fn open_store(state: &StateDir, keys: &FolderKeys, device: u64) -> Result<St
 
 /// Copies every change of `from` after sequence `since` into `to` as local changes: file
 /// contents are re-encrypted chunk by chunk (same boundaries, the new folder's ids).
-pub fn copy_records(from: &Store, to: &Store, since: u64) -> Result<()> {
-    for r in from.changes_since(since)? {
+/// `progress` hears the records copied so far and how many there are.
+pub fn copy_records(
+    from: &Store,
+    to: &Store,
+    since: u64,
+    progress: &dyn Fn(u64, u64),
+) -> Result<()> {
+    let changes = from.changes_since(since)?;
+    let total = changes.len() as u64;
+    for (n, r) in changes.into_iter().enumerate() {
+        progress(n as u64, total);
         let exists = to.get(&r.path)?.is_some_and(|t| t.is_live());
         if !r.is_live() {
             if exists {
@@ -132,7 +142,7 @@ pub fn finish_join(state: &StateDir, device: u64) -> Result<()> {
         let old_dir = state.db(&old_keys);
         if old_dir.exists() && old_dir != state.db(&new_keys) {
             let old = open_store(state, &old_keys, device)?;
-            copy_records(&old, &new, 0)?;
+            copy_records(&old, &new, 0, &|_, _| {})?;
             drop(old);
             new.sync()?;
             folder_keys::write(&state.key(), &new_keys)?;

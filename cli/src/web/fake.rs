@@ -37,6 +37,7 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
         pair_requests: Vec::new(),
         member_changes: Vec::new(),
         commits: 0,
+        operations: Vec::new(),
         chunk_cache: Default::default(),
     }
 }
