@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use fybrk_control::{MemberChangeKind, MembersReply, VerifyReply};
+use fybrk_control::{MemberChangeKind, MembersReply, PairWithReply, VerifyReply};
 use fybrk_tests::{
     assert_stays_absent, describe, pair, store_dir, wait_connected, wait_file, wait_for,
     write_file, Gen, Peer, CONNECT_TIMEOUT, STAYS_ABSENT, SYNC_TIMEOUT,
@@ -54,7 +54,24 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
     // Alpha invites bravo, bravo invites charlie: alpha never pairs with charlie.
     pair(&a, &b);
     wait_connected(&a, &b, CONNECT_TIMEOUT);
-    pair(&b, &c);
+    // (Charlie joins with `--json`: each answer a JSON line, the last one `joined`.)
+    let inv = b.invite(&[]);
+    let out = c.run(
+        &["pair-with", "--yes", "--json", &inv.payload],
+        Duration::from_secs(120),
+    );
+    c.check(out.status.success(), || describe(&out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    match serde_json::from_str::<PairWithReply>(&last) {
+        Ok(PairWithReply::Joined { peer }) => {
+            c.check(peer.name == "bravo", || format!("joined {peer:?}"))
+        }
+        other => c.fail(&format!("pair-with --json ended with {last:?}: {other:?}")),
+    }
     let mut want = vec![a.id(), b.id(), c.id()];
     want.sort();
     let list = wait_for("alpha to list charlie as a member", SPREAD, || {

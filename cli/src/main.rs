@@ -133,6 +133,9 @@ enum Cmd {
         /// Share this folder's existing files with the other folder without asking.
         #[arg(long)]
         yes: bool,
+        /// Machine-readable output: each answer as a JSON line (`waiting`, then `joined`).
+        #[arg(long)]
+        json: bool,
     },
     /// List the paired devices.
     Peers {
@@ -350,9 +353,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ),
         Cmd::Approve { id, json } => pairing::decide(&state, &id, true, json),
         Cmd::Deny { id, json } => pairing::decide(&state, &id, false, json),
-        Cmd::PairWith { payload, qr, yes } => {
-            pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes)
-        }
+        Cmd::PairWith {
+            payload,
+            qr,
+            yes,
+            json,
+        } => pairing::pair_with(&state, payload.as_deref(), qr.as_deref(), yes, json),
         Cmd::Peers { json } => pairing::peers(&state, json),
         Cmd::Ping {
             device,

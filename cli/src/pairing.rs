@@ -338,22 +338,31 @@ fn confirm_merge(daemon: &Client, payload: &str, yes: bool) -> Result<()> {
     }
 }
 
-/// `fybrk pair-with`.
+/// `fybrk pair-with`. With `json_out`, the daemon's answers are JSON lines (`PairWithReply`:
+/// `{"waiting": true, ...}` once when the inviting device asks its user, then `{"peer": ...}`).
 pub fn pair_with(
     state: &StateDir,
     payload: Option<&str>,
     qr: Option<&Path>,
     yes: bool,
+    json_out: bool,
 ) -> Result<ExitCode> {
     let payload = invitation_text(payload, qr)?;
     let daemon = Client::new(state.socket());
     confirm_merge(&daemon, &payload, yes)?;
-    let mut reply = daemon.call(
-        fybrk_control::PairWith { payload },
-        Some(Duration::from_secs(300)),
-    )?;
+    // The daemon copies this device's files into the joined folder before it answers
+    // `joined`: that is the long part, drawn as the `join` operation on a terminal.
+    let mut reply = crate::progress::with_progress(state, "join", || {
+        daemon.call(
+            fybrk_control::PairWith { payload },
+            Some(Duration::from_secs(300)),
+        )
+    })?;
     let mut told = false;
     let peer = loop {
+        if json_out && (!told || matches!(reply, PairWithReply::Joined { .. })) {
+            println!("{}", serde_json::to_string(&reply)?);
+        }
         match reply {
             PairWithReply::Joined { peer } => break peer,
             PairWithReply::Waiting {
@@ -363,8 +372,7 @@ pub fn pair_with(
                 deadline_unix,
                 ..
             } => {
-                if !told {
-                    told = true;
+                if !told && !json_out {
                     println!(
                         "{} ({}) is asking its user to allow this device.\n\
                          It must show the same words:\n\n    {code}\n\n\
@@ -373,19 +381,24 @@ pub fn pair_with(
                         inviter.id,
                         fmt_secs(deadline_unix.saturating_sub(unix_now()))
                     );
-                    let _ = std::io::stdout().flush();
                 }
-                reply = daemon.call(
-                    fybrk_control::PairWithWait { join, wait_secs: 2 },
-                    Some(Duration::from_secs(30)),
-                )?;
+                told = true;
+                let _ = std::io::stdout().flush();
+                reply = crate::progress::with_progress(state, "join", || {
+                    daemon.call(
+                        fybrk_control::PairWithWait { join, wait_secs: 2 },
+                        Some(Duration::from_secs(30)),
+                    )
+                })?;
             }
         }
     };
-    println!(
-        "paired with {} ({}); syncing the folder",
-        peer.name, peer.id
-    );
+    if !json_out {
+        println!(
+            "paired with {} ({}); syncing the folder",
+            peer.name, peer.id
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
