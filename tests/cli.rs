@@ -11,8 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use fybrk_control::{MountReply, UnmountReply};
 use fybrk_tests::{
-    describe, is_mounted, pid_alive, signal, wait_until, write_file, Gen, Mount, MountPointGuard,
+    describe, is_mounted, pid_alive, run_timeout, signal, wait_until, write_file, Gen, Mount,
+    MountPointGuard,
 };
 
 /// The command failed and its stderr names the problem (any of `needles`, case-insensitively).
@@ -240,6 +242,32 @@ fn unmount_leaves_an_ordinary_empty_directory() {
     m.check(m.ok(fs::read(m.path("inside")), "read") == b"x", || {
         "data after unmount + mount".into()
     });
+
+    // The same with --json: what a script reads.
+    let pid = m.pid();
+    let unmount_json = |m: &Mount| -> UnmountReply {
+        let out = run_timeout(
+            m.cmd(&["unmount", "--json"]).arg(&m.mnt),
+            Duration::from_secs(60),
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| m.fail(&format!("unmount --json ({e}): {}", describe(&out))))
+    };
+    let r = unmount_json(&m);
+    m.check(r.pid == pid as u32 && r.mount_point == m.mnt, || {
+        format!("unmount --json of daemon {pid}: {r:?}")
+    });
+    m.forget_dead_daemon();
+    let out = m.try_mount_with(&["--json"]);
+    let r: MountReply = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| m.fail(&format!("mount --json ({e}): {}", describe(&out))));
+    m.adopt_daemon();
+    m.check(
+        r.mount_point == m.mnt && r.state_dir == m.state && pid_alive(r.pid as i32),
+        || format!("mount --json: {r:?}"),
+    );
+    let r2 = unmount_json(&m);
+    m.check(r2.pid == r.pid, || format!("{r2:?} after {r:?}"));
 }
 
 fn signal_unmounts_cleanly(sig: i32) {

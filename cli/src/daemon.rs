@@ -30,7 +30,7 @@ const GC_INTERVAL: Duration = Duration::from_secs(600);
 /// the terminal), starts the daemon as a detached child, and returns once it has mounted.
 /// `config` is `--config`; `args` are the command line's (and environment's) options: the
 /// child reads the config file itself, so a TURN password in it never shows in `ps`.
-pub fn spawn(state: &StateDir, config: Option<&Path>, mnt: &Path, args: &MountArgs) -> Result<()> {
+pub fn spawn(state: &StateDir, config: Option<&Path>, mnt: &Path, args: &MountArgs) -> Result<u32> {
     // A bad config file is reported here, on the terminal, before anything starts.
     let options = MountOptions::load(config, state, args)?;
     preflight(state, mnt)?;
@@ -70,15 +70,7 @@ pub fn spawn(state: &StateDir, config: Option<&Path>, mnt: &Path, args: &MountAr
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
     match line.trim_end() {
-        "ready" => {
-            println!(
-                "fybrk: mounted {} (daemon pid {}, state {})",
-                mnt.display(),
-                child.id(),
-                state.root.display()
-            );
-            Ok(())
-        }
+        "ready" => Ok(child.id()),
         other => {
             let _ = child.wait();
             let msg = other.strip_prefix("error: ").unwrap_or(other);

@@ -60,11 +60,17 @@ enum Cmd {
         /// Internal: report readiness on stdout (used when daemonizing).
         #[arg(long, hide = true)]
         notify_ready: bool,
+        /// Machine-readable output once mounted: `mount_point`, `pid`, `state_dir`.
+        #[arg(long, conflicts_with = "foreground")]
+        json: bool,
     },
     /// Unmount DIR and stop its daemon.
     Unmount {
         /// The mount point.
         dir: PathBuf,
+        /// Machine-readable output once unmounted: `mount_point`, `pid` (0: a stale mount).
+        #[arg(long)]
+        json: bool,
     },
     /// Show the folder and its peers: files, sizes, connections, sync progress.
     Status {
@@ -318,14 +324,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             foreground,
             args,
             notify_ready,
+            json,
         } => {
             let mnt = mounts::absolute(&dir)?;
             if foreground {
                 // Resolved once, here; the daemon reports a bad file like any start-up error.
                 let options = MountOptions::load(cli.config.as_deref(), &state, &args);
                 daemon::run(&state, &mnt, options, notify_ready)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let pid = daemon::spawn(&state, cli.config.as_deref(), &mnt, &args)?;
+            if json {
+                let r = fybrk_control::MountReply {
+                    mount_point: mnt,
+                    pid,
+                    state_dir: state.root.clone(),
+                };
+                println!("{}", serde_json::to_string(&r)?);
             } else {
-                daemon::spawn(&state, cli.config.as_deref(), &mnt, &args)?;
+                println!(
+                    "fybrk: mounted {} (daemon pid {pid}, state {})",
+                    mnt.display(),
+                    state.root.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -386,8 +407,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = MountOptions::load(cli.config.as_deref(), &state, &flags)?;
             nat_check(&options.traversal.stun, json)
         }
-        Cmd::Unmount { dir } => {
-            unmount(&state, &mounts::absolute(&dir)?)?;
+        Cmd::Unmount { dir, json } => {
+            let mnt = mounts::absolute(&dir)?;
+            let pid = unmount(&state, &mnt)?;
+            if json {
+                let r = fybrk_control::UnmountReply {
+                    pid,
+                    mount_point: mnt,
+                };
+                println!("{}", serde_json::to_string(&r)?);
+            } else if pid == 0 {
+                println!(
+                    "fybrk: removed a stale mount at {} (its daemon was gone)",
+                    mnt.display()
+                );
+            } else {
+                println!("fybrk: unmounted {}", mnt.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { json, watch } => {
@@ -639,7 +675,9 @@ fn with_offline_store<T>(state: &StateDir, f: impl FnOnce(&Store) -> Result<T>) 
     f(&store)
 }
 
-fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
+/// Unmounts `mnt` and waits for its daemon to exit; the daemon's pid, or 0 when only a stale
+/// mount (its daemon gone) was removed.
+fn unmount(state: &StateDir, mnt: &Path) -> Result<u32> {
     let daemon = Client::new(state.socket());
     match daemon.call(fybrk_control::Status, Some(Duration::from_secs(10))) {
         Ok(s) => {
@@ -660,8 +698,7 @@ fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
                 let alive = pid > 0
                     && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
                 if !alive && mounts::mount_at(mnt).is_none() {
-                    println!("fybrk: unmounted {}", mnt.display());
-                    return Ok(());
+                    return Ok(s.pid);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -673,11 +710,7 @@ fn unmount(state: &StateDir, mnt: &Path) -> Result<()> {
         Err(_) => match mounts::mount_at(mnt) {
             Some(m) if m.is_fybrk() => {
                 mounts::lazy_unmount(mnt)?;
-                println!(
-                    "fybrk: removed a stale mount at {} (its daemon was gone)",
-                    mnt.display()
-                );
-                Ok(())
+                Ok(0)
             }
             _ => bail!(
                 "{} is not mounted by fybrk (state dir {})",

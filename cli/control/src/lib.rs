@@ -47,8 +47,8 @@ pub use pairing::{
 };
 pub use ping::{Ping, PingReply};
 pub use reply::{
-    ErrorReply, GcReply, Mapping, NatCheckReport, PeerInfo, PeerRef, PeersReply, StunAnswer,
-    StunFailure, UnmountReply, VerifyReply,
+    ErrorReply, GcReply, Mapping, MountReply, NatCheckReport, PeerInfo, PeerRef, PeersReply,
+    StunAnswer, StunFailure, UnmountReply, VerifyReply,
 };
 pub use request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 pub use server::Handler;

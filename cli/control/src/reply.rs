@@ -41,13 +41,25 @@ pub struct GcReply {
     pub history_bytes: u64,
 }
 
-/// `unmount`: the daemon answers, then unmounts and exits.
+/// `unmount`: the daemon answers, then unmounts and exits. Also what `fybrk unmount --json`
+/// prints once it is done (`pid` 0: a stale mount whose daemon was gone).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmountReply {
     /// The daemon's process id (it is gone once the unmount is done).
     pub pid: u32,
     /// The mount point it unmounts.
     pub mount_point: PathBuf,
+}
+
+/// What `fybrk mount --json` prints once the folder is mounted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountReply {
+    /// The mount point.
+    pub mount_point: PathBuf,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The state directory it uses.
+    pub state_dir: PathBuf,
 }
 
 /// A device, by id and name: the reply to `unpair`, and part of the pairing replies.
