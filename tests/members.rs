@@ -117,6 +117,11 @@ fn members_spread_and_a_removed_device_is_shut_out_everywhere() {
         shown.contains("charlie") && shown.contains("added by bravo"),
         || format!("`fybrk status` should announce the join:\n{shown}"),
     );
+    let bravo = list.members.iter().find(|m| m.id == b.id()).unwrap();
+    a.check(
+        bravo.connected && bravo.path.is_some() && bravo.quality.is_some(),
+        || format!("a connected member shows its path and quality: {bravo:?}"),
+    );
     let text = a.run(&["members"], Duration::from_secs(30));
     let shown = String::from_utf8_lossy(&text.stdout).into_owned();
     a.check(

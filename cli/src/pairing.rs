@@ -452,7 +452,12 @@ pub fn members(state: &StateDir, json_out: bool) -> Result<ExitCode> {
         let state = if m.this_device {
             "this device".to_string()
         } else if m.connected {
-            "connected".to_string()
+            match (m.path, m.quality, m.rtt_ms) {
+                (Some(path), Some(q), Some(rtt)) => {
+                    format!("connected ({}, {rtt:.1} ms, {})", path.as_str(), q.as_str())
+                }
+                _ => "connected".to_string(),
+            }
         } else {
             match m.last_seen_unix {
                 Some(t) => format!("last seen {} ago", fmt_secs(unix_now().saturating_sub(t))),

@@ -15,7 +15,7 @@ pub struct Remove {
 }
 
 /// `members`: every member, who added it, and how it is connected to this device.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MembersReply {
     /// Whether the list has been founded (a device that joined and has not heard from any
     /// member yet has an empty list).
@@ -33,7 +33,7 @@ pub struct MembersReply {
 }
 
 /// One member in `members`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemberInfo {
     /// Its device id.
     pub id: String,
@@ -51,6 +51,15 @@ pub struct MemberInfo {
     pub connected: bool,
     /// When this device last had a link to it (unix seconds), if ever.
     pub last_seen_unix: Option<u64>,
+    /// The link's path, while connected (as in `status`).
+    #[serde(default)]
+    pub path: Option<crate::PathKind>,
+    /// The link's quality, while connected (as in `status`).
+    #[serde(default)]
+    pub quality: Option<crate::Quality>,
+    /// The link's round trip in milliseconds, while connected.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 #[cfg(test)]
@@ -71,13 +80,17 @@ mod tests {
                 this_device: false,
                 connected: true,
                 last_seen_unix: Some(6),
+                path: Some(crate::PathKind::Lan),
+                quality: Some(crate::Quality::Excellent),
+                rtt_ms: Some(0.5),
             }],
             keys: 2,
             current_key: "00000000000000ab".into(),
         };
         let wire = json!({"founded": true, "members": [{"id": "AAAAAAA", "name": "laptop",
             "added_by": "BBBBBBB", "added_by_name": "desk", "added_unix": 5,
-            "this_device": false, "connected": true, "last_seen_unix": 6}],
+            "this_device": false, "connected": true, "last_seen_unix": 6,
+            "path": "lan", "quality": "excellent", "rtt_ms": 0.5}],
             "keys": 2, "current_key": "00000000000000ab"});
         assert_eq!(serde_json::to_value(&r).unwrap(), wire);
         assert_eq!(serde_json::from_value::<MembersReply>(wire).unwrap(), r);

@@ -135,6 +135,8 @@ impl Node {
 
 impl Shared {
     fn members_reply(&self) -> MembersReply {
+        // Taken first: it locks the links and the book itself.
+        let net = self.status();
         let log = lock(&self.members);
         let book = lock(&self.book);
         let links = lock(&self.links);
@@ -155,7 +157,14 @@ impl Shared {
                 .iter()
                 .map(|m| {
                     let id = DeviceId::from_bytes(m.device);
+                    let link = net
+                        .peers
+                        .iter()
+                        .find(|p| p.connected && p.id == id.to_string());
                     MemberInfo {
+                        path: link.and_then(|p| p.path),
+                        quality: link.and_then(|p| p.quality),
+                        rtt_ms: link.and_then(|p| p.rtt_ms),
                         id: id.to_string(),
                         name: m.name.clone(),
                         added_by: DeviceId::from_bytes(m.added_by).to_string(),

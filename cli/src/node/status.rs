@@ -128,7 +128,7 @@ impl Shared {
         })
     }
 
-    fn status(&self) -> NetworkStatus {
+    pub(super) fn status(&self) -> NetworkStatus {
         let links = lock(&self.links);
         let book = lock(&self.book);
         let mut pending_items = 0;
