@@ -269,7 +269,7 @@ fn hand_over(state: &StateDir, mnt: &Path, unit_pid: u32) -> Result<()> {
         mnt.display(),
         s.pid
     );
-    crate::unmount(state, mnt)
+    crate::unmount(state, mnt).map(drop)
 }
 
 /// Replaces the unit file atomically (a half-written unit must never be loaded).
