@@ -210,6 +210,39 @@ struct Tally {
     hung: usize,
 }
 
+/// What one worker saw over its share of the .t files.
+#[derive(Default)]
+struct Outcome {
+    tally: Tally,
+    per_class: BTreeMap<String, usize>,
+    problems: String,
+    now_passing: String,
+    /// The file after which the mount stopped answering, if it did.
+    mount_died: Option<String>,
+}
+
+impl Outcome {
+    fn add(&mut self, o: Outcome) {
+        self.tally.ok += o.tally.ok;
+        self.tally.expected_fail += o.tally.expected_fail;
+        self.tally.unexpected += o.tally.unexpected;
+        self.tally.hung += o.tally.hung;
+        for (class, n) in o.per_class {
+            *self.per_class.entry(class).or_default() += n;
+        }
+        self.problems.push_str(&o.problems);
+        self.now_passing.push_str(&o.now_passing);
+        if self.mount_died.is_none() {
+            self.mount_died = o.mount_died;
+        }
+    }
+}
+
+/// Two workers, each with its own mount and every other file: most of the time goes to the
+/// scripts' own sleeps (chown/00.t alone sleeps 50 times), which overlap; one mount at a time
+/// took 230 s of CI.
+const WORKERS: usize = 2;
+
 #[test]
 fn pjdfstest_passes_or_fails_only_as_expected() {
     let pjd = pjd_dir();
@@ -233,17 +266,71 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
     assert!(files.len() > 200, "only {} .t files found", files.len());
     let expected = load_expected(&files);
     let only = std::env::var("PJDFS_ONLY").unwrap_or_default();
+    let files: Vec<String> = files.into_iter().filter(|f| f.contains(&only)).collect();
 
-    let Some(m) = Mount::start() else { return };
-    let pid = m.pid();
+    let mut mounts = Vec::new();
+    for _ in 0..WORKERS {
+        let Some(m) = Mount::start() else { return };
+        mounts.push(m);
+    }
     let started = Instant::now();
-    let mut tally = Tally::default();
-    let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
-    let mut problems = String::new();
-    let mut now_passing = String::new();
-    let mut mount_died = None;
+    let mut all = Outcome::default();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = mounts
+            .iter()
+            .enumerate()
+            .map(|(w, m)| {
+                let mine: Vec<&String> = files.iter().skip(w).step_by(WORKERS).collect();
+                let (expected, tests_dir) = (&expected, &tests_dir);
+                scope.spawn(move || run_files(m, &mine, expected, tests_dir))
+            })
+            .collect();
+        for w in workers {
+            all.add(w.join().expect("a pjdfstest worker panicked"));
+        }
+    });
 
-    for file in files.iter().filter(|f| f.contains(&only)) {
+    let secs = started.elapsed().as_secs();
+    let tally = &all.tally;
+    let mut summary = format!(
+        "\npjdfstest on fybrk: {} files in {secs} s ({WORKERS} mounts)\n  ok              {}\n  \
+         expected-fail   {}\n  unexpected      {}\n  hung            {}\n  failing tests by class:",
+        tally.ok + tally.expected_fail + tally.unexpected + tally.hung,
+        tally.ok,
+        tally.expected_fail,
+        tally.unexpected,
+        tally.hung
+    );
+    for (class, n) in &all.per_class {
+        let _ = write!(summary, " {class} {n},");
+    }
+    if summary.ends_with(',') {
+        summary.pop();
+    }
+    eprintln!("{summary}\n{}", all.now_passing);
+
+    let m = &mounts[0];
+    if let Some(file) = all.mount_died {
+        m.fail(&format!(
+            "a mount stopped answering after {file}\n{}",
+            all.problems
+        ));
+    }
+    if !all.problems.is_empty() {
+        m.fail(&format!("{}{summary}", all.problems));
+    }
+}
+
+/// Runs `files` one after another on mount `m`, each from an empty folder.
+fn run_files(
+    m: &Mount,
+    files: &[&String],
+    expected: &BTreeMap<String, Vec<Expected>>,
+    tests_dir: &Path,
+) -> Outcome {
+    let pid = m.pid();
+    let mut o = Outcome::default();
+    for &file in files {
         let t0 = Instant::now();
         let (status, output) = run_group(
             Command::new("prove")
@@ -260,9 +347,9 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
             .unwrap_or_default();
         match status {
             None => {
-                tally.hung += 1;
+                o.tally.hung += 1;
                 let _ = writeln!(
-                    problems,
+                    o.problems,
                     "HUNG {file}: killed after {FILE_TIMEOUT:?}\n{output}"
                 );
             }
@@ -276,27 +363,27 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
                 let new: BTreeSet<u32> = got.difference(&want).copied().collect();
                 let gone: BTreeSet<u32> = want.difference(&got).copied().collect();
                 if !new.is_empty() {
-                    tally.unexpected += 1;
+                    o.tally.unexpected += 1;
                     let _ = writeln!(
-                        problems,
+                        o.problems,
                         "UNEXPECTED {file}: tests {} fail and are not in expected.txt (0 = the \
                          script died or broke its plan)\n{output}",
                         format_numbers(&new)
                     );
                 } else if got.is_empty() {
-                    tally.ok += 1;
+                    o.tally.ok += 1;
                 } else {
-                    tally.expected_fail += 1;
+                    o.tally.expected_fail += 1;
                 }
                 if !gone.is_empty() {
                     let _ = writeln!(
-                        now_passing,
+                        o.now_passing,
                         "now passes: remove from expected.txt: {file} {}",
                         format_numbers(&gone)
                     );
                 }
                 for e in expected.get(file).into_iter().flatten() {
-                    *per_class.entry(e.class.clone()).or_default() +=
+                    *o.per_class.entry(e.class.clone()).or_default() +=
                         e.numbers.intersection(&got).count();
                 }
             }
@@ -304,7 +391,7 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
         eprintln!("pjdfs: {secs:5.1}s {file} {verdict}");
 
         if !pid_alive(pid) || !is_mounted(&m.mnt) || !answers(&m.mnt) {
-            mount_died = Some(file.clone());
+            o.mount_died = Some(file.clone());
             break;
         }
         // pjdfstest leaves files behind when a test fails; each file starts from an empty folder.
@@ -322,39 +409,13 @@ fn pjdfstest_passes_or_fails_only_as_expected() {
             .unwrap_or_default();
         if status.is_none() || !left.is_empty() {
             let _ = writeln!(
-                problems,
+                o.problems,
                 "CLEANUP after {file}: could not empty the mount ({status:?}, left {left:?})\n{output}"
             );
             break;
         }
     }
-
-    let secs = started.elapsed().as_secs();
-    let mut summary = format!(
-        "\npjdfstest on fybrk: {} files in {secs} s\n  ok              {}\n  expected-fail   {}\n  \
-         unexpected      {}\n  hung            {}\n  failing tests by class:",
-        tally.ok + tally.expected_fail + tally.unexpected + tally.hung,
-        tally.ok,
-        tally.expected_fail,
-        tally.unexpected,
-        tally.hung
-    );
-    for (class, n) in &per_class {
-        let _ = write!(summary, " {class} {n},");
-    }
-    if summary.ends_with(',') {
-        summary.pop();
-    }
-    eprintln!("{summary}\n{now_passing}");
-
-    if let Some(file) = mount_died {
-        m.fail(&format!(
-            "the mount stopped answering after {file}\n{problems}"
-        ));
-    }
-    if !problems.is_empty() {
-        m.fail(&format!("{problems}{summary}"));
-    }
+    o
 }
 
 /// expected.txt parses, names only existing .t files and known classes (no mount needed).
