@@ -150,6 +150,17 @@ fn log(p: &Peer, path: &str) -> LogReply {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Bravo, paired with and connected to `a`, and `a`'s page: its URL with the token, its address
+/// and an `Authorization` header line.
+fn paired_page(a: &Peer) -> Option<(Peer, String, String, String)> {
+    let b = peer("bravo")?;
+    pair(a, &b);
+    wait_connected(a, &b, CONNECT_TIMEOUT);
+    let (url, addr) = web(a);
+    let bearer = format!("Authorization: Bearer {}\r\n", token(a));
+    Some((b, url, addr, bearer))
+}
+
 #[test]
 fn the_page_shows_the_peer_restores_a_version_and_refuses_strangers() {
     let Some(a) = peer("alpha") else {
@@ -158,13 +169,9 @@ fn the_page_shows_the_peer_restores_a_version_and_refuses_strangers() {
     if !have_tool("chromium") || !have_tool("chromedriver") {
         return;
     }
-    let Some(b) = peer("bravo") else {
+    let Some((b, url, addr, bearer)) = paired_page(&a) else {
         return;
     };
-    pair(&a, &b);
-    wait_connected(&a, &b, CONNECT_TIMEOUT);
-    let (url, addr) = web(&a);
-    let bearer = format!("Authorization: Bearer {}\r\n", token(&a));
 
     // Strangers: no token, a rebinding Host, a cross-site form.
     assert_eq!(get(&addr, "/", "").0, 401);
@@ -306,13 +313,9 @@ fn metrics_parse_and_carry_the_series() {
     let Some(py) = prometheus_python() else {
         return;
     };
-    let Some(b) = peer("bravo") else {
+    let Some((b, url, addr, bearer)) = paired_page(&a) else {
         return;
     };
-    pair(&a, &b);
-    wait_connected(&a, &b, CONNECT_TIMEOUT);
-    let (url, addr) = web(&a);
-    let bearer = format!("Authorization: Bearer {}\r\n", token(&a));
 
     // With a display and $BROWSER, `fybrk web` starts it on the URL.
     let seen = a.root().join("browser-saw");

@@ -101,6 +101,11 @@ impl Keys {
         Ok(())
     }
 
+    /// Whether the folder's first key is the only one (a folder nobody was removed from).
+    pub(crate) fn only_first(&self) -> bool {
+        self.read().by_id.len() == 1
+    }
+
     /// The ids of every known key.
     pub(crate) fn ids(&self) -> Vec<KeyId> {
         let mut ids: Vec<KeyId> = self.read().by_id.keys().copied().collect();

@@ -250,6 +250,18 @@ impl Store {
         self.inner.keys.ids()
     }
 
+    /// The key to open chunk `id` with on a local read: without a refs lookup while the store
+    /// knows only the folder's first key (every folder nobody was removed from), so reads cost
+    /// what they did before keys rotated; a failed open then looks the key up (see
+    /// `read_chunk`). `None`: not stored (only known with several keys; with one, the chunk read
+    /// that follows says so).
+    pub(crate) fn sealing_key(&self, id: &ChunkId) -> Result<Option<KeyId>> {
+        if self.inner.keys.only_first() {
+            return Ok(Some(crate::FIRST_KEY));
+        }
+        self.chunk_key(id)
+    }
+
     /// The key chunk `id` is sealed under (`None`: not stored).
     pub fn chunk_key(&self, id: &ChunkId) -> Result<Option<KeyId>> {
         let Some(v) = self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? else {
