@@ -134,6 +134,7 @@ fn open_store(dir: &std::path::Path, device: u64) -> Store {
             cache_bytes: 1 << 20,
             device: Some(device),
             folder_id: None,
+            cache_budget: None,
         },
     )
     .unwrap()

@@ -1110,6 +1110,8 @@ pub struct Peer {
     pub name: String,
     listen: Option<String>,
     id: Option<String>,
+    /// More `mount` arguments for every [`Peer::up`] (`--on-demand`, `--cache 64M`, ...).
+    pub mount_args: Vec<String>,
 }
 
 impl std::ops::Deref for Peer {
@@ -1144,6 +1146,7 @@ impl Peer {
             name: name.to_string(),
             listen: None,
             id: None,
+            mount_args: Vec::new(),
         })
     }
 
@@ -1162,8 +1165,10 @@ impl Peer {
             .clone()
             .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let name = self.name.clone();
-        self.m
-            .mount_with(&["--listen", listen.as_str(), "--name", name.as_str()]);
+        let mut args = vec!["--listen", listen.as_str(), "--name", name.as_str()];
+        let extra = self.mount_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        self.m.mount_with(&args);
         let st = self.m.status_json();
         // A typed `SocketAddr`: ip:port by construction.
         let listen_addr = st.network.listen_addr;

@@ -12,6 +12,25 @@ pub struct MountArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// What this device keeps (`mount` options; also the config file's `on_demand` and `cache`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StorageArgs {
+    /// Show every file but keep content only as the cache allows: content is fetched from
+    /// other devices when read (also the config file's `on_demand = true`).
+    #[arg(long, conflicts_with = "full")]
+    pub on_demand: bool,
+    /// Keep all content on this device (the default; overrides the config file's
+    /// `on_demand = true`).
+    #[arg(long)]
+    pub full: bool,
+    /// Most content an on-demand device keeps, e.g. 20G or 512M (implies --on-demand; also the
+    /// config file's `cache`). Default 10G.
+    #[arg(long, value_name = "SIZE", value_parser = crate::config::parse_cache_size, conflicts_with = "full")]
+    pub cache: Option<u64>,
 }
 
 /// How the daemon talks to other devices (`mount` options). Each is also a key of the config
@@ -72,6 +91,16 @@ impl MountArgs {
         }
         if let Some(p) = net.lan_discovery_port {
             out.extend(["--lan-discovery-port".to_string(), p.to_string()]);
+        }
+        let storage = &self.storage;
+        if storage.on_demand {
+            out.push("--on-demand".to_string());
+        }
+        if storage.full {
+            out.push("--full".to_string());
+        }
+        if let Some(c) = storage.cache {
+            out.extend(["--cache".to_string(), c.to_string()]);
         }
         out
     }

@@ -59,6 +59,10 @@ pub struct Config {
     pub retention: Retention,
     /// `web`, `web_listen` and `metrics_listen`.
     pub web: WebOptions,
+    /// `on_demand`.
+    pub on_demand: Option<bool>,
+    /// `cache`, in bytes.
+    pub cache: Option<u64>,
 }
 
 /// The local web page's and `/metrics`' listeners (`web`, `web_listen`, `metrics_listen`).
@@ -125,6 +129,8 @@ struct Raw {
     web: Option<bool>,
     web_listen: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    on_demand: Option<bool>,
+    cache: Option<Spanned<String>>,
 }
 
 /// `[history]` as written.
@@ -280,8 +286,17 @@ impl Config {
         if let Some(v) = &raw.metrics_listen {
             web.metrics_listen = Some(addr("metrics_listen", v)?);
         }
+        let cache = match &raw.cache {
+            None => None,
+            Some(v) => Some(
+                parse_cache_size(v.get_ref())
+                    .map_err(|why| invalid(Some(v.span()), format!("cache: {why}")))?,
+            ),
+        };
         let text = |v: Option<Spanned<String>>| v.map(|v| v.into_inner().trim().to_string());
         Ok(Config {
+            on_demand: raw.on_demand,
+            cache,
             web,
             retention,
             path: Some(path.to_path_buf()),
@@ -318,6 +333,9 @@ pub struct MountOptions {
     pub retention: Retention,
     /// The web page and `/metrics` (the file's `web`, `web_listen`, `metrics_listen`; no flag).
     pub web: WebOptions,
+    /// `Some(bytes)`: an on-demand device with this cache (`--on-demand`, `--cache`, the
+    /// file's `on_demand` and `cache`; `--full` wins). `None`: a full device.
+    pub cache_budget: Option<u64>,
 }
 
 impl MountOptions {
@@ -369,8 +387,30 @@ impl MountOptions {
             },
             retention: file.retention,
             web: file.web,
+            cache_budget: {
+                let s = &args.storage;
+                let on_demand = !s.full
+                    && (s.on_demand || s.cache.is_some() || file.on_demand.unwrap_or(false));
+                on_demand.then(|| s.cache.or(file.cache).unwrap_or(DEFAULT_CACHE))
+            },
         }
     }
+}
+
+/// An on-demand device's cache when neither `--cache` nor `cache` says.
+pub const DEFAULT_CACHE: u64 = 10 << 30;
+
+/// The smallest cache: a few chunks of the largest size for every read in flight, and room
+/// for the content written here that no other device has yet.
+const MIN_CACHE: u64 = 16 << 20;
+
+/// `--cache` and `cache`: a size ([`parse_size`]) of at least 16 MiB.
+pub fn parse_cache_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < MIN_CACHE {
+        return Err(format!("{s:?} is less than the smallest cache, 16M"));
+    }
+    Ok(n)
 }
 
 /// Checks `HOST:PORT` (a rendezvous server's port has no default). The name is looked up when
@@ -677,6 +717,40 @@ turn = "turn:file.example.org:1?user=u&pass=p"
     }
 
     #[test]
+    fn on_demand_and_its_cache_come_from_flags_or_the_file() {
+        let path = Path::new("/etc/fybrk.toml");
+        let file = Config::parse("on_demand = true\ncache = \"20G\"\n", path).unwrap();
+        let none = MountArgs::default();
+        let o = MountOptions::resolve(&file, &none, None);
+        assert_eq!(o.cache_budget, Some(20 << 30));
+        let mut full = MountArgs::default();
+        full.storage.full = true;
+        assert_eq!(MountOptions::resolve(&file, &full, None).cache_budget, None);
+        let mut small = MountArgs::default();
+        small.storage.cache = Some(64 << 20);
+        let plain = Config::default();
+        assert_eq!(
+            MountOptions::resolve(&plain, &small, None).cache_budget,
+            Some(64 << 20),
+            "--cache implies --on-demand"
+        );
+        assert_eq!(
+            MountOptions::resolve(&plain, &none, None).cache_budget,
+            None
+        );
+        let mut flag = MountArgs::default();
+        flag.storage.on_demand = true;
+        assert_eq!(
+            MountOptions::resolve(&plain, &flag, None).cache_budget,
+            Some(DEFAULT_CACHE)
+        );
+        let bad = Config::parse("cache = \"1M\"\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("cache") && bad.contains("16M"), "{bad}");
+    }
+
+    #[test]
     fn the_command_line_wins_over_the_file() {
         let cli = MountArgs {
             name: Some("cli-name".into()),
@@ -687,6 +761,7 @@ turn = "turn:file.example.org:1?user=u&pass=p"
                 turn: Some("turn:cli.example.org:2?user=c&pass=c".into()),
                 ..NetArgs::default()
             },
+            storage: Default::default(),
         };
         let o = MountOptions::resolve(&file(), &cli, Some("env-stun:3"));
         assert_eq!(Some(o.listen.addr), cli.net.listen);

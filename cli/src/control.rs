@@ -82,6 +82,7 @@ impl Handler for Control {
             member_changes: self.node.member_changes(),
             commits: store.commits(),
             operations: crate::operations::snapshot(),
+            storage: crate::ondemand::status(&self.fs)?,
             chunk_cache: {
                 let c = store.cache_stats();
                 fybrk_control::ChunkCacheStatus {
@@ -176,6 +177,22 @@ impl Handler for Control {
     fn restore(&self, req: fybrk_control::Restore) -> Result<RestoreReply> {
         let _op = crate::operations::start("restore");
         crate::history::restore(&self.fs.store(), &req)
+    }
+
+    fn pin(&self, req: fybrk_control::Pin) -> Result<fybrk_control::PinReply> {
+        crate::ondemand::pin(&self.fs.store(), &req.paths)
+    }
+
+    fn unpin(&self, req: fybrk_control::Unpin) -> Result<fybrk_control::PinReply> {
+        crate::ondemand::unpin(&self.fs.store(), &req.paths)
+    }
+
+    fn free(&self, req: fybrk_control::Free) -> Result<fybrk_control::FreeReply> {
+        crate::ondemand::free(&self.fs.store(), &req.paths)
+    }
+
+    fn ls(&self, req: fybrk_control::Ls) -> Result<fybrk_control::LsReply> {
+        crate::ondemand::ls(&self.fs.store(), &req.path)
     }
 
     fn ping(&self, req: fybrk_control::Ping) -> Result<fybrk_control::PingReply> {

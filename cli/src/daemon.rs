@@ -222,6 +222,7 @@ fn start(state: &StateDir, mnt: &Path, options: MountOptions) -> Result<Daemon> 
     let keys = state.load_or_create_keys()?;
     let store_options = StoreOptions {
         device: Some(identity.id.short()),
+        cache_budget: options.cache_budget,
         ..StoreOptions::default()
     };
     let db = state.db(&keys);
@@ -361,6 +362,12 @@ impl Daemon {
         }
         // The web page answers through the same handler as the control socket.
         crate::web::start(&self.state, self.options.web, handler());
+        if self.options.cache_budget.is_some() {
+            let fs = self.fs.clone();
+            std::thread::Builder::new()
+                .name("evict".into())
+                .spawn(move || crate::ondemand::evict_forever(&fs))?;
+        }
         {
             let fs = self.fs.clone();
             let retention = self.options.retention;
@@ -376,6 +383,9 @@ impl Daemon {
         // `destroy` committed open files; make sure everything is on disk before we go.
         if let Err(e) = self.fs.flush_all() {
             tracing::error!(error = %e, "could not commit every open file");
+        }
+        if let Err(e) = self.fs.store().flush_to_disk() {
+            tracing::error!(error = %e, "could not write the store's memory tables to disk");
         }
         let _ = std::fs::remove_file(self.state.socket());
         crate::web::stopped(&self.state);

@@ -57,6 +57,46 @@ fn last_seen(unix: Option<u64>) -> String {
 }
 
 /// `fybrk status`.
+/// `status`'s storage lines: shown for an on-demand device, or when something is pinned or
+/// unreadable.
+fn print_storage(st: &fybrk_control::StorageStatus) {
+    if let (Some(budget), Some(used)) = (st.cache_budget, st.cache_used) {
+        println!(
+            "on demand     {} of {} content here; cache {} of {}",
+            human_bytes(st.local_bytes),
+            human_bytes(st.total_bytes),
+            human_bytes(used),
+            human_bytes(budget)
+        );
+    }
+    if !st.pinned.is_empty() {
+        let list: Vec<&str> = st
+            .pinned
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    "(whole folder)"
+                } else {
+                    p.as_str()
+                }
+            })
+            .collect();
+        println!(
+            "pinned        {} ({})",
+            list.join(", "),
+            human_bytes(st.pinned_bytes)
+        );
+    }
+    for u in &st.unreadable {
+        println!(
+            "UNREADABLE    {} at {}: {}",
+            u.path,
+            fybrk_fs::when::format_local(u.at_ns),
+            u.reason
+        );
+    }
+}
+
 pub fn print_status(s: &StatusReply) {
     println!("device        {} ({})", s.device_name, s.device_id);
     println!("mount point   {}", s.mount_point.display());
@@ -108,6 +148,7 @@ pub fn print_status(s: &StatusReply) {
         human_bytes(s.stored_bytes),
         s.chunks
     );
+    print_storage(&s.storage);
     println!("dedup ratio   {:.2}x", s.dedup_ratio);
     let net = &s.network;
     println!("listening     {} (UDP)", net.listen_addr);

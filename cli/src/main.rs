@@ -10,12 +10,14 @@ mod human;
 mod massdel;
 mod mounts;
 mod node;
+mod ondemand;
 mod operations;
 mod pairing;
 mod peers;
 mod progress;
 mod service;
 mod state;
+mod storage_cmd;
 mod web;
 
 use std::path::{Path, PathBuf};
@@ -232,6 +234,45 @@ enum Cmd {
         /// Show at most this many versions.
         #[arg(long, short = 'n', value_name = "N")]
         limit: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep files on this device whatever its cache needs (an on-demand device), and fetch
+    /// what they lack now.
+    Pin {
+        /// Files or directories in the mounted folder (absolute, or relative to the current
+        /// directory); `/` is the whole folder.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop keeping files on this device whatever its cache needs.
+    Unpin {
+        /// Files or directories as pinned.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the local content of files now (an on-demand device), where another device keeps
+    /// it; they stay visible and are fetched again when read.
+    Free {
+        /// Files or directories in the mounted folder.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory (or one file) with where each file's content is: local, partial or
+    /// remote, and whether it is pinned.
+    Ls {
+        /// A directory or file in the mounted folder (default: the current directory).
+        path: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -499,6 +540,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Pin { paths, json } => storage_cmd::pin(&state, &paths, json),
+        Cmd::Unpin { paths, json } => storage_cmd::unpin(&state, &paths, json),
+        Cmd::Free { paths, json } => storage_cmd::free(&state, &paths, json),
+        Cmd::Ls { path, json } => storage_cmd::ls(&state, path, json),
         Cmd::Log { path, limit, json } => {
             let client = Client::new(state.socket());
             let path = history::folder_path(&client, &path)?;

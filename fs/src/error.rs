@@ -77,6 +77,9 @@ impl FsError {
             FsError::Busy => libc::EBUSY,
             FsError::ReadOnly => libc::EROFS,
             FsError::Store(e) if e.is_disk_full() => libc::ENOSPC,
+            // Content held by other devices that none could supply (an on-demand device
+            // offline, say): "No route to host" says where the bytes are.
+            FsError::Store(StoreError::Unavailable { .. }) => libc::EHOSTUNREACH,
             FsError::Store(_) => libc::EIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

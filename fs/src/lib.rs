@@ -33,6 +33,6 @@ mod travel_tests;
 pub mod when;
 
 pub use error::{FsError, FsResult};
-pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};
+pub use fs::{Attr, DirEntry, Fs, FsConfig, Invalidation, OpenMode, SetAttr, StatFs, Unreadable};
 pub use inodes::ROOT;
 pub use layout::MAX_FILE_SIZE;

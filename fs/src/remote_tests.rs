@@ -20,6 +20,7 @@ fn fs(dir: &tempfile::TempDir) -> Fs {
             cache_bytes: 1 << 20,
             device: Some(1),
             folder_id: None,
+            cache_budget: None,
         },
     )
     .unwrap();

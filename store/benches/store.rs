@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
             cache_bytes: 0,
             device: None,
             folder_id: None,
+            cache_budget: None,
         },
     )
     .expect("open");

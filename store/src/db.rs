@@ -3,7 +3,7 @@
 //! | column family | key | value |
 //! | --- | --- | --- |
 //! | `chunks` | chunk id | sealed chunk (blob files) |
-//! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length (+ the key it is sealed under, when not the first) |
+//! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length (+ the key it is sealed under, when not the first) (+ flags: not held here, held by a peer) |
 //! | `orphans` | chunk id | empty: the chunk's count reached 0, GC should look at it |
 //! | `records` | [`crate::record::path_key`] | postcard [`crate::FileRecord`] |
 //! | `log` | local sequence number (big endian) | path key of the record it changed |
@@ -25,24 +25,39 @@ pub(crate) const LOG: &str = "log";
 pub(crate) const META: &str = "meta";
 pub(crate) const HISTORY: &str = "history";
 
-/// Per-chunk bookkeeping: how many record slots use it, how many bytes it takes on disk and
-/// which of the folder's keys seals it.
+/// Per-chunk bookkeeping: how many record slots use it, how many bytes it takes on disk,
+/// which of the folder's keys seals it, and whether its bytes are here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RefEntry {
     pub count: u64,
+    /// Sealed bytes; for a chunk that is [`RefEntry::ABSENT`], what a peer's record claims
+    /// (checked when the bytes arrive).
     pub sealed_len: u32,
+    /// For an absent chunk, unknown until the bytes arrive: [`FIRST_KEY`] meanwhile.
     pub key: KeyId,
+    pub flags: u8,
 }
 
 impl RefEntry {
-    /// 12 bytes under the folder's first key (the layout from before keys rotated, so those
-    /// stores read as they are), 20 with a later key's id.
+    /// Referenced by records here but not stored here (an on-demand device's remote content,
+    /// or content it evicted): reads fetch it from a peer.
+    pub const ABSENT: u8 = 1;
+    /// Another device has it: fetched from a peer that held it, or a full peer said it keeps
+    /// it. Only such chunks may be evicted (a chunk only this device has is never dropped).
+    pub const ELSEWHERE: u8 = 2;
+
+    /// 12 bytes under the folder's first key with no flags (the layout from before keys
+    /// rotated, so those stores read as they are), 20 with a later key's id; a flags byte
+    /// makes them 13 and 21.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20);
+        let mut out = Vec::with_capacity(21);
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.sealed_len.to_le_bytes());
         if self.key != FIRST_KEY {
             out.extend_from_slice(&self.key.to_le_bytes());
+        }
+        if self.flags != 0 {
+            out.push(self.flags);
         }
         out
     }
@@ -50,16 +65,29 @@ impl RefEntry {
     pub fn decode(bytes: &[u8]) -> Option<RefEntry> {
         let count = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
         let sealed_len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
-        let key = match bytes.get(12..) {
-            Some([]) => FIRST_KEY,
-            Some(k) => u64::from_le_bytes(k.try_into().ok()?),
-            None => return None,
+        let (key, flags) = match bytes.get(12..)? {
+            [] => (FIRST_KEY, 0),
+            [f] => (FIRST_KEY, *f),
+            k if k.len() == 8 => (u64::from_le_bytes(k.try_into().ok()?), 0),
+            k if k.len() == 9 => (u64::from_le_bytes(k[..8].try_into().ok()?), k[8]),
+            _ => return None,
         };
         Some(RefEntry {
             count,
             sealed_len,
             key,
+            flags,
         })
+    }
+
+    /// True when the chunk's bytes are stored here.
+    pub fn is_here(&self) -> bool {
+        self.flags & Self::ABSENT == 0
+    }
+
+    /// True when another device is known to have the chunk.
+    pub fn is_elsewhere(&self) -> bool {
+        self.flags & Self::ELSEWHERE != 0
     }
 }
 
@@ -122,6 +150,7 @@ mod tests {
             count: 7,
             sealed_len: 65_564,
             key: FIRST_KEY,
+            flags: 0,
         };
         assert_eq!(
             e.encode().len(),
@@ -136,5 +165,30 @@ mod tests {
         assert_eq!(RefEntry::decode(&later.encode()), Some(later));
         assert_eq!(RefEntry::decode(&[1, 2]), None);
         assert_eq!(RefEntry::decode(&[0; 15]), None, "a torn key id");
+        for flags in [RefEntry::ABSENT, RefEntry::ELSEWHERE, 3] {
+            for key in [FIRST_KEY, 0xabcd_0001] {
+                let f = RefEntry { flags, key, ..e };
+                assert_eq!(RefEntry::decode(&f.encode()), Some(f));
+            }
+        }
+        assert!(
+            RefEntry {
+                flags: RefEntry::ABSENT,
+                ..e
+            }
+            .encode()
+            .len()
+                == 13
+        );
+    }
+
+    proptest::proptest! {
+        /// A damaged refs value is refused or read as some entry; it never panics.
+        #[test]
+        fn ref_entry_decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
+            if let Some(e) = RefEntry::decode(&bytes) {
+                proptest::prop_assert_eq!(RefEntry::decode(&e.encode()), Some(e));
+            }
+        }
     }
 }

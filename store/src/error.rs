@@ -49,6 +49,15 @@ pub enum StoreError {
     /// key reaches members with the member list, so it is worth asking again soon.
     #[error("chunk needs the folder's key {0:016x}, which this device does not hold yet")]
     UnknownKey(u64),
+    /// Content this device references but does not hold (an on-demand device's remote file,
+    /// or content it evicted), and no connected peer could supply it in time.
+    #[error("chunk {chunk} is not stored on this device and could not be fetched: {why}")]
+    Unavailable {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Why the fetch failed (no peer connected, no peer has it, timed out).
+        why: String,
+    },
     /// The folder key does not match the one this store was created with.
     #[error("the folder key does not match this store (wrong folder.key?)")]
     WrongKey,

@@ -54,6 +54,7 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let mut batch = WriteBatch::default();
+            let mut freed = Vec::new();
             for item in db.iterator_cf(self.cf(ORPHANS), IteratorMode::Start) {
                 let (key, _) = item?;
                 let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
@@ -72,12 +73,14 @@ impl Store {
                         batch.delete_cf(self.cf(CHUNKS), raw);
                         batch.delete_cf(self.cf(REFS), raw);
                         batch.delete_cf(self.cf(ORPHANS), raw);
-                        report.freed_chunks += 1;
-                        report.freed_bytes += sealed_len;
-                        if e.is_some() {
+                        // An absent chunk (an on-demand device's) had only its entry here.
+                        if e.is_some_and(|e| e.is_here()) {
+                            report.freed_chunks += 1;
+                            report.freed_bytes += sealed_len;
                             stats.chunks = stats.chunks.saturating_sub(1);
                             stats.stored_bytes = stats.stored_bytes.saturating_sub(sealed_len);
                         }
+                        freed.push(id);
                     }
                 }
             }
@@ -87,15 +90,22 @@ impl Store {
                 postcard::to_allocvec(stats).unwrap_or_default(),
             );
             db.write(batch)?;
+            for id in &freed {
+                self.residency_removed(id);
+            }
             Ok(())
         })?;
         if report.freed_chunks > 0 {
-            // Let RocksDB drop the deleted blobs' space now rather than at some later compaction.
-            self.inner
-                .db
-                .compact_range_cf(self.cf(CHUNKS), None::<&[u8]>, None::<&[u8]>);
+            self.compact_chunks();
         }
         Ok(report)
+    }
+
+    /// Lets RocksDB drop deleted chunks' space now rather than at some later compaction.
+    pub(crate) fn compact_chunks(&self) {
+        self.inner
+            .db
+            .compact_range_cf(self.cf(CHUNKS), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Re-reads, decrypts and re-hashes every chunk, and checks that every record points at
@@ -159,6 +169,17 @@ impl Store {
                 report.problems.push(e.to_string());
             }
             stored.insert(id, 0);
+        }
+        // Content an on-demand device references but holds elsewhere is not missing.
+        for (key, value) in snap
+            .iterator_cf(self.cf(REFS), IteratorMode::Start)
+            .flatten()
+        {
+            if let (Ok(raw), Some(e)) = (<[u8; 32]>::try_from(&key[..]), RefEntry::decode(&value)) {
+                if !e.is_here() {
+                    stored.insert(ChunkId(raw), 0);
+                }
+            }
         }
         for item in snap.iterator_cf(self.cf(RECORDS), IteratorMode::Start) {
             let (key, value) = match item {

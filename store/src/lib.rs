@@ -27,6 +27,8 @@ pub mod keyfile;
 pub mod keys;
 pub mod naming;
 pub mod record;
+pub mod remote;
+mod residency;
 mod store;
 
 pub use cache::CacheStats;
@@ -36,8 +38,12 @@ pub use gc::{GcReport, VerifyReport};
 pub use keyfile::FolderKeys;
 pub use keys::{KeyId, FIRST_KEY};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
+pub use remote::Remote;
 pub use store::{
-    ChunkWriter, CommitWatcher, Committed, Pins, Stats, Store, StoreOptions, Versioning,
+    ChunkWriter, CommitWatcher, Committed, EvictReport, Locality, Pins, Stats, Store, StoreOptions,
+    Versioning,
 };
+#[cfg(test)]
+mod ondemand_tests;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
             cache_bytes: 1 << 20,
             device: Some(0xfeed),
             folder_id: None,
+            cache_budget: None,
         },
     )
     .unwrap()
@@ -344,6 +345,7 @@ fn remote_versions_and_sealed_chunks_move_between_stores() {
             cache_bytes: 0,
             device: Some(0xb),
             folder_id: None,
+            cache_budget: None,
         },
     )
     .unwrap();

@@ -138,6 +138,18 @@ mod tests {
         fn ping(&self, _: crate::Ping) -> Result<crate::PingReply, String> {
             Err("not here".into())
         }
+        fn pin(&self, _: crate::Pin) -> Result<crate::PinReply, String> {
+            Err("not here".into())
+        }
+        fn unpin(&self, _: crate::Unpin) -> Result<crate::PinReply, String> {
+            Err("not here".into())
+        }
+        fn free(&self, _: crate::Free) -> Result<crate::FreeReply, String> {
+            Err("not here".into())
+        }
+        fn ls(&self, _: crate::Ls) -> Result<crate::LsReply, String> {
+            Err("not here".into())
+        }
         fn unmount(&self, _: crate::Unmount) -> Result<UnmountReply, String> {
             Err("no".into())
         }

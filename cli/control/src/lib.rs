@@ -20,6 +20,7 @@
 //! - [`members`]: the folder's member list and removing a device from it.
 //! - [`pairing`]: invitations, approving the devices that ask, joining (requests and replies),
 //!   and `pair --json`'s first line.
+//! - [`storage`]: what this device keeps (`status`'s `storage`), `pin`, `unpin`, `free`, `ls`.
 //! - [`ping`]: `fybrk ping`'s request and reply (one attempt each).
 //! - [`reply`]: the other replies (verify, gc, unmount, peers, unpair), the error reply, and
 //!   `nat-check --json`'s report.
@@ -37,6 +38,7 @@ pub mod reply;
 pub mod request;
 pub mod server;
 pub mod status;
+pub mod storage;
 
 pub use client::{Client, ControlError};
 pub use history::{Log, LogEntry, LogReply, Restore, RestoreReply};
@@ -55,4 +57,7 @@ pub use server::Handler;
 pub use status::{
     ChunkCacheStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus, NetworkStatus,
     OperationStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+};
+pub use storage::{
+    Free, FreeReply, Ls, LsEntry, LsReply, Pin, PinReply, StorageStatus, Unpin, UnreadableFile,
 };

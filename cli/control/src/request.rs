@@ -13,6 +13,7 @@ use crate::pairing::{
 use crate::ping::{Ping, PingReply};
 use crate::reply::{GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
 use crate::status::StatusReply;
+use crate::storage::{Free, FreeReply, Ls, LsReply, Pin, PinReply, Unpin};
 
 /// A request on the wire: `{"cmd": "<command>", ...its fields}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,14 @@ pub enum Request {
     Restore(Restore),
     /// `{"cmd":"ping","id":"laptop","wait_ms":3000}`.
     Ping(Ping),
+    /// `{"cmd":"pin","paths":["docs"]}`.
+    Pin(Pin),
+    /// `{"cmd":"unpin","paths":["docs"]}`.
+    Unpin(Unpin),
+    /// `{"cmd":"free","paths":["videos"]}`.
+    Free(Free),
+    /// `{"cmd":"ls","path":"docs"}`.
+    Ls(Ls),
 }
 
 /// A command and the type of the daemon's answer to it.
@@ -122,6 +131,10 @@ call! {
     Log => LogReply,
     Restore => RestoreReply,
     Ping => PingReply,
+    Pin => PinReply,
+    Unpin => PinReply,
+    Free => FreeReply,
+    Ls => LsReply,
 }
 
 #[cfg(test)]

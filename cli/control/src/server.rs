@@ -14,6 +14,7 @@ use crate::ping::{Ping, PingReply};
 use crate::reply::{ErrorReply, GcReply, PeerRef, PeersReply, UnmountReply, VerifyReply};
 use crate::request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 use crate::status::StatusReply;
+use crate::storage::{Free, FreeReply, Ls, LsReply, Pin, PinReply, Unpin};
 
 /// What the daemon does for each command. [`answer`] checks at compile time that each method
 /// returns its command's [`Call::Reply`].
@@ -57,6 +58,14 @@ pub trait Handler {
     fn restore(&self, req: Restore) -> Result<RestoreReply, Self::Error>;
     /// [`Ping`].
     fn ping(&self, req: Ping) -> Result<PingReply, Self::Error>;
+    /// [`Pin`]: pin, then fetch what the pinned files lack.
+    fn pin(&self, req: Pin) -> Result<PinReply, Self::Error>;
+    /// [`Unpin`].
+    fn unpin(&self, req: Unpin) -> Result<PinReply, Self::Error>;
+    /// [`Free`].
+    fn free(&self, req: Free) -> Result<FreeReply, Self::Error>;
+    /// [`Ls`].
+    fn ls(&self, req: Ls) -> Result<LsReply, Self::Error>;
 }
 
 /// The reply line (ending in `\n`) to the request line `line`.
@@ -89,6 +98,10 @@ fn dispatch<H: Handler>(req: Request, h: &H) -> String {
         Request::Log(r) => encode::<Log, H>(h.log(r)),
         Request::Restore(r) => encode::<Restore, H>(h.restore(r)),
         Request::Ping(r) => encode::<Ping, H>(h.ping(r)),
+        Request::Pin(r) => encode::<Pin, H>(h.pin(r)),
+        Request::Unpin(r) => encode::<Unpin, H>(h.unpin(r)),
+        Request::Free(r) => encode::<Free, H>(h.free(r)),
+        Request::Ls(r) => encode::<Ls, H>(h.ls(r)),
     }
 }
 
@@ -171,6 +184,18 @@ mod tests {
             Err("refused")
         }
         fn ping(&self, _: Ping) -> Result<PingReply, &'static str> {
+            Err("refused")
+        }
+        fn pin(&self, _: Pin) -> Result<PinReply, &'static str> {
+            Err("refused")
+        }
+        fn unpin(&self, _: Unpin) -> Result<PinReply, &'static str> {
+            Err("refused")
+        }
+        fn free(&self, _: Free) -> Result<FreeReply, &'static str> {
+            Err("refused")
+        }
+        fn ls(&self, _: Ls) -> Result<LsReply, &'static str> {
             Err("refused")
         }
     }

@@ -70,6 +70,9 @@ pub struct StatusReply {
     /// Long operations running now (verify, gc, restore, join), with how far they are.
     #[serde(default)]
     pub operations: Vec<OperationStatus>,
+    /// What this device keeps: full or on-demand, its cache, pins, unreadable files.
+    #[serde(default)]
+    pub storage: crate::storage::StorageStatus,
 }
 
 /// A long operation in `status`.
@@ -371,6 +374,7 @@ mod tests {
                 hits: 3,
                 misses: 4,
             },
+            storage: Default::default(),
             config_file: None,
             rendezvous: Some("rdv.example.org:22101".into()),
             network: NetworkStatus {

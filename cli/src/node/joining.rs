@@ -25,7 +25,9 @@ impl Shared {
         }
         // From here a crash is finished at the next start (see `finish_join`).
         folder_keys::write(&self.state.joining_key(), &keys)?;
-        let new = open_store(&self.state, &keys, old.device())?;
+        let budget = old.cache_usage().map(|(_, budget)| budget);
+        let new = open_store(&self.state, &keys, old.device(), budget)?;
+        new.set_remote(Some(self.demands.clone()));
         new.on_commit(commit_watcher(
             self.local_seq.clone(),
             self.invalidate.clone(),
@@ -69,13 +71,20 @@ impl Shared {
     }
 }
 
-/// Opens (creating) the store of the folder `keys` open in `state`.
-pub fn open_store(state: &StateDir, keys: &FolderKeys, device: u64) -> Result<Store> {
+/// Opens (creating) the store of the folder `keys` open in `state`; `cache_budget` as in
+/// [`StoreOptions`].
+pub fn open_store(
+    state: &StateDir,
+    keys: &FolderKeys,
+    device: u64,
+    cache_budget: Option<u64>,
+) -> Result<Store> {
     let dir = state.db(keys);
     keys.open_store(
         &dir,
         StoreOptions {
             device: Some(device),
+            cache_budget,
             ..StoreOptions::default()
         },
     )
@@ -137,11 +146,11 @@ pub fn finish_join(state: &StateDir, device: u64) -> Result<()> {
         return Ok(());
     };
     tracing::warn!("finishing an interrupted join");
-    let new = open_store(state, &new_keys, device)?;
+    let new = open_store(state, &new_keys, device, None)?;
     if let Some(old_keys) = folder_keys::read(&state.key())? {
         let old_dir = state.db(&old_keys);
         if old_dir.exists() && old_dir != state.db(&new_keys) {
-            let old = open_store(state, &old_keys, device)?;
+            let old = open_store(state, &old_keys, device, None)?;
             copy_records(&old, &new, 0, &|_, _| {})?;
             drop(old);
             new.sync()?;

@@ -333,6 +333,7 @@ impl Shared {
         let seen = lock(&self.book).get(&peer).map_or(0, |p| p.seen);
         let mut replica = StoreReplica::new(store.clone());
         replica.set_seen(short, seen);
+        replica.set_demands(self.demands.clone());
         // `persist` syncs the store before it writes progress.
         replica.defer_sync();
         let session = Session::new(

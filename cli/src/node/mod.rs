@@ -134,6 +134,9 @@ pub struct Node {
 struct Shared {
     /// Peers' bursts of deletions (see [`crate::massdel`]).
     mass: Arc<Mutex<MassDeletions>>,
+    /// Chunks local reads wait for (content held elsewhere): the store's remote, asked of
+    /// every link.
+    demands: Arc<fybrk_net::sync::demand::hub::DemandHub>,
     state: StateDir,
     /// The one UDP socket: QUIC, STUN and rendezvous datagrams share it (one NAT mapping).
     mux: fybrk_net::mux::MuxSocket,
@@ -298,7 +301,10 @@ impl Node {
         let (members, may_found) = members::load(&state.members(), store.folder_id())?;
         let device_key = DeviceKey::load(&state.device_key())
             .context("cannot read this device's key again for the member list")?;
+        let demands = fybrk_net::sync::demand::hub::DemandHub::new();
+        fs.store().set_remote(Some(demands.clone()));
         let shared = Arc::new(Shared {
+            demands,
             device_key,
             members: Mutex::new(members),
             may_found: std::sync::atomic::AtomicBool::new(may_found),

@@ -39,6 +39,7 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
         commits: 0,
         operations: Vec::new(),
         chunk_cache: Default::default(),
+        storage: Default::default(),
     }
 }
 
@@ -152,6 +153,18 @@ impl Handler for Fake {
         no()
     }
     fn ping(&self, _: fybrk_control::Ping) -> Result<fybrk_control::PingReply> {
+        no()
+    }
+    fn pin(&self, _: fybrk_control::Pin) -> Result<fybrk_control::PinReply> {
+        no()
+    }
+    fn unpin(&self, _: fybrk_control::Unpin) -> Result<fybrk_control::PinReply> {
+        no()
+    }
+    fn free(&self, _: fybrk_control::Free) -> Result<fybrk_control::FreeReply> {
+        no()
+    }
+    fn ls(&self, _: fybrk_control::Ls) -> Result<fybrk_control::LsReply> {
         no()
     }
     fn log(&self, r: Log) -> Result<LogReply> {

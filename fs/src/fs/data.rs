@@ -138,6 +138,7 @@ impl Fs {
                 ino,
                 mode,
                 owner: None,
+                read_end: 0,
             },
         );
         fh
@@ -187,21 +188,34 @@ impl Fs {
         if crate::travel::is_synthetic(fh) {
             return self.past_read(fh, offset, size);
         }
-        let (_, _, f) = self.handle(fh)?;
+        let (ino, _, f) = self.handle(fh)?;
+        let sequential = {
+            let mut handles = lock(&self.handles);
+            let h = handles.get_mut(&fh).ok_or(FsError::BadHandle)?;
+            let seq = h.read_end == offset;
+            h.read_end = offset.saturating_add(u64::from(size));
+            seq
+        };
         let mut f = lock(&f);
-        if !f.is_clean() {
-            return f.read(&self.store(), &self.cfg.staging_dir, offset, size as usize);
+        let result = if !f.is_clean() {
+            f.read(&self.store(), &self.cfg.staging_dir, offset, size as usize)
+        } else {
+            // Committed content only: read the chunks without holding the file lock.
+            let base = f.base.clone();
+            drop(f);
+            let end = offset.saturating_add(u64::from(size)).min(base.len());
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            self.read_ahead(&base, offset, end, sequential);
+            let mut out = vec![0u8; (end - offset) as usize];
+            base.read_at(&self.store(), offset, &mut out).map(|()| out)
+        };
+        match &result {
+            Ok(_) => self.note_readable(ino),
+            Err(e) => self.note_unreadable(ino, e),
         }
-        // Committed content only: read the chunks without holding the file lock.
-        let base = f.base.clone();
-        drop(f);
-        let end = offset.saturating_add(u64::from(size)).min(base.len());
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        base.read_at(&self.store(), offset, &mut out)?;
-        Ok(out)
+        result
     }
 
     /// Writes `data` at `offset` (at the end for O_APPEND handles). Buffered until flush.

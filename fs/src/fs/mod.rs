@@ -36,10 +36,12 @@ use crate::travel::{self, Table};
 mod attrs;
 mod data;
 mod namespace;
+mod ondemand;
 mod past;
 mod remote;
 mod types;
 
+pub use ondemand::Unreadable;
 use remote::Orphan;
 pub use types::{Attr, DirEntry, FsConfig, Invalidation, OpenMode, SetAttr, StatFs};
 
@@ -48,6 +50,8 @@ struct Handle {
     mode: OpenMode,
     /// The process that opened it (see [`Fs::flush_from`]).
     owner: Option<u32>,
+    /// Where the last read on this handle ended: a read starting there is sequential.
+    read_end: u64,
 }
 
 /// The filesystem.
@@ -82,6 +86,8 @@ pub struct Fs {
     travel: Mutex<Table>,
     /// Open files of the time-travel tree: their content, pinned while open.
     past_files: Mutex<HashMap<u64, (Layout, Pins)>>,
+    /// Files whose content could not be fetched lately (on-demand devices).
+    unreadable: Mutex<ondemand::UnreadableList>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,6 +151,7 @@ impl Fs {
             orphans: Mutex::new(HashMap::new()),
             travel: Mutex::new(Table::new()),
             past_files: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(Default::default()),
         }
     }
 

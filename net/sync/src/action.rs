@@ -134,6 +134,26 @@ pub enum Action {
         /// Its encoded size bound.
         bytes: usize,
     },
+    /// The peer asks which of `ids` this device keeps: answer
+    /// [`Session::handle_keeps_checked`] with one flag per id (true only when this device is a
+    /// full one that holds and uses the chunk).
+    CheckKeeps {
+        /// Pass back.
+        req_id: u32,
+        /// The chunks asked about.
+        ids: Vec<ChunkId>,
+    },
+    /// The peer keeps these chunks ([`Session::ask_keeps`]): record that another device holds
+    /// them, so an on-demand device may evict them.
+    Kept(Vec<ChunkId>),
+    /// A chunk asked for with [`Session::demand`] is stored (`ok`), or this peer cannot supply
+    /// it (it lacks it, or its copies failed verification).
+    Demanded {
+        /// The chunk.
+        id: ChunkId,
+        /// True when it is stored now.
+        ok: bool,
+    },
     /// End the connection. The session ignores all input from now on.
     Close(SyncError),
 }

@@ -40,6 +40,7 @@
 
 mod action;
 pub mod conflict;
+pub mod demand;
 mod fetch;
 pub mod messages;
 pub mod naming;

@@ -66,7 +66,26 @@ pub enum Message {
     Ping,
     /// Answer to [`Message::Ping`].
     Pong,
+    /// Asks which of these chunks the receiver keeps: holds, uses, and will not evict (a full
+    /// device). An on-demand device evicts only content another device keeps. At most
+    /// [`MAX_KEEPS_QUERY`] ids.
+    KeepsQuery {
+        /// Echoed in the reply; one query is outstanding at a time.
+        req_id: u32,
+        /// The chunks asked about.
+        ids: Vec<ChunkId>,
+    },
+    /// Answers a [`Message::KeepsQuery`]: one flag per id, in order.
+    KeepsReply {
+        /// The query being answered.
+        req_id: u32,
+        /// Whether the sender keeps each chunk.
+        keeps: Vec<bool>,
+    },
 }
+
+/// The most chunk ids one [`Message::KeepsQuery`] may carry (128 KiB of ids).
+pub const MAX_KEEPS_QUERY: usize = 4096;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -364,6 +383,10 @@ mod tests {
                 .prop_map(|(req_id, data)| Message::ChunkResponse { req_id, data }),
             Just(Message::Ping),
             Just(Message::Pong),
+            (any::<u32>(), prop::collection::vec(arb_chunk_id(), 0..5))
+                .prop_map(|(req_id, ids)| Message::KeepsQuery { req_id, ids }),
+            (any::<u32>(), prop::collection::vec(any::<bool>(), 0..5))
+                .prop_map(|(req_id, keeps)| Message::KeepsReply { req_id, keeps }),
         ]
     }
 

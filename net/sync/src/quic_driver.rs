@@ -44,6 +44,25 @@ const MAX_UNSENT: usize = 8 << 20;
 /// How long to sleep when the session has no timer (it closed): effectively forever.
 const NO_TIMER: Duration = Duration::from_secs(3600);
 
+/// How often an on-demand device asks its peer which of the chunks only it is known to hold
+/// the peer keeps (so they may be evicted).
+const KEEPS_EVERY: Duration = Duration::from_secs(5);
+
+/// Chunks for local reads asked of one peer per wake-up.
+const DEMANDS_PER_WAKE: usize = 256;
+
+/// A session registered with the demand hub; unregistered however the run ends.
+struct Registered {
+    hub: std::sync::Arc<crate::demand::hub::DemandHub>,
+    peer: fybrk_store::record::ShortId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.hub.disconnected(self.peer);
+    }
+}
+
 /// Why a peer connection's replication ended other than cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -106,8 +125,23 @@ pub async fn run_peer<S: ReplicaStore>(
     let mut out = Vec::new();
     let mut written = 0;
     let mut peer_finished = false;
+    // Local reads of content this device does not hold (on-demand) are asked of the peer.
+    let mut demand_rx = replica.demands().map(|hub| hub.subscribe());
+    let mut registered: Option<Registered> = None;
+    let on_demand = replica.store().on_demand();
+    let mut keeps_tick = tokio::time::interval(KEEPS_EVERY);
+    keeps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if registered.is_none() {
+            if let (Some(peer), Some(hub)) = (session.peer(), replica.demands()) {
+                hub.connected(peer);
+                registered = Some(Registered {
+                    hub: hub.clone(),
+                    peer,
+                });
+            }
+        }
         while let Some(msg) = session.poll_outgoing() {
             encode_frame_into(&msg, &mut out, DEFAULT_MAX_FRAME)?;
         }
@@ -147,6 +181,20 @@ pub async fn run_peer<S: ReplicaStore>(
                     }
                 }
             }
+            Some(()) = demand_changed(&mut demand_rx), if registered.is_some() => {
+                if let Some(r) = &registered {
+                    for id in r.hub.next_for(r.peer, DEMANDS_PER_WAKE) {
+                        session.demand(id);
+                    }
+                }
+            }
+            _ = keeps_tick.tick(), if on_demand && registered.is_some() => {
+                let ids = replica
+                    .store()
+                    .only_here(crate::messages::MAX_KEEPS_QUERY)
+                    .map_err(|source| DriverError::Store { action: "listing chunks only here", source })?;
+                session.ask_keeps(ids);
+            }
             changed = changed(&mut local) => match changed {
                 Some(seq) => {
                     let actions = session.handle_local_changed(seq);
@@ -182,6 +230,15 @@ pub async fn run_peer<S: ReplicaStore>(
     }
     tracing::debug!(peer_seen = session.peer_seen(), "sync stream ended");
     Ok(session)
+}
+
+/// The next change of the demand hub's wake counter; pending forever without a hub (and
+/// `None`, disabling the arm, once the hub is gone).
+async fn demand_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 /// The next sequence announced on `local`; `None` once its sender is gone. Pending forever
@@ -223,6 +280,7 @@ mod tests {
                 cache_bytes: 1 << 20,
                 device: Some(key.id().short()),
                 folder_id: None,
+                cache_budget: None,
             },
         )
         .unwrap()

@@ -26,12 +26,16 @@ use fybrk_store::record::ShortId;
 use fybrk_store::{ChunkId, FileRecord};
 
 use super::fetch::{Fetcher, Response, Verified};
-use super::messages::{record_len_bound, Message, INDEX_OVERHEAD};
+use super::messages::{record_len_bound, Message, INDEX_OVERHEAD, MAX_KEEPS_QUERY};
 use super::progress::Progress;
 use super::validate::check_record;
 use super::{hex, SyncError};
 
 pub use super::action::{Action, FetchFailure, RecordToken, SessionConfig};
+
+/// The token of chunks a local read asked for ([`Session::demand`]); record tokens count up
+/// from 0 and never reach it.
+const DEMAND: RecordToken = RecordToken(u64::MAX);
 
 /// The session's phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +85,11 @@ pub struct Session {
     fetch: Fetcher,
     /// Chunk reads the driver is doing for the peer.
     serving: HashSet<u32>,
+    /// Our [`Message::KeepsQuery`] waiting for its reply, and the next query's id.
+    keeps_asked: Option<(u32, Vec<ChunkId>)>,
+    next_keeps_req: u32,
+    /// The peer's queries the driver is answering.
+    keeps_serving: usize,
     outgoing: VecDeque<Message>,
     // Timers.
     now: Instant,
@@ -139,6 +148,9 @@ impl Session {
             by_path: HashMap::new(),
             fetch: Fetcher::default(),
             serving: HashSet::new(),
+            keeps_asked: None,
+            next_keeps_req: 0,
+            keeps_serving: 0,
             outgoing: VecDeque::from([hello]),
             now,
             last_sent: now,
@@ -285,6 +297,35 @@ impl Session {
             }
             (Phase::Open { .. }, Message::Ping) => self.outgoing.push_back(Message::Pong),
             (Phase::Open { .. }, Message::Pong) => {}
+            (Phase::Open { .. }, Message::KeepsQuery { req_id, ids }) => {
+                if ids.len() > MAX_KEEPS_QUERY || self.keeps_serving >= 2 {
+                    return self.protocol_error(format!(
+                        "keeps query of {} ids with {} outstanding",
+                        ids.len(),
+                        self.keeps_serving
+                    ));
+                }
+                self.keeps_serving += 1;
+                out.push(Action::CheckKeeps { req_id, ids });
+            }
+            (Phase::Open { .. }, Message::KeepsReply { req_id, keeps }) => {
+                match self.keeps_asked.take() {
+                    Some((asked, ids)) if asked == req_id && ids.len() == keeps.len() => {
+                        let kept: Vec<ChunkId> = ids
+                            .into_iter()
+                            .zip(keeps)
+                            .filter_map(|(id, k)| k.then_some(id))
+                            .collect();
+                        if !kept.is_empty() {
+                            out.push(Action::Kept(kept));
+                        }
+                    }
+                    _ => {
+                        return self
+                            .protocol_error(format!("keeps reply {req_id} matches no query"))
+                    }
+                }
+            }
             (Phase::Closed, _) => {}
         }
         out
@@ -335,6 +376,9 @@ impl Session {
         }
         match self.fetch.handle_verified(id, ok, self.config.max_attempts) {
             Verified::Done(tokens) => {
+                if tokens.contains(&DEMAND) {
+                    out.push(Action::Demanded { id, ok: true });
+                }
                 for token in tokens {
                     let done = match self.pending.get_mut(&token).map(|p| &mut p.state) {
                         Some(RecordState::Fetching(left)) => {
@@ -366,6 +410,43 @@ impl Session {
         if self.phase != Phase::Closed && self.serving.remove(&req_id) {
             self.outgoing
                 .push_back(Message::ChunkResponse { req_id, data });
+        }
+    }
+
+    /// A read on this device needs chunk `id`, which it references but does not hold (an
+    /// on-demand device): ask the peer for it. The outcome is [`Action::Demanded`]. Ignored
+    /// before the peer's `Hello`.
+    pub fn demand(&mut self, id: ChunkId) {
+        if matches!(self.phase, Phase::Open { .. }) {
+            self.fetch.want(id, DEMAND);
+            self.request_chunks();
+        }
+    }
+
+    /// Asks the peer which of `ids` it keeps (at most [`MAX_KEEPS_QUERY`]); the answer is
+    /// [`Action::Kept`]. False (nothing sent) while a query is outstanding or before `Hello`.
+    pub fn ask_keeps(&mut self, mut ids: Vec<ChunkId>) -> bool {
+        if self.keeps_asked.is_some() || !matches!(self.phase, Phase::Open { .. }) || ids.is_empty()
+        {
+            return false;
+        }
+        ids.truncate(MAX_KEEPS_QUERY);
+        let req_id = self.next_keeps_req;
+        self.next_keeps_req = self.next_keeps_req.wrapping_add(1);
+        self.outgoing.push_back(Message::KeepsQuery {
+            req_id,
+            ids: ids.clone(),
+        });
+        self.keeps_asked = Some((req_id, ids));
+        true
+    }
+
+    /// The driver's answer to [`Action::CheckKeeps`].
+    pub fn handle_keeps_checked(&mut self, req_id: u32, keeps: Vec<bool>) {
+        if self.phase != Phase::Closed && self.keeps_serving > 0 {
+            self.keeps_serving -= 1;
+            self.outgoing
+                .push_back(Message::KeepsReply { req_id, keeps });
         }
     }
 
@@ -550,6 +631,9 @@ impl Session {
         reason: FetchFailure,
         out: &mut Vec<Action>,
     ) {
+        if tokens.contains(&DEMAND) {
+            out.push(Action::Demanded { id, ok: false });
+        }
         for token in tokens {
             let Some(p) = self.pending.get_mut(&token) else {
                 continue;
@@ -621,6 +705,8 @@ fn kind(msg: &Message) -> &'static str {
         Message::ChunkResponse { .. } => "ChunkResponse",
         Message::Ping => "Ping",
         Message::Pong => "Pong",
+        Message::KeepsQuery { .. } => "KeepsQuery",
+        Message::KeepsReply { .. } => "KeepsReply",
     }
 }
 

@@ -63,6 +63,34 @@ pub trait ReplicaStore {
 
     /// Makes every commit so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// True for an on-demand device: peers' records are taken without their content (except
+    /// under pinned paths, [`ReplicaStore::is_pinned`]), which is fetched when read.
+    fn on_demand(&self) -> bool {
+        false
+    }
+
+    /// True when `path` is kept on this device whatever its mode (`fybrk pin`).
+    fn is_pinned(&self, _path: &str) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// For each id, whether this device keeps the chunk (a full device that holds and uses
+    /// it): the answer to a peer's [`crate::Message::KeepsQuery`].
+    fn keeps(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        ids.iter().map(|id| self.has_chunk(id)).collect()
+    }
+
+    /// Chunks held here that no other device is known to keep (up to `limit`): what an
+    /// on-demand device asks its peers about.
+    fn only_here(&self, _limit: usize) -> Result<Vec<ChunkId>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Another device keeps these chunks.
+    fn mark_elsewhere(&self, _ids: &[ChunkId]) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Chunks of a remote record on their way into the store. Everything it holds or pins stays

@@ -101,12 +101,18 @@ pub struct StoreReplica<S: ReplicaStore = Store> {
     /// [`StoreReplica::defer_sync`]).
     deferred_sync: bool,
     applied: u64,
+    /// Where chunks local reads wait for are reported ([`Action::Demanded`]).
+    demands: Option<std::sync::Arc<crate::demand::hub::DemandHub>>,
+    /// Chunks the peer said it keeps, since this driver started.
+    kept: u64,
 }
 
 impl<S: ReplicaStore> StoreReplica<S> {
     /// A driver for `store`.
     pub fn new(store: S) -> StoreReplica<S> {
         StoreReplica {
+            demands: None,
+            kept: 0,
             store,
             holds: HashMap::new(),
             seen: HashMap::new(),
@@ -121,6 +127,21 @@ impl<S: ReplicaStore> StoreReplica<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Reports chunks fetched for local reads to `hub` (an on-demand device's daemon).
+    pub fn set_demands(&mut self, hub: std::sync::Arc<crate::demand::hub::DemandHub>) {
+        self.demands = Some(hub);
+    }
+
+    /// The hub set with [`StoreReplica::set_demands`].
+    pub fn demands(&self) -> Option<&std::sync::Arc<crate::demand::hub::DemandHub>> {
+        self.demands.as_ref()
+    }
+
+    /// Chunks the peer said it keeps (answers to [`Session::ask_keeps`]).
+    pub fn kept(&self) -> u64 {
+        self.kept
     }
 
     /// How far `peer`'s change log is applied here ([`Action::PeerSeenUpTo`]); 0 if never seen.
@@ -236,6 +257,30 @@ impl<S: ReplicaStore> StoreReplica<S> {
                 });
                 Vec::new()
             }
+            Action::CheckKeeps { req_id, ids } => {
+                let keeps = self
+                    .store
+                    .keeps(&ids)
+                    .map_err(err("answering which chunks this device keeps"))?;
+                session.handle_keeps_checked(req_id, keeps);
+                Vec::new()
+            }
+            Action::Kept(ids) => {
+                self.store
+                    .mark_elsewhere(&ids)
+                    .map_err(err("recording chunks a peer keeps"))?;
+                self.kept += ids.len() as u64;
+                Vec::new()
+            }
+            Action::Demanded { id, ok } => {
+                if let Some(hub) = &self.demands {
+                    match ok {
+                        true => hub.stored(id),
+                        false => hub.failed(id, session.peer().unwrap_or_default(), "it lacks it"),
+                    }
+                }
+                Vec::new()
+            }
             Action::Close(e) => {
                 tracing::info!(error = %e, "sync session closed");
                 self.holds.clear();
@@ -261,7 +306,14 @@ impl<S: ReplicaStore> StoreReplica<S> {
         }
         let mut writer = self.store.staging();
         let mut missing = Vec::new();
-        if record.is_live() && record.kind == Kind::File {
+        // An on-demand device takes the record alone; its content comes when read (the store
+        // records which chunks are elsewhere). Pinned paths are fetched like on a full device.
+        let fetch = !self.store.on_demand()
+            || self
+                .store
+                .is_pinned(&record.path)
+                .map_err(err("reading pinned paths"))?;
+        if fetch && record.is_live() && record.kind == Kind::File {
             // Pin first, then look: GC cannot free a chunk seen here.
             writer.pin(&record.chunks);
             for c in &record.chunks {
@@ -456,6 +508,7 @@ mod tests {
                 cache_bytes: 1 << 20,
                 device: Some(IDS[i]),
                 folder_id: None,
+                cache_budget: None,
             },
         )
         .unwrap();

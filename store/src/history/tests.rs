@@ -13,6 +13,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
             cache_bytes: 1 << 20,
             device: Some(0xfeed),
             folder_id: None,
+            cache_budget: None,
         },
     )
     .unwrap()

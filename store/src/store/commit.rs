@@ -168,6 +168,9 @@ impl Store {
                 record.chunks.clear();
             }
 
+            if self.on_demand() {
+                self.admit_absent(&record, &mut refs)?;
+            }
             if let Versioning::Remote { .. } = versioning {
                 // A peer's chunk list is a claim; the stored chunk is the truth. A length that
                 // differs would make reads return wrong bytes, so the record is refused here
@@ -337,37 +340,88 @@ impl Store {
     }
 
     /// Adds new chunks to `batch` unless the store already has them. Caller holds the write lock.
+    /// Returns true when some chunk was referenced already (the bytes of content held
+    /// elsewhere arrived): such a batch must be logged, as a record's commit is.
     pub(super) fn stage_chunks(
         &self,
         batch: &mut WriteBatch,
         refs: &mut HashMap<ChunkId, RefEntry>,
         stats: &mut Stats,
         chunks: &[NewChunk],
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let mut referenced = false;
         for NewChunk {
             id,
             data,
             sealed,
             key,
+            from_peer,
         } in chunks
         {
             debug_assert!(*sealed, "chunks are sealed before the write lock is taken");
             let (id, sealed) = (*id, data);
-            if refs.contains_key(&id) || self.has_chunk(&id)? {
-                continue;
-            }
+            let known = match refs.get(&id) {
+                Some(e) => Some(*e),
+                None => self.stored_entry(&id)?,
+            };
+            let entry = match known {
+                Some(e) if e.is_here() => continue,
+                // Referenced here, its bytes elsewhere (an on-demand device's remote content,
+                // or evicted): they arrived. Its count stays; so does its orphan marker, if any.
+                Some(mut e) => {
+                    referenced |= e.count > 0;
+                    e.flags &= !RefEntry::ABSENT;
+                    e.sealed_len = sealed.len() as u32;
+                    e.key = *key;
+                    e
+                }
+                None => {
+                    // Unreferenced until a record commits: if we crash before that, GC finds it.
+                    batch.put_cf(self.cf(ORPHANS), id.0, []);
+                    RefEntry {
+                        count: 0,
+                        sealed_len: sealed.len() as u32,
+                        key: *key,
+                        flags: 0,
+                    }
+                }
+            };
             let entry = RefEntry {
-                count: 0,
-                sealed_len: sealed.len() as u32,
-                key: *key,
+                flags: entry.flags | if *from_peer { RefEntry::ELSEWHERE } else { 0 },
+                ..entry
             };
             stats.chunks += 1;
             stats.stored_bytes += sealed.len() as u64;
             batch.put_cf(self.cf(CHUNKS), id.0, sealed);
             batch.put_cf(self.cf(REFS), id.0, entry.encode());
-            // Unreferenced until a record commits: if we crash before that, GC finds it here.
-            batch.put_cf(self.cf(ORPHANS), id.0, []);
             refs.insert(id, entry);
+            self.residency_added(&id, entry.sealed_len);
+        }
+        Ok(referenced)
+    }
+
+    /// On an on-demand device, a record is taken without its content (a peer's version, or a
+    /// conflict copy of one): each chunk the store has never seen gets an entry that says its
+    /// bytes are elsewhere, counted like any other and fetched when read. Its length is the
+    /// record's claim until the bytes arrive (reads check it then).
+    fn admit_absent(
+        &self,
+        record: &FileRecord,
+        refs: &mut HashMap<ChunkId, RefEntry>,
+    ) -> Result<()> {
+        for c in record.chunks.iter().filter(|c| !c.id.is_hole()) {
+            if refs.contains_key(&c.id) || self.stored_entry(&c.id)?.is_some() {
+                continue;
+            }
+            refs.insert(
+                c.id,
+                RefEntry {
+                    count: 0,
+                    sealed_len: c.len.saturating_add(SEAL_OVERHEAD as u32),
+                    key: crate::FIRST_KEY,
+                    flags: RefEntry::ABSENT | RefEntry::ELSEWHERE,
+                },
+            );
         }
         Ok(())
     }
@@ -402,13 +456,9 @@ impl Store {
         if let Some(e) = refs.get(id) {
             return Ok(*e);
         }
-        let entry = match self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? {
-            Some(v) => RefEntry::decode(&v).ok_or_else(|| StoreError::CorruptRecord {
-                key: format!("refs/{id}"),
-                reason: "bad reference entry".into(),
-            })?,
-            None => return Err(StoreError::MissingChunk(*id)),
-        };
+        let entry = self
+            .stored_entry(id)?
+            .ok_or(StoreError::MissingChunk(*id))?;
         refs.insert(*id, entry);
         Ok(entry)
     }
@@ -448,7 +498,7 @@ impl Store {
         let mut st = lock(&self.inner.write);
         let mut batch = WriteBatch::with_capacity_bytes(bytes + 256);
         let mut stats = st.stats;
-        self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
+        let referenced = self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
         batch.put_cf(
             self.cf(META),
             b"stats",
@@ -459,11 +509,13 @@ impl Store {
         // these chunks yet, so losing them in a crash loses nothing committed; and every commit
         // flushes them to their blob files first (below), so no committed record ever points at
         // a chunk that only the lost memtable held.
+        // Except bytes that records here already reference (an on-demand device's fetched
+        // content): losing those would leave a record pointing at nothing, so they are logged.
         let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
+        opts.disable_wal(!referenced);
         self.inner.db.write_opt(batch, &opts)?;
         st.stats = stats;
-        st.unlogged = true;
+        st.unlogged |= !referenced;
         Ok(())
     }
 }

@@ -19,12 +19,13 @@ use rocksdb::{WriteBatch, DB};
 
 use crate::cache::ChunkCache;
 use crate::crypto::random_bytes;
-use crate::db::{self, RefEntry, META, REFS};
+use crate::db::{self, META};
 use crate::keys::{KeyId, Keys};
 use crate::record::ShortId;
 use crate::{ChunkId, Crypto, FolderKey, Result, StoreError};
 
 mod commit;
+mod evict;
 mod pins;
 mod read;
 mod space;
@@ -32,6 +33,7 @@ mod stats;
 mod writer;
 
 pub use commit::Versioning;
+pub use evict::{EvictReport, Locality};
 pub(crate) use pins::PinTable;
 pub use pins::Pins;
 pub(crate) use read::decode_record;
@@ -49,6 +51,11 @@ pub struct StoreOptions {
     /// The folder's id, chosen at random when the folder was created and kept with its keys.
     /// `None`: the id a folder from before random ids got from its first key.
     pub folder_id: Option<[u8; 16]>,
+    /// `Some(bytes)`: an on-demand device. Peers' records are taken without their content,
+    /// which is fetched when read ([`Store::set_remote`]) and evicted, least recently used
+    /// first, to keep the chunks held within this many bytes ([`Store::evict`]). `None`: a
+    /// full device that holds everything.
+    pub cache_budget: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -57,6 +64,7 @@ impl Default for StoreOptions {
             cache_bytes: 4 << 20,
             device: None,
             folder_id: None,
+            cache_budget: None,
         }
     }
 }
@@ -88,6 +96,14 @@ pub(crate) struct Inner {
     commits: std::sync::atomic::AtomicU64,
     /// Called after every commit (see [`Store::on_commit`]).
     watchers: std::sync::RwLock<Vec<CommitWatcher>>,
+    /// On-demand devices only: the chunks held, by last use, and the budget.
+    pub(crate) residency: Option<Mutex<crate::residency::Residency>>,
+    /// Wakes [`Store::wait_over_budget`] when the chunks held pass the budget.
+    pub(crate) over_budget: std::sync::Condvar,
+    /// Where absent chunks come from (see [`Store::set_remote`]).
+    pub(crate) remote: std::sync::RwLock<Option<Arc<dyn crate::Remote>>>,
+    /// Sealed bytes evicted since the chunk files were last compacted.
+    pub(crate) evicted_since_compaction: std::sync::atomic::AtomicU64,
 }
 
 /// A function told about every commit, after it is written.
@@ -194,9 +210,16 @@ impl Store {
                 commits: std::sync::atomic::AtomicU64::new(0),
                 loads: std::array::from_fn(|_| Mutex::new(())),
                 watchers: std::sync::RwLock::new(Vec::new()),
+                residency: options
+                    .cache_budget
+                    .map(|b| Mutex::new(crate::residency::Residency::new(b))),
+                over_budget: std::sync::Condvar::new(),
+                remote: std::sync::RwLock::new(None),
+                evicted_since_compaction: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         store.start_history()?;
+        store.load_residency()?;
         Ok(store)
     }
 
@@ -264,15 +287,10 @@ impl Store {
 
     /// The key chunk `id` is sealed under (`None`: not stored).
     pub fn chunk_key(&self, id: &ChunkId) -> Result<Option<KeyId>> {
-        let Some(v) = self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? else {
-            return Ok(None);
-        };
-        RefEntry::decode(&v)
-            .map(|e| Some(e.key))
-            .ok_or_else(|| StoreError::CorruptRecord {
-                key: format!("refs/{id}"),
-                reason: "bad reference entry".into(),
-            })
+        Ok(self
+            .stored_entry(id)?
+            .filter(|e| e.is_here())
+            .map(|e| e.key))
     }
 
     /// Commits (local changes, peers' versions, restores) since the store was opened.
@@ -324,6 +342,24 @@ impl Store {
     /// Makes everything written so far durable (fsync of the write-ahead log).
     pub fn sync(&self) -> Result<()> {
         Ok(self.inner.db.flush_wal(true)?)
+    }
+
+    /// Writes every column family's memtable to disk (at unmount): a daemon stops without
+    /// closing the database (threads still hold handles), and what was written without the
+    /// log (chunk batches) must not depend on it.
+    pub fn flush_to_disk(&self) -> Result<()> {
+        for name in [
+            crate::db::CHUNKS,
+            crate::db::REFS,
+            crate::db::ORPHANS,
+            crate::db::RECORDS,
+            crate::db::LOG,
+            META,
+            crate::db::HISTORY,
+        ] {
+            self.inner.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
     }
 
     /// Runs `f` with the write lock held (garbage collection needs the counts not to move).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode};
 
 use super::{lock, Store};
-use crate::db::{CHUNKS, LOG, RECORDS, REFS};
+use crate::db::{RefEntry, CHUNKS, LOG, RECORDS, REFS};
 use crate::record::{children_prefix, path_key, peek_live_dir};
 use crate::{ChunkId, FileRecord, Result, StoreError};
 
@@ -99,25 +99,44 @@ impl Store {
     }
 
     /// The plaintext of a chunk, through the cache. Every read from disk decrypts and
-    /// re-hashes the chunk.
+    /// re-hashes the chunk. A chunk referenced here but held elsewhere (an on-demand device) is
+    /// fetched through the [`crate::Remote`] first, or is [`StoreError::Unavailable`].
     /// A hole ([`ChunkId::HOLE`]) has no plaintext: [`StoreError::MissingChunk`].
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
         if id.is_hole() {
             return Err(StoreError::MissingChunk(*id));
         }
+        self.residency_touch(id);
         if let Some(hit) = self.inner.cache.get(id, false) {
             return Ok(hit);
         }
+        match self.load_chunk(id) {
+            // Fetched without holding a load lock: a slow peer must not stall reads of other
+            // chunks that share its stripe.
+            Err(StoreError::Unavailable { .. }) => {
+                self.fetch_remote(id)?;
+                self.load_chunk(id)
+            }
+            other => other,
+        }
+    }
+
+    /// A cache miss: reads, opens and caches the chunk from the database.
+    fn load_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
         let _loading = lock(&self.inner.loads[usize::from(id.0[0]) % 32]);
         if let Some(hit) = self.inner.cache.get(id, true) {
             return Ok(hit);
         }
         let key = self.sealing_key(id)?.ok_or(StoreError::MissingChunk(*id))?;
-        let sealed = self
-            .inner
-            .db
-            .get_pinned_cf(self.cf(CHUNKS), id.0)?
-            .ok_or(StoreError::MissingChunk(*id))?;
+        let Some(sealed) = self.inner.db.get_pinned_cf(self.cf(CHUNKS), id.0)? else {
+            return Err(match self.stored_entry(id)? {
+                Some(e) if !e.is_here() => StoreError::Unavailable {
+                    chunk: *id,
+                    why: "not fetched yet".into(),
+                },
+                _ => StoreError::MissingChunk(*id),
+            });
+        };
         let plain: Arc<[u8]> = match self.inner.keys.get(key)?.open(id, &sealed) {
             Ok(p) => p.into(),
             // Guessed the first key without looking: a chunk its refs entry puts under a key
@@ -135,7 +154,11 @@ impl Store {
     /// the sealed bytes (see [`crate::keys`]). Members hold the folder's keys, so it is never
     /// decrypted on the way.
     pub fn read_sealed(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let Some(key) = self.chunk_key(id)? else {
+        let Some(key) = self
+            .stored_entry(id)?
+            .filter(|e| e.is_here())
+            .map(|e| e.key)
+        else {
             return Ok(None);
         };
         let sealed = self.inner.db.get_pinned_cf(self.cf(CHUNKS), id.0)?;
@@ -167,13 +190,27 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// True when the store holds chunk `id`. Always true for [`ChunkId::HOLE`]: a hole needs
-    /// no data, so nobody fetches or writes one.
+    /// True when the store holds chunk `id`'s bytes (not when it only references them, as an
+    /// on-demand device does). Always true for [`ChunkId::HOLE`]: a hole needs no data, so
+    /// nobody fetches or writes one.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
         if id.is_hole() {
             return Ok(true);
         }
-        Ok(self.inner.db.get_pinned_cf(self.cf(REFS), id.0)?.is_some())
+        Ok(self.stored_entry(id)?.is_some_and(|e| e.is_here()))
+    }
+
+    /// Chunk `id`'s refs entry, if the store knows the chunk at all.
+    pub(crate) fn stored_entry(&self, id: &ChunkId) -> Result<Option<RefEntry>> {
+        let Some(v) = self.inner.db.get_pinned_cf(self.cf(REFS), id.0)? else {
+            return Ok(None);
+        };
+        RefEntry::decode(&v)
+            .map(Some)
+            .ok_or_else(|| StoreError::CorruptRecord {
+                key: format!("refs/{id}"),
+                reason: "bad reference entry".into(),
+            })
     }
 }
 

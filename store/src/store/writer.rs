@@ -35,6 +35,8 @@ pub(crate) struct NewChunk {
     pub(super) sealed: bool,
     /// The folder key its id was computed with, and that seals it.
     pub(super) key: KeyId,
+    /// Received from a peer, which therefore holds it too (see `RefEntry::ELSEWHERE`).
+    pub(super) from_peer: bool,
 }
 
 impl NewChunk {
@@ -124,6 +126,7 @@ impl ChunkWriter {
                 data,
                 sealed,
                 key,
+                from_peer: sealed,
             });
             self.pending_ids.insert(id);
             if self.pending_bytes >= CHUNK_BATCH_BYTES {

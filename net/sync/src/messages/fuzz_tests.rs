@@ -89,6 +89,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(req_id, data)| Message::ChunkResponse { req_id, data }),
         Just(Message::Ping),
         Just(Message::Pong),
+        (any::<u32>(), prop::collection::vec(any::<[u8; 32]>(), 0..4)).prop_map(|(req_id, ids)| {
+            Message::KeepsQuery {
+                req_id,
+                ids: ids.into_iter().map(ChunkId).collect(),
+            }
+        }),
+        (any::<u32>(), prop::collection::vec(any::<bool>(), 0..4))
+            .prop_map(|(req_id, keeps)| Message::KeepsReply { req_id, keeps }),
     ]
 }
 

@@ -45,6 +45,26 @@ impl ReplicaStore for Store {
     fn sync(&self) -> Result<(), StoreError> {
         Store::sync(self)
     }
+
+    fn on_demand(&self) -> bool {
+        Store::on_demand(self)
+    }
+
+    fn is_pinned(&self, path: &str) -> Result<bool, StoreError> {
+        Store::is_pinned(self, path)
+    }
+
+    fn keeps(&self, ids: &[ChunkId]) -> Result<Vec<bool>, StoreError> {
+        Store::keeps(self, ids)
+    }
+
+    fn only_here(&self, limit: usize) -> Result<Vec<ChunkId>, StoreError> {
+        Store::only_here(self, limit)
+    }
+
+    fn mark_elsewhere(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        Store::mark_elsewhere(self, ids).map(drop)
+    }
 }
 
 impl Staging for ChunkWriter {

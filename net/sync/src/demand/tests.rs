@@ -1,0 +1,102 @@
+use std::time::{Duration, Instant};
+
+use fybrk_store::ChunkId;
+
+use super::{Demands, Outcome, FETCH_TIMEOUT};
+
+fn id(n: u8) -> ChunkId {
+    ChunkId([n; 32])
+}
+
+#[test]
+fn a_chunk_is_asked_of_one_peer_then_the_next() {
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.connected(1);
+    d.connected(2);
+    d.want(id(1), true, t0);
+    assert_eq!(d.next_for(1, 10), vec![id(1)]);
+    assert!(d.next_for(2, 10).is_empty(), "asked of one peer at a time");
+    d.failed(id(1), 1, "not found");
+    assert_eq!(d.outcome(&id(1)), Some(&Outcome::Pending));
+    assert!(d.next_for(1, 10).is_empty(), "peer 1 was tried");
+    assert_eq!(d.next_for(2, 10), vec![id(1)]);
+    assert!(d.stored(id(1)), "a read waits for it");
+    assert_eq!(d.outcome(&id(1)), Some(&Outcome::Stored));
+    d.release(&id(1));
+    assert_eq!(d.outcome(&id(1)), None, "forgotten once the read took it");
+}
+
+#[test]
+fn every_peer_lacking_it_fails_the_read() {
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.connected(1);
+    d.connected(2);
+    d.want(id(1), true, t0);
+    d.next_for(1, 1);
+    d.failed(id(1), 1, "not found");
+    d.next_for(2, 1);
+    d.failed(id(1), 2, "not found");
+    assert!(matches!(d.outcome(&id(1)), Some(Outcome::Failed(why)) if why.contains("not found")));
+}
+
+#[test]
+fn offline_fails_at_once_and_a_disconnect_hands_over() {
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.want(id(1), true, t0);
+    assert!(
+        matches!(d.outcome(&id(1)), Some(Outcome::Failed(_))),
+        "no peer connected: no waiting"
+    );
+    d.release(&id(1));
+    d.connected(1);
+    d.connected(2);
+    d.want(id(2), true, t0);
+    assert_eq!(d.next_for(1, 1), vec![id(2)]);
+    d.disconnected(1);
+    assert_eq!(d.outcome(&id(2)), Some(&Outcome::Pending));
+    assert_eq!(d.next_for(2, 1), vec![id(2)], "the other peer is asked");
+    d.disconnected(2);
+    assert!(matches!(d.outcome(&id(2)), Some(Outcome::Failed(_))));
+}
+
+#[test]
+fn a_silent_peer_fails_the_read_at_the_deadline() {
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.connected(1);
+    d.want(id(1), true, t0);
+    d.next_for(1, 1);
+    assert_eq!(
+        d.handle_timeout(t0 + Duration::from_secs(1)),
+        Some(t0 + FETCH_TIMEOUT)
+    );
+    assert_eq!(d.outcome(&id(1)), Some(&Outcome::Pending));
+    assert_eq!(d.handle_timeout(t0 + FETCH_TIMEOUT), None);
+    assert!(matches!(d.outcome(&id(1)), Some(Outcome::Failed(why)) if why.contains("8 s")));
+    assert!(
+        FETCH_TIMEOUT < Duration::from_secs(10),
+        "the README promises 10 s"
+    );
+}
+
+#[test]
+fn read_ahead_leaves_nothing_behind() {
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.want(id(1), false, t0);
+    assert_eq!(d.outcome(&id(1)), None, "failed read-ahead is dropped");
+    d.connected(1);
+    d.want(id(2), false, t0);
+    assert_eq!(d.next_for(1, 5), vec![id(2)]);
+    assert!(!d.stored(id(2)), "nobody waits");
+    assert_eq!(d.outcome(&id(2)), None);
+    // A read joining a read-ahead in flight waits for the same fetch.
+    d.want(id(3), false, t0);
+    d.next_for(1, 5);
+    d.want(id(3), true, t0);
+    assert!(d.next_for(1, 5).is_empty(), "not asked twice");
+    assert!(d.stored(id(3)));
+}
