@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fybrk_control::PingReply;
 use fybrk_net::identity::DeviceId;
+use fybrk_net::transport::peer_addr;
 
 use fybrk_control::{
     NatStatus, NetworkStatus, PathKind, PeerInfo, PeerStatus, PeersReply, Quality, RelayStatus,
@@ -106,7 +107,7 @@ impl Shared {
     fn ping_link(&self, peer: DeviceId, name: &str) -> Option<PingReply> {
         let links = lock(&self.links);
         let l = links.get(&peer)?;
-        let remote = l.conn.remote_address();
+        let remote = peer_addr(&l.conn);
         let route = self.mux.relay_route(remote);
         let addr = route.map_or(remote, |r| r.peer);
         let path = path_kind(l.relayed, addr);
@@ -141,7 +142,7 @@ impl Shared {
                     pending_items += l.pending.0;
                     pending_bytes += l.pending.1;
                     // A peer that reached our relay is known under an alias: show its address.
-                    let addr = l.conn.remote_address();
+                    let addr = peer_addr(&l.conn);
                     let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
                     let path = path_kind(l.relayed, addr);
                     let loss = if stats.path.sent_packets == 0 {

@@ -61,8 +61,8 @@ impl FromStr for StunServer {
 }
 
 impl StunServer {
-    /// Resolves the server to an address `local`'s socket can reach: the same IP family (an
-    /// IPv4 server as an IPv4-mapped address for an IPv6 socket).
+    /// Resolves the server to an address `local`'s socket can reach: the same IP family, or
+    /// either for an IPv6 (dual-stack) socket.
     pub async fn resolve(&self, local: SocketAddr) -> Result<SocketAddr, StunError> {
         resolve(&self.to_string(), &self.host, self.port, local)
             .await
@@ -108,12 +108,9 @@ fn fit_family(local: SocketAddr, addr: SocketAddr) -> Option<SocketAddr> {
     match (local.ip(), addr.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => Some(addr),
         (IpAddr::V6(_), IpAddr::V6(_)) => Some(addr),
-        // A dual-stack IPv6 socket reaches IPv4 through mapped addresses, and reports their
-        // replies as coming from those, so the server is known by that form everywhere.
-        (IpAddr::V6(_), IpAddr::V4(v4)) => Some(SocketAddr::new(
-            IpAddr::V6(v4.to_ipv6_mapped()),
-            addr.port(),
-        )),
+        // A dual-stack IPv6 socket reaches IPv4 too; the mux maps the address on the way out
+        // and reports replies under the plain one, so the server is known by that form.
+        (IpAddr::V6(_), IpAddr::V4(_)) => Some(addr),
         (IpAddr::V4(_), IpAddr::V6(_)) => None,
     }
 }
