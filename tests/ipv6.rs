@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Mount};
-use lab::v6::V6_RENDEZVOUS;
+use lab::v6::{V6_RENDEZVOUS, V6_STUN_PORT};
 use lab::Lab;
 
 /// `fybrk rendezvous`'s default port.
@@ -75,6 +75,15 @@ fn wait_file(m: &Mount, rel: &str, data: &[u8]) {
     );
 }
 
+/// `fybrk unmount` (which waits for the daemon to exit) of a daemon started by [`mount_with`].
+fn unmount(m: &Mount) {
+    let mnt = m.mnt.to_str().unwrap().to_owned();
+    let out = m.run(&["unmount", &mnt], Duration::from_secs(60));
+    if !out.status.success() {
+        m.fail(&format!("unmount failed\n{}", describe(&out)));
+    }
+}
+
 fn daemon_log(m: &Mount) -> String {
     std::fs::read_to_string(m.state.join("daemon.log")).unwrap_or_default()
 }
@@ -89,6 +98,7 @@ fn two_ipv6_only_devices_pair_and_sync_directly() {
     let mut rdv = Command::new(fybrk_bin());
     rdv.arg("rendezvous");
     let _rdv = lab.spawn_in_v6_core("rendezvous", rdv);
+    let _stun = lab.start_v6_stun();
     let dev_a = lab.add_v6_device();
     let dev_b = lab.add_v6_device();
     let Some(mut a) = Mount::prepare() else {
@@ -98,10 +108,9 @@ fn two_ipv6_only_devices_pair_and_sync_directly() {
         return;
     };
     let server = SocketAddr::new(IpAddr::V6(V6_RENDEZVOUS), RENDEZVOUS_PORT).to_string();
-    // Nothing answers STUN in this lab: the monitor's queries fail quietly.
-    let stun = SocketAddr::new(IpAddr::V6(V6_RENDEZVOUS), 3478).to_string();
+    let stun = SocketAddr::new(IpAddr::V6(V6_RENDEZVOUS), V6_STUN_PORT).to_string();
+    let extra: Vec<String> = vec!["--rendezvous".into(), server, "--stun".into(), stun.clone()];
     // No --listen: the default (dual stack) in a namespace that has no IPv4 at all.
-    let extra: Vec<String> = vec!["--rendezvous".into(), server, "--stun".into(), stun];
     mount_with(dev_a.cmd(fybrk_bin()), dev_a.ns(), &mut a, "alpha", &extra);
     mount_with(dev_b.cmd(fybrk_bin()), dev_b.ns(), &mut b, "bravo", &extra);
 
@@ -123,19 +132,66 @@ fn two_ipv6_only_devices_pair_and_sync_directly() {
     }
     let status = a.status_json();
     assert!(status.network.listen_addr.is_ipv6(), "{status:?}");
+    // STUN over IPv6: the daemon's monitor sees the device at its own address (no NAT).
+    wait_for(
+        "the STUN monitor's answer",
+        Duration::from_secs(30),
+        || match a.status_json().network.nat.and_then(|n| n.public_addr) {
+            Some(p) if p.ip() == IpAddr::V6(dev_a.ip()) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     // The rendezvous server took both registrations over IPv6 and saw each device at its
-    // own address (no NAT).
+    // own address.
     for (m, ip) in [(&a, dev_a.ip()), (&b, dev_b.ip())] {
         let seen = format!("observed: [{ip}]:");
         wait_for("registered over IPv6", Duration::from_secs(30), || {
-            let log = daemon_log(m);
-            if log.contains(&seen) {
+            if daemon_log(m).contains(&seen) {
                 Ok(())
             } else {
                 Err(m.log_tail())
             }
         });
     }
+    // `nat-check` reports IPv6.
+    let out = run_timeout(
+        dev_a
+            .cmd(fybrk_bin())
+            .args(["nat-check", "--json", "--stun", &stun]),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "nat-check: {}", describe(&out));
+    let report: fybrk_control::NatCheckReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.ipv6.map(|a| a.ip()), Some(IpAddr::V6(dev_a.ip())));
+
+    // Both come back on other ports: neither is where the other remembers it, so they find
+    // each other through the rendezvous server (the introduction hands out the IPv6 host
+    // candidates and the observed addresses) and connect directly again.
+    for (m, name, port) in [(&mut a, "alpha", 22200), (&mut b, "bravo", 22201)] {
+        unmount(m);
+        let mut moved = extra.clone();
+        moved.extend(["--listen".to_string(), format!("[::]:{port}")]);
+        let dev = if name == "alpha" { &dev_a } else { &dev_b };
+        mount_with(dev.cmd(fybrk_bin()), dev.ns(), m, name, &moved);
+    }
+    for (m, id, ip, port) in [
+        (&a, &b_id, dev_b.ip(), 22201),
+        (&b, &a_id, dev_a.ip(), 22200),
+    ] {
+        let (path, addr) =
+            wait_for(
+                "the link after moving",
+                Duration::from_secs(60),
+                || match link_to(m, id) {
+                    Some((path, addr)) if addr.port() == port => Ok((path, addr)),
+                    other => Err(format!("{other:?}\n{}", m.log_tail())),
+                },
+            );
+        assert_eq!(path, "direct");
+        assert_eq!(addr, SocketAddr::new(IpAddr::V6(ip), port));
+    }
+    std::fs::write(b.path("after.txt"), b"moved").unwrap();
+    wait_file(&a, "after.txt", b"moved");
 }
 
 #[test]

@@ -251,6 +251,14 @@ pub fn print_nat_check(r: &NatCheckReport) {
     );
     println!("NAT mapping    {}", r.mapping.in_words());
     println!(
+        "IPv6           {}",
+        match (r.ipv6, r.local_addr.is_ipv6()) {
+            (Some(a), _) => format!("works, reachable at {} (no NAT)", a.ip()),
+            (None, true) => "no answer over IPv6".to_string(),
+            (None, false) => "not checked: IPv6 is off on this host".to_string(),
+        }
+    );
+    println!(
         "verdict        {}",
         match (r.udp_works, r.mapping) {
             (false, _) => "no UDP: peers can only be reached through a TURN relay (--turn)",

@@ -560,7 +560,15 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     let report = rt.block_on(async {
-        let mux = fybrk_net::mux::MuxSocket::bind("0.0.0.0:0".parse()?)?;
+        // Dual stack, so the check covers IPv6 too; IPv4 alone where the host has no IPv6.
+        let mux = match fybrk_net::mux::MuxSocket::bind(fybrk_net::mux::dual_stack(0)) {
+            Err(fybrk_net::mux::MuxError::Bind { source, .. })
+                if fybrk_net::mux::is_no_ipv6(&source) =>
+            {
+                fybrk_net::mux::MuxSocket::bind("0.0.0.0:0".parse()?)?
+            }
+            bound => bound?,
+        };
         let local = mux.local_addr()?;
         Ok::<_, anyhow::Error>((local, fybrk_net::stun::nat_check(&mux, &servers).await))
     })?;
@@ -584,6 +592,7 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
             .into_iter()
             .map(|(server, error)| StunFailure { server, error })
             .collect(),
+        ipv6: r.ipv6,
     };
     if json_out {
         println!("{}", serde_json::to_string(&report)?);

@@ -22,7 +22,10 @@ use std::ffi::OsStr;
 use std::fs;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::{ip_batch, ns_command, udp, Lab, LabChild, MAX_DEVICES};
 
@@ -139,4 +142,80 @@ impl Lab {
         }
         LabChild::spawn(name, wrapped, &self.dir().join(format!("{name}.out")))
     }
+}
+
+/// Where [`Lab::start_v6_stun`] answers.
+pub const V6_STUN_PORT: u16 = 3478;
+
+/// A STUN server thread (Binding requests only, RFC 8489) on `[V6_RENDEZVOUS]:3478`: answers
+/// each request with the source address it saw in an XOR-MAPPED-ADDRESS. Stops on drop. coturn
+/// would do, but this needs no config file and answers over IPv6 only, as this lab has no IPv4.
+pub struct V6Stun {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Lab {
+    /// Starts a [`V6Stun`] in the IPv6 core.
+    pub fn start_v6_stun(&self) -> V6Stun {
+        let addr = SocketAddr::new(IpAddr::V6(V6_RENDEZVOUS), V6_STUN_PORT);
+        let sock = udp::udp_in(&self.v6_core(), addr);
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set_read_timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                let (n, from) = match sock.recv_from(&mut buf) {
+                    Ok(r) => r,
+                    Err(e) if udp::is_timeout(&e) => continue,
+                    Err(e) => panic!("STUN {addr}: recv_from: {e}"),
+                };
+                if let Some(reply) = binding_success(&buf[..n], from) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        V6Stun {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for V6Stun {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The Binding success response to `request` (a Binding request, else `None`), naming `from`.
+fn binding_success(request: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    if request.len() < 20 || request[..2] != [0, 1] || request[4..8] != COOKIE {
+        return None;
+    }
+    let tid = &request[8..20];
+    let mut key = COOKIE.to_vec();
+    key.extend_from_slice(tid);
+    let (family, ip): (u8, Vec<u8>) = match from.ip().to_canonical() {
+        IpAddr::V4(v4) => (1, v4.octets().to_vec()),
+        IpAddr::V6(v6) => (2, v6.octets().to_vec()),
+    };
+    let port = from.port() ^ 0x2112;
+    let mut value = vec![0, family];
+    value.extend_from_slice(&port.to_be_bytes());
+    value.extend(ip.iter().zip(&key).map(|(b, k)| b ^ k));
+    let mut out = vec![0x01, 0x01];
+    out.extend_from_slice(&(4 + value.len() as u16).to_be_bytes());
+    out.extend_from_slice(&COOKIE);
+    out.extend_from_slice(tid);
+    out.extend_from_slice(&[0x00, 0x20]);
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend(value);
+    Some(out)
 }

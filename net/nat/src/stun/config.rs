@@ -79,6 +79,30 @@ impl StunServer {
     }
 }
 
+impl StunServer {
+    /// Resolves the server to one of its IPv6 addresses (for a dual-stack socket's IPv6 check).
+    pub async fn resolve_v6(&self) -> Result<SocketAddr, StunError> {
+        let any_v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
+        let addrs: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|source| StunError::Resolve {
+                    server: self.to_string(),
+                    source,
+                })?
+                .collect(),
+        };
+        addrs
+            .into_iter()
+            .find(|a| a.is_ipv6() && crate::mux::canonical(*a).is_ipv6())
+            .ok_or(StunError::NoUsableAddress {
+                server: self.to_string(),
+                local: any_v6,
+            })
+    }
+}
+
 pub(crate) enum ResolveError {
     Lookup(io::Error),
     NoAddress,
@@ -98,7 +122,11 @@ pub(crate) async fn resolve(
             .map_err(ResolveError::Lookup)?
             .collect(),
     };
-    let usable = addrs.into_iter().find_map(|a| fit_family(local, a));
+    // A dual-stack socket asks over IPv4 first: the mapping verdict is about the IPv4 NAT
+    // (IPv6 has none); `nat_check` asks over IPv6 on its own (`resolve_v6`).
+    let (v4, v6): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.into_iter().partition(SocketAddr::is_ipv4);
+    let usable = v4.into_iter().chain(v6).find_map(|a| fit_family(local, a));
     debug!(server = name, addr = ?usable, "resolved");
     usable.ok_or(ResolveError::NoAddress)
 }
