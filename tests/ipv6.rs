@@ -132,6 +132,13 @@ fn two_ipv6_only_devices_pair_and_sync_directly() {
     }
     let status = a.status_json();
     assert!(status.network.listen_addr.is_ipv6(), "{status:?}");
+    let out = a.run(&["ping", "bravo"], Duration::from_secs(30));
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "ping: {}", describe(&out));
+    assert!(
+        line.contains(&format!("([{}]:22100) via direct (IPv6) in ", dev_b.ip())),
+        "{line}"
+    );
     // STUN over IPv6: the daemon's monitor sees the device at its own address (no NAT).
     wait_for(
         "the STUN monitor's answer",

@@ -5,13 +5,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_control::{Mapping, NatCheckReport, PeersReply, StatusReply};
 
-/// One line of `fybrk ping`: `pong from laptop (192.168.1.7:22100) via lan in 0.4 ms`.
+/// One line of `fybrk ping`: `pong from laptop (192.168.1.7:22100) via lan in 0.4 ms`, or
+/// `... ([2001:db8::7]:22100) via direct (IPv6) in 12.0 ms`.
 pub fn ping_line(r: &fybrk_control::PingReply) -> String {
     let (Some(path), Some(addr), Some(rtt)) = (r.path, r.addr, r.rtt_ms) else {
         return format!("no link to {} (dialled; not reachable yet)", r.name);
     };
     let via = match (path, r.relay) {
         (fybrk_control::PathKind::Relay, Some(host)) => format!("relay via {host}"),
+        // IPv4 is the usual case; IPv6 is named (the address shows it too, less plainly).
+        (p, _) if addr.is_ipv6() => format!("{} (IPv6)", p.as_str()),
         (p, _) => p.as_str().to_string(),
     };
     format!("pong from {} ({addr}) via {via} in {rtt:.1} ms", r.name)
