@@ -143,8 +143,8 @@ fn two_ipv6_only_devices_pair_and_sync_directly() {
     wait_for(
         "the STUN monitor's answer",
         Duration::from_secs(30),
-        || match a.status_json().network.nat.and_then(|n| n.public_addr) {
-            Some(p) if p.ip() == IpAddr::V6(dev_a.ip()) => Ok(()),
+        || match a.status_json().network.nat.map(|n| (n.public_addr, n.ipv6)) {
+            Some((Some(p), Some(v6))) if p.ip() == IpAddr::V6(dev_a.ip()) && v6 == p => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );

@@ -136,6 +136,9 @@ pub fn print_status(s: &StatusReply) {
         } else {
             println!("public        no answer from the STUN servers over UDP");
         }
+        if let Some(v6) = nat.ipv6 {
+            println!("IPv6          {} (no NAT)", v6.ip());
+        }
     }
     if let Some(relay) = &net.relay {
         let how = if !relay.active {

@@ -223,6 +223,7 @@ impl Shared {
                     fybrk_net::stun::Mapping::Unknown => fybrk_control::Mapping::Unknown,
                 },
                 udp_works: r.udp_works,
+                ipv6: r.ipv6,
             });
         let relay = self.turn.as_ref().map(|t| RelayStatus {
             server: t.server_addr(),

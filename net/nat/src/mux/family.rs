@@ -99,6 +99,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_missing_ipv6_stack_means_falling_back_to_ipv4() {
+        use nix::errno::Errno;
+        for (errno, no_v6) in [
+            (Errno::EAFNOSUPPORT, true),
+            (Errno::EADDRNOTAVAIL, true),
+            (Errno::EADDRINUSE, false),
+            (Errno::EACCES, false),
+        ] {
+            let e = io::Error::from_raw_os_error(errno as i32);
+            assert_eq!(is_no_ipv6(&e), no_v6, "{errno}");
+        }
+        assert!(!is_no_ipv6(&io::Error::other("not an OS error")));
+    }
+
+    #[test]
     fn the_wildcard_binds_both_families() {
         let Ok(socket) = bind_udp(dual_stack(0)) else {
             return; // no IPv6 on this host: nothing to check
