@@ -243,7 +243,9 @@ impl Shared {
 }
 
 /// A link's path: relayed, else `lan` for a private, loopback or link-local address (where
-/// LAN discovery finds peers), else `direct`.
+/// LAN discovery finds peers; IPv6 unique-local too), else `direct` (every global IPv6 address:
+/// IPv6 has no NAT in between). `addr` is canonical (`peer_addr`): an IPv4 peer of the
+/// dual-stack socket is judged by its IPv4 address, not as an IPv6 one.
 fn path_kind(relayed: bool, addr: SocketAddr) -> PathKind {
     if relayed {
         PathKind::Relay
@@ -290,5 +292,26 @@ fn is_lan(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_paths_are_direct_unless_unique_local_or_link_local() {
+        let kind = |a: &str| path_kind(false, a.parse().expect("addr"));
+        assert_eq!(kind("[2001:db8:1::2]:22100"), PathKind::Direct);
+        assert_eq!(kind("[2a00:1450::1]:22100"), PathKind::Direct);
+        assert_eq!(kind("[fd12:3456::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("[fe80::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("[::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("192.168.1.7:22100"), PathKind::Lan);
+        assert_eq!(kind("203.0.113.7:22100"), PathKind::Direct);
+        assert_eq!(
+            path_kind(true, "[2001:db8::1]:1".parse().expect("addr")),
+            PathKind::Relay
+        );
     }
 }
