@@ -22,16 +22,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into plain IPv4; any
-/// other address as it is.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
+/// other address as it is. The link's rule (`fybrk_link::transport::canonical`), so the mux
+/// and QUIC connections' addresses agree.
+pub use fybrk_link::transport::canonical;
 
 /// `addr` as a socket of the IPv6 family takes it (`v6`): IPv4 as a mapped address.
 pub(super) fn in_family(addr: SocketAddr, v6: bool) -> SocketAddr {
