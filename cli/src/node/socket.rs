@@ -19,6 +19,8 @@ use crate::state::StateDir;
 pub(super) fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
     let mut listen = listen;
     if !listen.explicit && listen.addr.is_ipv6() {
+        // A probe on port 0 first, so that only a missing IPv6 stack (not a busy port, which
+        // has its own fallback below) turns the default into IPv4.
         match bind_udp(SocketAddr::new(listen.addr.ip(), 0)) {
             Err(e) if is_no_ipv6(&e) => {
                 tracing::warn!(
