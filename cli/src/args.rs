@@ -38,8 +38,10 @@ pub struct StorageArgs {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct NetArgs {
     /// UDP address for connections from other devices (QUIC; also the config file's
-    /// `listen`). Default 0.0.0.0:22100; if that port is taken, a random one (kept for next
-    /// time).
+    /// `listen`). Default [::]:22100: IPv6 and IPv4 on one socket (0.0.0.0:22100 where the
+    /// host has no IPv6); if that port is taken, a random one (kept for next time).
+    /// 0.0.0.0:PORT listens on IPv4 only, an IPv6 address such as [2001:db8::5]:PORT on IPv6
+    /// only.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Rendezvous server (`fybrk rendezvous`) through which devices behind NATs find each

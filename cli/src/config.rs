@@ -2,7 +2,7 @@
 //! `FYBRK_CONFIG`. It holds defaults for `fybrk mount`'s network options and device name:
 //!
 //! ```toml
-//! listen = "0.0.0.0:22100"
+//! listen = "[::]:22100"      # the default: IPv6 and IPv4; "0.0.0.0:22100" for IPv4 only
 //! name = "laptop"
 //! rendezvous = "rdv.example.org:22101"
 //! stun = ["stun.example.org:3478"]

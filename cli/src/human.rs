@@ -5,13 +5,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fybrk_control::{Mapping, NatCheckReport, PeersReply, StatusReply};
 
-/// One line of `fybrk ping`: `pong from laptop (192.168.1.7:22100) via lan in 0.4 ms`.
+/// One line of `fybrk ping`: `pong from laptop (192.168.1.7:22100) via lan in 0.4 ms`, or
+/// `... ([2001:db8::7]:22100) via direct (IPv6) in 12.0 ms`.
 pub fn ping_line(r: &fybrk_control::PingReply) -> String {
     let (Some(path), Some(addr), Some(rtt)) = (r.path, r.addr, r.rtt_ms) else {
         return format!("no link to {} (dialled; not reachable yet)", r.name);
     };
     let via = match (path, r.relay) {
         (fybrk_control::PathKind::Relay, Some(host)) => format!("relay via {host}"),
+        // IPv4 is the usual case; IPv6 is named (the address shows it too, less plainly).
+        (p, _) if addr.is_ipv6() => format!("{} (IPv6)", p.as_str()),
         (p, _) => p.as_str().to_string(),
     };
     format!("pong from {} ({addr}) via {via} in {rtt:.1} ms", r.name)
@@ -174,6 +177,9 @@ pub fn print_status(s: &StatusReply) {
         } else {
             println!("public        no answer from the STUN servers over UDP");
         }
+        if let Some(v6) = nat.ipv6 {
+            println!("IPv6          {} (no NAT)", v6.ip());
+        }
     }
     if let Some(relay) = &net.relay {
         let how = if !relay.active {
@@ -291,6 +297,14 @@ pub fn print_nat_check(r: &NatCheckReport) {
         r.public_addr.map_or("unknown".into(), |a| a.to_string())
     );
     println!("NAT mapping    {}", r.mapping.in_words());
+    println!(
+        "IPv6           {}",
+        match (r.ipv6, r.local_addr.is_ipv6()) {
+            (Some(a), _) => format!("works, reachable at {} (no NAT)", a.ip()),
+            (None, true) => "no answer over IPv6".to_string(),
+            (None, false) => "not checked: IPv6 is off on this host".to_string(),
+        }
+    );
     println!(
         "verdict        {}",
         match (r.udp_works, r.mapping) {

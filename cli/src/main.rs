@@ -173,9 +173,10 @@ enum Cmd {
     /// Run a rendezvous server: devices behind NATs register their addresses with it and ask it
     /// to introduce them to their paired devices (it never sees keys or data).
     Rendezvous {
-        /// UDP address to serve on, e.g. 0.0.0.0:22101.
-        #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:22101")]
-        listen: std::net::SocketAddr,
+        /// UDP address to serve on. Default [::]:22101, IPv6 and IPv4 on one socket (0.0.0.0
+        /// where the host has no IPv6); 0.0.0.0:22101 for IPv4 only.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Check the network like `tailscale netcheck`: whether UDP gets out, this device's public
     /// address as each STUN server sees it, and whether the NAT keeps one mapping (peers can
@@ -604,7 +605,15 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     let report = rt.block_on(async {
-        let mux = fybrk_net::mux::MuxSocket::bind("0.0.0.0:0".parse()?)?;
+        // Dual stack, so the check covers IPv6 too; IPv4 alone where the host has no IPv6.
+        let mux = match fybrk_net::mux::MuxSocket::bind(fybrk_net::mux::dual_stack(0)) {
+            Err(fybrk_net::mux::MuxError::Bind { source, .. })
+                if fybrk_net::mux::is_no_ipv6(&source) =>
+            {
+                fybrk_net::mux::MuxSocket::bind("0.0.0.0:0".parse()?)?
+            }
+            bound => bound?,
+        };
         let local = mux.local_addr()?;
         Ok::<_, anyhow::Error>((local, fybrk_net::stun::nat_check(&mux, &servers).await))
     })?;
@@ -628,6 +637,7 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
             .into_iter()
             .map(|(server, error)| StunFailure { server, error })
             .collect(),
+        ipv6: r.ipv6,
     };
     if json_out {
         println!("{}", serde_json::to_string(&report)?);
@@ -685,8 +695,20 @@ fn ping(
 }
 
 /// `fybrk rendezvous`: serves until SIGINT/SIGTERM.
-fn rendezvous(listen: std::net::SocketAddr) -> Result<ExitCode> {
-    let socket = std::net::UdpSocket::bind(listen).with_context(|| {
+fn rendezvous(listen: Option<std::net::SocketAddr>) -> Result<ExitCode> {
+    use fybrk_net::mux::{bind_udp, dual_stack, is_no_ipv6};
+    let (listen, bound) = match listen {
+        Some(addr) => (addr, bind_udp(addr)),
+        None => match bind_udp(dual_stack(22101)) {
+            Err(e) if is_no_ipv6(&e) => {
+                eprintln!("fybrk rendezvous: no IPv6 on this host, serving IPv4 only");
+                let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], 22101));
+                (v4, bind_udp(v4))
+            }
+            bound => (dual_stack(22101), bound),
+        },
+    };
+    let socket = bound.with_context(|| {
         format!("cannot listen on UDP {listen} (in use? pass another --listen)")
     })?;
     let addr = socket.local_addr()?;

@@ -134,6 +134,10 @@ pub struct NatCheckReport {
     pub servers: Vec<StunAnswer>,
     /// Each server that failed, with why.
     pub errors: Vec<StunFailure>,
+    /// This device's IPv6 address as a STUN server saw it over IPv6 (absent: IPv4 only, or no
+    /// server answered over IPv6). IPv6 has no NAT: peers with IPv6 reach it directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<SocketAddr>,
 }
 
 /// One STUN server's answer in [`NatCheckReport`].
@@ -262,6 +266,7 @@ mod tests {
                         server: "stun.example.org:3478".into(),
                         error: "timed out".into(),
                     }],
+                    ipv6: None,
                 },
                 json!({"local_addr": "0.0.0.0:5000", "udp_works": true,
                        "public_addr": "198.51.100.1:5000", "mapping": word,

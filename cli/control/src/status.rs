@@ -166,6 +166,10 @@ pub struct NatStatus {
     pub mapping: Mapping,
     /// Whether any STUN server answered over UDP.
     pub udp_works: bool,
+    /// This device's IPv6 address as a STUN server saw it over IPv6 (absent: none answered
+    /// over IPv6, or the socket is IPv4 only). No NAT: peers with IPv6 reach it directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<SocketAddr>,
 }
 
 /// The TURN relay.
@@ -383,6 +387,7 @@ mod tests {
                     public_addr: Some("198.51.100.1:4000".parse().unwrap()),
                     mapping: Mapping::EndpointIndependent,
                     udp_works: true,
+                    ipv6: None,
                 }),
                 relay: Some(RelayStatus {
                     server: "198.51.100.2:3478".parse().unwrap(),

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Result};
 use fybrk_control::{PairWithReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::channel_binding;
+use fybrk_net::transport::peer_addr;
 use fybrk_net::transport::CLOSE_SHUTDOWN;
 use fybrk_pair::{Invitation, JoinerSession, Reply};
 use fybrk_store::FolderKeys;
@@ -113,7 +114,7 @@ impl Shared {
     async fn dial_inviter(self: &Arc<Self>, inv: &Invitation) -> Result<quinn::Connection> {
         let inviter = DeviceId::from_bytes(inv.inviter);
         let mut last_err = None;
-        for addr in &inv.addrs {
+        for addr in inv.addrs.iter().filter(|a| self.mux.reaches(**a)) {
             match self
                 .transport
                 .connect_timeout(*addr, inviter, DIAL_TIMEOUT)
@@ -209,7 +210,7 @@ impl Shared {
         if welcome.folder_id != inv.folder {
             bail!("the inviting device sent another folder than its invitation named; not joining");
         }
-        let addr = conn.remote_address();
+        let addr = peer_addr(&conn);
         let keys = FolderKeys::shared(welcome.folder_id, welcome.folder_key, &welcome.later_keys);
         let sh = self.clone();
         tokio::task::spawn_blocking(move || sh.adopt_folder(keys))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fybrk_net::identity::DeviceId;
 use fybrk_net::lan::{self, Announcement, Ignored, LanDiscovery, Verdict};
+use fybrk_net::transport::peer_addr;
 use tokio::net::UdpSocket;
 
 use super::links::DIAL_TIMEOUT;
@@ -59,7 +60,7 @@ impl lan::Peers for View<'_> {
     fn direct_link(&self, id: &DeviceId) -> Option<SocketAddr> {
         let links = lock(&self.0.links);
         let link = links.get(id).filter(|l| !l.relayed)?;
-        Some(link.conn.remote_address())
+        Some(peer_addr(&link.conn))
     }
 }
 
@@ -214,9 +215,8 @@ impl Shared {
 
     /// Dials `peer` at the addresses it was heard at, the first that answers wins.
     async fn lan_dial(self: Arc<Self>, peer: DeviceId, addrs: Vec<SocketAddr>) {
-        // The QUIC socket reaches only its own address family.
-        let family = self.listen_addr.is_ipv4();
-        for addr in addrs.into_iter().filter(|a| a.is_ipv4() == family) {
+        // An IPv4 QUIC socket reaches only IPv4; a dual-stack one both families.
+        for addr in addrs.into_iter().filter(|a| self.mux.reaches(*a)) {
             match self
                 .transport
                 .connect_timeout(addr, peer, DIAL_TIMEOUT)

@@ -11,6 +11,7 @@ use fybrk_net::identity::DeviceId;
 use fybrk_net::sync::quic_driver::run_peer;
 use fybrk_net::sync::store_driver::StoreReplica;
 use fybrk_net::sync::Session;
+use fybrk_net::transport::peer_addr;
 use fybrk_net::transport::{Admission, CLOSE_NOT_PAIRED};
 use tokio::sync::Notify;
 
@@ -85,7 +86,7 @@ impl Shared {
                             Err(_) => Some(anyhow!("the joining device went silent")),
                         };
                         if let Some(e) = err {
-                            tracing::warn!(peer = %acc.peer, addr = %conn.remote_address(), "pairing failed: {e:#}");
+                            tracing::warn!(peer = %acc.peer, addr = %peer_addr(&conn), "pairing failed: {e:#}");
                             conn.close(CLOSE_NOT_PAIRED, b"pairing failed");
                         }
                     }
@@ -165,7 +166,7 @@ impl Shared {
     /// replaces the relayed one on both sides.
     async fn move_off_relay(self: &Arc<Self>, peer: DeviceId) {
         if let Some(conn) = self.introduce(peer, true).await {
-            tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), "moving off the relay");
+            tracing::info!(peer = %peer.abbrev(), addr = %peer_addr(&conn), "moving off the relay");
             self.attach(peer, conn, true);
         }
     }
@@ -176,7 +177,9 @@ impl Shared {
             .get(&peer)
             .map(|p| p.addrs.clone())
             .unwrap_or_default();
-        for addr in addrs {
+        // Most recently seen first, whatever the family (the address that worked last is the
+        // likeliest to work now); an IPv4-only socket skips the IPv6 ones.
+        for addr in addrs.into_iter().filter(|a| self.mux.reaches(*a)) {
             match self
                 .transport
                 .connect_timeout(addr, peer, DIAL_TIMEOUT)
@@ -266,7 +269,7 @@ impl Shared {
     ) {
         let preferred = is_preferred(&self.id, &peer, initiator);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let relayed = self.is_relayed(conn.remote_address());
+        let relayed = self.is_relayed(peer_addr(&conn));
         {
             let mut links = lock(&self.links);
             // Checked under the links lock: `unpair` removes the id first, then the link.
@@ -308,12 +311,12 @@ impl Shared {
             // A relayed address is reached through a channel made for one introduction; the
             // next time the rendezvous server hands it out again.
             if !relayed {
-                p.remember_addr(conn.remote_address());
+                p.remember_addr(peer_addr(&conn));
             }
             p.last_seen_unix = Some(unix_now());
         });
         *lock(&self.connects).entry(peer).or_insert(0) += 1;
-        tracing::info!(peer = %peer.abbrev(), addr = %conn.remote_address(), initiator, "connected");
+        tracing::info!(peer = %peer.abbrev(), addr = %peer_addr(&conn), initiator, "connected");
         self.start_member_exchange(peer, conn.clone());
         tokio::spawn(self.clone().run_link(peer, conn, initiator, generation));
     }

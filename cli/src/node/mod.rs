@@ -60,7 +60,7 @@ mod traversal;
 
 use crate::massdel::MassDeletions;
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -117,7 +117,8 @@ pub struct Traversal {
 impl Default for Listen {
     fn default() -> Listen {
         Listen {
-            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            // One dual-stack socket; IPv4 only where the host has no IPv6 (`socket::bind`).
+            addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), DEFAULT_PORT),
             explicit: false,
         }
     }

@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use fybrk_control::{JoinRequestInfo, PairCancelReply, PairWaitReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::{channel_binding, PairingWindow};
+use fybrk_net::transport::peer_addr;
 use fybrk_pair::{
     Invitation, InviterSession, JoinRequest, JoinedPeer, PendingJoin, RefuseReason, Reply, Welcome,
 };
@@ -304,7 +305,7 @@ impl Shared {
         let (mut send, mut recv) = conn.accept_bi().await?;
         let req: JoinRequest = read_frame(&mut recv).await?;
         let binding = channel_binding(&conn, PAIR_LABEL, &[])?;
-        let first = self.look_at(&req, &binding, peer, conn.remote_address().ip());
+        let first = self.look_at(&req, &binding, peer, peer_addr(&conn).ip());
         let answer = match first {
             Err(refused) => Err(refused),
             Ok(Step::Welcome(number, welcome, joined)) => Ok((number, welcome, joined)),
@@ -326,7 +327,7 @@ impl Shared {
         match answer {
             Ok((number, welcome, JoinedPeer { name, .. })) => {
                 // Trust the device before it has the key: it connects for replication next.
-                self.add_peer(peer, &name, conn.remote_address());
+                self.add_peer(peer, &name, peer_addr(&conn));
                 self.member_added(peer, &name);
                 lock(&self.outcomes).insert(number, InviteOutcome::Joined(peer, name.clone()));
                 tracing::info!(peer = %peer, %name, "device joined");

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fybrk_control::PingReply;
 use fybrk_net::identity::DeviceId;
+use fybrk_net::transport::peer_addr;
 
 use fybrk_control::{
     NatStatus, NetworkStatus, PathKind, PeerInfo, PeerStatus, PeersReply, Quality, RelayStatus,
@@ -106,7 +107,7 @@ impl Shared {
     fn ping_link(&self, peer: DeviceId, name: &str) -> Option<PingReply> {
         let links = lock(&self.links);
         let l = links.get(&peer)?;
-        let remote = l.conn.remote_address();
+        let remote = peer_addr(&l.conn);
         let route = self.mux.relay_route(remote);
         let addr = route.map_or(remote, |r| r.peer);
         let path = path_kind(l.relayed, addr);
@@ -141,7 +142,7 @@ impl Shared {
                     pending_items += l.pending.0;
                     pending_bytes += l.pending.1;
                     // A peer that reached our relay is known under an alias: show its address.
-                    let addr = l.conn.remote_address();
+                    let addr = peer_addr(&l.conn);
                     let addr = self.mux.relay_route(addr).map_or(addr, |r| r.peer);
                     let path = path_kind(l.relayed, addr);
                     let loss = if stats.path.sent_packets == 0 {
@@ -222,6 +223,7 @@ impl Shared {
                     fybrk_net::stun::Mapping::Unknown => fybrk_control::Mapping::Unknown,
                 },
                 udp_works: r.udp_works,
+                ipv6: r.ipv6,
             });
         let relay = self.turn.as_ref().map(|t| RelayStatus {
             server: t.server_addr(),
@@ -241,7 +243,9 @@ impl Shared {
 }
 
 /// A link's path: relayed, else `lan` for a private, loopback or link-local address (where
-/// LAN discovery finds peers), else `direct`.
+/// LAN discovery finds peers; IPv6 unique-local too), else `direct` (every global IPv6 address:
+/// IPv6 has no NAT in between). `addr` is canonical (`peer_addr`): an IPv4 peer of the
+/// dual-stack socket is judged by its IPv4 address, not as an IPv6 one.
 fn path_kind(relayed: bool, addr: SocketAddr) -> PathKind {
     if relayed {
         PathKind::Relay
@@ -288,5 +292,26 @@ fn is_lan(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_paths_are_direct_unless_unique_local_or_link_local() {
+        let kind = |a: &str| path_kind(false, a.parse().expect("addr"));
+        assert_eq!(kind("[2001:db8:1::2]:22100"), PathKind::Direct);
+        assert_eq!(kind("[2a00:1450::1]:22100"), PathKind::Direct);
+        assert_eq!(kind("[fd12:3456::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("[fe80::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("[::1]:22100"), PathKind::Lan);
+        assert_eq!(kind("192.168.1.7:22100"), PathKind::Lan);
+        assert_eq!(kind("203.0.113.7:22100"), PathKind::Direct);
+        assert_eq!(
+            path_kind(true, "[2001:db8::1]:1".parse().expect("addr")),
+            PathKind::Relay
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! UDP, left when the rendezvous server answers directly again).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -279,25 +279,30 @@ fn lan_candidates(listen: SocketAddr, server: SocketAddr) -> Vec<SocketAddr> {
 
 /// The addresses an invitation lists: the listen address, or, when it is a wildcard, this
 /// machine's interface addresses with the listen port (loopback only if there is nothing else:
-/// the invitation is for another device).
+/// the invitation is for another device). A dual-stack socket (`[::]`) adds the IPv6 ones
+/// after the IPv4 ones ([`is_v6_candidate`]); an IPv4 socket lists IPv4 only.
 pub(super) fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     if !listen.ip().is_unspecified() {
         return vec![listen];
     }
     let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut v6: Vec<SocketAddr> = Vec::new();
     if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
         for ifa in ifs {
-            let Some(ip) = ifa
-                .address
-                .and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
-            else {
-                continue;
-            };
-            if !ip.is_loopback() {
-                addrs.push(SocketAddr::new(ip, listen.port()));
+            let Some(a) = ifa.address else { continue };
+            if let Some(s) = a.as_sockaddr_in() {
+                let ip = IpAddr::V4(s.ip());
+                if !ip.is_loopback() {
+                    addrs.push(SocketAddr::new(ip, listen.port()));
+                }
+            } else if let Some(s) = a.as_sockaddr_in6().filter(|_| listen.is_ipv6()) {
+                if is_v6_candidate(s.ip()) {
+                    v6.push(SocketAddr::new(IpAddr::V6(s.ip()), listen.port()));
+                }
             }
         }
     }
+    addrs.extend(v6);
     if addrs.is_empty() {
         // No network at all: only this machine can reach us.
         addrs.push(SocketAddr::new(
@@ -307,4 +312,30 @@ pub(super) fn candidate_addrs(listen: SocketAddr) -> Vec<SocketAddr> {
     }
     addrs.dedup();
     addrs
+}
+
+/// Whether an interface's IPv6 address is worth offering to peers: global unicast and
+/// unique-local ones. Not link-local (useless without the interface's scope, which a peer on
+/// another link cannot use; LAN discovery handles the link), loopback, multicast or mapped.
+fn is_v6_candidate(ip: Ipv6Addr) -> bool {
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_unicast_link_local()
+        || ip.to_ipv4_mapped().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_routable_ipv6_addresses_are_candidates() {
+        for good in ["2001:db8::5", "2a00:1450::1", "fd12:3456::1"] {
+            assert!(is_v6_candidate(good.parse().unwrap()), "{good}");
+        }
+        for bad in ["fe80::1", "::1", "::", "ff02::1", "::ffff:10.0.0.1"] {
+            assert!(!is_v6_candidate(bad.parse().unwrap()), "{bad}");
+        }
+    }
 }

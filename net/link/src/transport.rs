@@ -25,9 +25,11 @@ use crate::identity::{DeviceId, DeviceKey};
 use crate::tls::{self, PeerPolicy, TlsError, TlsIdentity};
 
 mod accept;
+mod addr;
 
 use accept::{handshake, AcceptError, Sources, MAX_PENDING_HANDSHAKES};
 pub use accept::{Accepted, Admission};
+pub use addr::{canonical, canonical_ip, peer_addr};
 
 /// Keep-alive interval. Common NATs drop an idle UDP mapping after 30 s or more (RFC 4787 asks
 /// for at least 2 minutes, many home routers use 30-60 s); a packet every 10 s keeps the mapping,
@@ -328,7 +330,7 @@ impl Transport {
                         incoming.refuse();
                     }
                     Some(incoming) => {
-                        let source = incoming.remote_address().ip();
+                        let source = canonical_ip(incoming.remote_address().ip());
                         if sources.begin(source) {
                             handshakes.spawn(handshake(incoming, Arc::clone(&self.policy)));
                         } else {

@@ -66,9 +66,17 @@
 //!   the TURN server's, every datagram to any other address goes through the relay (a channel
 //!   is bound on first use, which also permits the peer), and arrives as from the real
 //!   address.
+//!
+//! # Address families
+//!
+//! The socket may be a dual-stack IPv6 one (the daemon's default, `[::]`): IPv4 peers then
+//! arrive as IPv4-mapped addresses. The mux hands out and takes only canonical addresses
+//! (plain IPv4 for IPv4 peers, [`canonical`]), and quinn alone sees the socket's family; see
+//! `family`.
 
 //! # Layout
 //!
+//! - `family`: the dual-stack socket and canonical (plain IPv4) addresses.
 //! - `demux`: sorting by first byte ([`classify`]) and handing datagrams to their consumers.
 //! - `gro`: GRO buffers from a TURN server: unwrapped in place, or split segment by segment.
 //! - `pending`: QUIC datagrams split out of a buffer, queued for quinn's next read.
@@ -90,6 +98,7 @@ use tokio::sync::{mpsc, watch};
 
 mod channel_data;
 mod demux;
+mod family;
 mod gro;
 mod indication;
 mod pending;
@@ -104,6 +113,7 @@ pub use channel_data::{
     CHANNEL_NUMBERS,
 };
 pub use demux::{classify, DatagramKind, RENDEZVOUS_FIRST_BYTES, STUN_FIRST_BYTES};
+pub use family::{bind_udp, canonical, dual_stack, is_no_ipv6};
 use pending::Pending;
 use quinn_side::QuinnSocket;
 use routes::Routes;
@@ -210,6 +220,9 @@ struct Shared {
     stats: Counters,
     /// Transaction ids of Send indications.
     indications: AtomicU64,
+    /// The socket is of the IPv6 family: IPv4 destinations leave as mapped addresses, and
+    /// quinn sees IPv4 peers in that form.
+    v6: bool,
 }
 
 #[derive(Default)]
@@ -238,11 +251,11 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl MuxSocket {
-    /// Binds a UDP socket on `addr` (port 0 for any). Must be called inside a tokio runtime.
+    /// Binds a UDP socket on `addr` (port 0 for any; `[::]` is dual stack, see [`bind_udp`]).
+    /// Must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr) -> Result<MuxSocket, MuxError> {
         tokio::runtime::Handle::try_current().map_err(|_| MuxError::NoRuntime)?;
-        let socket =
-            std::net::UdpSocket::bind(addr).map_err(|source| MuxError::Bind { addr, source })?;
+        let socket = bind_udp(addr).map_err(|source| MuxError::Bind { addr, source })?;
         Self::from_std(socket)
     }
 
@@ -250,6 +263,7 @@ impl MuxSocket {
     pub fn from_std(socket: std::net::UdpSocket) -> Result<MuxSocket, MuxError> {
         tokio::runtime::Handle::try_current().map_err(|_| MuxError::NoRuntime)?;
         socket.set_nonblocking(true).map_err(MuxError::Socket)?;
+        let v6 = socket.local_addr().map_err(MuxError::Socket)?.is_ipv6();
         // Sets what quinn's stock socket sets: GRO, ECN and destination-address reporting,
         // no IP fragmentation.
         let udp = UdpSocketState::new((&socket).into()).map_err(MuxError::Socket)?;
@@ -275,6 +289,7 @@ impl MuxSocket {
             reader,
             stats: Counters::default(),
             indications: AtomicU64::new(0),
+            v6,
         });
         tokio::spawn(pump::pump(Arc::clone(&shared)));
         Ok(MuxSocket {
@@ -289,6 +304,12 @@ impl MuxSocket {
     /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.shared().io.local_addr()
+    }
+
+    /// Whether the socket can send to `addr`: an IPv4 socket reaches IPv4 only; an IPv6 one
+    /// (dual stack by default) both families.
+    pub fn reaches(&self, addr: SocketAddr) -> bool {
+        self.shared().v6 || canonical(addr).is_ipv4()
     }
 
     /// The socket as quinn sees it, for [`fybrk_link::transport::Transport::bind_with`]. One QUIC
@@ -314,6 +335,7 @@ impl MuxSocket {
     /// Sends one datagram as is (STUN, TURN control, rendezvous, probes): never wrapped for a
     /// relay.
     pub async fn send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<()> {
+        let to = family::in_family(canonical(to), self.shared().v6);
         self.shared().io.send_to(data, to).await.map(|_| ())
     }
 

@@ -233,8 +233,13 @@ pub(crate) struct Node {
 impl Node {
     /// Must be called inside a tokio runtime.
     pub(crate) fn new() -> Node {
+        Node::on(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// A node whose socket is bound on `addr`. Must be called inside a tokio runtime.
+    pub(crate) fn on(addr: SocketAddr) -> Node {
         use std::sync::Arc;
-        let mux = crate::mux::MuxSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let mux = crate::mux::MuxSocket::bind(addr).expect("bind");
         let key = Arc::new(crate::identity::DeviceKey::generate().expect("key"));
         let allow = Arc::new(crate::tls::AllowList::new());
         let policy: Arc<dyn crate::tls::PeerPolicy> = allow.clone();

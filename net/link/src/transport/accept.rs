@@ -119,7 +119,7 @@ pub(super) async fn handshake(
     incoming: quinn::Incoming,
     policy: Arc<dyn PeerPolicy>,
 ) -> (IpAddr, Result<Accepted, AcceptError>) {
-    let source = incoming.remote_address().ip();
+    let source = super::canonical_ip(incoming.remote_address().ip());
     (source, complete(incoming, policy).await)
 }
 
@@ -127,7 +127,7 @@ async fn complete(
     incoming: quinn::Incoming,
     policy: Arc<dyn PeerPolicy>,
 ) -> Result<Accepted, AcceptError> {
-    let remote = incoming.remote_address();
+    let remote = super::canonical(incoming.remote_address());
     let connecting = incoming
         .accept()
         .map_err(|source| AcceptError::Handshake { remote, source })?;

@@ -12,6 +12,7 @@ use quinn::udp::RecvMeta;
 use tokio::sync::mpsc;
 use tracing::trace;
 
+use super::family::{canonical, in_family};
 use super::{bump, read, Datagram, Shared};
 
 /// First bytes of STUN messages (RFC 7983): the two most significant bits of the type are zero.
@@ -45,6 +46,11 @@ pub fn classify(first_byte: u8, from_turn_server: bool) -> DatagramKind {
 }
 
 impl Shared {
+    /// `addr` as quinn sees it: in the socket's family (see `family`).
+    pub(super) fn for_quinn(&self, addr: SocketAddr) -> SocketAddr {
+        in_family(addr, self.v6)
+    }
+
     /// Classifies a batch quinn received; moves what stays for quinn to the front. Returns how
     /// many buffers quinn gets.
     pub(super) fn demux_batch(&self, bufs: &mut [IoSliceMut<'_>], metas: &mut [RecvMeta]) -> usize {
@@ -55,6 +61,7 @@ impl Shared {
                 // quinn reads `bufs[k]` with `metas[k]`: swapping the slices moves a buffer
                 // without copying it.
                 bufs.swap(kept, i);
+                meta.addr = self.for_quinn(meta.addr);
                 metas[kept] = meta;
                 kept += 1;
             }
@@ -70,6 +77,8 @@ impl Shared {
         if len == 0 {
             return false;
         }
+        // Everything below (TURN servers, channels, consumers) knows peers canonically.
+        meta.addr = canonical(meta.addr);
         let stride = if meta.stride == 0 || meta.stride > len {
             len
         } else {

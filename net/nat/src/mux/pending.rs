@@ -50,7 +50,7 @@ impl Shared {
             buf.clear();
             buf.extend_from_slice(data);
             pending.queue.push_back(Queued {
-                from,
+                from: self.for_quinn(from),
                 dst_ip,
                 data: buf,
             });

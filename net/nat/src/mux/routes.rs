@@ -297,6 +297,7 @@ impl MuxSocket {
 
     /// The route datagrams to `addr` take, if they go through a relay.
     pub fn relay_route(&self, addr: SocketAddr) -> Option<RelayRoute> {
+        let addr = super::canonical(addr);
         read(&self.shared().routes).by_addr.get(&addr).copied()
     }
 }

@@ -10,6 +10,7 @@ use tokio::io::Interest;
 use tracing::debug;
 
 use super::channel_data::{push_channel_data, CHANNEL_DATA_HEADER};
+use super::family::{canonical, in_family};
 use super::indication::{push_send_indication, SEND_OVERHEAD};
 use super::routes::{is_relay_alias, RelayRoute};
 use super::{bump, Shared};
@@ -28,12 +29,15 @@ pub(super) enum Reactor {
 impl Shared {
     /// Sends a datagram (or GSO batch) directly, or through the relay its route names.
     pub(super) fn send(&self, transmit: &Transmit<'_>, reactor: Reactor) -> io::Result<()> {
+        // quinn names IPv4 peers of a dual-stack socket by their mapped address; routes and
+        // aliases are kept under the canonical one.
+        let to = canonical(transmit.destination);
         if self.relaying.load(Ordering::Acquire) {
-            if let Some(route) = self.route_for(transmit.destination) {
+            if let Some(route) = self.route_for(to) {
                 return self.send_relayed(route, transmit, reactor);
             }
         }
-        if is_relay_alias(transmit.destination) {
+        if is_relay_alias(to) {
             // Its route went with its TURN server: lost, like any datagram.
             bump(&self.stats.dropped, 1);
             return Ok(());
@@ -42,6 +46,17 @@ impl Shared {
     }
 
     fn send_now(&self, transmit: &Transmit<'_>, reactor: Reactor) -> io::Result<()> {
+        let destination = in_family(transmit.destination, self.v6);
+        let mapped;
+        let transmit = if destination == transmit.destination {
+            transmit
+        } else {
+            mapped = Transmit {
+                destination,
+                ..transmit.clone()
+            };
+            &mapped
+        };
         match reactor {
             Reactor::Track => self.io.try_io(Interest::WRITABLE, || {
                 self.udp.send((&self.io).into(), transmit)

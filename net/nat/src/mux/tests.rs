@@ -444,3 +444,106 @@ async fn stun_from_a_turn_server_that_no_waiter_claims_goes_to_its_allocation() 
         "unregistered: back to the receiver"
     );
 }
+
+/// Whether this host can bind IPv6 (CI containers may have it disabled).
+fn have_ipv6() -> bool {
+    StdUdpSocket::bind("[::1]:0").is_ok()
+}
+
+#[tokio::test]
+async fn a_dual_stack_socket_speaks_ipv4_under_plain_addresses() {
+    if !have_ipv6() {
+        return;
+    }
+    let a = Node::on(dual_stack(0));
+    let b = Node::new();
+    a.allow.add(b.key.id());
+    b.allow.add(a.key.id());
+    let a_v4 = SocketAddr::from(([127, 0, 0, 1], a.mux.local_addr().expect("addr").port()));
+    let b_addr = b.mux.local_addr().expect("addr");
+    assert!(a.mux.reaches(b_addr) && !b.mux.reaches("[::1]:5".parse().expect("addr")));
+
+    // The consumers see the IPv4 peer as plain IPv4, and can answer it that way.
+    let mut rendezvous = a.mux.take_rendezvous_receiver().expect("receiver");
+    let mut b_rendezvous = b.mux.take_rendezvous_receiver().expect("receiver");
+    b.mux.send_to(&[0x25, 1], a_v4).await.expect("send");
+    let got = next(&mut rendezvous).await;
+    assert_eq!(got.from, b_addr);
+    a.mux.try_send_to(&[0x26, 2], got.from).expect("answer");
+    assert_eq!(next(&mut b_rendezvous).await.from, a_v4);
+
+    // QUIC both ways; quinn names the IPv4 peer by its mapped address, `peer_addr` plainly.
+    let server = Arc::clone(&b.transport);
+    let accept = tokio::spawn(async move { server.accept().await.expect("accepted") });
+    let (conn, _) = a
+        .transport
+        .connect(b_addr, b.key.id())
+        .await
+        .expect("a dials IPv4");
+    assert!(conn.remote_address().is_ipv6());
+    assert_eq!(crate::transport::peer_addr(&conn), b_addr);
+    let accepted = tokio::time::timeout(WAIT, accept)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert_eq!(crate::transport::peer_addr(&accepted.connection), a_v4);
+    let server = Arc::clone(&a.transport);
+    let accept = tokio::spawn(async move { server.accept().await.expect("accepted") });
+    let (_back, _) = b
+        .transport
+        .connect(a_v4, a.key.id())
+        .await
+        .expect("b dials the dual-stack socket over IPv4");
+    let accepted = tokio::time::timeout(WAIT, accept)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert_eq!(crate::transport::peer_addr(&accepted.connection), b_addr);
+}
+
+#[tokio::test]
+async fn on_a_dual_stack_socket_relay_routes_are_kept_under_plain_addresses() {
+    if !have_ipv6() {
+        return;
+    }
+    let mux = MuxSocket::bind(dual_stack(0)).expect("bind");
+    let quinn = mux.quinn_socket().expect("attach");
+    let (server, server_addr) = raw();
+    let (_peer, peer_addr) = raw();
+    let mapped = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    mux.add_turn_server(server_addr);
+    mux.route_via_relay(
+        peer_addr,
+        RelayRoute {
+            server: server_addr,
+            peer: peer_addr,
+            channel: Some(0x4ABC),
+        },
+    );
+    assert!(mux.relay_route(mapped(peer_addr)).is_some());
+    // quinn sends to the mapped address: the route still applies.
+    let contents = [0x41u8; 50];
+    let transmit = Transmit {
+        destination: mapped(peer_addr),
+        ecn: None,
+        contents: &contents,
+        segment_size: None,
+        src_ip: None,
+    };
+    send_when_writable(&quinn, &transmit).await;
+    let mut buf = [0u8; 200];
+    let (n, _) = server.recv_from(&mut buf).expect("wrapped datagram");
+    assert_eq!(decode_channel_data(&buf[..n]), Ok((0x4ABC, &contents[..])));
+    // ChannelData from the server (which the kernel reports mapped) reaches quinn as from the
+    // peer, in quinn's (mapped) form.
+    let mut data = channel_data(0x4ABC, &contents);
+    data.resize(200, 0);
+    let mut bufs = [IoSliceMut::new(&mut data)];
+    let mut metas = [meta(mapped(server_addr), 54, 54)];
+    assert_eq!(mux.shared().demux_batch(&mut bufs, &mut metas), 1);
+    assert_eq!(metas[0].addr, mapped(peer_addr));
+    assert_eq!(metas[0].len, 50);
+}

@@ -58,7 +58,16 @@ pub async fn run_server_with(
                     Err(e) => return Err(e),
                 };
                 let now = Instant::now();
+                // On a dual-stack socket IPv4 clients arrive as mapped addresses: the server
+                // (and the observed addresses it hands out) knows them as plain IPv4.
+                let from = crate::mux::canonical(from);
                 for (to, datagram) in server.handle_datagram(from, &buf[..len], now) {
+                    let to = match to {
+                        SocketAddr::V4(v4) if local.is_ipv6() => {
+                            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+                        }
+                        _ => to,
+                    };
                     if let Err(e) = socket.send_to(&datagram, to).await {
                         debug!(%to, error = %e, "rendezvous send failed");
                     }

@@ -40,6 +40,10 @@ pub struct NatReport {
     pub mapping: Mapping,
     /// Each server that failed, with why.
     pub errors: Vec<(String, String)>,
+    /// Our address as a server saw it over IPv6 (`None`: the socket is IPv4 only, or no server
+    /// answered over IPv6). IPv6 has no NAT, so this is an interface's own global address and
+    /// peers can reach it directly (firewalls permitting).
+    pub ipv6: Option<SocketAddr>,
 }
 
 impl NatReport {
@@ -96,6 +100,7 @@ pub async fn nat_check(mux: &MuxSocket, servers: &[StunServer]) -> NatReport {
                     .iter()
                     .map(|s| (s.to_string(), format!("the socket is unusable: {e}")))
                     .collect(),
+                ipv6: None,
             }
         }
     };
@@ -108,14 +113,31 @@ pub async fn nat_check(mux: &MuxSocket, servers: &[StunServer]) -> NatReport {
                 binding(&mux, addr).await.map(|seen| (addr, seen))
             }
             .await;
-            (i, result)
+            (i, false, result)
         });
+    }
+    // A dual-stack socket also asks each server over IPv6 (the queries above prefer IPv4).
+    if local.is_ipv6() {
+        for (i, server) in servers.iter().enumerate() {
+            let (mux, server) = (mux.clone(), server.clone());
+            queries.spawn(async move {
+                let result = async {
+                    let addr = server.resolve_v6().await?;
+                    binding(&mux, addr).await.map(|seen| (addr, seen))
+                }
+                .await;
+                (i, true, result)
+            });
+        }
     }
     let mut results: Vec<Option<Result<(SocketAddr, SocketAddr), String>>> =
         servers.iter().map(|_| None).collect();
+    let mut over_v6: Vec<Option<SocketAddr>> = servers.iter().map(|_| None).collect();
     while let Some(joined) = queries.join_next().await {
         match joined {
-            Ok((i, result)) => results[i] = Some(result.map_err(|e| e.to_string())),
+            Ok((i, false, result)) => results[i] = Some(result.map_err(|e| e.to_string())),
+            Ok((i, true, Ok((_, seen)))) => over_v6[i] = Some(seen),
+            Ok((i, true, Err(e))) => debug!(server = %servers[i], "no STUN answer over IPv6: {e}"),
             Err(e) => warn!("a STUN query task failed: {e}"),
         }
     }
@@ -124,6 +146,7 @@ pub async fn nat_check(mux: &MuxSocket, servers: &[StunServer]) -> NatReport {
         reflexive: Vec::new(),
         mapping: Mapping::Unknown,
         errors: Vec::new(),
+        ipv6: None,
     };
     let mut answers = Vec::new();
     for (server, result) in servers.iter().zip(results) {
@@ -144,8 +167,14 @@ pub async fn nat_check(mux: &MuxSocket, servers: &[StunServer]) -> NatReport {
             }
         }
     }
-    report.udp_works = !answers.is_empty();
+    report.udp_works = !answers.is_empty() || over_v6.iter().any(Option::is_some);
     report.mapping = classify_mapping(&answers);
+    // In server order: an IPv6-only server's ordinary answer counts too.
+    report.ipv6 = answers
+        .iter()
+        .map(|(_, seen)| *seen)
+        .chain(over_v6.into_iter().flatten())
+        .find(SocketAddr::is_ipv6);
     report
 }
 

@@ -61,8 +61,8 @@ impl FromStr for StunServer {
 }
 
 impl StunServer {
-    /// Resolves the server to an address `local`'s socket can reach: the same IP family (an
-    /// IPv4 server as an IPv4-mapped address for an IPv6 socket).
+    /// Resolves the server to an address `local`'s socket can reach: the same IP family, or
+    /// either for an IPv6 (dual-stack) socket.
     pub async fn resolve(&self, local: SocketAddr) -> Result<SocketAddr, StunError> {
         resolve(&self.to_string(), &self.host, self.port, local)
             .await
@@ -75,6 +75,30 @@ impl StunServer {
                     server: self.to_string(),
                     local,
                 },
+            })
+    }
+}
+
+impl StunServer {
+    /// Resolves the server to one of its IPv6 addresses (for a dual-stack socket's IPv6 check).
+    pub async fn resolve_v6(&self) -> Result<SocketAddr, StunError> {
+        let any_v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0);
+        let addrs: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+            Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|source| StunError::Resolve {
+                    server: self.to_string(),
+                    source,
+                })?
+                .collect(),
+        };
+        addrs
+            .into_iter()
+            .find(|a| a.is_ipv6() && crate::mux::canonical(*a).is_ipv6())
+            .ok_or(StunError::NoUsableAddress {
+                server: self.to_string(),
+                local: any_v6,
             })
     }
 }
@@ -98,7 +122,11 @@ pub(crate) async fn resolve(
             .map_err(ResolveError::Lookup)?
             .collect(),
     };
-    let usable = addrs.into_iter().find_map(|a| fit_family(local, a));
+    // A dual-stack socket asks over IPv4 first: the mapping verdict is about the IPv4 NAT
+    // (IPv6 has none); `nat_check` asks over IPv6 on its own (`resolve_v6`).
+    let (v4, v6): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.into_iter().partition(SocketAddr::is_ipv4);
+    let usable = v4.into_iter().chain(v6).find_map(|a| fit_family(local, a));
     debug!(server = name, addr = ?usable, "resolved");
     usable.ok_or(ResolveError::NoAddress)
 }
@@ -108,12 +136,9 @@ fn fit_family(local: SocketAddr, addr: SocketAddr) -> Option<SocketAddr> {
     match (local.ip(), addr.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => Some(addr),
         (IpAddr::V6(_), IpAddr::V6(_)) => Some(addr),
-        // A dual-stack IPv6 socket reaches IPv4 through mapped addresses, and reports their
-        // replies as coming from those, so the server is known by that form everywhere.
-        (IpAddr::V6(_), IpAddr::V4(v4)) => Some(SocketAddr::new(
-            IpAddr::V6(v4.to_ipv6_mapped()),
-            addr.port(),
-        )),
+        // A dual-stack IPv6 socket reaches IPv4 too; the mux maps the address on the way out
+        // and reports replies under the plain one, so the server is known by that form.
+        (IpAddr::V6(_), IpAddr::V4(_)) => Some(addr),
         (IpAddr::V4(_), IpAddr::V6(_)) => None,
     }
 }

@@ -97,6 +97,7 @@ fn the_public_address_is_the_one_most_servers_saw() {
             .collect(),
         mapping: Mapping::Unknown,
         errors: Vec::new(),
+        ipv6: None,
     };
     assert_eq!(
         report(&[None, Some(m2), Some(m1), Some(m2)]).public_addr(),
