@@ -134,6 +134,12 @@ pub fn print_status(s: &StatusReply) {
             println!("public        no answer from the STUN servers over UDP");
         }
     }
+    if let Some(m) = &net.port_mapping {
+        println!(
+            "port mapping  {} via {} (the router forwards it here)",
+            m.external_addr, m.protocol
+        );
+    }
     if let Some(relay) = &net.relay {
         let how = if !relay.active {
             "lost, not relaying"
@@ -250,6 +256,16 @@ pub fn print_nat_check(r: &NatCheckReport) {
         r.public_addr.map_or("unknown".into(), |a| a.to_string())
     );
     println!("NAT mapping    {}", r.mapping.in_words());
+    match (&r.gateway, &r.port_mapping) {
+        (_, Some(m)) => println!(
+            "port mapping   {} maps {} to this device (test mapping, deleted again)",
+            m.protocol, m.external_addr
+        ),
+        (Some(g), None) => println!("port mapping   none: {g} answers none of PCP, NAT-PMP, UPnP"),
+        (None, None) => {
+            println!("port mapping   not asked (no IPv4 default gateway, or switched off)")
+        }
+    }
     println!(
         "verdict        {}",
         match (r.udp_works, r.mapping) {
