@@ -42,6 +42,8 @@
 //! - [`Lab::add_lan_device`]`() -> Device`: a device on one router-less LAN (a bridge in
 //!   namespace `<id>-b`, 10.77.0.0/24), [`Lab::renumber_lan`]`(&mut Device, Ipv4Addr)` (see
 //!   `lan.rs`; for LAN discovery).
+//! - [`upnp`]: [`Lab::run_miniupnpd`]`(&Device) -> Miniupnpd`, the real miniupnpd (NAT-PMP,
+//!   PCP, UPnP IGD) on a device's router.
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -56,6 +58,7 @@ pub mod coturn;
 mod lan;
 mod nft;
 pub mod udp;
+pub mod upnp;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
