@@ -172,7 +172,7 @@ async fn run(
         }
         let deadline = mapper
             .poll_timeout()
-            .map_or_else(|| Instant::now() + Duration::from_secs(3600), |t| t);
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 mapper.handle_timeout(Instant::now());
