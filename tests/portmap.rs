@@ -12,7 +12,7 @@ mod lab;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Gen, Mount};
 use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
@@ -68,17 +68,25 @@ fn path_to(m: &Mount, other: &Mount) -> Option<String> {
     p.path.map(|k| k.as_str().to_owned())
 }
 
-/// Two devices behind symmetric NATs (a new public port per destination: no punch gets
-/// through, `nat_sync` sees them meet on coturn), one router running miniupnpd: the daemon
-/// there maps its port with PCP, registers the mapped address, and the other device's probes
-/// reach it through the router. They pair and sync over a direct path, and the mapping is gone
-/// from miniupnpd once the daemon unmounts.
-#[test]
-fn symmetric_nats_connect_directly_through_a_port_mapping() {
+/// Two devices behind symmetric NATs, paired through the rendezvous server, the first one's
+/// router running miniupnpd. Fields drop in order: the mounts before the lab.
+struct Paired {
+    a: Mount,
+    b: Mount,
+    dev_b: Device,
+    upnpd: lab::upnp::Miniupnpd,
+    coturn: lab::Coturn,
+    _rdv: lab::LabChild,
+    _lab: Lab,
+}
+
+/// Builds [`Paired`]: miniupnpd on alpha's router, both daemons mounted, alpha's mapping
+/// granted (checked: PCP, the router's external address, the listen port), bravo paired.
+fn pair_through_mapping(tag: &str) -> Option<Paired> {
     if !ready() {
-        return;
+        return None;
     }
-    let lab = Lab::new("pm");
+    let lab = Lab::new(tag);
     let coturn = lab.start_coturn("u", "p");
     let mut rdv = Command::new(fybrk_bin());
     rdv.args([
@@ -90,13 +98,13 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
     let dev_a = lab.add_device(RouterKind::Symmetric);
     let dev_b = lab.add_device(RouterKind::Symmetric);
     let upnpd = lab.run_miniupnpd(&dev_a);
-    let mut a = Mount::prepare().unwrap();
-    let mut b = Mount::prepare().unwrap();
+    let mut a = Mount::prepare()?;
+    let mut b = Mount::prepare()?;
     mount_in(&dev_a, &mut a, "alpha", &coturn);
     mount_in(&dev_b, &mut b, "bravo", &coturn);
 
     // The mapping comes first: alpha's registration then names it.
-    wait_for("alpha's port mapping", Duration::from_secs(20), || match a
+    let mapping = wait_for("alpha's port mapping", Duration::from_secs(20), || match a
         .status_json()
         .network
         .port_mapping
@@ -104,7 +112,6 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
         Some(m) => Ok(m),
         None => Err(format!("none yet; miniupnpd:\n{}", upnpd.log_tail(10))),
     });
-    let mapping = a.status_json().network.port_mapping.unwrap();
     assert_eq!(mapping.protocol, "PCP", "{mapping:?}");
     assert_eq!(
         mapping.external_addr.ip(),
@@ -125,18 +132,42 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
             a.log_tail(),
         ));
     }
+    Some(Paired {
+        a,
+        b,
+        dev_b,
+        upnpd,
+        coturn,
+        _rdv: rdv,
+        _lab: lab,
+    })
+}
+
+/// Waits until `name` on `m` holds `data`.
+fn wait_file(m: &Mount, name: &str, data: &[u8], timeout: Duration) {
+    wait_for(name, timeout, || match std::fs::read(m.path(name)) {
+        Ok(d) if d == data => Ok(()),
+        Ok(d) => Err(format!("{} of {} bytes", d.len(), data.len())),
+        Err(e) => Err(e.to_string()),
+    });
+}
+
+/// Two devices behind symmetric NATs (a new public port per destination: no punch gets
+/// through, `nat_sync` sees them meet on coturn), one router running miniupnpd: the daemon
+/// there maps its port with PCP, registers the mapped address, and the other device's probes
+/// reach it through the router. They pair and sync over a direct path, and the mapping is gone
+/// from miniupnpd once the daemon unmounts.
+#[test]
+fn symmetric_nats_connect_directly_through_a_port_mapping() {
+    let Some(mut s) = pair_through_mapping("pm") else {
+        return;
+    };
+    let (a, b) = (&mut s.a, &s.b);
+    let mapping = a.status_json().network.port_mapping.unwrap();
     let data = Gen::new(14).bytes(1 << 20);
     std::fs::write(a.path("data.bin"), &data).expect("write on alpha");
-    wait_for(
-        "data.bin on bravo",
-        Duration::from_secs(120),
-        || match std::fs::read(b.path("data.bin")) {
-            Ok(d) if d == data => Ok(()),
-            Ok(d) => Err(format!("{} of {} bytes", d.len(), data.len())),
-            Err(e) => Err(e.to_string()),
-        },
-    );
-    let path = path_to(&b, &a);
+    wait_file(b, "data.bin", &data, Duration::from_secs(120));
+    let path = path_to(b, a);
     assert_eq!(
         path.as_deref(),
         Some("direct"),
@@ -144,7 +175,7 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
         a.log_tail(),
         b.log_tail()
     );
-    assert_eq!(path_to(&a, &b).as_deref(), Some("direct"));
+    assert_eq!(path_to(a, b).as_deref(), Some("direct"));
     // Bravo reached alpha at the mapped address.
     let b_status = b.status_json();
     let to_alpha = status_entry(&b_status, &a.status_json().device_id).unwrap();
@@ -154,6 +185,7 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
     let mnt = a.mnt.to_str().unwrap().to_string();
     let out = a.run(&["unmount", &mnt], Duration::from_secs(60));
     assert!(out.status.success(), "unmount\n{}", describe(&out));
+    let upnpd = &s.upnpd;
     wait_for("the mapping deleted", Duration::from_secs(10), || {
         let (r, l) = (upnpd.redirects(), upnpd.leases());
         if r.is_empty() && l.is_empty() {
@@ -163,12 +195,44 @@ fn symmetric_nats_connect_directly_through_a_port_mapping() {
         }
     });
     assert!(
-        a.log_tail().contains("deleting the port mapping"),
+        s.a.log_tail().contains("deleting the port mapping"),
         "{}",
-        a.log_tail()
+        s.a.log_tail()
     );
 }
 
+/// Figures for `scripts/bench/nat.sh` (ignored: a benchmark, not a test), measured as
+/// `nat_sync`'s `nat_bench` does: for the symmetric pair connected through alpha's port
+/// mapping, the connection time from starting bravo's daemon to a file written while it was
+/// down being readable on it, and the throughput of a 64 MiB file.
+#[test]
+#[ignore]
+fn portmap_bench() {
+    let Some(mut s) = pair_through_mapping("pmb") else {
+        return;
+    };
+    std::fs::write(s.a.path("warm-up"), b"w").expect("write on alpha");
+    wait_file(&s.b, "warm-up", b"w", Duration::from_secs(120));
+    let b_mnt = s.b.mnt.to_str().expect("utf-8").to_owned();
+    let out = s.b.run(&["unmount", &b_mnt], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&out));
+    std::fs::write(s.a.path("while-down.txt"), b"hello").expect("write on alpha");
+    let start = Instant::now();
+    mount_in(&s.dev_b, &mut s.b, "bravo", &s.coturn);
+    wait_file(&s.b, "while-down.txt", b"hello", Duration::from_secs(120));
+    let connect = start.elapsed().as_secs_f64();
+    let path = path_to(&s.b, &s.a).unwrap_or_else(|| "none".into());
+    let data = Gen::new(99).bytes(64 << 20);
+    let start = Instant::now();
+    std::fs::write(s.a.path("big.bin"), &data).expect("write big");
+    wait_file(&s.b, "big.bin", &data, Duration::from_secs(600));
+    let rate = 64.0 / start.elapsed().as_secs_f64();
+    // The columns of `nat_sync`'s `nat_bench`, which prints the header.
+    println!(
+        "{:<22} {:>10} {:>14.2} {:>12.1}",
+        "Symmetric(PCP)-Symmetric", path, connect, rate
+    );
+}
 /// `fybrk nat-check` behind a router running miniupnpd names the protocol that answered (PCP
 /// first) and the mapped address, and each protocol alone works against miniupnpd (forced
 /// with `FYBRK_PORT_MAPPING_PROTOCOLS`). The test mapping is deleted again.
