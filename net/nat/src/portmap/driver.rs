@@ -6,6 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -183,8 +184,14 @@ async fn run(
                         mapper.handle_answer(p, answer, Instant::now());
                     }
                 }
-                // ICMP port unreachable (nothing listens on 5351) comes back as an error on a
-                // connected socket; the state machine's timeout moves on.
+                // ICMP port unreachable comes back as an error on a connected socket: nothing
+                // listens on 5351, so neither PCP nor NAT-PMP will answer.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    if let Some(p @ (Protocol::Pcp | Protocol::NatPmp)) = mapper.current() {
+                        debug!(protocol = %p, "the gateway does not listen on port 5351");
+                        mapper.handle_answer(p, Answer::Refused, Instant::now());
+                    }
+                }
                 Err(e) => {
                     debug!("port mapping socket: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -227,6 +234,7 @@ impl Io {
                 self.send(&req).await;
             }
             Protocol::Upnp => {
+                let renewing = current.is_some();
                 let (gateway, internal, control, tx) = (
                     self.config.gateway,
                     self.config.internal_port,
@@ -237,11 +245,20 @@ impl Io {
                     let work = upnp_map(gateway, internal, external_port, control);
                     let result = match tokio::time::timeout(UPNP_WINDOW, work).await {
                         Ok(Ok((control, answer))) => (Some(control), answer),
-                        Ok(Err(e)) => {
-                            debug!("UPnP: {e}");
+                        // No gateway answering UPnP: refused, so the round ends now rather than
+                        // at the end of the UPnP window. A renewal that fails so is left
+                        // unanswered instead: the state machine tries it again before the
+                        // mapping expires.
+                        Ok(Err(e)) if renewing => {
+                            debug!("UPnP renewal: {e}");
                             return;
                         }
-                        Err(_) => return,
+                        Ok(Err(e)) => {
+                            debug!("UPnP: {e}");
+                            (None, Answer::Refused)
+                        }
+                        Err(_) if renewing => return,
+                        Err(_) => (None, Answer::Refused),
                     };
                     let _ = tx.send(result).await;
                 });
@@ -389,28 +406,42 @@ async fn upnp_map(
     let Some(ip) = ip.filter(|ip| !ip.is_unspecified()) else {
         return Ok((control, Answer::Refused));
     };
-    let lease = u32::try_from(LIFETIME.as_secs()).unwrap_or(u32::MAX);
+    let mut lease = u32::try_from(LIFETIME.as_secs()).unwrap_or(u32::MAX);
+    let mut external_port = external_port;
     // Our address as the gateway sees it: the local end of a connection to it.
     let client = local_ipv4(control.addr).await?;
-    let body = upnp::soap_body(
-        control.service,
-        "AddPortMapping",
-        &upnp::add_port_mapping_args(external_port, client, internal_port, lease),
-    );
-    let req = upnp::soap_request(&control, "AddPortMapping", &body);
-    let (raw, _) = http(control.addr, &req).await?;
-    let answer = match upnp::parse_http_answer(&raw) {
-        Ok((200, _)) => Answer::Granted {
-            external: SocketAddrV4::new(ip, external_port),
-            lifetime: LIFETIME,
-        },
-        Ok((_, body)) => {
-            debug!(code = ?upnp::soap_error(body), "UPnP AddPortMapping refused");
-            Answer::Refused
+    // At most three calls: the first, then one for each answer below that can be fixed.
+    for _ in 0..3 {
+        let body = upnp::soap_body(
+            control.service,
+            "AddPortMapping",
+            &upnp::add_port_mapping_args(external_port, client, internal_port, lease),
+        );
+        let req = upnp::soap_request(&control, "AddPortMapping", &body);
+        let (raw, _) = http(control.addr, &req).await?;
+        match upnp::parse_http_answer(&raw) {
+            Ok((200, _)) => {
+                let granted = Answer::Granted {
+                    external: SocketAddrV4::new(ip, external_port),
+                    // A permanent mapping (lease 0) is renewed and deleted like the others.
+                    lifetime: LIFETIME,
+                };
+                return Ok((control, granted));
+            }
+            Ok((_, body)) => match upnp::soap_error(body) {
+                // OnlyPermanentLeasesSupported (IGD v1 devices).
+                Some(725) if lease != 0 => lease = 0,
+                // ConflictInMappingEntry: another device holds the port; any other will do.
+                Some(718) => external_port = rand::thread_rng().gen_range(1024..=65535),
+                code => {
+                    debug!(?code, "UPnP AddPortMapping refused");
+                    break;
+                }
+            },
+            Err(_) => break,
         }
-        Err(_) => Answer::Refused,
-    };
-    Ok((control, answer))
+    }
+    Ok((control, Answer::Refused))
 }
 
 /// The SSDP search and the description: the gateway's control URL.
