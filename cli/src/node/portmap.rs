@@ -3,14 +3,15 @@
 //! it grants is registered with the rendezvous server beside the interface addresses, so a
 //! peer's introduction names it and the peer's probes reach this device through the router
 //! whatever its NAT does (a symmetric NAT included). Without a rendezvous server nobody would
-//! learn the address, so nothing is asked. Removed at unmount, bounded by [`STOP_WITHIN`].
+//! learn the address, so nothing is asked. The gateway is read again every 20 s; a new one gets
+//! asked (and the old mapping deleted). Removed at unmount, bounded by [`STOP_WITHIN`].
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use fybrk_net::portmap::{Mapping, PortMapConfig, PortMapHandle, Protocol};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::lock;
 
@@ -33,41 +34,34 @@ pub fn protocols() -> Vec<Protocol> {
     }
 }
 
-/// The running port mapper of the daemon.
+/// How often the default gateway is read again: a laptop that moved to another network has
+/// another router, and the mapping belongs on that one.
+const GATEWAY_RESCAN: Duration = Duration::from_secs(20);
+
+/// The running port mapper of the daemon: a supervisor task that keeps one
+/// [`PortMapHandle`] on the current default gateway (none while there is none) and passes its
+/// mapping on.
 pub(super) struct PortMapping {
-    handle: Mutex<Option<PortMapHandle>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     mapping: watch::Receiver<Option<Mapping>>,
 }
 
 impl PortMapping {
-    /// Starts asking the default gateway for a mapping of `listen`'s port (within a tokio
-    /// runtime). `None`: no IPv4 default gateway, a loopback-only listen address, or no socket.
+    /// Starts mapping `listen`'s port on the default gateway, now and after every change of
+    /// it (within a tokio runtime). `None` for a loopback or IPv6 listen address.
     pub(super) fn start(listen: SocketAddr) -> Option<PortMapping> {
         if listen.ip().is_loopback() || !listen.is_ipv4() {
             return None;
         }
-        let Some(gateway) = fybrk_net::portmap::gateway::default_gateway() else {
-            tracing::debug!("no IPv4 default gateway: no port mapping");
-            return None;
-        };
-        let config = PortMapConfig {
-            gateway,
-            internal_port: listen.port(),
-            protocols: protocols(),
-        };
-        match fybrk_net::portmap::spawn(config) {
-            Ok(handle) => {
-                tracing::debug!(%gateway, "asking the gateway for a port mapping");
-                Some(PortMapping {
-                    mapping: handle.mapping(),
-                    handle: Mutex::new(Some(handle)),
-                })
-            }
-            Err(e) => {
-                tracing::warn!("no port mapping: {e}");
-                None
-            }
-        }
+        let (tx, mapping) = watch::channel(None);
+        let (stop, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(supervise(listen.port(), tx, stop_rx));
+        Some(PortMapping {
+            stop: Mutex::new(Some(stop)),
+            task: Mutex::new(Some(task)),
+            mapping,
+        })
     }
 
     /// The mapping held now.
@@ -80,11 +74,68 @@ impl PortMapping {
         self.mapping.clone()
     }
 
-    /// Deletes the mapping (best effort, at most [`STOP_WITHIN`]).
+    /// Deletes the mapping (best effort, at most [`STOP_WITHIN`] and a little).
     pub(super) fn stop(&self, rt: &tokio::runtime::Runtime) {
-        let handle = lock(&self.handle).take();
-        if let Some(h) = handle {
-            rt.block_on(h.stop(STOP_WITHIN));
+        if let Some(s) = lock(&self.stop).take() {
+            let _ = s.send(());
+        }
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(STOP_WITHIN + Duration::from_millis(500), t).await;
+            });
+        }
+    }
+}
+
+/// Keeps a mapper on the current default gateway until `stop`, then deletes its mapping.
+async fn supervise(port: u16, tx: watch::Sender<Option<Mapping>>, mut stop: oneshot::Receiver<()>) {
+    let mut current: Option<(std::net::Ipv4Addr, PortMapHandle)> = None;
+    let mut tick = tokio::time::interval(GATEWAY_RESCAN);
+    loop {
+        let gateway = fybrk_net::portmap::gateway::default_gateway();
+        if current.as_ref().map(|(g, _)| *g) != gateway {
+            if let Some((old, h)) = current.take() {
+                tracing::info!(%old, new = ?gateway, "the default gateway changed: port mapping again");
+                tx.send_replace(None);
+                h.stop(STOP_WITHIN).await;
+            }
+            if let Some(gateway) = gateway {
+                let config = PortMapConfig {
+                    gateway,
+                    internal_port: port,
+                    protocols: protocols(),
+                };
+                match fybrk_net::portmap::spawn(config) {
+                    Ok(h) => {
+                        tracing::debug!(%gateway, "asking the gateway for a port mapping");
+                        current = Some((gateway, h));
+                    }
+                    Err(e) => tracing::warn!("no port mapping: {e}"),
+                }
+            }
+        }
+        let mut mapping = current.as_ref().map(|(_, h)| h.mapping());
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    if let Some((_, h)) = current.take() {
+                        h.stop(STOP_WITHIN).await;
+                    }
+                    tx.send_replace(None);
+                    return;
+                }
+                _ = tick.tick() => break,
+                r = async { mapping.as_mut()?.changed().await.ok() }, if mapping.is_some() => {
+                    match r {
+                        Some(()) => {
+                            let m = mapping.as_mut().and_then(|m| *m.borrow_and_update());
+                            tx.send_replace(m);
+                        }
+                        None => mapping = None,
+                    }
+                }
+            }
         }
     }
 }
