@@ -228,6 +228,9 @@ impl Io {
                 self.send(&req).await;
             }
             Protocol::NatPmp => {
+                // The address is asked each time (it may have changed since the last grant):
+                // a mapping answer waits for it.
+                self.natpmp_ip = None;
                 self.send(&natpmp::encode_address_request()).await;
                 let req =
                     natpmp::encode_map_request(self.config.internal_port, external_port, lifetime);
