@@ -281,3 +281,82 @@ fn a_zero_lifetime_grant_counts_as_a_refusal() {
     assert_eq!(m.mapping(), None);
     assert_eq!(m.current(), Some(Protocol::NatPmp));
 }
+
+/// One input to the lifecycle in [`random_inputs_keep_the_lifecycle_sound`].
+#[derive(Debug, Clone)]
+enum Input {
+    /// Run the clock to the next timeout.
+    Timeout,
+    /// Some time passes without a timeout being handled.
+    Wait(u16),
+    /// An answer from `protocol`: granted (port, lifetime seconds) or refused.
+    Answer(usize, Option<(u16, u16)>),
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        Just(Input::Timeout),
+        any::<u16>().prop_map(Input::Wait),
+        (0..3usize, proptest::option::of(any::<(u16, u16)>()))
+            .prop_map(|(p, a)| Input::Answer(p, a)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever answers come when: a timeout is always pending until stop, the mapping held is
+    /// the last one granted, requests go only to the protocol being asked, and stopping deletes
+    /// exactly the mapping held.
+    #[test]
+    fn random_inputs_keep_the_lifecycle_sound(inputs in proptest::collection::vec(input(), 0..60)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut m = PortMapper::new(&Protocol::ALL, now);
+        prop_assert_eq!(drain(&mut m), [Action::Request { protocol: Protocol::Pcp }]);
+        for i in inputs {
+            match i {
+                Input::Timeout => {
+                    let t = m.poll_timeout().expect("a timeout until stopped");
+                    now = now.max(t);
+                    m.handle_timeout(now);
+                }
+                Input::Wait(ms) => now += Duration::from_millis(ms.into()),
+                Input::Answer(p, a) => {
+                    let answer = match a {
+                        Some((port, secs)) => granted(port, secs.into()),
+                        None => Answer::Refused,
+                    };
+                    let was = m.current();
+                    m.handle_answer(Protocol::ALL[p], answer, now);
+                    if was == Some(Protocol::ALL[p]) {
+                        if let (Some((port, secs)), true) = (a, a.is_some_and(|(_, s)| s > 0)) {
+                            let held = m.mapping().expect("granted");
+                            prop_assert_eq!(held.external.port(), port);
+                            prop_assert_eq!(held.lifetime, Duration::from_secs(secs.into()));
+                        }
+                    }
+                }
+            }
+            while let Some(a) = m.poll_action() {
+                match a {
+                    Action::Request { protocol } => prop_assert_eq!(Some(protocol), m.current()),
+                    Action::Delete { .. } => prop_assert!(false, "delete before stop"),
+                }
+            }
+            while let Some(e) = m.poll_event() {
+                if let Event::Mapped(x) = e {
+                    prop_assert_eq!(Some(x), m.mapping());
+                }
+            }
+        }
+        let held = m.mapping();
+        m.stop();
+        let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+        match held {
+            Some(mapping) => prop_assert_eq!(actions, vec![Action::Delete { mapping }]),
+            None => prop_assert!(actions.is_empty()),
+        }
+        prop_assert_eq!(m.poll_timeout(), None);
+    }
+}
