@@ -298,8 +298,10 @@ impl Io {
                         &upnp::delete_port_mapping_args(m.external.port()),
                     );
                     let req = upnp::soap_request(control, "DeletePortMapping", &body);
-                    if let Err(e) = http(control.addr, &req).await {
-                        debug!("UPnP DeletePortMapping: {e}");
+                    match tokio::time::timeout(UPNP_WINDOW, http(control.addr, &req)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => debug!("UPnP DeletePortMapping: {e}"),
+                        Err(_) => debug!("UPnP DeletePortMapping: no answer"),
                     }
                 }
                 return;
