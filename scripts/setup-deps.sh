@@ -40,6 +40,8 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   e2fsprogs        chattr/lsattr/mkfs.ext4, for tests that compare against a native filesystem
 #   coturn           real STUN/TURN server for the NAT lab (turnserver; its turnutils_* clients)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
+#   miniupnpd-nftables  the real NAT-PMP/PCP/UPnP IGD daemon on a lab router (tests/portmap.rs);
+#                    its Debian service never starts in a container without systemd
 #   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network
 #   syncthing        the side-by-side peer in the sync benchmark
 #   perl             `prove`, which runs the vendored pjdfstest .t files (tests/pjdfs.rs); gcc for
@@ -49,7 +51,7 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   chromium, chromium-driver  tests/web.rs drives the web page in headless Chromium (WebDriver)
 #   python3-prometheus-client  tests/web.rs parses /metrics with the reference text parser
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
-    coturn nftables iproute2 conntrack syncthing hyperfine perl systemd
+    coturn nftables iproute2 conntrack miniupnpd-nftables syncthing hyperfine perl systemd
     chromium chromium-driver python3-prometheus-client)
 
 pkgs=("${base_pkgs[@]}")

@@ -67,6 +67,10 @@ pub struct NetArgs {
     /// every device of a LAN must use the same.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub lan_discovery_port: Option<u16>,
+    /// Do not ask the router for a port mapping (PCP, NAT-PMP, UPnP) of the listen port (also
+    /// the config file's `port_mapping = false`). Mapping is tried only with --rendezvous.
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }
 
 impl MountArgs {
@@ -103,6 +107,9 @@ impl MountArgs {
         }
         if let Some(c) = storage.cache {
             out.extend(["--cache".to_string(), c.to_string()]);
+        }
+        if net.no_port_mapping {
+            out.push("--no-port-mapping".to_string());
         }
         out
     }

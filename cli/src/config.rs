@@ -9,6 +9,7 @@
 //! turn = "turn:turn.example.org:3478?user=me&pass=secret"
 //! lan_discovery = true       # announce on the LAN and listen for paired devices (default)
 //! lan_discovery_port = 22102 # the same on every device of a LAN
+//! port_mapping = true        # ask the router to map the listen port (PCP, NAT-PMP, UPnP; default)
 //! web = true                         # the local web page (default on)
 //! web_listen = "127.0.0.1:22103"     # where it is served; loopback addresses only
 //! metrics_listen = "127.0.0.1:9102"  # optional: /metrics without the token, on its own port
@@ -55,6 +56,8 @@ pub struct Config {
     pub lan_discovery: Option<bool>,
     /// `lan_discovery_port`.
     pub lan_discovery_port: Option<u16>,
+    /// `port_mapping`: `false` switches router port mapping off.
+    pub port_mapping: Option<bool>,
     /// `[history]`: how long old versions are kept and how much space they may take.
     pub retention: Retention,
     /// `web`, `web_listen` and `metrics_listen`.
@@ -125,6 +128,7 @@ struct Raw {
     turn: Option<Spanned<String>>,
     lan_discovery: Option<bool>,
     lan_discovery_port: Option<Spanned<i64>>,
+    port_mapping: Option<bool>,
     history: Option<RawHistory>,
     web: Option<bool>,
     web_listen: Option<Spanned<String>>,
@@ -312,6 +316,7 @@ impl Config {
             turn: text(raw.turn),
             lan_discovery: raw.lan_discovery,
             lan_discovery_port,
+            port_mapping: raw.port_mapping,
         })
     }
 }
@@ -384,6 +389,7 @@ impl MountOptions {
                         .or(file.lan_discovery_port)
                         .unwrap_or(fybrk_net::lan::DEFAULT_PORT),
                 },
+                port_mapping: !net.no_port_mapping && file.port_mapping.unwrap_or(true),
             },
             retention: file.retention,
             web: file.web,
@@ -817,6 +823,28 @@ turn = "turn:file.example.org:1?user=u&pass=p"
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("lan_discovery_port"), "{e}");
         }
+    }
+
+    #[test]
+    fn port_mapping_key() {
+        let o = MountOptions::resolve(&Config::default(), &MountArgs::default(), None);
+        assert!(o.traversal.port_mapping);
+        let c = parse("port_mapping = false\n").unwrap();
+        assert!(
+            !MountOptions::resolve(&c, &MountArgs::default(), None)
+                .traversal
+                .port_mapping
+        );
+        let cli = MountArgs {
+            net: NetArgs {
+                no_port_mapping: true,
+                ..NetArgs::default()
+            },
+            ..MountArgs::default()
+        };
+        let o = MountOptions::resolve(&Config::default(), &cli, None);
+        assert!(!o.traversal.port_mapping);
+        assert!(cli.to_args().contains(&"--no-port-mapping".to_string()));
     }
 
     #[test]

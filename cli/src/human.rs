@@ -181,6 +181,12 @@ pub fn print_status(s: &StatusReply) {
             println!("IPv6          {} (no NAT)", v6.ip());
         }
     }
+    if let Some(m) = &net.port_mapping {
+        println!(
+            "port mapping  {} via {} (the router forwards it here)",
+            m.external_addr, m.protocol
+        );
+    }
     if let Some(relay) = &net.relay {
         let how = if !relay.active {
             "lost, not relaying"
@@ -297,6 +303,16 @@ pub fn print_nat_check(r: &NatCheckReport) {
         r.public_addr.map_or("unknown".into(), |a| a.to_string())
     );
     println!("NAT mapping    {}", r.mapping.in_words());
+    match (&r.gateway, &r.port_mapping) {
+        (_, Some(m)) => println!(
+            "port mapping   {} maps {} to this device (test mapping, deleted again)",
+            m.protocol, m.external_addr
+        ),
+        (Some(g), None) => println!("port mapping   none: {g} answers none of PCP, NAT-PMP, UPnP"),
+        (None, None) => {
+            println!("port mapping   not asked (no IPv4 default gateway, or switched off)")
+        }
+    }
     println!(
         "IPv6           {}",
         match (r.ipv6, r.local_addr.is_ipv6()) {

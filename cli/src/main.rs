@@ -180,12 +180,18 @@ enum Cmd {
     },
     /// Check the network like `tailscale netcheck`: whether UDP gets out, this device's public
     /// address as each STUN server sees it, and whether the NAT keeps one mapping (peers can
-    /// punch through) or changes it per destination (a relay will be needed).
+    /// punch through) or changes it per destination (a relay will be needed), and which port
+    /// mapping protocol the router answers (PCP, NAT-PMP, UPnP; the test mapping is deleted
+    /// at once).
     NatCheck {
         /// STUN server to ask (repeat for more; also FYBRK_STUN or the config file's `stun`).
         /// Default: Google's public ones.
         #[arg(long, value_name = "HOST:PORT")]
         stun: Vec<String>,
+        /// Do not ask the router for a port mapping (also the config file's
+        /// `port_mapping = false`).
+        #[arg(long)]
+        no_port_mapping: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -437,17 +443,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Completions { shell } => completions::print_completions(shell),
         Cmd::Man => completions::print_man(),
         Cmd::Web { json, no_open } => web::cmd::run(&state, json, no_open),
-        Cmd::NatCheck { stun, json } => {
+        Cmd::NatCheck {
+            stun,
+            no_port_mapping,
+            json,
+        } => {
             // The same STUN servers as the daemon: --stun, else FYBRK_STUN, else the config file.
             let flags = MountArgs {
                 net: NetArgs {
                     stun,
+                    no_port_mapping,
                     ..NetArgs::default()
                 },
                 ..MountArgs::default()
             };
             let options = MountOptions::load(cli.config.as_deref(), &state, &flags)?;
-            nat_check(&options.traversal.stun, json)
+            nat_check(
+                &options.traversal.stun,
+                options.traversal.port_mapping,
+                json,
+            )
         }
         Cmd::Unmount { dir, json } => {
             let mnt = mounts::absolute(&dir)?;
@@ -597,7 +612,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `fybrk nat-check`.
-fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
+fn nat_check(stun: &[String], port_mapping: bool, json_out: bool) -> Result<ExitCode> {
     use fybrk_net::stun::Mapping;
     let servers = fybrk_net::stun::stun_servers(stun).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -615,9 +630,22 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
             bound => bound?,
         };
         let local = mux.local_addr()?;
-        Ok::<_, anyhow::Error>((local, fybrk_net::stun::nat_check(&mux, &servers).await))
+        // The router is asked to map the check's own port, beside the STUN questions.
+        let gateway = port_mapping
+            .then(fybrk_net::portmap::gateway::default_gateway)
+            .flatten();
+        let mapping = async {
+            let config = fybrk_net::portmap::PortMapConfig {
+                gateway: gateway?,
+                internal_port: local.port(),
+                protocols: node::port_mapping_protocols(),
+            };
+            fybrk_net::portmap::probe(config).await.ok().flatten()
+        };
+        let (stun, mapping) = tokio::join!(fybrk_net::stun::nat_check(&mux, &servers), mapping);
+        Ok::<_, anyhow::Error>((local, stun, gateway, mapping))
     })?;
-    let (local, r) = report;
+    let (local, r, gateway, mapping) = report;
     let report = NatCheckReport {
         local_addr: local,
         udp_works: r.udp_works,
@@ -638,6 +666,12 @@ fn nat_check(stun: &[String], json_out: bool) -> Result<ExitCode> {
             .map(|(server, error)| StunFailure { server, error })
             .collect(),
         ipv6: r.ipv6,
+        gateway: gateway.map(std::net::IpAddr::V4),
+        port_mapping: mapping.map(|m| fybrk_control::PortMappingStatus {
+            protocol: m.protocol.name().to_string(),
+            external_addr: std::net::SocketAddr::V4(m.external),
+            lifetime_secs: m.lifetime.as_secs(),
+        }),
     };
     if json_out {
         println!("{}", serde_json::to_string(&report)?);

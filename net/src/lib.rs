@@ -19,5 +19,5 @@
 //! neither needs to know about the other.
 
 pub use fybrk_link::{identity, tls, transport};
-pub use fybrk_nat::{backoff, lan, mux, rendezvous, stun, turn};
+pub use fybrk_nat::{backoff, lan, mux, portmap, rendezvous, stun, turn};
 pub use fybrk_sync as sync;

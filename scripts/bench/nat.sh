@@ -6,18 +6,20 @@
 #
 # For a home-home pair (direct, hole-punched through the lab's rendezvous server), a
 # symmetric-symmetric pair (relayed through coturn: one side reaches the other's relayed
-# address) and a home / UDP-blocked pair (the blocked side sends everything through coturn),
-# prints:
+# address), a home / UDP-blocked pair (the blocked side sends everything through coturn) and a
+# symmetric-symmetric pair whose first router runs miniupnpd (direct through its PCP port mapping;
+# needs miniupnpd-nftables), prints:
 #   connect (s)  from starting the second device's daemon to a file written while it was down
 #                being readable on it (targets: direct <= 2 s, relayed <= 5 s)
 #   MiB/s        a 64 MiB file written on the first device until verified on the second
 #                (target: relayed >= 50 % of direct)
-# It runs the ignored test `nat_bench` in tests/nat_sync.rs; nothing leaves the lab.
+# It runs the ignored tests `nat_bench` in tests/nat_sync.rs and `portmap_bench` in
+# tests/portmap.rs; nothing leaves the lab.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 case "${1:-}" in
-    -h | --help) sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "nat.sh: needs root (network namespaces)" >&2
@@ -27,4 +29,6 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo build --release -p fybrk >/dev/null
 CI=true cargo test --release -p fybrk-tests --test nat_sync nat_bench -- --ignored --nocapture 2>&1 \
     | grep -E "^(pair|Home|Symmetric|UdpBlocked|test result)"
+CI=true cargo test --release -p fybrk-tests --test portmap portmap_bench -- --ignored --nocapture 2>&1 \
+    | grep -E "^(Symmetric|test result)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

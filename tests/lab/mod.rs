@@ -43,6 +43,8 @@
 //!   namespace `<id>-b`, 10.77.0.0/24), [`Lab::renumber_lan`]`(&mut Device, Ipv4Addr)` (see
 //!   `lan.rs`; for LAN discovery).
 //! - [`v6`]: an IPv6-only internet ([`Lab::add_v6_device`], `V6_RENDEZVOUS`; see `v6.rs`).
+//! - [`upnp`]: [`Lab::run_miniupnpd`]`(&Device) -> Miniupnpd`, the real miniupnpd (NAT-PMP,
+//!   PCP, UPnP IGD) on a device's router.
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -58,6 +60,7 @@ mod lan;
 mod nft;
 pub mod udp;
 pub mod v6;
+pub mod upnp;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

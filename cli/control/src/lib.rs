@@ -56,7 +56,7 @@ pub use request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 pub use server::Handler;
 pub use status::{
     ChunkCacheStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus, NetworkStatus,
-    OperationStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+    OperationStatus, PathKind, PeerStatus, PortMappingStatus, Quality, RelayStatus, StatusReply,
 };
 pub use storage::{
     Free, FreeReply, Ls, LsEntry, LsReply, Pin, PinReply, StorageStatus, Unpin, UnreadableFile,

@@ -138,6 +138,13 @@ pub struct NatCheckReport {
     /// server answered over IPv6). IPv6 has no NAT: peers with IPv6 reach it directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<SocketAddr>,
+    /// The IPv4 default gateway asked for a port mapping (`null`: none, or `--no-port-mapping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
+    /// The port mapping the gateway granted (and `nat-check` deleted again at once); `null`:
+    /// none of PCP, NAT-PMP and UPnP answered with one (then left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mapping: Option<crate::PortMappingStatus>,
 }
 
 /// One STUN server's answer in [`NatCheckReport`].
@@ -267,6 +274,8 @@ mod tests {
                         error: "timed out".into(),
                     }],
                     ipv6: None,
+                    gateway: None,
+                    port_mapping: None,
                 },
                 json!({"local_addr": "0.0.0.0:5000", "udp_works": true,
                        "public_addr": "198.51.100.1:5000", "mapping": word,

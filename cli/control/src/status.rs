@@ -155,6 +155,21 @@ pub struct NetworkStatus {
     pub pending_items: u64,
     /// Bytes still to fetch from connected peers, summed.
     pub pending_bytes: u64,
+    /// The router's port mapping of the listen port (left out: none, off, or no rendezvous
+    /// server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mapping: Option<PortMappingStatus>,
+}
+
+/// A port mapping the LAN's gateway granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMappingStatus {
+    /// Who granted it: `PCP`, `NAT-PMP` or `UPnP`.
+    pub protocol: String,
+    /// The public address and port that reach this device's listen port.
+    pub external_addr: SocketAddr,
+    /// The lifetime granted, in seconds (renewed at half of it).
+    pub lifetime_secs: u64,
 }
 
 /// What the STUN servers said about this device's NAT.
@@ -398,6 +413,7 @@ mod tests {
                 peers: vec![connected(), offline()],
                 pending_items: 3,
                 pending_bytes: 4096,
+                port_mapping: None,
             },
         }
     }

@@ -43,6 +43,8 @@
 //! - `members`: the folder's member list: kept, exchanged with every link, applied to who may
 //!   connect.
 //! - `status`: what `fybrk status` and `fybrk peers` show.
+//! - `portmap`: the router's port mapping of the listen port (with a rendezvous server), its
+//!   address registered as a candidate; deleted at unmount.
 //! - `socket`: binding the one UDP socket.
 
 mod framing;
@@ -54,6 +56,7 @@ mod links;
 mod members;
 mod pairing;
 mod policy;
+mod portmap;
 mod socket;
 mod status;
 mod traversal;
@@ -82,6 +85,7 @@ pub use joining::finish_join;
 pub use lan::LanOptions;
 use links::Link;
 use pairing::{Invite, InviteOutcome};
+pub use portmap::protocols as port_mapping_protocols;
 use socket::{bind, grow_buffers};
 use traversal::start_traversal;
 
@@ -112,6 +116,8 @@ pub struct Traversal {
     pub turn: Option<String>,
     /// LAN discovery: on (the default) and its port.
     pub lan: LanOptions,
+    /// Ask the router for a port mapping of the listen port (with a rendezvous server only).
+    pub port_mapping: bool,
 }
 
 impl Default for Listen {
@@ -151,6 +157,8 @@ struct Shared {
     peer_relays: Arc<Mutex<HashSet<SocketAddr>>>,
     /// The reflexive address and NAT type, refreshed (only with a rendezvous server).
     nat: Option<fybrk_net::stun::NatMonitor>,
+    /// The router's port mapping of the listen port (only with a rendezvous server).
+    port_mapping: Option<portmap::PortMapping>,
     id: DeviceId,
     name: String,
     fs: Arc<Fs>,
@@ -273,6 +281,7 @@ impl Node {
         };
         let peer_relays = Arc::new(Mutex::new(HashSet::new()));
         let mut address_changed = None;
+        let mut port_mapping = None;
         let (rendezvous, nat, rendezvous_addr, turn) = match &traversal.rendezvous {
             None => (None, None, None, None),
             Some(server) => {
@@ -288,6 +297,7 @@ impl Node {
                     peer_relays.clone(),
                 )?;
                 address_changed = Some(t.address_changed);
+                port_mapping = t.port_mapping;
                 (Some(t.handle), Some(t.nat), Some(t.server), t.turn)
             }
         };
@@ -317,6 +327,7 @@ impl Node {
             turn,
             peer_relays,
             nat,
+            port_mapping,
             id: device.id(),
             name: name.to_owned(),
             fs,
@@ -357,14 +368,17 @@ impl Node {
         Ok(Node { rt, shared })
     }
 
-    /// Closes every connection (peers learn at once instead of after the idle timeout) and
-    /// saves progress. The tasks stop with the process.
+    /// Closes every connection (peers learn at once instead of after the idle timeout),
+    /// deletes the router's port mapping and saves progress. The tasks stop with the process.
     pub fn shutdown(&self) {
         let sh = &self.shared;
         sh.transport.close();
         self.rt.block_on(async {
             let _ = tokio::time::timeout(Duration::from_secs(2), sh.transport.wait_idle()).await;
         });
+        if let Some(p) = &sh.port_mapping {
+            p.stop(&self.rt);
+        }
         if let Err(e) = sh.persist() {
             tracing::warn!(error = %e, "cannot save peers");
         }

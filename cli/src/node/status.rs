@@ -238,6 +238,12 @@ impl Shared {
             peers,
             pending_items,
             pending_bytes,
+            port_mapping: self
+                .port_mapping
+                .as_ref()
+                .and_then(super::portmap::PortMapping::current)
+                .as_ref()
+                .map(super::portmap::status),
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct Traversing {
     pub(super) nat: fybrk_net::stun::NatMonitor,
     pub(super) server: SocketAddr,
     pub(super) turn: Option<Arc<fybrk_net::turn::TurnClient>>,
+    /// The router's port mapping, when asked for (`port_mapping`) and a gateway exists.
+    pub(super) port_mapping: Option<super::portmap::PortMapping>,
 }
 
 /// Starts the rendezvous client on the shared socket, the STUN monitor and, with `--turn`,
@@ -80,17 +82,35 @@ pub(super) fn start_traversal(
     let send_mux = mux.clone();
     let send = move |to: SocketAddr, data: &[u8]| send_mux.try_send_to(data, to);
     let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
+    // The router's port mapping: its public address joins the candidates once granted.
+    let port_mapping = traversal
+        .port_mapping
+        .then(|| super::portmap::PortMapping::start(listen_addr))
+        .flatten();
     {
         // Interfaces come and go (a laptop joins another network): the LAN addresses the
-        // server hands to peers are read again now and then; the client registers again only
-        // when they changed.
+        // server hands to peers are read again now and then, and at once when the port
+        // mapping changes; the client registers again only when they changed.
         let handle = handle.clone();
+        // Without a port mapper: a channel that never changes (its sender is gone).
+        let mut mapped = port_mapping.as_ref().map_or_else(
+            || tokio::sync::watch::channel(None).1,
+            super::portmap::PortMapping::watch,
+        );
         rt.spawn(async move {
             let mut tick = tokio::time::interval(LAN_RESCAN);
             tick.tick().await;
+            let mut watching = true;
             loop {
-                tick.tick().await;
-                let lan = lan_candidates(listen_addr, server_addr);
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = mapped.changed(), if watching => watching = r.is_ok(),
+                }
+                let lan = super::portmap::with_mapped(
+                    lan_candidates(listen_addr, server_addr),
+                    *mapped.borrow_and_update(),
+                    fybrk_net::rendezvous::messages::MAX_LAN_CANDIDATES,
+                );
                 if handle.set_lan_candidates(lan).await.is_err() {
                     break;
                 }
@@ -187,6 +207,7 @@ pub(super) fn start_traversal(
         nat: monitor,
         server: server_addr,
         turn,
+        port_mapping,
     })
 }
 

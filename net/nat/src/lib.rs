@@ -20,6 +20,8 @@
 //!   when to reset it.
 //! - [`lan`]: LAN discovery: signed announcements by broadcast and multicast, and the policy
 //!   deciding when to announce, which announcements to believe and whom to dial.
+//! - [`portmap`]: router port mapping (PCP, NAT-PMP, UPnP IGD) of the listen port on the LAN's
+//!   gateway: wire formats, the lifecycle as a state machine, a thin tokio driver.
 //! - [`rendezvous`]: the rendezvous server, its client (registration, introductions) and hole
 //!   punching, as state machines without I/O plus thin tokio drivers.
 //! - `testing` (tests only): a real coturn on loopback for the TURN tests.
@@ -27,6 +29,7 @@
 pub mod backoff;
 pub mod lan;
 pub mod mux;
+pub mod portmap;
 pub mod rendezvous;
 pub mod stun;
 pub mod turn;
