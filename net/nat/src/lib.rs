@@ -20,11 +20,14 @@
 //!   when to reset it.
 //! - [`lan`]: LAN discovery: signed announcements by broadcast and multicast, and the policy
 //!   deciding when to announce, which announcements to believe and whom to dial.
+//! - [`dht`]: serverless discovery: signed address records in the Mainline DHT (BEP 44),
+//!   the policy deciding when to publish, whom to look up and dial, and a thin node wrapper.
 //! - [`rendezvous`]: the rendezvous server, its client (registration, introductions) and hole
 //!   punching, as state machines without I/O plus thin tokio drivers.
 //! - `testing` (tests only): a real coturn on loopback for the TURN tests.
 
 pub mod backoff;
+pub mod dht;
 pub mod lan;
 pub mod mux;
 pub mod rendezvous;
