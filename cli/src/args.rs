@@ -46,6 +46,15 @@ pub struct NetArgs {
     /// every device of a LAN must use the same.
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub lan_discovery_port: Option<u16>,
+    /// Do not publish this device's addresses in the Mainline DHT nor look paired devices up
+    /// there (also the config file's `dht = false`).
+    #[arg(long)]
+    pub no_dht: bool,
+    /// A bootstrap node of the Mainline DHT (repeat for more; also the config file's
+    /// `dht_bootstrap`). Default: the public bootstrap nodes (router.bittorrent.com:6881,
+    /// dht.transmissionbt.com:6881, dht.libtorrent.org:25401, relay.pkarr.org:6881).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
 }
 
 impl MountArgs {
@@ -72,6 +81,12 @@ impl MountArgs {
         }
         if let Some(p) = net.lan_discovery_port {
             out.extend(["--lan-discovery-port".to_string(), p.to_string()]);
+        }
+        if net.no_dht {
+            out.push("--no-dht".to_string());
+        }
+        for b in &net.dht_bootstrap {
+            out.extend(["--dht-bootstrap".to_string(), b.clone()]);
         }
         out
     }

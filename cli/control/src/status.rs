@@ -152,6 +152,21 @@ pub struct NetworkStatus {
     pub pending_items: u64,
     /// Bytes still to fetch from connected peers, summed.
     pub pending_bytes: u64,
+    /// Discovery through the Mainline DHT (left out: switched off, or the daemon listens on
+    /// loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtStatus>,
+}
+
+/// Discovery through the Mainline DHT: this device's signed address record and its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhtStatus {
+    /// Whether the DHT node runs (it starts once a paired device's key is known).
+    pub running: bool,
+    /// Unix seconds of the last successful publish of this device's record (`null`: none yet).
+    pub last_publish_unix: Option<u64>,
+    /// DHT nodes in the node's routing table.
+    pub known_nodes: u32,
 }
 
 /// What the STUN servers said about this device's NAT.
@@ -389,6 +404,11 @@ mod tests {
                 peers: vec![connected(), offline()],
                 pending_items: 3,
                 pending_bytes: 4096,
+                dht: Some(DhtStatus {
+                    running: true,
+                    last_publish_unix: Some(1_700_000_000),
+                    known_nodes: 42,
+                }),
             },
         }
     }

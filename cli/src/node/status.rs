@@ -236,6 +236,7 @@ impl Shared {
             peers,
             pending_items,
             pending_bytes,
+            dht: *lock(&self.dht),
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
             peers,
             pending_items: 0,
             pending_bytes: 0,
+            dht: None,
         },
         mass_deletions: Vec::new(),
         pair_requests: Vec::new(),
