@@ -47,8 +47,8 @@ pub struct NetArgs {
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub lan_discovery_port: Option<u16>,
     /// Do not publish this device's addresses in the Mainline DHT nor look paired devices up
-    /// there (also the config file's `dht = false`).
-    #[arg(long)]
+    /// there (also FYBRK_NO_DHT=1, or the config file's `dht = false`).
+    #[arg(long, env = "FYBRK_NO_DHT", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_dht: bool,
     /// A bootstrap node of the Mainline DHT (repeat for more; also the config file's
     /// `dht_bootstrap`). Default: the public bootstrap nodes (router.bittorrent.com:6881,

@@ -748,13 +748,17 @@ turn = "turn:file.example.org:1?user=u&pass=p"
         let o = MountOptions::resolve(&Config::default(), &MountArgs::default(), None);
         assert!(o.traversal.dht.enabled);
         assert!(o.traversal.dht.bootstrap.is_empty());
-        let c = parse("dht = false\ndht_bootstrap = [\"10.0.0.1:6881\", \"dht.example.org:6881\"]\n")
-            .unwrap();
+        let c =
+            parse("dht = false\ndht_bootstrap = [\"10.0.0.1:6881\", \"dht.example.org:6881\"]\n")
+                .unwrap();
         let o = MountOptions::resolve(&c, &MountArgs::default(), None);
         assert!(!o.traversal.dht.enabled);
         assert_eq!(
             o.traversal.dht.bootstrap,
-            vec!["10.0.0.1:6881".to_string(), "dht.example.org:6881".to_string()]
+            vec![
+                "10.0.0.1:6881".to_string(),
+                "dht.example.org:6881".to_string()
+            ]
         );
         let cli = MountArgs {
             net: crate::args::NetArgs {

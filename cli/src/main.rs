@@ -313,7 +313,10 @@ fn main() -> ExitCode {
 fn init_logging(cmd: &Cmd) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            if matches!(cmd, Cmd::Mount { .. } | Cmd::Rendezvous { .. } | Cmd::DhtNode { .. }) {
+            if matches!(
+                cmd,
+                Cmd::Mount { .. } | Cmd::Rendezvous { .. } | Cmd::DhtNode { .. }
+            ) {
                 "info"
             } else {
                 "warn"

@@ -42,6 +42,8 @@
 //! - [`Lab::add_lan_device`]`() -> Device`: a device on one router-less LAN (a bridge in
 //!   namespace `<id>-b`, 10.77.0.0/24), [`Lab::renumber_lan`]`(&mut Device, Ipv4Addr)` (see
 //!   `lan.rs`; for LAN discovery).
+//! - [`Lab::start_dht`]`(nodes) -> LabDht`: the lab's own Mainline DHT (`fybrk dht-node` in
+//!   the public namespace; see `dht.rs`).
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -53,6 +55,7 @@
 #![allow(dead_code)] // each test file uses part of the lab
 
 pub mod coturn;
+pub mod dht;
 mod lan;
 mod nft;
 pub mod udp;
@@ -479,9 +482,12 @@ impl Device {
 
     /// `program` to be run in the device's namespace. It goes through `nsenter --net`, not
     /// `ip netns exec`: only the network namespace changes, so a FUSE mount made by the command
-    /// stays visible to the test.
+    /// stays visible to the test. DHT discovery is off (`FYBRK_NO_DHT`) unless a test removes
+    /// that variable and names the lab's own DHT (`dht.rs`).
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
-        ns_command(&self.ns, program)
+        let mut c = ns_command(&self.ns, program);
+        c.env("FYBRK_NO_DHT", "1");
+        c
     }
 
     /// A UDP socket bound to `lan_ip:port` in the device's namespace (0: any port).

@@ -53,6 +53,6 @@ pub use reply::{
 pub use request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 pub use server::Handler;
 pub use status::{
-    ChunkCacheStatus, DhtStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus, NetworkStatus,
-    OperationStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
+    ChunkCacheStatus, DhtStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus,
+    NetworkStatus, OperationStatus, PathKind, PeerStatus, Quality, RelayStatus, StatusReply,
 };

@@ -78,7 +78,9 @@ pub(super) fn start(sh: &Arc<Shared>, options: DhtOptions, stun: &[String]) {
         match fybrk_net::stun::stun_servers(stun) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("DHT discovery: no STUN servers ({e}); publishing local addresses only");
+                tracing::warn!(
+                    "DHT discovery: no STUN servers ({e}); publishing local addresses only"
+                );
                 None
             }
         }
