@@ -404,11 +404,7 @@ mod tests {
                 peers: vec![connected(), offline()],
                 pending_items: 3,
                 pending_bytes: 4096,
-                dht: Some(DhtStatus {
-                    running: true,
-                    last_publish_unix: Some(1_700_000_000),
-                    known_nodes: 42,
-                }),
+                dht: None,
             },
         }
     }
@@ -494,6 +490,24 @@ mod tests {
                 "last_seen_unix": null, "pending_items": 0, "pending_bytes": 0, "in_sync": false,
             })
         );
+    }
+
+    /// `dht` is left out while discovery through the DHT is off, and an object when it is on.
+    #[test]
+    fn status_dht_field() {
+        let mut s = status();
+        s.network.dht = Some(DhtStatus {
+            running: true,
+            last_publish_unix: Some(1_700_000_000),
+            known_nodes: 42,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["dht"],
+            json!({"running": true, "last_publish_unix": 1_700_000_000u64, "known_nodes": 42})
+        );
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReply>(&text).unwrap(), s);
     }
 
     #[test]
