@@ -32,6 +32,15 @@ const COUNT_EVERY: Duration = Duration::from_secs(10);
 /// A node that cannot be started (bad bootstrap names, no socket) is tried again this late.
 const RESTART_AFTER: Duration = Duration::from_secs(60);
 
+/// The first publish waits this long at most for STUN's first answer, so that it already names
+/// our public address (a STUN round trip takes milliseconds; a server that does not answer must
+/// not hold the record back).
+const FIRST_STUN_WAIT: Duration = Duration::from_secs(3);
+
+/// With a rendezvous server, an unreachable peer is looked up in the DHT only after this long:
+/// the server introduces reachable peers within seconds, so the DHT is for when it is down.
+const LOOKUP_AFTER_WITH_RENDEZVOUS: Duration = Duration::from_secs(60);
+
 /// DHT options (`dht`, `dht_bootstrap`, `--no-dht`, `--dht-bootstrap`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DhtOptions {
@@ -191,8 +200,16 @@ impl Shared {
                 fybrk_net::stun::MONITOR_INTERVAL,
             )
         });
+        if let Some(m) = &monitor {
+            let mut first = m.subscribe();
+            let _ = tokio::time::timeout(FIRST_STUN_WAIT, first.wait_for(Option::is_some)).await;
+        }
         let (tx, mut rx) = mpsc::channel::<Outcome>(64);
-        let mut policy = DhtPolicy::new(dht::Config::default());
+        let mut config = dht::Config::default();
+        if self.rendezvous.is_some() {
+            config.lookup_after = LOOKUP_AFTER_WITH_RENDEZVOUS;
+        }
+        let mut policy = DhtPolicy::new(config);
         let mut last_count: Option<Instant> = None;
         loop {
             let now = Instant::now();
