@@ -691,6 +691,7 @@ fn dht_node(listen: &[std::net::SocketAddrV4], bootstrap: Vec<String>) -> Result
             bootstrap: bootstrap.clone(),
             bind: Some(*addr),
             server: true,
+            request_timeout: None,
         })
         .with_context(|| format!("cannot start a DHT node on UDP {addr}"))?;
         if nodes.is_empty() {

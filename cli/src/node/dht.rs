@@ -181,6 +181,7 @@ impl Shared {
                 0,
             )),
             server: false,
+            request_timeout: None,
         };
         let node = loop {
             let o = node_options.clone();

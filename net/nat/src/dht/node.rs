@@ -26,6 +26,9 @@ pub struct NodeOptions {
     /// nodes). A daemon runs in `mainline`'s adaptive mode: it serves only once it has seen
     /// that it is reachable and has run a while.
     pub server: bool,
+    /// How long a query waits for a node's answer (default: mainline's 2 s). Loopback tests
+    /// shorten it: a lookup ends only when its last queries have been answered or timed out.
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// Why a publish failed.
@@ -60,6 +63,9 @@ impl DhtNode {
             if bind.port() != 0 {
                 builder.port(bind.port());
             }
+        }
+        if let Some(t) = options.request_timeout {
+            builder.request_timeout(t);
         }
         if options.server {
             builder.server_mode();

@@ -349,6 +349,7 @@ fn publish_and_lookup_through_a_small_dht_on_loopback() {
             bootstrap,
             bind: Some(SocketAddrV4::new([127, 0, 0, 1].into(), 0)),
             server: true,
+            request_timeout: Some(Duration::from_millis(200)),
         })
         .unwrap()
     };
@@ -360,6 +361,7 @@ fn publish_and_lookup_through_a_small_dht_on_loopback() {
             bootstrap: vec![bootstrap.to_owned()],
             bind: Some(SocketAddrV4::new([127, 0, 0, 1].into(), 0)),
             server: false,
+            request_timeout: Some(Duration::from_millis(200)),
         })
         .unwrap()
     };
