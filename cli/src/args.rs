@@ -30,7 +30,8 @@ pub struct NetArgs {
     pub rendezvous: Option<String>,
     /// STUN server for learning this device's public address (repeat for more; also
     /// FYBRK_STUN, comma separated, or the config file's `stun`). Default:
-    /// stun.l.google.com:19302 and stun1..3. Used only with --rendezvous.
+    /// stun.l.google.com:19302 and stun1..3. Used with --rendezvous, and without one for the
+    /// address record published in the DHT (unless --no-dht).
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
     /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
