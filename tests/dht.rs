@@ -1,4 +1,5 @@
-//! Discovery through the Mainline DHT in the lab (`tests/lab/`): two devices behind home NATs,
+//! Discovery through the Mainline DHT in the lab (`tests/lab/`): two devices behind home NATs
+//! (and, in a second test, behind port-restricted ones: plain masquerade),
 //! paired earlier through a rendezvous server that is then gone, restart at new public ports
 //! (their remembered addresses are wrong) and find each other through the lab's own small DHT
 //! (`fybrk dht-node`, never the public one), then connect directly. Root only (skips loudly
@@ -79,10 +80,15 @@ fn wait_file(m: &Mount, name: &str, want: &[u8], timeout: Duration) {
 
 #[test]
 fn home_nats_without_a_rendezvous_find_each_other_through_the_dht() {
+    found_through_the_dht("dht", RouterKind::Home);
+}
+
+/// Two devices behind routers of `kind` (see the module doc); the lab is tagged `tag`.
+fn found_through_the_dht(tag: &str, kind: RouterKind) {
     if !lab::ready() || !fybrk_tests::have_tool("conntrack") {
         return;
     }
-    let lab = Lab::new("dht");
+    let lab = Lab::new(tag);
     // coturn only as the STUN server (the reflexive address each device publishes).
     let coturn = lab.start_coturn("u", "p");
     let dht = lab.start_dht(&fybrk_bin(), 5);
@@ -90,8 +96,8 @@ fn home_nats_without_a_rendezvous_find_each_other_through_the_dht() {
     let mut rdv = Command::new(fybrk_bin());
     rdv.args(["rendezvous", "--listen", &rendezvous]);
     let rdv = lab.spawn_in_public("rendezvous", rdv);
-    let mut dev_a = lab.add_device(RouterKind::Home);
-    let mut dev_b = lab.add_device(RouterKind::Home);
+    let mut dev_a = lab.add_device(kind);
+    let mut dev_b = lab.add_device(kind);
     let (Some(mut a), Some(mut b)) = (Mount::prepare(), Mount::prepare()) else {
         return;
     };
@@ -170,4 +176,9 @@ fn home_nats_without_a_rendezvous_find_each_other_through_the_dht() {
     }
     unmount(&a);
     unmount(&b);
+}
+
+#[test]
+fn port_restricted_nats_without_a_rendezvous_find_each_other_through_the_dht() {
+    found_through_the_dht("dhtp", RouterKind::PortRestricted);
 }
