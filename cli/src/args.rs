@@ -51,7 +51,8 @@ pub struct NetArgs {
     pub rendezvous: Option<String>,
     /// STUN server for learning this device's public address (repeat for more; also
     /// FYBRK_STUN, comma separated, or the config file's `stun`). Default:
-    /// stun.l.google.com:19302 and stun1..3. Used only with --rendezvous.
+    /// stun.l.google.com:19302 and stun1..3. Used with --rendezvous, and without one for the
+    /// address record published in the DHT (unless --no-dht).
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
     /// TURN relay for when no direct path exists: turn:HOST:PORT?user=NAME&pass=SECRET (also
@@ -71,6 +72,15 @@ pub struct NetArgs {
     /// the config file's `port_mapping = false`). Mapping is tried only with --rendezvous.
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// Do not publish this device's addresses in the Mainline DHT nor look paired devices up
+    /// there (also FYBRK_NO_DHT=1, or the config file's `dht = false`).
+    #[arg(long, env = "FYBRK_NO_DHT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_dht: bool,
+    /// A bootstrap node of the Mainline DHT (repeat for more; also the config file's
+    /// `dht_bootstrap`). Default: the public bootstrap nodes (router.bittorrent.com:6881,
+    /// dht.transmissionbt.com:6881, dht.libtorrent.org:25401, relay.pkarr.org:6881).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
 }
 
 impl MountArgs {
@@ -110,6 +120,12 @@ impl MountArgs {
         }
         if net.no_port_mapping {
             out.push("--no-port-mapping".to_string());
+        }
+        if net.no_dht {
+            out.push("--no-dht".to_string());
+        }
+        for b in &net.dht_bootstrap {
+            out.extend(["--dht-bootstrap".to_string(), b.clone()]);
         }
         out
     }

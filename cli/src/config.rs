@@ -10,6 +10,8 @@
 //! lan_discovery = true       # announce on the LAN and listen for paired devices (default)
 //! lan_discovery_port = 22102 # the same on every device of a LAN
 //! port_mapping = true        # ask the router to map the listen port (PCP, NAT-PMP, UPnP; default)
+//! dht = true                 # publish our addresses in the Mainline DHT, look peers up (default)
+//! dht_bootstrap = ["router.bittorrent.com:6881"]  # default: the public bootstrap nodes
 //! web = true                         # the local web page (default on)
 //! web_listen = "127.0.0.1:22103"     # where it is served; loopback addresses only
 //! metrics_listen = "127.0.0.1:9102"  # optional: /metrics without the token, on its own port
@@ -58,6 +60,10 @@ pub struct Config {
     pub lan_discovery_port: Option<u16>,
     /// `port_mapping`: `false` switches router port mapping off.
     pub port_mapping: Option<bool>,
+    /// `dht`: `false` switches discovery through the Mainline DHT off.
+    pub dht: Option<bool>,
+    /// `dht_bootstrap`: `HOST:PORT` of the DHT's bootstrap nodes (empty: the public ones).
+    pub dht_bootstrap: Vec<String>,
     /// `[history]`: how long old versions are kept and how much space they may take.
     pub retention: Retention,
     /// `web`, `web_listen` and `metrics_listen`.
@@ -129,6 +135,8 @@ struct Raw {
     lan_discovery: Option<bool>,
     lan_discovery_port: Option<Spanned<i64>>,
     port_mapping: Option<bool>,
+    dht: Option<bool>,
+    dht_bootstrap: Option<Vec<Spanned<String>>>,
     history: Option<RawHistory>,
     web: Option<bool>,
     web_listen: Option<Spanned<String>>,
@@ -234,6 +242,9 @@ impl Config {
                 .map_err(|e| e.to_string());
             check("turn", v, ok)?;
         }
+        for v in raw.dht_bootstrap.iter().flatten() {
+            check("dht_bootstrap", v, check_host_port(v.get_ref()))?;
+        }
         let lan_discovery_port = match &raw.lan_discovery_port {
             None => None,
             Some(v) => Some(
@@ -317,6 +328,13 @@ impl Config {
             lan_discovery: raw.lan_discovery,
             lan_discovery_port,
             port_mapping: raw.port_mapping,
+            dht: raw.dht,
+            dht_bootstrap: raw
+                .dht_bootstrap
+                .into_iter()
+                .flatten()
+                .map(|v| v.into_inner().trim().to_string())
+                .collect(),
         })
     }
 }
@@ -390,6 +408,14 @@ impl MountOptions {
                         .unwrap_or(fybrk_net::lan::DEFAULT_PORT),
                 },
                 port_mapping: !net.no_port_mapping && file.port_mapping.unwrap_or(true),
+                dht: crate::node::DhtOptions {
+                    enabled: !net.no_dht && file.dht.unwrap_or(true),
+                    bootstrap: if net.dht_bootstrap.is_empty() {
+                        file.dht_bootstrap.clone()
+                    } else {
+                        net.dht_bootstrap.clone()
+                    },
+                },
             },
             retention: file.retention,
             web: file.web,
@@ -796,6 +822,41 @@ turn = "turn:file.example.org:1?user=u&pass=p"
         assert!(!o.listen.explicit && net.rendezvous.is_none() && net.turn.is_none());
         assert_eq!(o.listen.addr, Listen::default().addr);
         assert!(net.stun.is_empty() && o.name.is_none() && o.config_file.is_none());
+    }
+
+    #[test]
+    fn dht_keys() {
+        let o = MountOptions::resolve(&Config::default(), &MountArgs::default(), None);
+        assert!(o.traversal.dht.enabled);
+        assert!(o.traversal.dht.bootstrap.is_empty());
+        let c =
+            parse("dht = false\ndht_bootstrap = [\"10.0.0.1:6881\", \"dht.example.org:6881\"]\n")
+                .unwrap();
+        let o = MountOptions::resolve(&c, &MountArgs::default(), None);
+        assert!(!o.traversal.dht.enabled);
+        assert_eq!(
+            o.traversal.dht.bootstrap,
+            vec![
+                "10.0.0.1:6881".to_string(),
+                "dht.example.org:6881".to_string()
+            ]
+        );
+        let cli = MountArgs {
+            net: crate::args::NetArgs {
+                no_dht: true,
+                dht_bootstrap: vec!["10.0.0.2:6881".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let o = MountOptions::resolve(&Config::default(), &cli, None);
+        assert!(!o.traversal.dht.enabled);
+        assert_eq!(o.traversal.dht.bootstrap, vec!["10.0.0.2:6881".to_string()]);
+        let args = cli.to_args();
+        assert!(args.contains(&"--no-dht".to_string()));
+        assert!(args.contains(&"--dht-bootstrap".to_string()));
+        let e = parse("dht_bootstrap = [\"nope\"]").unwrap_err().to_string();
+        assert!(e.contains("dht_bootstrap"), "{e}");
     }
 
     #[test]

@@ -200,6 +200,17 @@ pub fn print_status(s: &StatusReply) {
             relay.relayed_addr, relay.server
         );
     }
+    if let Some(dht) = &net.dht {
+        let published = dht.last_publish_unix.map_or_else(
+            || "not published yet".to_string(),
+            |t| format!("published {} ago", fmt_secs(unix_now().saturating_sub(t))),
+        );
+        if dht.running {
+            println!("dht           {} nodes known, {published}", dht.known_nodes);
+        } else {
+            println!("dht           on, starts once a paired device's key is known");
+        }
+    }
     print_peers_status(s);
 }
 

@@ -178,6 +178,18 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Run Mainline DHT nodes in server mode (the lab's own little DHT for the tests; not for
+    /// users: the public DHT needs no help).
+    #[command(hide = true)]
+    DhtNode {
+        /// IPv4 address and port of a node (repeat for more nodes in this process); the first
+        /// is every other one's bootstrap node.
+        #[arg(long, value_name = "ADDR", required = true)]
+        listen: Vec<std::net::SocketAddrV4>,
+        /// Bootstrap node of the first (default: none, a new DHT).
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Vec<String>,
+    },
     /// Check the network like `tailscale netcheck`: whether UDP gets out, this device's public
     /// address as each STUN server sees it, and whether the NAT keeps one mapping (peers can
     /// punch through) or changes it per destination (a relay will be needed), and which port
@@ -349,7 +361,10 @@ fn main() -> ExitCode {
 fn init_logging(cmd: &Cmd) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FYBRK_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            if matches!(cmd, Cmd::Mount { .. } | Cmd::Rendezvous { .. }) {
+            if matches!(
+                cmd,
+                Cmd::Mount { .. } | Cmd::Rendezvous { .. } | Cmd::DhtNode { .. }
+            ) {
                 "info"
             } else {
                 "warn"
@@ -439,6 +454,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Members { json } => pairing::members(&state, json),
         Cmd::Remove { id, json } | Cmd::Unpair { id, json } => pairing::remove(&state, &id, json),
         Cmd::Rendezvous { listen } => rendezvous(listen),
+        Cmd::DhtNode { listen, bootstrap } => dht_node(&listen, bootstrap),
         Cmd::Service { cmd } => service::run(cmd, &state, cli.config.as_deref()),
         Cmd::Completions { shell } => completions::print_completions(shell),
         Cmd::Man => completions::print_man(),
@@ -763,6 +779,41 @@ fn rendezvous(listen: Option<std::net::SocketAddr>) -> Result<ExitCode> {
         fybrk_net::rendezvous::run_server_with(socket, Default::default(), stop).await
     })
     .context("the rendezvous server failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fybrk dht-node`: server-mode DHT nodes at `listen` until SIGTERM or Ctrl-C.
+fn dht_node(listen: &[std::net::SocketAddrV4], bootstrap: Vec<String>) -> Result<ExitCode> {
+    use fybrk_net::dht::{DhtNode, NodeOptions};
+    let mut nodes = Vec::new();
+    let mut bootstrap = bootstrap;
+    for addr in listen {
+        let node = DhtNode::start(&NodeOptions {
+            bootstrap: bootstrap.clone(),
+            bind: Some(*addr),
+            server: true,
+            request_timeout: None,
+        })
+        .with_context(|| format!("cannot start a DHT node on UDP {addr}"))?;
+        if nodes.is_empty() {
+            bootstrap = vec![addr.to_string()];
+        }
+        nodes.push(node);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    println!("fybrk dht-node: serving on UDP {listen:?}");
+    rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(nodes);
+        Ok::<(), std::io::Error>(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -27,6 +27,10 @@ pub struct Peer {
     /// The peer's change log is applied here up to this sequence.
     #[serde(default)]
     pub seen: u64,
+    /// Its raw Ed25519 public key (its id is the key's SHA-256), learnt from its TLS
+    /// certificate at a connection: the DHT record it publishes is found under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<[u8; 32]>,
 }
 
 impl Peer {
@@ -166,6 +170,7 @@ mod tests {
                 addrs: vec![],
                 last_seen_unix: None,
                 seen: 7,
+                public_key: None,
             },
         );
         book.insert(
@@ -175,6 +180,7 @@ mod tests {
                 addrs: vec![],
                 last_seen_unix: Some(5),
                 seen: 0,
+                public_key: None,
             },
         );
         book.update(&a, |p| p.remember_addr("127.0.0.1:4000".parse().unwrap()));

@@ -9,8 +9,9 @@
 //!
 //! - `net/link` (`fybrk-link`): [`identity`], [`tls`], [`transport`]: device keys and ids, TLS
 //!   that admits only paired device ids, the quinn endpoint.
-//! - `net/nat` (`fybrk-nat`): [`mux`], [`stun`], [`turn`], [`rendezvous`], [`lan`], [`backoff`]: the
-//!   one UDP socket, STUN, TURN relays, rendezvous, hole punching and LAN discovery.
+//! - `net/nat` (`fybrk-nat`): [`mux`], [`stun`], [`turn`], [`rendezvous`], [`lan`], [`dht`],
+//!   [`backoff`]: the one UDP socket, STUN, TURN relays, rendezvous, hole punching, LAN
+//!   discovery and discovery through the Mainline DHT.
 //! - `net/sync` (`fybrk-sync`): [`sync`]: replication's messages, conflict rules, the per-peer
 //!   session and its drivers.
 //!
@@ -19,5 +20,5 @@
 //! neither needs to know about the other.
 
 pub use fybrk_link::{identity, tls, transport};
-pub use fybrk_nat::{backoff, lan, mux, portmap, rendezvous, stun, turn};
+pub use fybrk_nat::{backoff, dht, lan, mux, portmap, rendezvous, stun, turn};
 pub use fybrk_sync as sync;

@@ -45,6 +45,8 @@
 //! - [`v6`]: an IPv6-only internet ([`Lab::add_v6_device`], `V6_RENDEZVOUS`; see `v6.rs`).
 //! - [`upnp`]: [`Lab::run_miniupnpd`]`(&Device) -> Miniupnpd`, the real miniupnpd (NAT-PMP,
 //!   PCP, UPnP IGD) on a device's router.
+//! - [`Lab::start_dht`]`(nodes) -> LabDht`: the lab's own Mainline DHT (`fybrk dht-node` in
+//!   the public namespace; see `dht.rs`).
 //! - [`udp`]: probes in the test process ([`whoami`], [`received`], [`stun_binding`], [`Echo`]).
 //!
 //! Dropping a `Lab` (also while unwinding from a panic) kills every process in its namespaces and
@@ -56,11 +58,12 @@
 #![allow(dead_code)] // each test file uses part of the lab
 
 pub mod coturn;
+pub mod dht;
 mod lan;
 mod nft;
 pub mod udp;
-pub mod v6;
 pub mod upnp;
+pub mod v6;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -484,9 +487,12 @@ impl Device {
 
     /// `program` to be run in the device's namespace. It goes through `nsenter --net`, not
     /// `ip netns exec`: only the network namespace changes, so a FUSE mount made by the command
-    /// stays visible to the test.
+    /// stays visible to the test. DHT discovery is off (`FYBRK_NO_DHT`) unless a test removes
+    /// that variable and names the lab's own DHT (`dht.rs`).
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
-        ns_command(&self.ns, program)
+        let mut c = ns_command(&self.ns, program);
+        c.env("FYBRK_NO_DHT", "1");
+        c
     }
 
     /// A UDP socket bound to `lan_ip:port` in the device's namespace (0: any port).

@@ -55,8 +55,9 @@ pub use reply::{
 pub use request::{Call, Gc, Peers, Request, Status, Unmount, Unpair, Verify};
 pub use server::Handler;
 pub use status::{
-    ChunkCacheStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus, NetworkStatus,
-    OperationStatus, PathKind, PeerStatus, PortMappingStatus, Quality, RelayStatus, StatusReply,
+    ChunkCacheStatus, DhtStatus, MassDeletionAlert, MemberChange, MemberChangeKind, NatStatus,
+    NetworkStatus, OperationStatus, PathKind, PeerStatus, PortMappingStatus, Quality, RelayStatus,
+    StatusReply,
 };
 pub use storage::{
     Free, FreeReply, Ls, LsEntry, LsReply, Pin, PinReply, StorageStatus, Unpin, UnreadableFile,

@@ -159,6 +159,10 @@ pub struct NetworkStatus {
     /// server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_mapping: Option<PortMappingStatus>,
+    /// Discovery through the Mainline DHT (left out: switched off, or the daemon listens on
+    /// loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtStatus>,
 }
 
 /// A port mapping the LAN's gateway granted.
@@ -170,6 +174,17 @@ pub struct PortMappingStatus {
     pub external_addr: SocketAddr,
     /// The lifetime granted, in seconds (renewed at half of it).
     pub lifetime_secs: u64,
+}
+
+/// Discovery through the Mainline DHT: this device's signed address record and its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhtStatus {
+    /// Whether the DHT node runs (it starts once a paired device's key is known).
+    pub running: bool,
+    /// Unix seconds of the last successful publish of this device's record (`null`: none yet).
+    pub last_publish_unix: Option<u64>,
+    /// DHT nodes in the node's routing table.
+    pub known_nodes: u32,
 }
 
 /// What the STUN servers said about this device's NAT.
@@ -414,6 +429,7 @@ mod tests {
                 pending_items: 3,
                 pending_bytes: 4096,
                 port_mapping: None,
+                dht: None,
             },
         }
     }
@@ -499,6 +515,24 @@ mod tests {
                 "last_seen_unix": null, "pending_items": 0, "pending_bytes": 0, "in_sync": false,
             })
         );
+    }
+
+    /// `dht` is left out while discovery through the DHT is off, and an object when it is on.
+    #[test]
+    fn status_dht_field() {
+        let mut s = status();
+        s.network.dht = Some(DhtStatus {
+            running: true,
+            last_publish_unix: Some(1_700_000_000),
+            known_nodes: 42,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["dht"],
+            json!({"running": true, "last_publish_unix": 1_700_000_000u64, "known_nodes": 42})
+        );
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReply>(&text).unwrap(), s);
     }
 
     #[test]

@@ -36,6 +36,9 @@
 //! - `traversal`: rendezvous, STUN and TURN start-up, and relay-everything mode.
 //! - `lan`: LAN discovery's driver (announcing, listening, dialling paired devices heard on
 //!   the LAN); the policy is `fybrk_net::lan`.
+//! - `dht`: discovery through the Mainline DHT's driver (publishing our signed address record,
+//!   looking up and dialling paired devices not reached otherwise); the policy is
+//!   `fybrk_net::dht`.
 //! - `pairing`: invitations, the inviting side of the exchange and its approval; `framing`
 //!   the frames.
 //! - `join`: pairing, the joining side (dial, prove, wait for approval, adopt).
@@ -47,6 +50,7 @@
 //!   address registered as a candidate; deleted at unmount.
 //! - `socket`: binding the one UDP socket.
 
+mod dht;
 mod framing;
 mod join;
 mod joining;
@@ -81,6 +85,7 @@ use tokio::sync::{watch, Notify};
 use crate::peers::PeerBook;
 use crate::state::StateDir;
 
+pub use dht::DhtOptions;
 pub use joining::finish_join;
 pub use lan::LanOptions;
 use links::Link;
@@ -118,6 +123,8 @@ pub struct Traversal {
     pub lan: LanOptions,
     /// Ask the router for a port mapping of the listen port (with a rendezvous server only).
     pub port_mapping: bool,
+    /// Discovery through the Mainline DHT: on (the default) and its bootstrap nodes.
+    pub dht: DhtOptions,
 }
 
 impl Default for Listen {
@@ -193,6 +200,8 @@ struct Shared {
     folder_keys: Mutex<FolderKeys>,
     /// Held while joining a folder: one join at a time.
     joining: Mutex<()>,
+    /// DHT discovery's state for `status` (`None`: off).
+    dht: Mutex<Option<fybrk_control::DhtStatus>>,
 }
 
 /// Whether `query` (as typed after `approve`, `deny`, `remove`) names the device `id` called
@@ -349,6 +358,7 @@ impl Node {
             next_join: AtomicU64::new(1),
             folder_keys: Mutex::new(folder_keys),
             joining: Mutex::new(()),
+            dht: Mutex::new(None),
         });
         tracing::info!(addr = %listen_addr, "listening (QUIC over UDP)");
         {
@@ -364,6 +374,7 @@ impl Node {
             }
             shared.reconcile_members();
             lan::start(&shared, traversal.lan);
+            dht::start(&shared, traversal.dht.clone(), &traversal.stun);
         }
         Ok(Node { rt, shared })
     }

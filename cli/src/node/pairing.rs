@@ -431,6 +431,7 @@ impl Shared {
                     addrs,
                     last_seen_unix: Some(unix_now()),
                     seen: 0,
+                    public_key: None,
                 },
             );
             let saved = self.fs.store().sync().map_err(anyhow::Error::from);

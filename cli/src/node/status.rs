@@ -244,6 +244,7 @@ impl Shared {
                 .and_then(super::portmap::PortMapping::current)
                 .as_ref()
                 .map(super::portmap::status),
+            dht: *lock(&self.dht),
         }
     }
 }

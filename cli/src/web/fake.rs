@@ -33,6 +33,7 @@ pub fn status(peers: Vec<PeerStatus>) -> StatusReply {
             pending_items: 0,
             pending_bytes: 0,
             port_mapping: None,
+            dht: None,
         },
         mass_deletions: Vec::new(),
         pair_requests: Vec::new(),

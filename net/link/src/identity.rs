@@ -144,6 +144,11 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// The raw Ed25519 public key in a DER SubjectPublicKeyInfo, or `None` if it is not one.
+pub fn ed25519_public_key_of_spki(spki: &[u8]) -> Option<[u8; 32]> {
+    spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?.try_into().ok()
+}
+
 impl DeviceId {
     /// The id of the device whose raw Ed25519 public key is `public_key`.
     pub fn from_public_key(public_key: &[u8; 32]) -> Self {
@@ -152,9 +157,7 @@ impl DeviceId {
 
     /// The id of the key in a DER SubjectPublicKeyInfo, or `None` if it is not an Ed25519 key.
     pub fn from_spki_der(spki: &[u8]) -> Option<Self> {
-        let raw = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
-        let raw: &[u8; 32] = raw.try_into().ok()?;
-        Some(Self::from_public_key(raw))
+        Some(Self::from_public_key(&ed25519_public_key_of_spki(spki)?))
     }
 
     /// Wraps 32 bytes already known to be a device id (e.g. read from the wire).

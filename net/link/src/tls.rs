@@ -227,6 +227,15 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<DeviceId> {
     device_id_of_cert(certs.first()?)
 }
 
+/// The raw Ed25519 public key of the peer of an established connection (its device id is
+/// the key's SHA-256): what a paired device's record in the DHT is published under.
+pub fn peer_public_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let parsed = ParsedCertificate::try_from(certs.first()?).ok()?;
+    crate::identity::ed25519_public_key_of_spki(parsed.subject_public_key_info().as_ref())
+}
+
 /// 32 bytes of keying material exported from the connection's TLS session (RFC 5705 / 8446
 /// section 7.5) under `label` and `context`.
 ///

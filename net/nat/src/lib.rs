@@ -22,11 +22,14 @@
 //!   deciding when to announce, which announcements to believe and whom to dial.
 //! - [`portmap`]: router port mapping (PCP, NAT-PMP, UPnP IGD) of the listen port on the LAN's
 //!   gateway: wire formats, the lifecycle as a state machine, a thin tokio driver.
+//! - [`dht`]: serverless discovery: signed address records in the Mainline DHT (BEP 44),
+//!   the policy deciding when to publish, whom to look up and dial, and a thin node wrapper.
 //! - [`rendezvous`]: the rendezvous server, its client (registration, introductions) and hole
 //!   punching, as state machines without I/O plus thin tokio drivers.
 //! - `testing` (tests only): a real coturn on loopback for the TURN tests.
 
 pub mod backoff;
+pub mod dht;
 pub mod lan;
 pub mod mux;
 pub mod portmap;
