@@ -479,6 +479,7 @@ mod tests {
             "relay",
             "rendezvous",
             "sequence",
+            "storage",
             "stored_bytes",
             "symlinks",
         ];
@@ -486,6 +487,11 @@ mod tests {
         assert_eq!(keys, want);
         assert_eq!(v["listen_addr"], "0.0.0.0:22100");
         assert_eq!(v["config_file"], Value::Null);
+        assert_eq!(
+            v["storage"],
+            json!({"mode": "", "local_bytes": 0, "total_bytes": 0, "cache_budget": null,
+                   "cache_used": null, "pinned": [], "pinned_bytes": 0, "unreadable": []})
+        );
         assert_eq!(
             v["nat"],
             json!({"public_addr": "198.51.100.1:4000", "mapping": "EndpointIndependent", "udp_works": true})
