@@ -721,4 +721,6 @@ pub fn valid_path(path: &str) -> bool {
 }
 
 #[cfg(test)]
+mod demand_tests;
+#[cfg(test)]
 mod tests;
