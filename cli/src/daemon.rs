@@ -362,11 +362,15 @@ impl Daemon {
         }
         // The web page answers through the same handler as the control socket.
         crate::web::start(&self.state, self.options.web, handler());
-        if self.options.cache_budget.is_some() {
+        {
             let fs = self.fs.clone();
+            let on_demand = self.options.cache_budget.is_some();
             std::thread::Builder::new()
-                .name("evict".into())
-                .spawn(move || crate::ondemand::evict_forever(&fs))?;
+                .name(if on_demand { "evict" } else { "fill" }.into())
+                .spawn(move || match on_demand {
+                    true => crate::ondemand::evict_forever(&fs),
+                    false => crate::ondemand::fill_forever(&fs),
+                })?;
         }
         {
             let fs = self.fs.clone();

@@ -56,6 +56,79 @@ pub fn evict_forever(fs: &Fs) {
     }
 }
 
+/// How long a full device waits before it tries again to fetch content it lacks (no connected
+/// device had it).
+const FILL_RETRY: Duration = Duration::from_secs(30);
+
+/// A full device that holds records without their content (it was on-demand before, or
+/// evicted with `free`) fetches all of it, in the background, until nothing is missing: a
+/// full device keeps everything. Runs until done; each round that could not finish waits for
+/// devices to connect.
+pub fn fill_forever(fs: &Fs) {
+    loop {
+        let store = fs.store();
+        match store.may_lack_content() {
+            Ok(false) => return,
+            Ok(true) if store.on_demand() => return,
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether content is missing"),
+        }
+        let absent = match store.absent_chunks("") {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list content this device lacks");
+                std::thread::sleep(FILL_RETRY);
+                continue;
+            }
+        };
+        if absent.is_empty() {
+            if let Err(e) = store.holds_everything() {
+                tracing::warn!(error = %e, "cannot record that every file's content is here");
+            }
+            return;
+        }
+        tracing::info!(
+            chunks = absent.len(),
+            "this device keeps every file's content now; fetching what it lacks"
+        );
+        let op = crate::operations::start("fill");
+        let (fetched, missing) = fetch_all(&store, &absent, &op);
+        drop(op);
+        if missing == 0 {
+            tracing::info!(chunks = fetched, "every file's content is on this device");
+            continue;
+        }
+        tracing::info!(
+            fetched,
+            missing,
+            "some content could not be fetched yet; trying again later"
+        );
+        std::thread::sleep(FILL_RETRY);
+    }
+}
+
+/// Fetches `ids` with a window of prefetches ahead; returns how many were fetched and missed.
+fn fetch_all(store: &Store, ids: &[ChunkId], op: &crate::operations::Operation) -> (u64, u64) {
+    let (mut fetched, mut missing) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        if i % PIN_WINDOW == 0 {
+            let ahead = &ids[i..(i + 2 * PIN_WINDOW).min(ids.len())];
+            if let Err(e) = store.prefetch(ahead) {
+                tracing::debug!(error = %e, "prefetch failed");
+            }
+        }
+        match store.fetch(id) {
+            Ok(()) => fetched += 1,
+            Err(e) => {
+                tracing::debug!(chunk = %id, error = %e, "cannot fetch a chunk now");
+                missing += 1;
+            }
+        }
+        op.set(i as u64 + 1, ids.len() as u64);
+    }
+    (fetched, missing)
+}
+
 /// A path as the user gave it, relative to the folder: `""`, `"docs"`, `"docs/a.txt"`.
 fn folder_path(store: &Store, p: &str) -> Result<String> {
     let p = p.trim_matches('/');
@@ -80,23 +153,11 @@ pub fn pin(store: &Store, paths: &[String]) -> Result<PinReply> {
     wanted.sort_by_key(|c| c.0);
     wanted.dedup();
     let op = crate::operations::start("pin");
-    let total = wanted.len() as u64;
-    for (i, id) in wanted.iter().enumerate() {
-        if i % PIN_WINDOW == 0 {
-            let ahead = &wanted[i..(i + 2 * PIN_WINDOW).min(wanted.len())];
-            store.prefetch(ahead)?;
-        }
-        match store.fetch(id) {
-            Ok(()) => {
-                reply.fetched_chunks += 1;
-                reply.fetched_bytes += store.chunk_len(id)?.unwrap_or(0);
-            }
-            Err(e) => {
-                tracing::warn!(chunk = %id, error = %e, "pin: cannot fetch a chunk now");
-                reply.missing_chunks += 1;
-            }
-        }
-        op.set(i as u64 + 1, total);
+    let (fetched, missing) = fetch_all(store, &wanted, &op);
+    reply.fetched_chunks = fetched;
+    reply.missing_chunks = missing;
+    for id in &wanted {
+        reply.fetched_bytes += store.chunk_len(id)?.unwrap_or(0);
     }
     reply.pinned = store.pinned_paths()?;
     Ok(reply)

@@ -49,6 +49,21 @@ impl Store {
         self.inner.residency.is_some()
     }
 
+    /// True when this store was ever on-demand, so records may lack their content here (a
+    /// full store that never was needs no walk to know it holds everything).
+    pub fn may_lack_content(&self) -> Result<bool> {
+        Ok(self.on_demand() || self.inner.db.get_cf(self.cf(META), b"on_demand")?.is_some())
+    }
+
+    /// A full store that fetched every chunk it lacked: [`Store::may_lack_content`] is false
+    /// from now on (until it is opened on-demand again).
+    pub fn holds_everything(&self) -> Result<()> {
+        if !self.on_demand() {
+            self.inner.db.delete_cf(self.cf(META), b"on_demand")?;
+        }
+        Ok(())
+    }
+
     /// Bytes of chunks held and the budget, on an on-demand device.
     pub fn cache_usage(&self) -> Option<(u64, u64)> {
         let r = lock(self.inner.residency.as_ref()?);
@@ -107,6 +122,7 @@ impl Store {
         let Some(res) = &self.inner.residency else {
             return Ok(());
         };
+        self.inner.db.put_cf(self.cf(META), b"on_demand", [1])?;
         let mut r = lock(res);
         for item in self
             .inner
