@@ -195,3 +195,197 @@ fn masquerade_pair_is_direct_right_after_pairing() {
     println!("masquerade / masquerade: direct in {direct} of {n} runs");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// What a pairing of two router kinds must end on right after pairing.
+fn expected(a: RouterKind, b: RouterKind) -> &'static str {
+    use RouterKind::*;
+    // Address- and port-dependent filtering on one side and a new port per destination on the
+    // other: the symmetric side's probes come from a port the filtering side never wrote to,
+    // and its reflexive address is not the one it probes from. Only the relay gets through.
+    let filters_by_port = |k| matches!(k, PortRestricted | Masquerade | DoubleNat | Symmetric);
+    match (a, b) {
+        (UdpBlockedExceptTurn(_), _) | (_, UdpBlockedExceptTurn(_)) => "relay",
+        (Symmetric, k) | (k, Symmetric) if filters_by_port(k) => "relay",
+        // Every other pair has at least one side whose mapping is endpoint-independent and
+        // whose filtering lets the other in once it wrote to it.
+        _ => "direct",
+    }
+}
+
+/// The kinds of the matrix, one of each.
+fn kinds() -> Vec<RouterKind> {
+    vec![
+        RouterKind::Home,
+        RouterKind::PortRestricted,
+        RouterKind::Masquerade,
+        RouterKind::Symmetric,
+        RouterKind::DoubleNat,
+        RouterKind::Open,
+    ]
+}
+
+/// How many labs the matrix runs at once: `FYBRK_MATRIX_JOBS`, else 4 (each pairing mostly
+/// waits: on pairing's timeouts, on the punch).
+fn jobs() -> usize {
+    std::env::var("FYBRK_MATRIX_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4)
+}
+
+/// Every pair of router kinds (each kind with itself too; the UDP-blocked network only with a
+/// home router, since it reaches anyone only through the relay).
+fn matrix() -> Vec<(RouterKind, RouterKind)> {
+    let turn = SocketAddr::from((lab::TURN_IP, lab::coturn::TURN_PORT));
+    let kinds = kinds();
+    let mut pairs = Vec::new();
+    for (i, &a) in kinds.iter().enumerate() {
+        for &b in &kinds[i..] {
+            pairs.push((a, b));
+        }
+    }
+    pairs.push((RouterKind::Home, RouterKind::UdpBlockedExceptTurn(turn)));
+    pairs
+}
+
+/// One pairing's result, or the panic message of a failed one.
+type Outcome = Result<Run, String>;
+
+/// Pairs each of `pairs` `runs` times (pair-only), [`jobs`] labs at a time. `None` when the lab
+/// cannot run here.
+fn run_pairs(
+    pairs: &[(RouterKind, RouterKind)],
+    runs: usize,
+) -> Option<Vec<(RouterKind, RouterKind, Vec<Outcome>)>> {
+    if !lab::ready() || !fybrk_tests::have_tool("conntrack") {
+        return None;
+    }
+    let work: Vec<usize> = (0..runs).flat_map(|_| 0..pairs.len()).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(
+        (0..pairs.len())
+            .map(|_| Vec::new())
+            .collect::<Vec<Vec<Outcome>>>(),
+    );
+    std::thread::scope(|s| {
+        for _ in 0..jobs().min(work.len()) {
+            s.spawn(|| loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = work.get(n) else { break };
+                let (a, b) = pairs[i];
+                let got = match std::panic::catch_unwind(|| pair_once("mx", a, b, false)) {
+                    Ok(Some(run)) => Ok(run),
+                    Ok(None) => Err("the lab cannot run here".to_string()),
+                    Err(e) => Err(e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()),
+                };
+                results.lock().unwrap()[i].push(got);
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    Some(
+        pairs
+            .iter()
+            .zip(results)
+            .map(|(&(a, b), r)| (a, b, r))
+            .collect(),
+    )
+}
+
+/// Every pair of [`matrix`], paired once each in labs of their own, several at a time; each
+/// must end on the path [`expected`] says right after pairing. Pair-only (no sync):
+/// `nat_sync.rs` syncs over each kind of path.
+#[test]
+fn every_router_kind_pairs_with_every_other() {
+    let start = Instant::now();
+    let Some(results) = run_pairs(&matrix(), 1) else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for (a, b, got) in &results {
+        let want = expected(*a, *b);
+        let pair = format!("{}-{}", label(*a), label(*b));
+        for got in got {
+            match got {
+                Ok(run) => {
+                    println!(
+                        "{pair:<28} {:<6} (expected {want:<6}) connect {:.2} s",
+                        run.after_pairing,
+                        run.connect.as_secs_f64()
+                    );
+                    if run.after_pairing != want {
+                        failures.push(format!(
+                            "{pair}: {} (expected {want})\n{}",
+                            run.after_pairing, run.conntrack
+                        ));
+                    }
+                }
+                Err(msg) => failures.push(format!("{pair}: {msg}")),
+            }
+        }
+    }
+    println!(
+        "{} pairs in {:.0} s, {} at a time",
+        results.len(),
+        start.elapsed().as_secs_f64(),
+        jobs()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Figures for `scripts/bench/nat.sh` (ignored: a benchmark, not a test): every pair of
+/// [`matrix`] paired `FYBRK_BENCH_RUNS` times (default 20), [`jobs`] labs at a time; per pair
+/// the path expected, how many runs ended on it right after pairing, and the median and
+/// slowest time from `pair-with` to the link being up.
+#[test]
+#[ignore]
+fn restricted_bench() {
+    let runs = std::env::var("FYBRK_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let Some(results) = run_pairs(&matrix(), runs) else {
+        return;
+    };
+    println!(
+        "{:<28} {:>8} {:>10} {:>12} {:>10}",
+        "pair", "expected", "as expected", "median (s)", "max (s)"
+    );
+    for (a, b, got) in results {
+        let want = expected(a, b);
+        let ok = got
+            .iter()
+            .filter(|g| g.as_ref().is_ok_and(|r| r.after_pairing == want))
+            .count();
+        let mut secs: Vec<f64> = got
+            .iter()
+            .filter_map(|g| g.as_ref().ok())
+            .map(|r| r.connect.as_secs_f64())
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let median = secs.get(secs.len() / 2).copied().unwrap_or(f64::NAN);
+        let max = secs.last().copied().unwrap_or(f64::NAN);
+        println!(
+            "{:<28} {:>8} {:>7}/{:<3} {:>12.2} {:>10.2}",
+            format!("{}-{}", label(a), label(b)),
+            want,
+            ok,
+            got.len(),
+            median,
+            max
+        );
+    }
+}
+
+/// A router kind's short name for the tables.
+fn label(kind: RouterKind) -> String {
+    match kind {
+        RouterKind::UdpBlockedExceptTurn(_) => "UdpBlocked".into(),
+        other => format!("{other:?}"),
+    }
+}
