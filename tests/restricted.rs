@@ -3,7 +3,7 @@
 //! pairing must be the expected one. Root only (skips loudly outside CI).
 //!
 //! To run: `cargo test --release -p fybrk-tests --test restricted`. The loop behind the
-//! "direct in 20 of 20 runs" figure is `FYBRK_RESTRICTED_RUNS=20` (default 1) on
+//! "direct in 20 of 20 runs" figure is `FYBRK_RESTRICTED_RUNS=20` (default 3) on
 //! `masquerade_pair_is_direct_right_after_pairing`, or `scripts/bench/nat.sh`.
 
 // Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
@@ -160,13 +160,13 @@ fn pair_once(tag: &str, ka: RouterKind, kb: RouterKind, sync: bool) -> Option<Ru
     })
 }
 
-/// How many times the masquerade pair is paired and synced: `FYBRK_RESTRICTED_RUNS`, else 1
-/// (CI: the matrix pairs it once more).
+/// How many times the masquerade pair is paired and synced: `FYBRK_RESTRICTED_RUNS`, else 3
+/// (CI; the matrix pairs it once more, in parallel with these).
 fn runs() -> usize {
     std::env::var("FYBRK_RESTRICTED_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(3)
 }
 
 #[test]
