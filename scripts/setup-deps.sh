@@ -40,7 +40,9 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   e2fsprogs        chattr/lsattr/mkfs.ext4, for tests that compare against a native filesystem
 #   coturn           real STUN/TURN server for the NAT lab (turnserver; its turnutils_* clients)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
-#   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network
+#   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network;
+#                    tests/restricted.rs lists a router's UDP entries (`conntrack -L`) when a
+#                    pairing ends relayed: the stale entries behind it
 #   syncthing        the side-by-side peer in the sync benchmark
 #   perl             `prove`, which runs the vendored pjdfstest .t files (tests/pjdfs.rs); gcc for
 #                    its C helper comes with build-essential

@@ -315,7 +315,7 @@ fn every_router_kind_pairs_with_every_other() {
             match got {
                 Ok(run) => {
                     println!(
-                        "{pair:<28} {:<6} (expected {want:<6}) connect {:.2} s",
+                        "{pair:<30} {:<6} (expected {want:<6}) connect {:.2} s",
                         run.after_pairing,
                         run.connect.as_secs_f64()
                     );
@@ -354,7 +354,7 @@ fn restricted_bench() {
         return;
     };
     println!(
-        "{:<28} {:>8} {:>10} {:>12} {:>10}",
+        "{:<30} {:>8} {:>12} {:>11} {:>8}",
         "pair", "expected", "as expected", "median (s)", "max (s)"
     );
     for (a, b, got) in results {
@@ -372,7 +372,7 @@ fn restricted_bench() {
         let median = secs.get(secs.len() / 2).copied().unwrap_or(f64::NAN);
         let max = secs.last().copied().unwrap_or(f64::NAN);
         println!(
-            "{:<28} {:>8} {:>7}/{:<3} {:>12.2} {:>10.2}",
+            "{:<30} {:>8} {:>8}/{:<3} {:>11.2} {:>8.2}",
             format!("{}-{}", label(a), label(b)),
             want,
             ok,

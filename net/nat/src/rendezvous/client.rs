@@ -51,6 +51,10 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// peer may have started later and still be waiting for answers.
 pub const PUNCH_LINGER: Duration = Duration::from_secs(2);
 
+/// Most low-TTL probes waiting for [`Client::poll_low_ttl`]: a full round of every punch session
+/// at its most candidates.
+const MAX_LOW_TTL_QUEUED: usize = MAX_PUNCH_SESSIONS * super::puncher::MAX_CANDIDATES;
+
 /// Most punch sessions at once. Bounds what a flood of introductions (every registered device
 /// may ask for us) can make this device send.
 pub const MAX_PUNCH_SESSIONS: usize = 16;
@@ -599,6 +603,11 @@ impl Client {
     fn split_ttl(&mut self, round: Vec<PunchTransmit>, out: &mut Vec<Transmit>) {
         for t in round {
             if t.ttl.is_some() {
+                // A driver that never asks (a simulation) must not make it grow without bound;
+                // the real one drains it after every call.
+                if self.low_ttl.len() >= MAX_LOW_TTL_QUEUED {
+                    self.low_ttl.pop_front();
+                }
                 self.low_ttl.push_back(t);
             } else {
                 out.push((t.to, t.data));
