@@ -42,7 +42,9 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #   nftables, iproute2  NAT routers and loss injection in network namespaces (the NAT lab)
 #   miniupnpd-nftables  the real NAT-PMP/PCP/UPnP IGD daemon on a lab router (tests/portmap.rs);
 #                    its Debian service never starts in a container without systemd
-#   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network
+#   conntrack        a lab router forgets its NAT mappings (`conntrack -F`): a changed network;
+#                    tests/restricted.rs lists a router's UDP entries (`conntrack -L`) when a
+#                    pairing ends relayed: the stale entries behind it
 #   syncthing        the side-by-side peer in the sync benchmark
 #   perl             `prove`, which runs the vendored pjdfstest .t files (tests/pjdfs.rs); gcc for
 #                    its C helper comes with build-essential

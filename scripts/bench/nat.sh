@@ -13,13 +13,23 @@
 #                being readable on it (targets: direct <= 2 s, relayed <= 5 s)
 #   MiB/s        a 64 MiB file written on the first device until verified on the second
 #                (target: relayed >= 50 % of direct)
-# It runs the ignored tests `nat_bench` in tests/nat_sync.rs and `portmap_bench` in
-# tests/portmap.rs; nothing leaves the lab.
+# Then, for every pair of router kinds (tests/restricted.rs: home, port-restricted, masquerade,
+# symmetric, double NAT, open, and UDP-blocked with home), RUNS pairings each (default 20, 4 labs
+# at a time; FYBRK_MATRIX_JOBS changes that), prints:
+#   expected     the path the pair must end on right after pairing (direct or relay)
+#   as expected  how many of the runs did
+#   median/max   from `pair-with` to the link being up (s)
+#
+#   sudo scripts/bench/nat.sh            # both tables
+#   sudo RUNS=20 scripts/bench/nat.sh matrix   # only the pairing matrix
+#
+# It runs the ignored tests `nat_bench` in tests/nat_sync.rs, `portmap_bench` in tests/portmap.rs
+# and `restricted_bench` in tests/restricted.rs; nothing leaves the lab.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 case "${1:-}" in
-    -h | --help) sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "nat.sh: needs root (network namespaces)" >&2
@@ -27,8 +37,13 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo build --release -p fybrk >/dev/null
-CI=true cargo test --release -p fybrk-tests --test nat_sync nat_bench -- --ignored --nocapture 2>&1 \
-    | grep -E "^(pair|Home|Symmetric|UdpBlocked|test result)"
-CI=true cargo test --release -p fybrk-tests --test portmap portmap_bench -- --ignored --nocapture 2>&1 \
-    | grep -E "^(Symmetric|test result)"
+if [[ "${1:-}" != matrix ]]; then
+    CI=true cargo test --release -p fybrk -p fybrk-tests --test nat_sync nat_bench -- --ignored \
+        --nocapture 2>&1 | grep -E "^(pair|Home|Symmetric|UdpBlocked|test result)"
+    CI=true cargo test --release -p fybrk -p fybrk-tests --test portmap portmap_bench -- --ignored \
+        --nocapture 2>&1 | grep -E "^(Symmetric|test result)"
+fi
+FYBRK_BENCH_RUNS=${RUNS:-20} CI=true cargo test --release -p fybrk -p fybrk-tests --test restricted \
+    restricted_bench -- --ignored --nocapture 2>&1 \
+    | grep -E "^(pair|Home|PortRestricted|Masquerade|Symmetric|DoubleNat|Open|test result)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -21,6 +21,8 @@
 //! ```
 //!
 //! No namespace has a link to the host's network, so nothing a test sends can leave the lab.
+//! Between two routers a real internet has routers of its own, the lab only a bridge: the bridge
+//! drops what a datagram's TTL would not have carried across two of them ([`nft::TRANSIT`]).
 //! `ip_forward` is on in router namespaces only. The public namespace does not route: servers sit
 //! on its own addresses and routers share one L2 segment (the bridge), so router-to-router traffic
 //! is switched, not forwarded.
@@ -116,6 +118,12 @@ pub enum RouterKind {
     /// Endpoint-independent mapping, address- and port-dependent filtering (plain conntrack): only
     /// the exact address and port the device sent to may answer ("port-restricted cone").
     PortRestricted,
+    /// [`RouterKind::PortRestricted`] as a Linux box with nothing but an nftables `masquerade`
+    /// rule: it accepts new flows addressed to itself (and answers them with ICMP port
+    /// unreachable), so a peer's probe that arrives before the device wrote to that peer leaves a
+    /// confirmed conntrack entry, and the device's own datagrams to that peer then leave from
+    /// another public port (still one port for every destination). What plain home routers do.
+    Masquerade,
     /// Endpoint-dependent mapping (`masquerade random`, a new public port per destination) and
     /// address- and port-dependent filtering: the corporate firewall.
     Symmetric,
@@ -216,6 +224,7 @@ impl Lab {
             setup.push(format!("addr add {}/24 dev br0", lab.public_ip(i)));
         }
         ip_batch(&p, &setup);
+        nft_load(&p, nft::TRANSIT);
         lab
     }
 
@@ -298,6 +307,7 @@ impl Lab {
             filtering,
             udp_only_to,
             port_xor: 0,
+            accept_input: false,
         };
         let (router_nat, cgnat) = match kind {
             RouterKind::Open => {
@@ -316,6 +326,13 @@ impl Lab {
             }
             RouterKind::Home => (nat(false, nft::Filtering::Address, None), false),
             RouterKind::PortRestricted => (nat(false, nft::Filtering::AddressAndPort, None), false),
+            RouterKind::Masquerade => (
+                nft::Nat {
+                    accept_input: true,
+                    ..nat(false, nft::Filtering::AddressAndPort, None)
+                },
+                false,
+            ),
             RouterKind::Symmetric => (nat(true, nft::Filtering::AddressAndPort, None), false),
             RouterKind::UdpBlockedExceptTurn(turn) => (
                 nat(false, nft::Filtering::AddressAndPort, Some(turn)),

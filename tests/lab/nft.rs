@@ -7,6 +7,7 @@
 //! |-----------------------|-------------------------|----------------------------------|
 //! | Home                  | endpoint-independent    | address-dependent                |
 //! | PortRestricted, CGNAT | endpoint-independent    | address- and port-dependent      |
+//! | Masquerade            | endpoint-independent    | address- and port-dependent      |
 //! | Symmetric             | address+port-dependent  | address- and port-dependent      |
 //!
 //! Linux NAT is conntrack: `masquerade` keeps the device's source port when the resulting 5-tuple
@@ -25,6 +26,12 @@
 //! routers do, it keeps the dropped packet's conntrack entry unconfirmed: otherwise a hole-punch
 //! packet that arrives before the device's own first packet would occupy the 5-tuple, and the
 //! device's packet would be NATed to another port, breaking the punch.
+//!
+//! Except `Masquerade`: a Linux box whose only rule is `masquerade`, its input chain accepting
+//! everything (no service listens on the WAN, so the kernel answers with ICMP port unreachable).
+//! The early probe's entry is confirmed there, lives 30 s after its last packet, and the device's
+//! own first datagram to that peer leaves from another public port: the conflict the other kinds
+//! avoid, which hole punching has to survive (see `Puncher` in `net/nat/src/rendezvous/`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -50,7 +57,24 @@ pub(super) struct Nat {
     /// device port, whatever the destination; [`super::Device::lose_mappings`] changes it, as a
     /// router that rebooted hands out new ports.
     pub(super) port_xor: u16,
+    /// Accept new flows addressed to the router itself instead of dropping them
+    /// ([`super::RouterKind::Masquerade`]): their conntrack entries are confirmed.
+    pub(super) accept_input: bool,
 }
+
+/// The public namespace's `lab_transit` table: the bridge between the routers drops IPv4
+/// datagrams whose TTL is 2 or less, as the two routers (at least) between two customers of an
+/// ISP would. Without it, a datagram that leaves a NAT with any TTL reaches the other router, and
+/// a low-TTL probe (one that opens its own NAT but dies in the network, see `Puncher` in
+/// `net/nat/src/rendezvous/`) could not be tested. Servers sit on the bridge's own addresses, so
+/// traffic to them is not forwarded by the bridge and is never dropped here.
+pub(super) const TRANSIT: &str = "table bridge lab_transit {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ether type ip ip ttl <= 2 drop
+  }
+}
+";
 
 /// How long Home remembers that the device wrote to an address: conntrack's timeout for an
 /// established UDP flow (`nf_conntrack_udp_timeout_stream`, 120 s), so both forget together.
@@ -84,10 +108,12 @@ pub(super) fn router(nat: &Nat) -> String {
         "  chain pre_f {\n    type filter hook prerouting priority raw; policy accept;\n    \
          iifname \"wan\" fib daddr type != local drop\n  }\n",
     );
-    s.push_str(
-        "  chain input_f {\n    type filter hook input priority filter; policy accept;\n    \
-         iifname \"wan\" ct state new,invalid drop\n  }\n",
-    );
+    if !nat.accept_input {
+        s.push_str(
+            "  chain input_f {\n    type filter hook input priority filter; policy accept;\n    \
+             iifname \"wan\" ct state new,invalid drop\n  }\n",
+        );
+    }
     s.push_str(
         "  chain forward_f {\n    type filter hook forward priority filter; policy accept;\n    \
          iifname \"wan\" ct state invalid drop\n    \

@@ -80,8 +80,13 @@ pub(super) fn start_traversal(
     });
     // Through the mux, so rendezvous messages and probes take a relay route like QUIC does.
     let send_mux = mux.clone();
-    let send = move |to: SocketAddr, data: &[u8]| send_mux.try_send_to(data, to);
-    let (handle, mut events, _task) = fybrk_net::rendezvous::spawn_client(client, send, rx);
+    // The puncher's first probes carry a low TTL of their own (see `Puncher`).
+    let send = move |to: SocketAddr, data: &[u8], ttl: Option<u8>| match ttl {
+        Some(ttl) => send_mux.try_send_to_with_ttl(data, to, ttl),
+        None => send_mux.try_send_to(data, to),
+    };
+    let (handle, mut events, _task) =
+        fybrk_net::rendezvous::spawn_client_with_ttl(client, send, rx);
     // The router's port mapping: its public address joins the candidates once granted.
     let port_mapping = traversal
         .port_mapping

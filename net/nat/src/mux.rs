@@ -106,6 +106,7 @@ mod pump;
 mod quinn_side;
 mod routes;
 mod send;
+mod ttl;
 mod waiters;
 
 pub use channel_data::{

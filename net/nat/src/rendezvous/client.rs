@@ -21,7 +21,9 @@ use super::messages::{
     decode, Connect, Cookie, EncodeError, ErrorCode, ErrorReply, Message, Punch, Register,
     Registered, Unknown, MAX_LAN_CANDIDATES,
 };
-use super::puncher::{Candidate, CandidateKind, PunchOutcome, PunchPath, Puncher, PUNCH_TIMEOUT};
+use super::puncher::{
+    Candidate, CandidateKind, PunchOutcome, PunchPath, PunchTransmit, Puncher, PUNCH_TIMEOUT,
+};
 use super::{Transmit, WallClock};
 use crate::backoff::Backoff;
 use crate::identity::{DeviceId, DeviceKey};
@@ -48,6 +50,10 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a punch session keeps answering the peer's probes after its own probing ended: the
 /// peer may have started later and still be waiting for answers.
 pub const PUNCH_LINGER: Duration = Duration::from_secs(2);
+
+/// Most low-TTL probes waiting for [`Client::poll_low_ttl`]: a full round of every punch session
+/// at its most candidates.
+const MAX_LOW_TTL_QUEUED: usize = MAX_PUNCH_SESSIONS * super::puncher::MAX_CANDIDATES;
 
 /// Most punch sessions at once. Bounds what a flood of introductions (every registered device
 /// may ask for us) can make this device send.
@@ -150,6 +156,8 @@ pub struct Client {
     events: VecDeque<ClientEvent>,
     /// Our TURN relayed address, announced with the registration.
     relay: Option<SocketAddr>,
+    /// Probes to send with a low IP TTL ([`Client::poll_low_ttl`]).
+    low_ttl: VecDeque<PunchTransmit>,
 }
 
 /// Registration state.
@@ -231,6 +239,7 @@ impl Client {
             punches: HashMap::new(),
             events: VecDeque::new(),
             relay: None,
+            low_ttl: VecDeque::new(),
         }
     }
 
@@ -573,9 +582,37 @@ impl Client {
             reported: false,
             ends: now + PUNCH_TIMEOUT + PUNCH_LINGER,
         };
-        let out = session.puncher.handle_timeout(now);
+        let round = session.puncher.handle_timeout_ttl(now);
         self.punches.insert(m.nonce, session);
+        let mut out = Vec::new();
+        self.split_ttl(round, &mut out);
         out
+    }
+
+    /// The next probe that must go out with its own IP TTL (the puncher's first probes to a
+    /// public address; see [`Puncher::handle_timeout_ttl`]): `(to, datagram, ttl)`. The other
+    /// calls return only datagrams for the socket's default TTL, so a driver that cannot set a
+    /// TTL may send these as usual.
+    pub fn poll_low_ttl(&mut self) -> Option<(SocketAddr, Vec<u8>, u8)> {
+        let t = self.low_ttl.pop_front()?;
+        Some((t.to, t.data, t.ttl.unwrap_or(u8::MAX)))
+    }
+
+    /// Puts datagrams with a TTL of their own aside for [`Client::poll_low_ttl`], the rest in
+    /// `out`.
+    fn split_ttl(&mut self, round: Vec<PunchTransmit>, out: &mut Vec<Transmit>) {
+        for t in round {
+            if t.ttl.is_some() {
+                // A driver that never asks (a simulation) must not make it grow without bound;
+                // the real one drains it after every call.
+                if self.low_ttl.len() >= MAX_LOW_TTL_QUEUED {
+                    self.low_ttl.pop_front();
+                }
+                self.low_ttl.push_back(t);
+            } else {
+                out.push((t.to, t.data));
+            }
+        }
     }
 
     fn handle_unknown(&mut self, m: Unknown) {
@@ -639,9 +676,11 @@ impl Client {
     }
 
     fn punch_timeouts(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        let mut round = Vec::new();
         for s in self.punches.values_mut() {
-            out.extend(s.puncher.handle_timeout(now));
+            round.extend(s.puncher.handle_timeout_ttl(now));
         }
+        self.split_ttl(round, out);
         self.report_outcomes();
         self.punches.retain(|_, s| now < s.ends);
     }

@@ -192,7 +192,7 @@ impl ClientHandle {
 /// [`ClientHandle`] is dropped or `incoming` closes.
 pub fn spawn_client<S>(
     client: Client,
-    send: S,
+    mut send: S,
     incoming: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
 ) -> (
     ClientHandle,
@@ -201,6 +201,25 @@ pub fn spawn_client<S>(
 )
 where
     S: FnMut(SocketAddr, &[u8]) -> io::Result<()> + Send + 'static,
+{
+    // Without a way to set a TTL, the puncher's low-TTL probes go out as ordinary ones.
+    spawn_client_with_ttl(client, move |to, data, _ttl| send(to, data), incoming)
+}
+
+/// [`spawn_client`] with a send function that takes an IP TTL (`Some` for the puncher's first
+/// probes to public addresses, see [`super::Puncher::handle_timeout_ttl`]; `None`: the socket's
+/// default), e.g. [`crate::mux::MuxSocket::try_send_to_with_ttl`].
+pub fn spawn_client_with_ttl<S>(
+    client: Client,
+    send: S,
+    incoming: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+) -> (
+    ClientHandle,
+    mpsc::UnboundedReceiver<ClientEvent>,
+    JoinHandle<()>,
+)
+where
+    S: FnMut(SocketAddr, &[u8], Option<u8>) -> io::Result<()> + Send + 'static,
 {
     let (commands_tx, commands) = mpsc::channel(16);
     let (events, events_rx) = mpsc::unbounded_channel();
@@ -236,15 +255,20 @@ struct ClientActor<S> {
 
 impl<S> ClientActor<S>
 where
-    S: FnMut(SocketAddr, &[u8]) -> io::Result<()>,
+    S: FnMut(SocketAddr, &[u8], Option<u8>) -> io::Result<()>,
 {
     async fn run(mut self) {
         let mut wall_read = Instant::now();
         let mut out = self.client.handle_timeout(wall_read);
         loop {
             for (to, datagram) in out.drain(..) {
-                if let Err(e) = (self.send)(to, &datagram) {
+                if let Err(e) = (self.send)(to, &datagram, None) {
                     debug!(%to, error = %e, "rendezvous send failed");
+                }
+            }
+            while let Some((to, datagram, ttl)) = self.client.poll_low_ttl() {
+                if let Err(e) = (self.send)(to, &datagram, Some(ttl)) {
+                    debug!(%to, ttl, error = %e, "low-TTL probe send failed");
                 }
             }
             self.dispatch_events();

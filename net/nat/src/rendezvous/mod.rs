@@ -88,9 +88,13 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use client::{Client, ClientConfig, ClientEvent};
-pub use driver::{run_server, run_server_with, spawn_client, ClientHandle, ConnectError};
+pub use driver::{
+    run_server, run_server_with, spawn_client, spawn_client_with_ttl, ClientHandle, ConnectError,
+};
 pub use messages::{is_rendezvous, DecodeError, MAX_DATAGRAM, TYPE_RANGE};
-pub use puncher::{Candidate, CandidateKind, PunchOutcome, PunchPath, Puncher};
+pub use puncher::{
+    Candidate, CandidateKind, PunchOutcome, PunchPath, PunchTransmit, Puncher, OPEN_PHASE, OPEN_TTL,
+};
 pub use server::{Server, ServerConfig, ServerStats};
 
 /// A datagram to send: destination and bytes.

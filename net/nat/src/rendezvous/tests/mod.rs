@@ -5,6 +5,7 @@
 mod client;
 mod codec;
 mod loopback;
+mod masquerade;
 mod puncher;
 mod server;
 
