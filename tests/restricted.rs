@@ -48,7 +48,8 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, coturn: &lab::Coturn) {
         .arg(&m.state)
         .arg("mount")
         .arg(&m.mnt)
-        .args(["--listen", "0.0.0.0:0", "--name", name])
+        // The default socket (dual stack): the low-TTL probes must leave it for IPv4 peers.
+        .args(["--listen", "[::]:0", "--name", name])
         .args([
             "--rendezvous",
             &rendezvous,
