@@ -17,10 +17,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
-
-const RENDEZVOUS_PORT: u16 = 22101;
+use fybrk_tests::{describe, fybrk_bin, path_to, run_timeout, wait_for, Mount};
+use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
 
 /// `fybrk mount` for `m` in `dev`'s namespace with DHT discovery on (the lab turns it off by
 /// default) and `extra` options.
@@ -53,17 +51,6 @@ fn unmount(m: &Mount) {
         assert!(Instant::now() < end, "daemon {pid} did not exit");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The path `m` reports to `other`, if connected.
-fn path_to(m: &Mount, other: &Mount) -> Option<String> {
-    let id = other.status_json().device_id;
-    let s = m.status_json();
-    let p = status_entry(&s, &id)?;
-    if !p.connected {
-        return None;
-    }
-    p.path.map(|k| k.as_str().to_owned())
 }
 
 fn wait_file(m: &Mount, name: &str, want: &[u8], timeout: Duration) {

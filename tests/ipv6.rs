@@ -18,10 +18,7 @@ use std::time::Duration;
 
 use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Mount};
 use lab::v6::{V6_RENDEZVOUS, V6_STUN_PORT};
-use lab::Lab;
-
-/// `fybrk rendezvous`'s default port.
-const RENDEZVOUS_PORT: u16 = 22101;
+use lab::{Lab, RENDEZVOUS_PORT};
 
 /// Mounts `m` with the daemon in namespace `ns` (`cmd` builds a command there) and `extra`
 /// flags; the listen address is the default unless `extra` names one.

@@ -1297,6 +1297,22 @@ pub fn peer_entry<'a>(v: &'a PeersReply, id: &str) -> Option<&'a PeerInfo> {
     v.peers.iter().find(|p| p.id == id)
 }
 
+/// The path (`lan`, `direct`, `relay`) `m` reports to the device with id `other`, once
+/// connected.
+pub fn path_to_id(m: &Mount, other: &str) -> Option<String> {
+    let s = m.status_json();
+    let p = status_entry(&s, other)?;
+    if !p.connected {
+        return None;
+    }
+    p.path.map(|k| k.as_str().to_owned())
+}
+
+/// [`path_to_id`] for the device mounted as `other`.
+pub fn path_to(m: &Mount, other: &Mount) -> Option<String> {
+    path_to_id(m, &other.status_json().device_id)
+}
+
 /// The entry with `"id": id` in `status --json`'s `peers`.
 pub fn status_entry<'a>(v: &'a StatusReply, id: &str) -> Option<&'a PeerStatus> {
     v.network.peers.iter().find(|p| p.id == id)

@@ -11,10 +11,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Gen, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
-
-const RENDEZVOUS_PORT: u16 = 22101;
+use fybrk_tests::{describe, fybrk_bin, path_to, run_timeout, status_entry, wait_for, Gen, Mount};
+use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
 
 /// Starts `fybrk mount` for `m` inside `dev`'s LAN namespace, with the lab's rendezvous server
 /// and coturn as the only STUN server (nothing outside the lab is ever asked).
@@ -33,16 +31,6 @@ fn mount_in(dev: &Device, m: &mut Mount, name: &str, stun: SocketAddr, extra: &[
         m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
     }
     m.adopt_daemon();
-}
-
-fn path_to(m: &Mount, other: &Mount) -> Option<String> {
-    let id = other.status_json().device_id;
-    let s = m.status_json();
-    let p = status_entry(&s, &id)?;
-    if !p.connected {
-        return None;
-    }
-    p.path.map(|k| k.as_str().to_owned())
 }
 
 /// Two devices behind routers of kinds `ka` and `kb`: `fybrk pair` on one, `pair-with` on

@@ -14,10 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Gen, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
-
-const RENDEZVOUS_PORT: u16 = 22101;
+use fybrk_tests::{describe, fybrk_bin, path_to, run_timeout, status_entry, wait_for, Gen, Mount};
+use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
 
 /// The lab, or `None` (skipped) without root or miniupnpd; in CI a missing miniupnpd fails.
 fn ready() -> bool {
@@ -33,39 +31,6 @@ fn ready() -> bool {
         return false;
     }
     true
-}
-
-/// `fybrk mount` for `m` in `dev`'s namespace with the lab's rendezvous server, coturn as STUN
-/// server and TURN relay.
-fn mount_in(dev: &Device, m: &mut Mount, name: &str, coturn: &lab::Coturn) {
-    let rendezvous = SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string();
-    let turn = format!(
-        "turn:{}?user={}&pass={}",
-        coturn.addr, coturn.user, coturn.pass
-    );
-    let mut cmd = dev.cmd(fybrk_bin());
-    cmd.arg("--state")
-        .arg(&m.state)
-        .arg("mount")
-        .arg(&m.mnt)
-        .args(["--listen", "0.0.0.0:0", "--name", name])
-        .args(["--rendezvous", &rendezvous])
-        .args(["--stun", &coturn.addr.to_string(), "--turn", &turn]);
-    let out = run_timeout(&mut cmd, Duration::from_secs(60));
-    if !out.status.success() {
-        m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
-    }
-    m.adopt_daemon();
-}
-
-fn path_to(m: &Mount, other: &Mount) -> Option<String> {
-    let id = other.status_json().device_id;
-    let s = m.status_json();
-    let p = status_entry(&s, &id)?;
-    if !p.connected {
-        return None;
-    }
-    p.path.map(|k| k.as_str().to_owned())
 }
 
 /// Two devices behind symmetric NATs, paired through the rendezvous server, the first one's
@@ -288,4 +253,9 @@ fn nat_check_names_the_protocol_that_answered() {
     let out = run_timeout(&mut cmd, Duration::from_secs(30));
     let v: fybrk_control::NatCheckReport = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((v.gateway, v.port_mapping), (None, None));
+}
+
+/// [`lab::daemon::mount_with_servers`] on the socket this file tests (0.0.0.0:0).
+fn mount_in(dev: &Device, m: &mut Mount, name: &str, coturn: &lab::Coturn) {
+    lab::daemon::mount_with_servers(dev, m, name, "0.0.0.0:0", coturn);
 }

@@ -16,10 +16,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fybrk_tests::{describe, fybrk_bin, run_timeout, status_entry, wait_for, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP};
-
-const RENDEZVOUS_PORT: u16 = 22101;
+use fybrk_tests::{describe, fybrk_bin, path_to_id, wait_for, Mount};
+use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
 
 /// What one pairing showed.
 #[derive(Debug)]
@@ -32,46 +30,6 @@ struct Run {
     after_sync: Option<String>,
     /// `conntrack -L -p udp` of each router when the pairing ended relayed (the cause).
     conntrack: String,
-}
-
-/// Starts `fybrk mount` for `m` in `dev`'s namespace with the lab's rendezvous server, coturn
-/// as STUN server and TURN relay (so a relayed path is always possible: what the test watches
-/// is whether the direct one wins).
-fn mount_in(dev: &Device, m: &mut Mount, name: &str, coturn: &lab::Coturn) {
-    let rendezvous = SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string();
-    let turn = format!(
-        "turn:{}?user={}&pass={}",
-        coturn.addr, coturn.user, coturn.pass
-    );
-    let mut cmd = dev.cmd(fybrk_bin());
-    cmd.arg("--state")
-        .arg(&m.state)
-        .arg("mount")
-        .arg(&m.mnt)
-        // The default socket (dual stack): the low-TTL probes must leave it for IPv4 peers.
-        .args(["--listen", "[::]:0", "--name", name])
-        .args([
-            "--rendezvous",
-            &rendezvous,
-            "--stun",
-            &coturn.addr.to_string(),
-        ])
-        .args(["--turn", &turn]);
-    let out = run_timeout(&mut cmd, Duration::from_secs(60));
-    if !out.status.success() {
-        m.fail(&format!("mount in {} failed\n{}", dev.ns(), describe(&out)));
-    }
-    m.adopt_daemon();
-}
-
-/// The path `m` reports to the device with id `other`, once connected.
-fn path_to(m: &Mount, other: &str) -> Option<String> {
-    let s = m.status_json();
-    let p = status_entry(&s, other)?;
-    if !p.connected {
-        return None;
-    }
-    p.path.map(|k| k.as_str().to_owned())
 }
 
 /// UDP conntrack entries of every router in front of `dev`.
@@ -126,7 +84,7 @@ fn pair_once(tag: &str, ka: RouterKind, kb: RouterKind, sync: bool) -> Option<Ru
     }
     let mut after_pairing = None;
     wait_for("the link after pairing", Duration::from_secs(30), || {
-        after_pairing = path_to(&b, &a_id);
+        after_pairing = path_to_id(&b, &a_id);
         after_pairing
             .as_ref()
             .map(|_| ())
@@ -151,7 +109,7 @@ fn pair_once(tag: &str, ka: RouterKind, kb: RouterKind, sync: bool) -> Option<Ru
                 Err(e) => Err(e.to_string()),
             },
         );
-        path_to(&b, &a_id).unwrap_or_else(|| "disconnected".into())
+        path_to_id(&b, &a_id).unwrap_or_else(|| "disconnected".into())
     });
     Some(Run {
         after_pairing,
@@ -390,4 +348,10 @@ fn label(kind: RouterKind) -> String {
         RouterKind::UdpBlockedExceptTurn(_) => "UdpBlocked".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// [`lab::daemon::mount_with_servers`] on the socket this file tests ([::]:0).
+fn mount_in(dev: &Device, m: &mut Mount, name: &str, coturn: &lab::Coturn) {
+    // The default socket (dual stack): the low-TTL probes must leave it for IPv4 peers.
+    lab::daemon::mount_with_servers(dev, m, name, "[::]:0", coturn);
 }

@@ -60,6 +60,7 @@
 #![allow(dead_code)] // each test file uses part of the lab
 
 pub mod coturn;
+pub mod daemon;
 pub mod dht;
 mod lan;
 mod nft;
@@ -87,6 +88,8 @@ pub use udp::{received, stun_binding, udp_in, whoami, Echo};
 pub const TURN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// Kept free for `fybrk rendezvous`.
 pub const RENDEZVOUS_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// The port the lab's rendezvous server listens on (fybrk's default).
+pub const RENDEZVOUS_PORT: u16 = 22101;
 /// How many general-purpose server addresses [`Lab::public_ip`] offers.
 pub const PUBLIC_IPS: u8 = 16;
 /// The public namespace's address on the routers' segment: every WAN's default gateway.
