@@ -124,21 +124,27 @@ impl Store {
         };
         self.inner.db.put_cf(self.cf(META), b"on_demand", [1])?;
         let mut r = lock(res);
-        for item in self
-            .inner
-            .db
-            .iterator_cf(self.cf(REFS), IteratorMode::Start)
-        {
-            let (key, value) = item?;
-            let (Ok(raw), Some(e)) = (<[u8; 32]>::try_from(&key[..]), RefEntry::decode(&value))
-            else {
-                continue;
-            };
+        for item in self.ref_entries() {
+            let (id, e) = item?;
             if e.is_here() {
-                r.insert(ChunkId(raw), e.sealed_len);
+                r.insert(id, e.sealed_len);
             }
         }
         Ok(())
+    }
+
+    /// Every well-formed refs entry, in key order (malformed ones are `verify`'s to report).
+    fn ref_entries(&self) -> impl Iterator<Item = Result<(ChunkId, RefEntry)>> + '_ {
+        self.inner
+            .db
+            .iterator_cf(self.cf(REFS), IteratorMode::Start)
+            .filter_map(|item| match item {
+                Ok((key, value)) => {
+                    let raw = <[u8; 32]>::try_from(&key[..]).ok()?;
+                    Some(Ok((ChunkId(raw), RefEntry::decode(&value)?)))
+                }
+                Err(e) => Some(Err(e.into())),
+            })
     }
 
     /// A read used chunk `id`: it becomes the most recently used.
@@ -437,18 +443,10 @@ impl Store {
     /// `limit`): what an on-demand device asks full peers about before it may evict them.
     pub fn only_here(&self, limit: usize) -> Result<Vec<ChunkId>> {
         let mut out = Vec::new();
-        for item in self
-            .inner
-            .db
-            .iterator_cf(self.cf(REFS), IteratorMode::Start)
-        {
-            let (key, value) = item?;
-            let (Ok(raw), Some(e)) = (<[u8; 32]>::try_from(&key[..]), RefEntry::decode(&value))
-            else {
-                continue;
-            };
+        for item in self.ref_entries() {
+            let (id, e) = item?;
             if e.is_here() && !e.is_elsewhere() && e.count > 0 {
-                out.push(ChunkId(raw));
+                out.push(id);
                 if out.len() >= limit {
                     break;
                 }
