@@ -23,13 +23,20 @@
 #   sudo scripts/bench/nat.sh            # both tables
 #   sudo RUNS=20 scripts/bench/nat.sh matrix   # only the pairing matrix
 #
+# Then the serverless paths: two devices behind home (and port-restricted) routers, no
+# rendezvous server, both restarted at new public ports, find each other through the lab's own
+# Mainline DHT (tests/dht.rs): seconds from the restart to a direct link both ways; a device on
+# a LAN renumbered, found again by LAN discovery (tests/lan.rs): seconds until a file written
+# after the change arrives; two IPv6-only devices (tests/ipv6.rs): seconds from `pair-with` to a
+# direct IPv6 link.
+#
 # It runs the ignored tests `nat_bench` in tests/nat_sync.rs, `portmap_bench` in tests/portmap.rs
-# and `restricted_bench` in tests/restricted.rs; nothing leaves the lab.
+# and `restricted_bench` in tests/restricted.rs, and tests/dht.rs; nothing leaves the lab.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 case "${1:-}" in
-    -h | --help) sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h | --help) sed -n '2,35s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "nat.sh: needs root (network namespaces)" >&2
@@ -46,4 +53,12 @@ fi
 FYBRK_BENCH_RUNS=${RUNS:-20} CI=true cargo test --release -p fybrk -p fybrk-tests --test restricted \
     restricted_bench -- --ignored --nocapture 2>&1 \
     | grep -E "^(pair|Home|PortRestricted|Masquerade|Symmetric|DoubleNat|Open|test result)"
+if [[ "${1:-}" != matrix ]]; then
+    CI=true cargo test --release -p fybrk -p fybrk-tests --test dht -- --nocapture --test-threads 1 \
+        2>&1 | grep -E "^(test .*nats|found each other|test result)"
+    CI=true cargo test --release -p fybrk -p fybrk-tests --test lan renumbered -- --nocapture \
+        2>&1 | grep -E "^(reconnected after|test result)"
+    CI=true cargo test --release -p fybrk -p fybrk-tests --test ipv6 two_ipv6 -- --nocapture \
+        2>&1 | grep -E "^(IPv6|test result)"
+fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
