@@ -144,6 +144,12 @@ impl ChunkWriter {
     /// Writes the buffered chunks now and waits until they are in the database (they stay
     /// unreferenced until a commit uses them).
     pub fn flush(&mut self) -> Result<()> {
+        if self.background.is_none() && self.pending_bytes < CHUNK_BATCH_BYTES {
+            // Less than a batch and no writer thread yet (a chunk fetched for a read, one shared
+            // by two records): written here. Starting a thread for it cost more than the write.
+            let r = self.store.flush_chunks(&mut self.pending);
+            return r.map(|()| self.clear_pending());
+        }
         self.ship()?;
         self.settle()
     }
