@@ -8,7 +8,6 @@
 mod lab;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use fybrk_tests::{describe, fybrk_bin, path_to, run_timeout, status_entry, wait_for, Gen, Mount};
@@ -76,13 +75,7 @@ fn pair_and_sync_then(
     }
     let lab = Lab::new(tag);
     let coturn = lab.start_coturn("u", "p");
-    let mut rdv = Command::new(fybrk_bin());
-    rdv.args([
-        "rendezvous",
-        "--listen",
-        &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
-    ]);
-    let rdv = lab.spawn_in_public("rendezvous", rdv);
+    let rdv = lab.start_rendezvous();
     let dev_a = lab.add_device(ka);
     let dev_b = lab.add_device(kb);
     if block_direct {

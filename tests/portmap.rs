@@ -10,12 +10,11 @@
 #[path = "lab/mod.rs"]
 mod lab;
 
-use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use fybrk_tests::{describe, fybrk_bin, path_to, run_timeout, status_entry, wait_for, Gen, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
+use lab::{Device, Lab, RouterKind};
 
 /// The lab, or `None` (skipped) without root or miniupnpd; in CI a missing miniupnpd fails.
 fn ready() -> bool {
@@ -53,13 +52,7 @@ fn pair_through_mapping(tag: &str) -> Option<Paired> {
     }
     let lab = Lab::new(tag);
     let coturn = lab.start_coturn("u", "p");
-    let mut rdv = Command::new(fybrk_bin());
-    rdv.args([
-        "rendezvous",
-        "--listen",
-        &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
-    ]);
-    let rdv = lab.spawn_in_public("rendezvous", rdv);
+    let rdv = lab.start_rendezvous();
     let dev_a = lab.add_device(RouterKind::Symmetric);
     let dev_b = lab.add_device(RouterKind::Symmetric);
     let upnpd = lab.run_miniupnpd(&dev_a);

@@ -13,11 +13,10 @@
 mod lab;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fybrk_tests::{describe, fybrk_bin, path_to_id, wait_for, Mount};
-use lab::{Device, Lab, RouterKind, RENDEZVOUS_IP, RENDEZVOUS_PORT};
+use fybrk_tests::{describe, path_to_id, wait_for, Mount};
+use lab::{Device, Lab, RouterKind};
 
 /// What one pairing showed.
 #[derive(Debug)]
@@ -57,13 +56,7 @@ fn pair_once(tag: &str, ka: RouterKind, kb: RouterKind, sync: bool) -> Option<Ru
     }
     let lab = Lab::new(tag);
     let coturn = lab.start_coturn("u", "p");
-    let mut rdv = Command::new(fybrk_bin());
-    rdv.args([
-        "rendezvous",
-        "--listen",
-        &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
-    ]);
-    let rdv = lab.spawn_in_public("rendezvous", rdv);
+    let rdv = lab.start_rendezvous();
     let dev_a = lab.add_device(ka);
     let dev_b = lab.add_device(kb);
     let mut a = Mount::prepare()?;

@@ -199,6 +199,7 @@ pub fn ls(store: &Store, path: &str) -> Result<LsReply> {
         Some(r) if r.kind != Kind::Dir => vec![r],
         _ => store.list_dir(&path)?,
     };
+    let pinned = store.pinned_paths()?;
     let mut entries = Vec::with_capacity(records.len());
     for r in records {
         let l = store.locality(&r)?;
@@ -219,7 +220,9 @@ pub fn ls(store: &Store, path: &str) -> Result<LsReply> {
             size: if r.kind == Kind::File { r.size } else { 0 },
             local_bytes: l.local_bytes,
             state: state.into(),
-            pinned: store.is_pinned(&r.path)?,
+            pinned: pinned
+                .iter()
+                .any(|p| fybrk_store::record::is_under(&r.path, p)),
             path: r.path,
         });
     }
@@ -279,7 +282,7 @@ fn count(store: &Store, pinned: &[String]) -> Result<[u64; 3]> {
         out[1] += l.total_bytes;
         if pinned
             .iter()
-            .any(|p| p.is_empty() || r.path == *p || r.path.starts_with(&format!("{p}/")))
+            .any(|p| fybrk_store::record::is_under(&r.path, p))
         {
             out[2] += l.total_bytes;
         }

@@ -181,6 +181,15 @@ pub fn split_parent(path: &str) -> (&str, &str) {
     }
 }
 
+/// True when `path` is `root` or inside it (`root` "" is the whole folder).
+pub fn is_under(path: &str, root: &str) -> bool {
+    root.is_empty()
+        || path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Joins a directory path and a name.
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {

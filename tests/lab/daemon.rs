@@ -5,7 +5,21 @@ use std::time::Duration;
 
 use fybrk_tests::{describe, fybrk_bin, run_timeout, Mount};
 
-use super::{Coturn, Device, RENDEZVOUS_IP, RENDEZVOUS_PORT};
+use super::{Coturn, Device, Lab, LabChild, RENDEZVOUS_IP, RENDEZVOUS_PORT};
+
+impl Lab {
+    /// `fybrk rendezvous` on the lab's rendezvous address, in the public namespace; it stops
+    /// when the returned child drops.
+    pub fn start_rendezvous(&self) -> LabChild {
+        let mut rdv = std::process::Command::new(fybrk_bin());
+        rdv.args([
+            "rendezvous",
+            "--listen",
+            &SocketAddr::from((RENDEZVOUS_IP, RENDEZVOUS_PORT)).to_string(),
+        ]);
+        self.spawn_in_public("rendezvous", rdv)
+    }
+}
 
 /// `fybrk mount` for `m` in `dev`'s namespace listening on `listen`, with the lab's rendezvous
 /// server, coturn as STUN server and TURN relay (so a relayed path is always possible: what a

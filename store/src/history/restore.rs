@@ -73,10 +73,6 @@ fn revive(old: &FileRecord, path: &str) -> FileRecord {
     }
 }
 
-fn under(path: &str, root: &str) -> bool {
-    root.is_empty() || path == root || path.starts_with(&format!("{root}/"))
-}
-
 impl Store {
     /// The records that bring `path` ("" = the whole folder) back to how it was at `at_ns`, at
     /// `to` (`None`: in place). Empty when everything already is as it was.
@@ -87,7 +83,8 @@ impl Store {
         to: Option<&str>,
     ) -> std::result::Result<Vec<FileRecord>, RestoreError> {
         let dest = to.unwrap_or(path);
-        if to.is_some() && !path.is_empty() && under(dest, path) || to == Some("") {
+        if to.is_some() && !path.is_empty() && crate::record::is_under(dest, path) || to == Some("")
+        {
             return Err(RestoreError::IntoItself {
                 from: path.to_owned(),
                 to: dest.to_owned(),

@@ -366,7 +366,7 @@ impl Store {
         Ok(self
             .pinned_paths()?
             .iter()
-            .any(|p| p.is_empty() || path == p || path.starts_with(&format!("{p}/"))))
+            .any(|p| crate::record::is_under(path, p)))
     }
 
     /// The chunks of the live files under every pinned path.
