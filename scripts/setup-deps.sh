@@ -52,9 +52,11 @@ base_pkgs=(fuse3 clang libclang-dev pkg-config build-essential ca-certificates)
 #                    checks its name (tests/service.rs); ~10 MB, nothing is started
 #   chromium, chromium-driver  tests/web.rs drives the web page in headless Chromium (WebDriver)
 #   python3-prometheus-client  tests/web.rs parses /metrics with the reference text parser
+#   libfuse3-dev     scripts/bench/fs.sh compiles libfuse's passthrough_hp example, its FUSE
+#                    reference column, against it (scripts/bench/passthrough_hp.sh)
 test_pkgs=(git sqlite3 fio tar python3 psmisc procps util-linux e2fsprogs
     coturn nftables iproute2 conntrack miniupnpd-nftables syncthing hyperfine perl systemd
-    chromium chromium-driver python3-prometheus-client)
+    chromium chromium-driver python3-prometheus-client libfuse3-dev)
 
 pkgs=("${base_pkgs[@]}")
 if [[ $with_test -eq 1 ]]; then
