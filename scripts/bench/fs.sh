@@ -176,8 +176,8 @@ cleanup() {
     fi
     # The daemon exits after the unmount; give it a moment, then stop it (we started it).
     if [[ -n $DAEMON_PID ]]; then
-        for _ in $(seq 50); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$DAEMON_PID" 2>/dev/null; then
+        for _ in $(seq 50); do alive "$DAEMON_PID" || break; sleep 0.1; done
+        if alive "$DAEMON_PID"; then
             warn "daemon $DAEMON_PID still running after unmount; sending SIGTERM"
             kill "$DAEMON_PID"
         fi
@@ -313,7 +313,8 @@ if [[ -n $HP_BIN ]]; then
         say "mounted $HP_MNT (passthrough_hp pid $HP_PID)"
         SIDES=(fybrk passthrough_hp native)
     else
-        warn "passthrough_hp did not mount: $(tail -n 3 "$WORK/passthrough_hp.log" | tr '\n' ' ')"
+        hp_log=$(tail -n 3 "$WORK/passthrough_hp.log" | tr '\n' ' ')
+        warn "passthrough_hp did not mount (${hp_log:-it printed nothing})"
         warn "running without the passthrough_hp column"
         stop_hp
         HP_BIN=""

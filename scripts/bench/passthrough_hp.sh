@@ -132,7 +132,8 @@ if id _apt >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
     chown _apt "$SCRATCH/dl" "$SCRATCH/lists/partial"
 fi
 apt_src=(apt-get -q -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$SCRATCH/sources.list.d"
-    -o "Dir::State::Lists=$SCRATCH/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
+    -o "Dir::State::Lists=$SCRATCH/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+    -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30)
 say "fetching the fuse3 $DEB_VERSION source (deb-src of this machine's mirrors)"
 "${apt_src[@]}" update >&2 || say "apt-get update reported errors; trying the download anyway"
 # The exact version first; the candidate if that one is gone from the mirror.
