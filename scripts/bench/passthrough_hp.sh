@@ -40,6 +40,7 @@ dpkg-query -W -f='${db:Status-Abbrev}' libfuse3-dev 2>/dev/null | grep -q '^ii' 
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v python3 >/dev/null 2>&1 || need+=(python3) # reads the apt sources below
 if [[ ${#need[@]} -gt 0 ]]; then
     [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; run as root or: apt-get install ${need[*]}"
     command -v apt-get >/dev/null 2>&1 || die "missing ${need[*]} and no apt-get to install them"
