@@ -343,6 +343,8 @@ RSS_SAMPLES="$WORK/rss.samples"
 for side in "${SIDES[@]}"; do
     dir=$(dir_of "$side")
     say "sequential write $SIZE, bs=1M: $side"
+    # From a synced, dropped cache: the previous side's writeback is not charged to this one.
+    drop_caches
     if [[ $side == fybrk && -n $DAEMON_PID ]]; then
         # Background sampler: VmHWM only gives the lifetime peak; this shows what the write costs.
         : >"$RSS_SAMPLES"
