@@ -40,8 +40,8 @@ pub use keys::{KeyId, FIRST_KEY};
 pub use record::{ChunkRef, FileRecord, Kind, VersionVector};
 pub use remote::Remote;
 pub use store::{
-    ChunkWriter, CommitWatcher, Committed, EvictReport, Locality, Pins, Stats, Store, StoreOptions,
-    Versioning,
+    ChunkWriter, CommitWatcher, Committed, EvictReport, FreshChunks, Locality, Pins, Stats, Store,
+    StoreOptions, Versioning,
 };
 #[cfg(test)]
 mod ondemand_tests;

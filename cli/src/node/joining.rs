@@ -28,6 +28,7 @@ impl Shared {
         let budget = old.cache_usage().map(|(_, budget)| budget);
         let new = open_store(&self.state, &keys, old.device(), budget)?;
         new.set_remote(Some(self.demands.clone()));
+        new.on_fresh_chunks(Some(self.fresh.hook()));
         new.on_commit(commit_watcher(
             self.local_seq.clone(),
             self.invalidate.clone(),

@@ -337,6 +337,7 @@ impl Shared {
         let mut replica = StoreReplica::new(store.clone());
         replica.set_seen(short, seen);
         replica.set_demands(self.demands.clone());
+        replica.set_fresh(self.fresh.clone());
         // `persist` syncs the store before it writes progress.
         replica.defer_sync();
         let session = Session::new(

@@ -151,6 +151,8 @@ struct Shared {
     /// Chunks local reads wait for (content held elsewhere): the store's remote, asked of
     /// every link.
     demands: Arc<fybrk_net::sync::demand::hub::DemandHub>,
+    /// Chunks of local writes as they land, offered to peers before their record commits.
+    fresh: Arc<fybrk_net::sync::offer::FreshFeed>,
     state: StateDir,
     /// The one UDP socket: QUIC, STUN and rendezvous datagrams share it (one NAT mapping).
     mux: fybrk_net::mux::MuxSocket,
@@ -323,8 +325,11 @@ impl Node {
             .context("cannot read this device's key again for the member list")?;
         let demands = fybrk_net::sync::demand::hub::DemandHub::new();
         fs.store().set_remote(Some(demands.clone()));
+        let fresh = fybrk_net::sync::offer::FreshFeed::new();
+        fs.store().on_fresh_chunks(Some(fresh.hook()));
         let shared = Arc::new(Shared {
             demands,
+            fresh,
             device_key,
             members: Mutex::new(members),
             may_found: std::sync::atomic::AtomicBool::new(may_found),

@@ -30,9 +30,27 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::identity::{DeviceId, DeviceKey};
 
-/// The ALPN protocol id of fybrk's QUIC protocol, version 1. A peer speaking anything else fails
-/// the handshake instead of misreading our streams.
-pub const ALPN: &[u8] = b"fybrk/1";
+/// The ALPN protocol id of fybrk's QUIC protocol, version 2 (version 1 plus the replication
+/// `Offer` message). A peer speaking neither this nor [`ALPN_V1`] fails the handshake instead
+/// of misreading our streams.
+pub const ALPN: &[u8] = b"fybrk/2";
+
+/// Version 1, still spoken with peers that know no newer one.
+pub const ALPN_V1: &[u8] = b"fybrk/1";
+
+/// The protocols offered and accepted, newest first (a server picks the first of its own list
+/// the client also offers).
+fn alpn_protocols() -> Vec<Vec<u8>> {
+    vec![ALPN.to_vec(), ALPN_V1.to_vec()]
+}
+
+/// True when `conn` negotiated version 2 or later: the peer understands replication offers.
+pub fn speaks_offers(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == ALPN)
+}
 
 /// The name in every fybrk certificate (subject CN and SAN), and the SNI a client sends. It
 /// carries no meaning: peers are told apart by key, never by name.
@@ -268,7 +286,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_protocols();
     // No tickets, no session cache: resumption would skip the client certificate and the policy.
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -302,7 +320,7 @@ pub(crate) fn client_config_observed(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn_protocols();
     // Every peer uses the server name "fybrk", so a cached session could be offered to the
     // wrong device; and a resumed session would skip the certificate check. Always do a full
     // handshake.
@@ -579,7 +597,7 @@ mod tests {
                 .expect("tls13")
                 .with_client_cert_verifier(verifier)
                 .with_cert_resolver(Fixed::new(shown, signer));
-            tls.alpn_protocols = vec![ALPN.to_vec()];
+            tls.alpn_protocols = alpn_protocols();
             let crypto = QuicServerConfig::try_from(tls).expect("quic server");
             let endpoint = quinn::Endpoint::server(
                 quinn::ServerConfig::with_crypto(Arc::new(crypto)),
@@ -617,7 +635,7 @@ mod tests {
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_client_cert_resolver(Fixed::new(shown, signer));
-            tls.alpn_protocols = vec![ALPN.to_vec()];
+            tls.alpn_protocols = alpn_protocols();
             let crypto = QuicClientConfig::try_from(tls).expect("quic client");
             let endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
             endpoint

@@ -96,6 +96,10 @@ pub enum Action {
         id: ChunkId,
         /// Its sealed bytes as the peer stores them.
         data: Vec<u8>,
+        /// Only an offer wants it ([`Action::CheckOffered`]): no record or read waits for it, so
+        /// it may be written with the next batch rather than at once. It must be in the store
+        /// (so `has_chunk` sees it) before the next [`Action::NeedChunks`] is answered.
+        early: bool,
     },
     /// Every chunk of `record` is present and verified. Under the store's write lock, resolve
     /// it against the *current* local record with [`crate::conflict::resolve`] (the local
@@ -154,6 +158,11 @@ pub enum Action {
         /// True when it is stored now.
         ok: bool,
     },
+    /// The peer offers chunks it just wrote ([`crate::Message::Offer`]): answer
+    /// [`Session::handle_offer_missing`] with those this device would fetch now (a full device:
+    /// the ones it lacks; an on-demand device: none). Chunks that arrive for no record are kept
+    /// pinned for a while, so the record that uses them finds them here.
+    CheckOffered(Vec<ChunkId>),
     /// End the connection. The session ignores all input from now on.
     Close(SyncError),
 }

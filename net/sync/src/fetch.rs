@@ -185,6 +185,18 @@ impl Fetcher {
         self.in_flight.len() + self.verifying
     }
 
+    /// True when `token` is the only one waiting for `id`.
+    pub(crate) fn only_waiter(&self, id: &ChunkId, token: RecordToken) -> bool {
+        self.wanted
+            .get(id)
+            .is_some_and(|w| w.waiters.as_slice() == [token])
+    }
+
+    /// Chunks wanted (queued, in flight or verifying).
+    pub(crate) fn wanted_len(&self) -> usize {
+        self.wanted.len()
+    }
+
     /// Nothing wanted, nothing in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.wanted.is_empty() && self.in_flight.is_empty()

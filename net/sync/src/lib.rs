@@ -44,6 +44,7 @@ pub mod demand;
 mod fetch;
 pub mod messages;
 pub mod naming;
+pub mod offer;
 mod progress;
 pub mod quic_driver;
 pub mod session;

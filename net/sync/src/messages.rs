@@ -82,10 +82,23 @@ pub enum Message {
         /// Whether the sender keeps each chunk.
         keeps: Vec<bool>,
     },
+    /// Chunks the sender just wrote locally, before any record uses them: a file still being
+    /// written. The receiver may fetch them now, so that when the record arrives at `close`
+    /// only its tail is left to transfer. Sent only on connections that negotiated ALPN
+    /// `fybrk/2` (an older peer would close the session on an unknown message). At most
+    /// [`MAX_OFFER`] ids.
+    Offer {
+        /// The chunks, in the order they were written.
+        ids: Vec<ChunkId>,
+    },
 }
 
 /// The most chunk ids one [`Message::KeepsQuery`] may carry (128 KiB of ids).
 pub const MAX_KEEPS_QUERY: usize = 4096;
+
+/// The most chunk ids one [`Message::Offer`] may carry (32 KiB of ids; a 512 KiB write batch
+/// holds 2 to 32 chunks, so a sender needs far fewer).
+pub const MAX_OFFER: usize = 1024;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -129,6 +129,11 @@ pub async fn run_peer<S: ReplicaStore>(
     let mut demand_rx = replica.demands().map(|hub| hub.subscribe());
     let mut registered: Option<Registered> = None;
     let on_demand = replica.store().on_demand();
+    // A file being written here is offered to the peer chunk batch by chunk batch.
+    let mut fresh = match crate::tls::speaks_offers(&conn) {
+        true => replica.fresh().map(|f| f.subscribe()),
+        false => None,
+    };
     let mut keeps_tick = tokio::time::interval(KEEPS_EVERY);
     keeps_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -195,6 +200,10 @@ pub async fn run_peer<S: ReplicaStore>(
                     .map_err(|source| DriverError::Store { action: "listing chunks only here", source })?;
                 session.ask_keeps(ids);
             }
+            ids = next_fresh(&mut fresh) => match ids {
+                Some(ids) => session.offer(&ids),
+                None => fresh = None,
+            },
             changed = changed(&mut local) => match changed {
                 Some(seq) => {
                     let actions = session.handle_local_changed(seq);
@@ -237,6 +246,16 @@ pub async fn run_peer<S: ReplicaStore>(
 async fn demand_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
     match rx {
         Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The next batch of fresh local chunk ids; pending forever without a feed.
+async fn next_fresh(
+    fresh: &mut Option<crate::offer::FreshReceiver>,
+) -> Option<std::sync::Arc<[fybrk_store::ChunkId]>> {
+    match fresh {
+        Some(rx) => rx.next().await,
         None => std::future::pending().await,
     }
 }

@@ -26,7 +26,7 @@ use fybrk_store::record::ShortId;
 use fybrk_store::{ChunkId, FileRecord};
 
 use super::fetch::{Fetcher, Response, Verified};
-use super::messages::{record_len_bound, Message, INDEX_OVERHEAD, MAX_KEEPS_QUERY};
+use super::messages::{record_len_bound, Message, INDEX_OVERHEAD, MAX_KEEPS_QUERY, MAX_OFFER};
 use super::progress::Progress;
 use super::validate::check_record;
 use super::{hex, SyncError};
@@ -36,6 +36,15 @@ pub use super::action::{Action, FetchFailure, RecordToken, SessionConfig};
 /// The token of chunks a local read asked for ([`Session::demand`]); record tokens count up
 /// from 0 and never reach it.
 const DEMAND: RecordToken = RecordToken(u64::MAX);
+
+/// The token of chunks the peer offered before any record uses them ([`Message::Offer`]).
+const PREFETCH: RecordToken = RecordToken(u64::MAX - 1);
+
+/// Offered chunks are fetched only while fewer than this many chunks are wanted in all (about
+/// 256 MiB at the average chunk size): beyond that the offers are dropped, and the record that
+/// uses those chunks fetches them when it arrives. Bounds the session's memory whatever a peer
+/// offers.
+const MAX_PREFETCH_WANTED: usize = 4096;
 
 /// The session's phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +204,11 @@ impl Session {
         self.phase == Phase::Closed
     }
 
+    /// True while chunks are wanted from the peer (queued, in flight or being verified).
+    pub fn fetching(&self) -> bool {
+        !self.fetch.is_idle()
+    }
+
     /// Open, and nothing in progress on our side: no record pending, no chunk wanted or being
     /// read for the peer, nothing queued to send, our index sent up to our latest change.
     pub fn is_idle(&self) -> bool {
@@ -284,7 +298,10 @@ impl Session {
             }
             (Phase::Open { .. }, Message::ChunkResponse { req_id, data }) => {
                 match self.fetch.handle_response(req_id, data) {
-                    Response::Verify(id, data) => out.push(Action::StoreChunk { id, data }),
+                    Response::Verify(id, data) => {
+                        let early = self.fetch.only_waiter(&id, PREFETCH);
+                        out.push(Action::StoreChunk { id, data, early })
+                    }
                     Response::NotFound(id, tokens) => {
                         self.fail(tokens, id, FetchFailure::NotFound, &mut out)
                     }
@@ -324,6 +341,14 @@ impl Session {
                         return self
                             .protocol_error(format!("keeps reply {req_id} matches no query"))
                     }
+                }
+            }
+            (Phase::Open { .. }, Message::Offer { ids }) => {
+                if ids.len() > MAX_OFFER {
+                    return self.protocol_error(format!("offer of {} chunks", ids.len()));
+                }
+                if !ids.is_empty() && self.fetch.wanted_len() < MAX_PREFETCH_WANTED {
+                    out.push(Action::CheckOffered(ids));
                 }
             }
             (Phase::Closed, _) => {}
@@ -420,6 +445,33 @@ impl Session {
         if matches!(self.phase, Phase::Open { .. }) {
             self.fetch.want(id, DEMAND);
             self.request_chunks();
+        }
+    }
+
+    /// The driver's answer to [`Action::CheckOffered`]: the offered chunks to fetch now.
+    /// Fetched like a record's chunks, in the same window; a chunk the peer no longer has or
+    /// that fails verification is dropped without a word (no record waits for it yet).
+    pub fn handle_offer_missing(&mut self, ids: Vec<ChunkId>) {
+        if !matches!(self.phase, Phase::Open { .. }) {
+            return;
+        }
+        let room = MAX_PREFETCH_WANTED.saturating_sub(self.fetch.wanted_len());
+        for id in ids.into_iter().take(room) {
+            self.fetch.want(id, PREFETCH);
+        }
+        self.request_chunks();
+    }
+
+    /// Offers the peer chunks this device just wrote ([`Message::Offer`]), in messages of at
+    /// most [`MAX_OFFER`] ids. Call only when the connection negotiated offers (ALPN
+    /// `fybrk/2`). Ignored before the peer's `Hello`.
+    pub fn offer(&mut self, ids: &[ChunkId]) {
+        if !matches!(self.phase, Phase::Open { .. }) {
+            return;
+        }
+        for part in ids.chunks(MAX_OFFER) {
+            self.outgoing
+                .push_back(Message::Offer { ids: part.to_vec() });
         }
     }
 
@@ -707,6 +759,7 @@ fn kind(msg: &Message) -> &'static str {
         Message::Pong => "Pong",
         Message::KeepsQuery { .. } => "KeepsQuery",
         Message::KeepsReply { .. } => "KeepsReply",
+        Message::Offer { .. } => "Offer",
     }
 }
 
@@ -722,5 +775,7 @@ pub fn valid_path(path: &str) -> bool {
 
 #[cfg(test)]
 mod demand_tests;
+#[cfg(test)]
+mod offer_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@
 //! (`pin` pins the ones already present, before they are looked up; fetched ones are added to
 //! it). The staging area is passed to the commit and dropped after it, which releases the pins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use fybrk_store::record::ShortId;
@@ -81,6 +81,25 @@ struct Hold<W> {
     token: RecordToken,
     record: FileRecord,
     writer: W,
+    /// The chunks it lacked at `NeedChunks`: a received chunk goes to the hold that waits for
+    /// it. A set, so a 1 GiB file's 16,000 chunks are not searched once per arriving chunk.
+    missing: HashSet<ChunkId>,
+}
+
+/// Offered chunks received before any record uses them stay pinned in one writer until this
+/// many more have arrived (about 256 MiB at the average size), and then in the previous one
+/// until as many again: long enough for the record of a file being written to arrive, bounded
+/// however much a peer offers. After that they are ordinary orphans that GC may free.
+const PREFETCH_GENERATION: usize = 4096;
+
+/// The writers holding offered chunks (see [`PREFETCH_GENERATION`]).
+struct Prefetched<W> {
+    current: Option<W>,
+    previous: Option<W>,
+    /// Chunks added to `current`.
+    count: usize,
+    /// Chunks in `current` not yet written to the store.
+    unflushed: bool,
 }
 
 /// Executes session actions against one store. See the module doc. The store is the RocksDB
@@ -105,6 +124,12 @@ pub struct StoreReplica<S: ReplicaStore = Store> {
     demands: Option<std::sync::Arc<crate::demand::hub::DemandHub>>,
     /// Chunks the peer said it keeps, since this driver started.
     kept: u64,
+    /// Offered chunks that arrived before their record.
+    prefetched: Prefetched<S::Staging>,
+    /// Offered chunks stored since this driver started.
+    early_chunks: u64,
+    /// Local chunks to offer the peer as they are written ([`StoreReplica::set_fresh`]).
+    fresh: Option<std::sync::Arc<crate::offer::FreshFeed>>,
 }
 
 impl<S: ReplicaStore> StoreReplica<S> {
@@ -113,6 +138,14 @@ impl<S: ReplicaStore> StoreReplica<S> {
         StoreReplica {
             demands: None,
             kept: 0,
+            prefetched: Prefetched {
+                current: None,
+                previous: None,
+                count: 0,
+                unflushed: false,
+            },
+            early_chunks: 0,
+            fresh: None,
             store,
             holds: HashMap::new(),
             seen: HashMap::new(),
@@ -137,6 +170,23 @@ impl<S: ReplicaStore> StoreReplica<S> {
     /// The hub set with [`StoreReplica::set_demands`].
     pub fn demands(&self) -> Option<&std::sync::Arc<crate::demand::hub::DemandHub>> {
         self.demands.as_ref()
+    }
+
+    /// Offers the chunks of local writes to the peer as they are stored (when the connection
+    /// negotiated offers), from `feed`, whose hook the store calls.
+    pub fn set_fresh(&mut self, feed: std::sync::Arc<crate::offer::FreshFeed>) {
+        self.fresh = Some(feed);
+    }
+
+    /// The feed of fresh local chunks, if any.
+    pub fn fresh(&self) -> Option<&std::sync::Arc<crate::offer::FreshFeed>> {
+        self.fresh.as_ref()
+    }
+
+    /// Chunks received because the peer offered them while writing, before their record
+    /// ([`Action::CheckOffered`]).
+    pub fn early_chunks(&self) -> u64 {
+        self.early_chunks
     }
 
     /// Chunks the peer said it keeps (answers to [`Session::ask_keeps`]).
@@ -212,7 +262,27 @@ impl<S: ReplicaStore> StoreReplica<S> {
                 session.handle_local_index(records, up_to)
             }
             Action::NeedChunks { token, record } => self.need_chunks(session, token, record)?,
-            Action::StoreChunk { id, data } => self.store_chunk(session, id, data)?,
+            Action::StoreChunk { id, data, early } => self.store_chunk(session, id, data, early)?,
+            Action::CheckOffered(ids) => {
+                // An on-demand device fetches content when it is read, not when it is written.
+                let mut missing = Vec::new();
+                if !self.store.on_demand() {
+                    // Chunks still buffered in the prefetch writer look missing here; the
+                    // fetcher and the writer both drop a second copy, and a sender offers each
+                    // chunk it writes once, so no flush per offer.
+                    for id in ids {
+                        let has = self
+                            .store
+                            .has_chunk(&id)
+                            .map_err(err("looking up an offered chunk"))?;
+                        if !has {
+                            missing.push(id);
+                        }
+                    }
+                }
+                session.handle_offer_missing(missing);
+                Vec::new()
+            }
             Action::Apply(record) => {
                 self.apply(session.peer(), record, now)?;
                 session.handle_local_changed(self.store.sequence())
@@ -284,6 +354,8 @@ impl<S: ReplicaStore> StoreReplica<S> {
             Action::Close(e) => {
                 tracing::info!(error = %e, "sync session closed");
                 self.holds.clear();
+                self.prefetched.current = None;
+                self.prefetched.previous = None;
                 self.closed = Some(e);
                 Vec::new()
             }
@@ -304,6 +376,8 @@ impl<S: ReplicaStore> StoreReplica<S> {
             self.holds.remove(&record.path);
             return Ok(session.handle_missing(token, None));
         }
+        // Offered chunks still in the prefetch writer's batch are not visible to `has_chunk`.
+        self.flush_prefetched()?;
         let mut writer = self.store.staging();
         let mut missing = Vec::new();
         // An on-demand device takes the record alone; its content comes when read (the store
@@ -333,6 +407,7 @@ impl<S: ReplicaStore> StoreReplica<S> {
                 token,
                 record,
                 writer,
+                missing: missing.iter().copied().collect(),
             },
         );
         Ok(session.handle_missing(token, Some(missing)))
@@ -343,18 +418,24 @@ impl<S: ReplicaStore> StoreReplica<S> {
         session: &mut Session,
         id: ChunkId,
         data: Vec<u8>,
+        early: bool,
     ) -> Result<Vec<Action>, DriverError> {
         let mut spare;
         let sharers = self
             .holds
             .values()
-            .filter(|h| needs(&h.record, &id))
+            .filter(|h| h.missing.contains(&id))
             .count();
-        let writer = match self.holds.values_mut().find(|h| needs(&h.record, &id)) {
-            Some(h) => &mut h.writer,
-            None => {
-                spare = self.store.staging();
-                &mut spare
+        let early = early && sharers == 0;
+        let writer = if early {
+            self.prefetch_writer()
+        } else {
+            match self.holds.values_mut().find(|h| h.missing.contains(&id)) {
+                Some(h) => &mut h.writer,
+                None => {
+                    spare = self.store.staging();
+                    &mut spare
+                }
             }
         };
         match writer.add_sealed(&id, data) {
@@ -372,16 +453,58 @@ impl<S: ReplicaStore> StoreReplica<S> {
             }
             Err(e) => return Err(err("storing a chunk")(e)),
         }
+        if early {
+            // Written with the prefetch writer's next batch, or before the next record is
+            // looked at (`flush_prefetched`).
+            self.prefetched.unflushed = true;
+            self.early_chunks += 1;
+            let actions = session.handle_chunk_verified(id, true);
+            if !session.fetching() {
+                // The last offered chunk for now: written, so a restart or GC finds it.
+                self.flush_prefetched()?;
+            }
+            return Ok(actions);
+        }
         // A chunk only this record needs stays in its writer and is written with the record's
         // commit, in the same logged batch (the writer writes batches of 1 MiB on its own for
         // large files). Flushing every chunk at once cost a memtable flush per applied file.
         // A chunk several pending records share is written now: another one may be applied
         // first, and `has_chunk` only sees chunks in the database. The writer's pin keeps it
-        // until the record commits.
+        // until the record commits. So is one no record waits for (a local read's).
         if sharers != 1 {
             writer.flush().map_err(err("storing a chunk"))?;
         }
         Ok(session.handle_chunk_verified(id, true))
+    }
+
+    /// The writer for offered chunks, rotated every [`PREFETCH_GENERATION`] chunks.
+    fn prefetch_writer(&mut self) -> &mut S::Staging {
+        let p = &mut self.prefetched;
+        if p.count >= PREFETCH_GENERATION {
+            // The previous generation's pins go. The current one becomes the previous, its
+            // buffered chunks written first (a dropped writer would discard them).
+            if let Some(w) = p.current.as_mut() {
+                if let Err(e) = w.flush() {
+                    tracing::warn!(error = %e, "cannot write offered chunks; they will be fetched with their records");
+                }
+            }
+            p.previous = p.current.take();
+            p.count = 0;
+            p.unflushed = false;
+        }
+        p.count += 1;
+        p.current.get_or_insert_with(|| self.store.staging())
+    }
+
+    /// Writes offered chunks still buffered, so `has_chunk` sees them.
+    fn flush_prefetched(&mut self) -> Result<(), DriverError> {
+        if self.prefetched.unflushed {
+            if let Some(w) = self.prefetched.current.as_mut() {
+                w.flush().map_err(err("storing offered chunks"))?;
+            }
+            self.prefetched.unflushed = false;
+        }
+        Ok(())
     }
 
     /// Resolves `remote` against the current local record and commits the result in one batch.
@@ -466,376 +589,9 @@ fn refused(e: &StoreError) -> bool {
     matches!(e, StoreError::ChunkLength { .. })
 }
 
-/// True when `record`'s content includes chunk `id`.
-fn needs(record: &FileRecord, id: &ChunkId) -> bool {
-    record.chunks.iter().any(|c| c.id == *id)
-}
-
 fn err(action: &'static str) -> impl Fn(StoreError) -> DriverError {
     move |source| DriverError::Store { action, source }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use fybrk_store::{FolderKey, StoreOptions};
-
-    use super::*;
-    use crate::messages::encode_frame;
-    use crate::naming::CONFLICT_MARKER;
-    use crate::test_support::{random, read_file, write_file};
-    use crate::{FrameDecoder, Message, DEFAULT_MAX_FRAME};
-
-    /// Short ids whose top bits differ, so their conflict-name tags differ.
-    const IDS: [ShortId; 2] = [0x1111_1111_1111_1111, 0x9999_9999_9999_9999];
-    /// Both sessions name the same folder. Not `Store::folder_id()`: that is random per store,
-    /// so two stores of one folder never agree on it.
-    const FOLDER: [u8; 16] = *b"fybrk-test-fold!";
-
-    struct Device {
-        _dir: tempfile::TempDir,
-        replica: StoreReplica,
-    }
-
-    fn device(i: usize) -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &FolderKey::from_bytes([7; 32]),
-            StoreOptions {
-                cache_bytes: 1 << 20,
-                device: Some(IDS[i]),
-                folder_id: None,
-                cache_budget: None,
-            },
-        )
-        .unwrap();
-        Device {
-            _dir: dir,
-            replica: StoreReplica::new(store),
-        }
-    }
-
-    /// Every record, sequence numbers aside.
-    fn view(store: &Store) -> BTreeMap<String, FileRecord> {
-        store
-            .changes_since(0)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.path.clone(), FileRecord { seq: 0, ..r }))
-            .collect()
-    }
-
-    #[derive(Default, Debug)]
-    struct Counts {
-        /// Records in `IndexUpdate`s sent by side `i`.
-        index_records: [usize; 2],
-        chunk_requests: usize,
-        corrupted: usize,
-    }
-
-    /// Two devices and a pair of sessions whose frames travel through the real codec.
-    struct Pair {
-        devices: [Device; 2],
-        sessions: [Session; 2],
-        decoders: [FrameDecoder; 2],
-        now: Instant,
-        counts: Counts,
-        /// Flip a byte of the next this many chunk responses.
-        corrupt: usize,
-    }
-
-    impl Pair {
-        fn new() -> Pair {
-            let devices = [device(0), device(1)];
-            let now = Instant::now();
-            let sessions = [0, 1].map(|i| new_session(&devices, i, now));
-            Pair {
-                devices,
-                sessions,
-                decoders: [0, 1].map(|_| FrameDecoder::new(DEFAULT_MAX_FRAME)),
-                now,
-                counts: Counts::default(),
-                corrupt: 0,
-            }
-        }
-
-        fn store(&self, i: usize) -> &Store {
-            self.devices[i].replica.store()
-        }
-
-        /// New sessions from the remembered progress (a reconnect); counters reset.
-        fn reconnect(&mut self) {
-            self.sessions = [0, 1].map(|i| new_session(&self.devices, i, self.now));
-            self.decoders = [0, 1].map(|_| FrameDecoder::new(DEFAULT_MAX_FRAME));
-            self.counts = Counts::default();
-        }
-
-        /// Device `i` committed something locally.
-        fn local_changed(&mut self, i: usize) {
-            let seq = self.store(i).sequence();
-            let actions = self.sessions[i].handle_local_changed(seq);
-            let now = self.now;
-            self.devices[i]
-                .replica
-                .run(&mut self.sessions[i], actions, now)
-                .unwrap();
-        }
-
-        /// Delivers messages both ways until both sessions are idle. The sessions first learn
-        /// of the local commits made since they started.
-        fn sync(&mut self) {
-            self.local_changed(0);
-            self.local_changed(1);
-            for _ in 0..10_000 {
-                self.now += Duration::from_millis(1);
-                let mut moved = false;
-                for i in 0..2 {
-                    while let Some(mut msg) = self.sessions[i].poll_outgoing() {
-                        moved = true;
-                        match &mut msg {
-                            Message::IndexUpdate { records, .. } => {
-                                self.counts.index_records[i] += records.len()
-                            }
-                            Message::ChunkRequest { .. } => self.counts.chunk_requests += 1,
-                            Message::ChunkResponse { data: Some(d), .. } if self.corrupt > 0 => {
-                                self.corrupt -= 1;
-                                self.counts.corrupted += 1;
-                                let at = d.len() / 2;
-                                d[at] ^= 0x20;
-                            }
-                            _ => {}
-                        }
-                        let frame = encode_frame(&msg, DEFAULT_MAX_FRAME).unwrap();
-                        self.decoders[1 - i].push(&frame);
-                    }
-                }
-                for i in 0..2 {
-                    while let Some(msg) = self.decoders[i].next_message().unwrap() {
-                        moved = true;
-                        let actions = self.sessions[i].handle_message(msg, self.now);
-                        self.devices[i]
-                            .replica
-                            .run(&mut self.sessions[i], actions, self.now)
-                            .unwrap();
-                    }
-                }
-                for d in &self.devices {
-                    assert!(d.replica.closed().is_none(), "{:?}", d.replica.closed());
-                }
-                if !moved && self.sessions.iter().all(Session::is_idle) {
-                    return;
-                }
-            }
-            panic!("not idle after 10000 steps: {:#?}", self.sessions);
-        }
-
-        fn assert_converged(&self) {
-            assert_eq!(view(self.store(0)), view(self.store(1)));
-            for i in 0..2 {
-                let report = self.store(i).verify().unwrap();
-                assert!(report.is_ok(), "device {i}: {:?}", report.problems);
-                assert!(self.devices[i].replica.problems().is_empty());
-                assert_eq!(
-                    self.sessions[i].peer_seen(),
-                    self.store(1 - i).sequence(),
-                    "progress caught up"
-                );
-            }
-        }
-    }
-
-    fn new_session(devices: &[Device; 2], i: usize, now: Instant) -> Session {
-        let store = devices[i].replica.store();
-        let seen = devices[i].replica.seen_from(IDS[1 - i]);
-        Session::new(store.device(), FOLDER, store.sequence(), seen, now)
-    }
-
-    #[test]
-    fn files_dirs_symlinks_and_tombstones_arrive_intact() {
-        let mut p = Pair::new();
-        let big = random(1 << 20, 1);
-        let a = p.store(0).clone();
-        a.commit(
-            vec![FileRecord::new("docs", Kind::Dir, 0o755, 5)],
-            None,
-            false,
-        )
-        .unwrap();
-        let rec = write_file(&a, "docs/big.bin", &big, 10);
-        assert!(rec.chunks.len() > 4, "multi-chunk: {}", rec.chunks.len());
-        write_file(&a, "docs/small.txt", b"hello", 11);
-        let mut link = FileRecord::new("link", Kind::Symlink, 0o777, 12);
-        link.target = Some("docs/small.txt".into());
-        link.size = 14;
-        a.commit(vec![link], None, false).unwrap();
-        let mut gone = write_file(&a, "gone.txt", b"bye", 13);
-        gone.deleted = true;
-        a.commit(vec![gone], None, false).unwrap();
-
-        p.sync();
-        p.assert_converged();
-        let b = p.store(1);
-        assert_eq!(read_file(b, "docs/big.bin"), big);
-        assert_eq!(read_file(b, "docs/small.txt"), b"hello");
-        assert_eq!(b.get("docs").unwrap().unwrap().kind, Kind::Dir);
-        let link = b.get("link").unwrap().unwrap();
-        assert_eq!(link.target.as_deref(), Some("docs/small.txt"));
-        assert!(b.get("gone.txt").unwrap().unwrap().deleted);
-        assert_eq!(b.stats().files, 2, "{:?}", b.stats());
-        // The last 'PeerSeenUpTo' is remembered for the next session.
-        assert_eq!(p.devices[1].replica.seen_from(IDS[0]), a.sequence());
-        assert!(p.counts.chunk_requests >= rec.chunks.len());
-    }
-
-    #[test]
-    fn a_rename_transfers_no_chunks() {
-        let mut p = Pair::new();
-        let data = random(1 << 20, 2);
-        let a = p.store(0).clone();
-        let old = write_file(&a, "a.bin", &data, 10);
-        p.sync();
-        let requests_before = p.counts.chunk_requests;
-
-        let mut w = a.writer();
-        w.reuse(&old.chunks);
-        let mut gone = old.clone();
-        gone.deleted = true;
-        let moved = FileRecord {
-            path: "b.bin".into(),
-            version: Default::default(),
-            ..old.clone()
-        };
-        a.commit(vec![gone, moved], Some(&mut w), false).unwrap();
-        drop(w);
-        p.local_changed(0);
-        p.sync();
-
-        assert_eq!(
-            p.counts.chunk_requests, requests_before,
-            "no chunk requested"
-        );
-        p.assert_converged();
-        let b = p.store(1);
-        assert!(b.get("a.bin").unwrap().unwrap().deleted);
-        assert_eq!(read_file(b, "b.bin"), data);
-        assert_eq!(b.gc().unwrap().freed_chunks, 0, "chunks still referenced");
-    }
-
-    #[test]
-    fn concurrent_edits_keep_both_versions() {
-        let mut p = Pair::new();
-        write_file(p.store(0), "doc.txt", b"from A", 100);
-        write_file(p.store(1), "doc.txt", b"from B, newer", 200);
-        p.sync();
-        p.assert_converged();
-        for i in 0..2 {
-            let s = p.store(i);
-            assert_eq!(read_file(s, "doc.txt"), b"from B, newer", "device {i}");
-            let copies: Vec<FileRecord> = s
-                .list_dir("")
-                .unwrap()
-                .into_iter()
-                .filter(|r| r.path.contains(CONFLICT_MARKER))
-                .collect();
-            assert_eq!(copies.len(), 1, "device {i}: {copies:#?}");
-            assert!(copies[0].path.starts_with("doc.sync-conflict-"));
-            assert!(copies[0].path.ends_with(".txt"));
-            assert_eq!(read_file(s, &copies[0].path), b"from A");
-        }
-    }
-
-    #[test]
-    fn a_chunk_corrupted_in_transit_is_fetched_again() {
-        let mut p = Pair::new();
-        let data = random(300 << 10, 3);
-        write_file(p.store(0), "f.bin", &data, 10);
-        p.corrupt = 1;
-        p.sync();
-        assert_eq!(p.counts.corrupted, 1);
-        p.assert_converged();
-        assert_eq!(read_file(p.store(1), "f.bin"), data);
-        let chunks = p.store(0).get("f.bin").unwrap().unwrap().chunks.len();
-        assert_eq!(p.counts.chunk_requests, chunks + 1, "one re-request");
-    }
-
-    #[test]
-    fn a_record_whose_chunk_length_lies_is_refused_and_the_session_goes_on() {
-        let mut p = Pair::new();
-        let a = p.store(0).clone();
-        // Committed locally on A (local commits trust their writer), so A's session offers
-        // them to B like any record: a 10-byte chunk claimed longer and shorter.
-        for (path, claimed) in [("long", 100u32), ("short", 4)] {
-            let mut w = a.writer();
-            let real = w.add(format!("{path:>10}").as_bytes()).unwrap();
-            let mut r = FileRecord::new(path, Kind::File, 0o644, 1);
-            r.chunks = vec![fybrk_store::ChunkRef {
-                id: real.id,
-                len: claimed,
-            }];
-            r.size = u64::from(r.chunks[0].len);
-            a.commit(vec![r], Some(&mut w), false).unwrap();
-        }
-        write_file(&a, "ok.txt", b"valid", 10);
-        p.sync();
-
-        let b = p.store(1);
-        assert_eq!(b.get("long").unwrap(), None);
-        assert_eq!(b.get("short").unwrap(), None);
-        assert_eq!(read_file(b, "ok.txt"), b"valid");
-        let refused: Vec<&str> = p.devices[1]
-            .replica
-            .problems()
-            .iter()
-            .map(|pr| match pr {
-                Problem::Refused { path, .. } => path.as_str(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(refused, ["long", "short"]);
-        assert_eq!(
-            p.sessions[1].peer_seen(),
-            a.sequence(),
-            "progress moved past them"
-        );
-        assert!(b.verify().unwrap().is_ok());
-
-        // Later changes still flow.
-        write_file(&a, "later.txt", b"later", 11);
-        p.sync();
-        assert_eq!(read_file(p.store(1), "later.txt"), b"later");
-        assert_eq!(
-            p.devices[1].replica.problems().len(),
-            2,
-            "not refused again"
-        );
-    }
-
-    #[test]
-    fn offline_catch_up_sends_only_new_records() {
-        let mut p = Pair::new();
-        for n in 0..5 {
-            write_file(p.store(0), &format!("old{n}"), &random(1000, n), 10);
-        }
-        p.sync();
-        assert_eq!(p.counts.index_records[0], 5);
-        assert_eq!(
-            p.devices[0].replica.seen_from(IDS[1]),
-            p.store(1).sequence()
-        );
-
-        // Disconnected: A writes more; B's store does not move.
-        write_file(p.store(0), "new1", b"one", 20);
-        write_file(p.store(0), "new2", b"two", 21);
-        p.reconnect();
-        p.sync();
-        assert_eq!(p.counts.index_records[0], 2, "only the new records");
-        // B logs what it applied and sends it back once; A keeps its own.
-        assert_eq!(p.counts.index_records[1], 2);
-        assert_eq!(p.counts.chunk_requests, 2);
-        p.assert_converged();
-        assert_eq!(read_file(p.store(1), "new2"), b"two");
-    }
-}
+mod tests;

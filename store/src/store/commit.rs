@@ -516,6 +516,8 @@ impl Store {
         self.inner.db.write_opt(batch, &opts)?;
         st.stats = stats;
         st.unlogged |= !referenced;
+        drop(st);
+        self.announce_fresh(chunks);
         Ok(())
     }
 }

@@ -104,7 +104,13 @@ pub(crate) struct Inner {
     pub(crate) remote: std::sync::RwLock<Option<Arc<dyn crate::Remote>>>,
     /// Sealed bytes evicted since the chunk files were last compacted.
     pub(crate) evicted_since_compaction: std::sync::atomic::AtomicU64,
+    /// Told the ids of locally written chunks as each batch lands (see
+    /// [`Store::on_fresh_chunks`]).
+    pub(crate) fresh: std::sync::RwLock<Option<FreshChunks>>,
 }
+
+/// A function told the ids of chunks a local write just stored, before any record uses them.
+pub type FreshChunks = Arc<dyn Fn(&[crate::ChunkId]) + Send + Sync>;
 
 /// A function told about every commit, after it is written.
 pub type CommitWatcher = Arc<dyn Fn(&Committed) + Send + Sync>;
@@ -216,6 +222,7 @@ impl Store {
                 over_budget: std::sync::Condvar::new(),
                 remote: std::sync::RwLock::new(None),
                 evicted_since_compaction: std::sync::atomic::AtomicU64::new(0),
+                fresh: std::sync::RwLock::new(None),
             }),
         };
         store.start_history()?;

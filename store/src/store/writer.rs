@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::mpsc;
 
-use super::{Pins, Store};
+use super::{FreshChunks, Pins, Store};
 use crate::keys::{self, KeyId, Keys};
 use crate::{ChunkId, ChunkRef, Result, StoreError};
 
@@ -13,6 +13,29 @@ use crate::{ChunkId, ChunkRef, Result, StoreError};
 const CHUNK_BATCH_BYTES: usize = 512 << 10;
 
 impl Store {
+    /// Sets the function told about chunks a local write stores before its record commits:
+    /// each full batch of a large file being written, as it lands. Replication offers them to
+    /// peers, so a file reaches them while it is still being written. The hook runs on the
+    /// writing thread: it must only hand the ids on.
+    pub fn on_fresh_chunks(&self, hook: Option<FreshChunks>) {
+        *self.inner.fresh.write().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Tells the hook about the locally written chunks of a batch just stored.
+    pub(super) fn announce_fresh(&self, chunks: &[NewChunk]) {
+        let hook = self.inner.fresh.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(hook) = hook.as_ref() {
+            let ids: Vec<ChunkId> = chunks
+                .iter()
+                .filter(|c| !c.from_peer)
+                .map(|c| c.id)
+                .collect();
+            if !ids.is_empty() {
+                hook(&ids);
+            }
+        }
+    }
+
     /// Starts writing new content: chunks added to the writer are deduplicated, sealed, pinned
     /// and streamed to the database; [`Store::commit`] then publishes the records using them.
     pub fn writer(&self) -> ChunkWriter {
@@ -144,6 +167,9 @@ impl ChunkWriter {
     /// Writes the buffered chunks now and waits until they are in the database (they stay
     /// unreferenced until a commit uses them).
     pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return self.settle();
+        }
         if self.background.is_none() && self.pending_bytes < CHUNK_BATCH_BYTES {
             // Less than a batch and no writer thread yet (a chunk fetched for a read, one shared
             // by two records): written here. Starting a thread for it cost more than the write.

@@ -97,6 +97,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
         }),
         (any::<u32>(), prop::collection::vec(any::<bool>(), 0..4))
             .prop_map(|(req_id, keeps)| Message::KeepsReply { req_id, keeps }),
+        prop::collection::vec(any::<[u8; 32]>(), 0..4).prop_map(|ids| Message::Offer {
+            ids: ids.into_iter().map(ChunkId).collect(),
+        }),
     ]
 }
 

@@ -59,7 +59,8 @@ fn a_demanded_chunk_is_requested_verified_and_reported() {
         a,
         vec![Action::StoreChunk {
             id: id(1),
-            data: vec![9; 40]
+            data: vec![9; 40],
+            early: false,
         }]
     );
     // A corrupt copy is asked for again; a good one is reported to the reader.

@@ -301,7 +301,8 @@ fn missing_chunks_are_fetched_within_the_window_and_shared_ones_once() {
             acts,
             vec![Action::StoreChunk {
                 id: cid,
-                data: vec![9]
+                data: vec![9],
+                early: false,
             }]
         );
         for act in s.handle_chunk_verified(cid, true) {
