@@ -8,6 +8,7 @@
 //!   a refused or unpaired device;
 //! - a device that was offline catches up; concurrent edits keep both versions (a conflict copy);
 //! - a change travels through a device paired with both ends (mesh);
+//! - a file still being written streams to the peer before it is closed;
 //! - a 1 GiB file and 10,000 small files arrive intact; a sender killed mid-transfer leaves no
 //!   partial file behind and the transfer completes after it restarts.
 //!
@@ -939,6 +940,59 @@ fn a_gib_file_and_ten_thousand_small_files_reach_the_peer() {
     });
     wait_tree(&b.path("small"), &want, SYNCED, SYNC_TIMEOUT);
     eprintln!("10,000 files identical on bravo at {:?}", t.elapsed());
+    b.assert_verify_ok();
+}
+
+/// Replication while writing: the chunks of a file still open for writing on alpha reach bravo
+/// before the file is closed (bravo counts them as `early_chunks`, and has no record yet), and
+/// at `close` only the record and the tail are left: the file then arrives intact.
+#[test]
+fn a_file_being_written_streams_to_the_peer_before_it_is_closed() {
+    let Some(a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(b) = Peer::start("bravo") else {
+        return;
+    };
+    pair(&a, &b);
+    wait_connected(&a, &b, CONNECT_TIMEOUT);
+
+    let mut g = Gen::new(15);
+    let data = g.bytes((16 * MIB) as usize);
+    let mut f = a.ok(File::create(a.path("growing.bin")), "create growing.bin");
+    for piece in data.chunks(MIB as usize) {
+        a.ok(f.write_all(piece), "write 1 MiB");
+    }
+    // Still open: several full chunk batches are in alpha's store and offered.
+    wait_for(
+        "bravo to receive chunks of the open file",
+        SYNC_TIMEOUT,
+        || {
+            let early = b.status_peer(&a).and_then(|p| p.early_chunks).unwrap_or(0);
+            if early >= 64 {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                Err(format!("bravo received {early} chunks early"))
+            }
+        },
+    );
+    // The create replicates at once (an empty file); the content only with the close.
+    let len = fs::metadata(b.path("growing.bin")).map_or(0, |m| m.len());
+    b.check(len == 0, || {
+        format!("growing.bin has {len} bytes on bravo before alpha closed it")
+    });
+    a.ok(f.sync_all(), "fsync growing.bin");
+    drop(f);
+    wait_file_hash(
+        &b,
+        "growing.bin",
+        data.len() as u64,
+        blake3::hash(&data),
+        SYNC_TIMEOUT,
+    );
+    let early = b.status_peer(&a).and_then(|p| p.early_chunks).unwrap_or(0);
+    eprintln!("bravo received {early} chunks of growing.bin before its record");
     b.assert_verify_ok();
 }
 

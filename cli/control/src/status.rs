@@ -219,7 +219,7 @@ pub struct RelayStatus {
 /// One paired device in `status`. A connected one has every field; for one that is not
 /// connected `path`, `loss` and `rtt_ms` are `null` and the link-only fields
 /// (`throughput_bps`, `reconnects`, `quality`, `lost_packets`, `sent_packets`,
-/// `connected_secs`) are left out.
+/// `connected_secs`, `early_chunks`) are left out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// Its device id.
@@ -258,6 +258,10 @@ pub struct PeerStatus {
     /// How long the connection has been up, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_secs: Option<u64>,
+    /// Chunks received from it before the record that uses them (files it was still writing,
+    /// fetched while being written), since the connection came up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_chunks: Option<u64>,
     /// Unix seconds it was last seen (now while connected; `null`: never).
     pub last_seen_unix: Option<u64>,
     /// Records still to fetch from it.
@@ -339,6 +343,7 @@ mod tests {
             lost_packets: Some(1),
             sent_packets: Some(4),
             connected_secs: Some(30),
+            early_chunks: Some(7),
             last_seen_unix: Some(1_700_000_000),
             pending_items: 3,
             pending_bytes: 4096,
@@ -363,6 +368,7 @@ mod tests {
             lost_packets: None,
             sent_packets: None,
             connected_secs: None,
+            early_chunks: None,
             last_seen_unix: None,
             pending_items: 0,
             pending_bytes: 0,
@@ -507,7 +513,7 @@ mod tests {
                 "id": "AAAAAAA-BBBBBBB", "name": "laptop", "connected": true, "path": "relay",
                 "loss": 0.25, "throughput_bps": 1500.5, "reconnects": 2, "quality": "fair",
                 "addr": "203.0.113.7:22100", "rtt_ms": 12.5, "bytes_in": 10, "bytes_out": 20,
-                "lost_packets": 1, "sent_packets": 4, "connected_secs": 30,
+                "lost_packets": 1, "sent_packets": 4, "connected_secs": 30, "early_chunks": 7,
                 "last_seen_unix": 1_700_000_000u64, "pending_items": 3, "pending_bytes": 4096,
                 "in_sync": false,
             })

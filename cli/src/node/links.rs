@@ -46,6 +46,8 @@ pub(super) struct Link {
     pub(super) pending: (u64, u64),
     /// Nothing in flight either way.
     pub(super) idle: bool,
+    /// Offered chunks received before their record (see `StoreReplica::early_chunks`).
+    pub(super) early_chunks: u64,
     /// UDP bytes in + out, sampled every second (the last few), for the current throughput.
     pub(super) samples: std::collections::VecDeque<(Instant, u64)>,
     /// Through a TURN relay (ours or the peer's).
@@ -301,6 +303,7 @@ impl Shared {
                     preferred,
                     since: Instant::now(),
                     pending: (0, 0),
+                    early_chunks: 0,
                     idle: false,
                     samples: std::collections::VecDeque::new(),
                     relayed,
@@ -360,6 +363,7 @@ impl Shared {
                     if link.generation == generation {
                         link.pending = s.pending();
                         link.idle = s.is_idle();
+                        link.early_chunks = r.early_chunks();
                     }
                 }
                 let now_seen = r.seen_from(short);

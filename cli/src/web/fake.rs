@@ -63,6 +63,7 @@ pub fn peer(id: &str, rtt: Option<f64>) -> PeerStatus {
         lost_packets: None,
         sent_packets: None,
         connected_secs: None,
+        early_chunks: None,
         last_seen_unix: None,
         pending_items: 0,
         pending_bytes: 0,
