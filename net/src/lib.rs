@@ -19,6 +19,6 @@
 //! `nat -> sync` or `sync -> nat`: traversal finds a path, replication uses a connection, and
 //! neither needs to know about the other.
 
-pub use fybrk_link::{identity, tls, transport};
+pub use fybrk_link::{flow, identity, tls, transport};
 pub use fybrk_nat::{backoff, dht, lan, mux, portmap, rendezvous, stun, turn};
 pub use fybrk_sync as sync;

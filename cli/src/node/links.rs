@@ -52,6 +52,8 @@ pub(super) struct Link {
     pub(super) samples: std::collections::VecDeque<(Instant, u64)>,
     /// Through a TURN relay (ours or the peer's).
     pub(super) relayed: bool,
+    /// Sizes the connection's flow-control windows to what the path carries.
+    flow: fybrk_net::flow::FlowTuner,
 }
 
 impl Link {
@@ -306,6 +308,7 @@ impl Shared {
                     early_chunks: 0,
                     idle: false,
                     samples: std::collections::VecDeque::new(),
+                    flow: fybrk_net::flow::FlowTuner::new(),
                     relayed,
                 },
             );
@@ -398,14 +401,25 @@ impl Shared {
         }
     }
 
-    /// Adds a throughput sample to every link (once a second, from the housekeeping task).
+    /// Adds a throughput sample to every link and retunes its flow-control windows (once a
+    /// second, from the housekeeping task).
     pub(super) fn sample_links(&self) {
+        let now = Instant::now();
         for link in lock(&self.links).values_mut() {
             let st = link.conn.stats();
             link.samples
-                .push_back((Instant::now(), st.udp_rx.bytes + st.udp_tx.bytes));
+                .push_back((now, st.udp_rx.bytes + st.udp_tx.bytes));
             while link.samples.len() > RATE_WINDOW {
                 link.samples.pop_front();
+            }
+            let tuned = link
+                .flow
+                .sample(now, st.udp_rx.bytes, st.udp_tx.bytes, st.path.rtt);
+            if let Some(w) = tuned {
+                tracing::debug!(receive = w.receive, send = w.send, rtt = ?st.path.rtt, "flow windows retuned");
+                link.conn
+                    .set_receive_window(fybrk_net::flow::varint(w.receive));
+                link.conn.set_send_window(w.send);
             }
         }
     }

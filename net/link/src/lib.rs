@@ -12,9 +12,11 @@
 //! - [`tls`]: self-signed certificates, the allow list of paired ids (and the pairing window),
 //!   and the rustls verifiers that accept a peer only when its certificate's key hashes to an
 //!   allowed device id; the channel binding pairing proofs are tied to.
+//! - [`flow`]: the connection's flow-control windows, retuned to the bandwidth-delay product.
 //! - [`transport`]: the quinn endpoint on the daemon's socket: connect to a device by id, accept
 //!   only devices the caller's policy admits (paired, or pairing only).
 
+pub mod flow;
 pub mod identity;
 pub mod tls;
 pub mod transport;

@@ -45,15 +45,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// path, and the caller usually has other candidate addresses (or the relay) to try.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Per-stream receive window. Chunks (at most 256 KiB) travel one per stream, but an index
-/// stream or a large catch-up may stream much more; 16 MiB covers the bandwidth-delay product of
-/// a 1 Gbit/s path with 130 ms of round trip, so one stream is never window-limited in practice.
-const STREAM_WINDOW: u32 = 16 << 20;
+/// Per-stream receive window: as large as the largest connection window, so the connection's
+/// (sized to the path by [`crate::flow`]) is the one that binds. Replication streams everything
+/// over one stream, which must be able to use the whole window.
+const STREAM_WINDOW: u64 = crate::flow::MAX_WINDOW;
 
-/// Connection-wide receive and send windows: room for several full-speed streams (many chunk
-/// fetches in flight). These bound unread buffered data per connection; nothing is allocated up
-/// front.
-const CONNECTION_WINDOW: u32 = 64 << 20;
+/// Connection-wide receive and send windows to start with; the daemon retunes them to the
+/// bandwidth-delay product as the link runs ([`crate::flow::FlowTuner`]). They bound the
+/// unread and the unacknowledged data per connection; nothing is allocated up front.
+const CONNECTION_WINDOW: u64 = crate::flow::START_WINDOW;
 
 /// Concurrent streams a peer may open. Chunk fetches run many in flight (one stream each), so
 /// quinn's default of 100 would throttle bulk transfer of small chunks.
@@ -390,9 +390,9 @@ fn transport_config() -> TransportConfig {
     t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
         IDLE_TIMEOUT.as_millis() as u32,
     ))));
-    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
-    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
-    t.send_window(u64::from(CONNECTION_WINDOW));
+    t.stream_receive_window(crate::flow::varint(STREAM_WINDOW));
+    t.receive_window(crate::flow::varint(CONNECTION_WINDOW));
+    t.send_window(CONNECTION_WINDOW);
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
     t

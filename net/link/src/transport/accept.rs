@@ -72,7 +72,7 @@ impl Sources {
 fn full_budget(connection: &quinn::Connection) {
     connection.set_max_concurrent_bi_streams(VarInt::from_u32(super::MAX_STREAMS));
     connection.set_max_concurrent_uni_streams(VarInt::from_u32(super::MAX_STREAMS));
-    connection.set_receive_window(VarInt::from_u32(super::CONNECTION_WINDOW));
+    connection.set_receive_window(crate::flow::varint(super::CONNECTION_WINDOW));
 }
 
 /// How an accepted peer was let in.
