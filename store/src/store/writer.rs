@@ -121,12 +121,14 @@ impl ChunkWriter {
     /// it is sealed under, then the sealed bytes). It is decrypted and re-hashed first: a chunk
     /// that does not authenticate or does not match `id` is refused and never stored; one
     /// under a key this device does not hold yet is [`StoreError::UnknownKey`].
-    pub fn add_sealed(&mut self, id: &ChunkId, envelope: Vec<u8>) -> Result<ChunkRef> {
+    pub fn add_sealed(&mut self, id: &ChunkId, mut envelope: Vec<u8>) -> Result<ChunkRef> {
         let (key, sealed) =
             keys::open_envelope(&envelope).ok_or(StoreError::CorruptChunk(*id, "too short"))?;
         let len = self.store.inner.keys.get(key)?.open(id, sealed)?.len() as u32;
-        let sealed = sealed.to_vec();
-        self.stage(*id, len, || sealed, true, key)
+        // The sealed bytes stay in the buffer they arrived in: the header goes, no new
+        // allocation (a 1 GiB transfer made 16,000 of them here).
+        envelope.drain(..keys::ENVELOPE_HEADER);
+        self.stage(*id, len, || envelope, true, key)
     }
 
     /// Pins `id` and buffers its bytes unless the store already has it.
