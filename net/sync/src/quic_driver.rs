@@ -35,11 +35,17 @@ use super::{FrameDecoder, FrameError, Session, SyncError, DEFAULT_MAX_FRAME};
 /// pieces anyway; 64 KiB lets one read take a burst without a large per-connection buffer.
 const READ_BUF: usize = 64 << 10;
 
-/// Encoded bytes waiting to be written after which we stop reading from the peer. Reading
-/// produces answers (chunk responses of up to 256 KiB each); when the peer does not read ours,
-/// not reading theirs is the back-pressure that keeps our buffer bounded. 8 MiB holds the
-/// responses to a full window of chunk requests at the average chunk size with room to spare.
+/// Answers waiting to be written (encoded, or chunk responses still queued in the session) after
+/// which we stop reading from the peer. Reading produces answers (chunk responses of up to
+/// 256 KiB each); when the peer does not read ours, not reading theirs is the back-pressure that
+/// keeps our buffers bounded. 8 MiB holds the responses to a full window of chunk requests at
+/// the average chunk size with room to spare.
 const MAX_UNSENT: usize = 8 << 20;
+
+/// Encoded bytes kept ahead of what the stream has taken. The session's queue holds the rest as
+/// messages: encoding all of it at once made one buffer of every queued chunk response (a
+/// 10 MiB buffer on a sender, the largest allocation of the daemon during a 1 GiB sync).
+const ENCODE_AHEAD: usize = 1 << 20;
 
 /// How long to sleep when the session has no timer (it closed): effectively forever.
 const NO_TIMER: Duration = Duration::from_secs(3600);
@@ -147,8 +153,17 @@ pub async fn run_peer<S: ReplicaStore>(
                 });
             }
         }
-        while let Some(msg) = session.poll_outgoing() {
-            encode_frame_into(&msg, &mut out, DEFAULT_MAX_FRAME)?;
+        if written >= ENCODE_AHEAD {
+            // The sent prefix goes once it is as large as what is kept ahead: each byte is
+            // moved at most once more.
+            out.drain(..written);
+            written = 0;
+        }
+        while out.len() - written < ENCODE_AHEAD {
+            match session.poll_outgoing() {
+                Some(msg) => encode_frame_into(&msg, &mut out, DEFAULT_MAX_FRAME)?,
+                None => break,
+            }
         }
         if let Some(e) = replica.closed() {
             // Nothing queued on close is worth delivering: the peer learns from the
@@ -156,6 +171,8 @@ pub async fn run_peer<S: ReplicaStore>(
             conn.close(crate::transport::CLOSE_SHUTDOWN, b"sync session closed");
             return Err(e.clone().into());
         }
+        // Nothing unsent means the session's queue is empty too (the loop above stops early
+        // only with ENCODE_AHEAD bytes unsent).
         if written == out.len() {
             out.clear();
             written = 0;
@@ -169,7 +186,7 @@ pub async fn run_peer<S: ReplicaStore>(
             .unwrap_or_else(|| tokio::time::Instant::now() + NO_TIMER);
         tokio::select! {
             n = send.write(&out[written..]), if written < out.len() => written += n?,
-            n = recv.read(&mut buf), if !peer_finished && out.len() - written < MAX_UNSENT => {
+            n = recv.read(&mut buf), if !peer_finished && out.len() - written + session.queued_chunk_bytes() < MAX_UNSENT => {
                 match n? {
                     Some(n) => {
                         decoder.push(&buf[..n]);

@@ -100,6 +100,8 @@ pub struct Session {
     /// The peer's queries the driver is answering.
     keeps_serving: usize,
     outgoing: VecDeque<Message>,
+    /// Chunk bytes in `outgoing` (responses not yet taken by the driver).
+    queued_chunk_bytes: usize,
     // Timers.
     now: Instant,
     last_sent: Instant,
@@ -161,6 +163,7 @@ impl Session {
             next_keeps_req: 0,
             keeps_serving: 0,
             outgoing: VecDeque::from([hello]),
+            queued_chunk_bytes: 0,
             now,
             last_sent: now,
             last_received: now,
@@ -224,8 +227,17 @@ impl Session {
     /// The next message to send, if any.
     pub fn poll_outgoing(&mut self) -> Option<Message> {
         let msg = self.outgoing.pop_front()?;
+        if let Message::ChunkResponse { data: Some(d), .. } = &msg {
+            self.queued_chunk_bytes = self.queued_chunk_bytes.saturating_sub(d.len());
+        }
         self.last_sent = self.now;
         Some(msg)
+    }
+
+    /// Bytes of chunk responses queued and not yet taken by [`Session::poll_outgoing`]: what the
+    /// driver weighs before it reads more requests from the peer.
+    pub fn queued_chunk_bytes(&self) -> usize {
+        self.queued_chunk_bytes
     }
 
     /// When [`Session::handle_timeout`] must be called next (`None` once closed).
@@ -433,6 +445,7 @@ impl Session {
     /// The driver's answer to [`Action::ReadChunk`].
     pub fn handle_chunk_read(&mut self, req_id: u32, data: Option<Vec<u8>>) {
         if self.phase != Phase::Closed && self.serving.remove(&req_id) {
+            self.queued_chunk_bytes += data.as_ref().map_or(0, Vec::len);
             self.outgoing
                 .push_back(Message::ChunkResponse { req_id, data });
         }
@@ -744,6 +757,7 @@ impl Session {
     fn close(&mut self, err: SyncError) -> Vec<Action> {
         self.phase = Phase::Closed;
         self.outgoing.clear();
+        self.queued_chunk_bytes = 0;
         vec![Action::Close(err)]
     }
 }

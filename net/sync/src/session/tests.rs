@@ -506,6 +506,8 @@ fn serving_chunks_and_its_limits() {
     );
     s.handle_chunk_read(5, Some(vec![1, 2]));
     s.handle_chunk_read(5, Some(vec![3])); // answered already: ignored
+                                           // The driver weighs the queued answer before it reads more requests.
+    assert_eq!(s.queued_chunk_bytes(), 2);
     assert_eq!(
         drain(&mut s),
         vec![Message::ChunkResponse {
@@ -513,6 +515,7 @@ fn serving_chunks_and_its_limits() {
             data: Some(vec![1, 2])
         }]
     );
+    assert_eq!(s.queued_chunk_bytes(), 0, "taken by the driver");
     s.handle_message(
         Message::ChunkRequest {
             id: id(1),
