@@ -165,6 +165,11 @@ struct Stream {
 }
 
 impl Stream {
+    /// Where the next streamed write must start: everything before it is in the stream.
+    fn end(&self) -> u64 {
+        self.len + self.tail.len() as u64
+    }
+
     /// Cuts every chunk that is decided (all of them at `eof`). A chunk the writer refuses (a
     /// full disk) stays in `tail`, and those before it stay cut: the stream is consistent
     /// either way, so a later attempt neither loses nor repeats a byte.
@@ -254,18 +259,21 @@ impl OpenFile {
         }
         self.mtime_ns = now_ns;
         self.modified = true;
-        if self.stream.is_none() && self.size == 0 && offset == 0 && self.dirty.is_empty() {
+        if self.stream.is_none() && offset == 0 && self.all_zeros() {
+            // A writer that preallocated (ftruncate or fallocate to the final size first, as
+            // fio, databases and download managers do) streams like one that appends: the
+            // zeros it overwrites were never stored, so nothing of the old content is needed.
             self.stream = Some(Stream {
-                writer: store.writer(),
+                writer: self.held.take().unwrap_or_else(|| store.writer()),
                 chunks: Vec::new(),
                 len: 0,
                 tail: Vec::new(),
             });
         }
         if let Some(s) = &mut self.stream {
-            if offset == self.size {
+            if offset == s.end() {
                 s.tail.extend_from_slice(data);
-                self.size += data.len() as u64;
+                self.size = self.size.max(s.end());
                 return s.drain(false);
             }
         }
@@ -276,6 +284,12 @@ impl OpenFile {
         self.dirty.insert(offset, end);
         self.size = self.size.max(end);
         Ok(())
+    }
+
+    /// True when the content is nothing but zeros nobody wrote: empty, or only grown by a
+    /// truncation or `fallocate`, or holes. Cheap: holes are one reference per 4 GiB.
+    fn all_zeros(&self) -> bool {
+        self.dirty.is_empty() && self.base.data_ranges(0, self.base_valid).next().is_none()
     }
 
     /// Leaves streaming mode: the chunks cut so far become the base, the undecided tail becomes
@@ -306,7 +320,12 @@ impl OpenFile {
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
-        self.end_stream(staging_dir)?;
+        match &self.stream {
+            // Growing past what was streamed adds zeros after it: the stream goes on, and
+            // the zeros become holes (or zero chunks) when it is committed.
+            Some(s) if size >= s.end() => {}
+            _ => self.end_stream(staging_dir)?,
+        }
         if size < self.size {
             self.dirty.truncate(size);
             self.base_valid = self.base_valid.min(size);
@@ -360,8 +379,15 @@ impl OpenFile {
     /// as it was, so a failed commit can be retried.
     pub fn rechunk(&mut self, store: &Store) -> FsResult<(Vec<ChunkRef>, ChunkWriter)> {
         if let Some(s) = &mut self.stream {
+            // Zeros after the streamed bytes (the file was grown past them): a short run is
+            // chunked with the data before it, a long one is a hole.
+            let gap = self.size - s.end();
+            if gap > 0 && gap < HOLE_MIN {
+                s.tail.resize(s.tail.len() + gap as usize, 0);
+            }
             s.drain(true)?;
-            let chunks = s.chunks.clone();
+            let mut chunks = s.chunks.clone();
+            chunks.extend(holes(self.size - s.end()));
             let writer = std::mem::replace(&mut s.writer, store.writer());
             return Ok((chunks, writer));
         }
@@ -480,7 +506,7 @@ impl OpenFile {
             // writer goes back with the chunks it still holds. (Turning them into the base
             // instead would make every read of a chunk not yet in the database an `EIO`.)
             Some(s) => {
-                debug_assert!(s.tail.is_empty() && s.chunks == chunks);
+                debug_assert!(s.tail.is_empty() && chunks.starts_with(&s.chunks));
                 s.writer = writer;
             }
             // Staging still holds everything: the next rechunk redoes the work.
@@ -576,6 +602,9 @@ mod tests {
         Write(u32, Vec<u8>),
         Append(Vec<u8>),
         Truncate(u32),
+        /// Empties the file, grows it to the first number, then writes the pieces in order
+        /// from 0 (ftruncate or fallocate first, then the content: the streaming path).
+        Preallocated(u32, Vec<Vec<u8>>),
         Commit,
     }
 
@@ -584,6 +613,7 @@ mod tests {
             4 => (0u32..600_000, proptest::collection::vec(any::<u8>(), 1..70_000)).prop_map(|(o, d)| Op::Write(o, d)),
             3 => proptest::collection::vec(any::<u8>(), 1..300_000).prop_map(Op::Append),
             1 => (0u32..700_000).prop_map(Op::Truncate),
+            1 => (0u32..2_500_000, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..400_000), 0..4)).prop_map(|(n, p)| Op::Preallocated(n, p)),
             1 => Just(Op::Commit),
         ]
     }
@@ -610,6 +640,19 @@ mod tests {
                         model.extend_from_slice(&data);
                     }
                     Op::Truncate(n) => { f.truncate(dir.path(), u64::from(n), 1).unwrap(); model.resize(n as usize, 0); }
+                    Op::Preallocated(n, pieces) => {
+                        f.truncate(dir.path(), 0, 1).unwrap();
+                        f.truncate(dir.path(), u64::from(n), 1).unwrap();
+                        model.clear();
+                        model.resize(n as usize, 0);
+                        let mut at = 0usize;
+                        for p in pieces {
+                            f.write(&store, dir.path(), at as u64, &p, 1).unwrap();
+                            if model.len() < at + p.len() { model.resize(at + p.len(), 0); }
+                            model[at..at + p.len()].copy_from_slice(&p);
+                            at += p.len();
+                        }
+                    }
                     Op::Commit => {
                         let (chunks, mut w) = f.rechunk(&store).unwrap();
                         let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
@@ -626,6 +669,34 @@ mod tests {
             }
             prop_assert!(store.verify().unwrap().is_ok());
         }
+    }
+
+    /// ftruncate (or fallocate) to the final size, then the content in order: chunked as it
+    /// arrives, like a plain append, with the zeros past what was written left as a hole.
+    #[test]
+    fn preallocated_file_streams() {
+        let (dir, store) = store();
+        let mut f = OpenFile::new(&store, Vec::new(), 0);
+        f.truncate(dir.path(), 8 << 20, 1).unwrap();
+        let piece: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        for i in 0..5u64 {
+            f.write(&store, dir.path(), i << 20, &piece, 1).unwrap();
+            assert!(f.stream.is_some(), "write {i} left the stream");
+            assert!(f.staging.is_none());
+        }
+        assert_eq!(f.size, 8 << 20);
+        let (chunks, w) = f.rechunk(&store).unwrap();
+        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(total, 8 << 20);
+        assert!(chunks.last().is_some_and(|c| c.is_hole()));
+        // As after a commit that failed: the stream carries on with its chunks.
+        f.commit_failed(chunks, w);
+        // Growing further keeps streaming; shrinking below what was streamed ends it.
+        f.truncate(dir.path(), 9 << 20, 1).unwrap();
+        assert!(f.stream.is_some());
+        f.truncate(dir.path(), 1 << 20, 1).unwrap();
+        assert!(f.stream.is_none());
+        assert_eq!(f.read(&store, dir.path(), 0, 2 << 20).unwrap(), piece);
     }
 
     #[test]

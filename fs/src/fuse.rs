@@ -430,6 +430,31 @@ impl Filesystem for FuseFs {
         });
     }
 
+    /// Preallocation. Modes 0 and `FALLOC_FL_KEEP_SIZE` are offered (zeros are holes here, so
+    /// there is nothing to reserve, see [`Fs::fallocate`]); punching holes, zeroing, collapsing
+    /// or inserting ranges are not (`EOPNOTSUPP`, which programs take as "do it by hand").
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+                return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            }
+            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            match self.0.fallocate(fh.0, offset, length, keep_size) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
+        });
+    }
+
     /// No ioctls: files here are plain files. `ENOTTY` is what a plain file answers to
     /// terminal ioctls (Python's `open` asks `TCGETS` every time), without a log line each.
     fn ioctl(

@@ -24,6 +24,8 @@ mod inodes;
 mod layout;
 pub mod metrics;
 #[cfg(test)]
+mod prealloc_tests;
+#[cfg(test)]
 mod remote_tests;
 #[cfg(test)]
 mod robust_tests;

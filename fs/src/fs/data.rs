@@ -230,6 +230,33 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate(2)` modes 0 and `FALLOC_FL_KEEP_SIZE` (`keep_size`) on `fh`: reserves
+    /// `[offset, offset + len)`. Nothing is reserved on disk: zeros nobody wrote are holes here
+    /// (they cost nothing until written), so mode 0 only grows the size to `offset + len`, and
+    /// `keep_size` only checks the range. Like `write`, it needs a handle open for writing.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, keep_size: bool) -> FsResult<()> {
+        if crate::travel::is_synthetic(fh) {
+            return Err(FsError::ReadOnly);
+        }
+        // fallocate(2): a zero length is EINVAL; past the largest file is EFBIG.
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > crate::layout::MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let (_, mode, f) = self.handle(fh)?;
+        if !mode.write {
+            return Err(FsError::BadHandle);
+        }
+        let mut f = lock(&f);
+        if !keep_size && end > f.size {
+            f.truncate(&self.cfg.staging_dir, end, now_ns())?;
+        }
+        Ok(())
+    }
+
     /// Commits buffered writes (on every `close`).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
         self.commit_handle(fh, false)

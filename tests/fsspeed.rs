@@ -1,0 +1,94 @@
+//! Preallocation and the kernel's page cache through a real mount: `fallocate(2)` modes,
+//! files written in order after `ftruncate`/`fallocate` to their final size, and rereads that
+//! keep the kernel's cached pages (`FOPEN_KEEP_CACHE`) yet never show stale bytes after a local
+//! or a peer's change.
+//!
+//! Run: `cargo build --release -p fybrk && CI=true cargo test --release -p fybrk-tests --test
+//! fsspeed` (root and /dev/fuse, see `tests/lib.rs`).
+
+// Test code: an unwrap that fails is a failing test, and test helpers need no API docs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use fybrk_tests::{Gen, Mount};
+
+const MIB: usize = 1024 * 1024;
+
+/// `fallocate(2)` on `f`: `Ok` or the errno.
+fn fallocate(f: &File, mode: i32, offset: i64, len: i64) -> Result<(), i32> {
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// Writes `data` at 0 in 1 MiB pieces, in order, through `f`.
+fn write_in_order(f: &File, data: &[u8]) -> std::io::Result<()> {
+    for (i, piece) in data.chunks(MIB).enumerate() {
+        f.write_all_at(piece, (i * MIB) as u64)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fallocate_modes_and_preallocated_files() {
+    let Some(m) = Mount::start() else { return };
+    let p = m.path("pre.dat");
+    let rw = || OpenOptions::new().read(true).write(true).create(true).open(&p);
+    let f = m.ok(rw(), "create pre.dat");
+    let size = |what: &str| m.ok(fs::metadata(&p), what).len();
+
+    m.check(fallocate(&f, 0, 0, 4 * MIB as i64) == Ok(()), || {
+        "fallocate mode 0 failed".into()
+    });
+    m.check(size("stat") == 4 * MIB as u64, || "size after fallocate".into());
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    m.check(fallocate(&f, keep, 0, 8 * MIB as i64) == Ok(()), || {
+        "fallocate KEEP_SIZE failed".into()
+    });
+    m.check(size("stat") == 4 * MIB as u64, || {
+        "KEEP_SIZE changed the size".into()
+    });
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | keep;
+    let got = fallocate(&f, punch, 0, 4096);
+    m.check(got == Err(libc::EOPNOTSUPP), || {
+        format!("punch hole: {got:?}, want EOPNOTSUPP")
+    });
+    let got = fallocate(&f, 0, 0, 0);
+    m.check(got == Err(libc::EINVAL), || format!("len 0: {got:?}"));
+    let got = fallocate(&f, 0, 1 << 50, 1);
+    m.check(got == Err(libc::EFBIG), || format!("past 8 TiB: {got:?}"));
+
+    // The content, written in order into the preallocated file: a zero tail stays.
+    let data = Gen::new(7).bytes(3 * MIB + 17);
+    m.ok(write_in_order(&f, &data), "write pre.dat");
+    drop(f);
+    let back = m.ok(fs::read(&p), "read pre.dat");
+    m.check(back.len() == 4 * MIB, || format!("size {}", back.len()));
+    m.check(back[..data.len()] == data[..], || "pre.dat content".into());
+    m.check(back[data.len()..].iter().all(|&b| b == 0), || {
+        "pre.dat tail not zeros".into()
+    });
+
+    // Read-only descriptor: EBADF, from the kernel or the daemon.
+    let ro = m.ok(File::open(&p), "open read-only");
+    let got = fallocate(&ro, 0, 0, 8 * MIB as i64);
+    m.check(got == Err(libc::EBADF), || format!("read-only fd: {got:?}"));
+
+    // ftruncate to the final size first, then in order (fio --fallocate=truncate).
+    let q = m.path("ftrunc.dat");
+    let f = m.ok(File::create(&q), "create ftrunc.dat");
+    m.ok(f.set_len(5 * MIB as u64), "ftruncate");
+    let data = Gen::new(8).bytes(5 * MIB);
+    m.ok(write_in_order(&f, &data), "write ftrunc.dat");
+    m.ok(f.sync_all(), "fsync ftrunc.dat");
+    drop(f);
+    m.check(m.ok(fs::read(&q), "read ftrunc.dat") == data, || {
+        "ftrunc.dat content".into()
+    });
+}
