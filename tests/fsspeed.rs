@@ -13,7 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use fybrk_tests::{Gen, Mount};
+use fybrk_tests::{pair, wait_file, write_file, Gen, Mount, Peer, SYNC_TIMEOUT};
 
 const MIB: usize = 1024 * 1024;
 
@@ -90,5 +90,69 @@ fn fallocate_modes_and_preallocated_files() {
     drop(f);
     m.check(m.ok(fs::read(&q), "read ftrunc.dat") == data, || {
         "ftrunc.dat content".into()
+    });
+}
+
+/// Reads that may come from the kernel's cache see every local change: pwrite in the middle,
+/// truncation and rewrite, O_TRUNC.
+#[test]
+fn rereads_see_local_changes() {
+    let Some(m) = Mount::start() else { return };
+    let p = m.path("c.txt");
+    m.ok(write_file(&p, b"version one, first"), "write");
+    for _ in 0..3 {
+        m.check(m.ok(fs::read(&p), "read") == b"version one, first", || {
+            "first reads".into()
+        });
+    }
+    let f = m.ok(OpenOptions::new().write(true).open(&p), "open for write");
+    m.ok(f.write_all_at(b"TWO", 8), "pwrite");
+    drop(f);
+    let got = m.ok(fs::read(&p), "read");
+    m.check(got == b"version TWO, first", || format!("after pwrite: {got:?}"));
+    let got = m.ok(fs::read(&p), "read again");
+    m.check(got == b"version TWO, first", || format!("reread: {got:?}"));
+    m.ok(write_file(&p, b"third!"), "rewrite with O_TRUNC");
+    let got = m.ok(fs::read(&p), "read");
+    m.check(got == b"third!", || format!("after O_TRUNC: {got:?}"));
+    m.ok(fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(2)), "truncate");
+    let got = m.ok(fs::read(&p), "read");
+    m.check(got == b"th", || format!("after truncate: {got:?}"));
+}
+
+/// A file read (and cached by the kernel) on bravo, then changed on alpha to other bytes of the
+/// same size: bravo reads the new bytes, not its cached pages.
+#[test]
+fn rereads_see_a_peers_change() {
+    let Some(a) = Peer::start("alpha") else {
+        return;
+    };
+    let Some(b) = Peer::start("bravo") else {
+        return;
+    };
+    pair(&a, &b);
+    let one = Gen::new(21).bytes(300_000);
+    let mut two = one.clone();
+    two[150_000..150_010].copy_from_slice(b"0123456789");
+    a.ok(write_file(&a.path("shared.bin"), &one), "write on alpha");
+    wait_file(&b, "shared.bin", &one, SYNC_TIMEOUT);
+    for _ in 0..3 {
+        b.check(b.ok(fs::read(b.path("shared.bin")), "read on bravo") == one, || {
+            "bravo's rereads".into()
+        });
+    }
+    // Also a descriptor held open across the change: it keeps reading the version it opened.
+    let held = b.ok(File::open(b.path("shared.bin")), "open on bravo");
+    a.ok(write_file(&a.path("shared.bin"), &two), "change on alpha");
+    wait_file(&b, "shared.bin", &two, SYNC_TIMEOUT);
+    for _ in 0..2 {
+        b.check(b.ok(fs::read(b.path("shared.bin")), "reread") == two, || {
+            "bravo reread the old bytes".into()
+        });
+    }
+    let mut buf = vec![0u8; 10];
+    b.ok(held.read_exact_at(&mut buf, 150_000), "read the held descriptor");
+    b.check(buf == one[150_000..150_010], || {
+        format!("held descriptor: {buf:?}")
     });
 }

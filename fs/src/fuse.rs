@@ -388,7 +388,13 @@ impl Filesystem for FuseFs {
             match self.0.open(ino.0, OpenMode::from_flags(flags.0)) {
                 Ok(fh) => {
                     self.0.set_owner(fh, req.pid());
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                    // Pages the kernel cached at an earlier open are still right unless the
+                    // content changed since: rereading a file then costs no round trip.
+                    let flags = match self.0.keep_cache(ino.0) {
+                        true => FopenFlags::FOPEN_KEEP_CACHE,
+                        false => FopenFlags::empty(),
+                    };
+                    reply.opened(FileHandle(fh), flags)
                 }
                 Err(e) => reply.error(err(e)),
             }
