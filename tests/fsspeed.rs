@@ -93,6 +93,34 @@ fn fallocate_modes_and_preallocated_files() {
     });
 }
 
+/// 1 MiB blocks written once each in a shuffled order (fio's randwrite), plus a small write
+/// among them and one over a written block: the file reads back as written, also after a
+/// remount.
+#[test]
+fn out_of_order_blocks_read_back() {
+    let Some(mut m) = Mount::start() else { return };
+    let p = m.path("ooo.dat");
+    let data = Gen::new(9).bytes(6 * MIB + 4321);
+    let f = m.ok(File::create(&p), "create ooo.dat");
+    for i in [4usize, 1, 6, 0, 3, 5, 2] {
+        let piece = &data[(i * MIB).min(data.len())..((i + 1) * MIB).min(data.len())];
+        m.ok(f.write_all_at(piece, (i * MIB) as u64), "pwrite a block");
+    }
+    drop(f);
+    m.check(m.ok(fs::read(&p), "read ooo.dat") == data, || "ooo.dat".into());
+    let mut want = data.clone();
+    let f = m.ok(File::create(m.path("mixed.dat")), "create mixed.dat");
+    m.ok(f.write_all_at(&data[3 * MIB..4 * MIB], 3 * MIB as u64), "block 3");
+    m.ok(f.write_all_at(b"tiny", 10), "small write");
+    m.ok(f.write_all_at(&data[..3 * MIB], 0), "blocks 0-2 over the small write");
+    m.ok(f.write_all_at(&data[4 * MIB..], 4 * MIB as u64), "the rest");
+    drop(f);
+    want.truncate(data.len());
+    m.check(m.ok(fs::read(m.path("mixed.dat")), "read") == want, || "mixed.dat".into());
+    m.remount();
+    m.check(m.ok(fs::read(&p), "read after remount") == data, || "remount".into());
+}
+
 /// Reads that may come from the kernel's cache see every local change: pwrite in the middle,
 /// truncation and rewrite, O_TRUNC.
 #[test]

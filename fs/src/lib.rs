@@ -22,6 +22,7 @@ mod fs;
 pub mod fuse;
 mod inodes;
 mod layout;
+mod stream;
 pub mod metrics;
 #[cfg(test)]
 mod prealloc_tests;
