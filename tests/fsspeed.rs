@@ -39,7 +39,14 @@ fn write_in_order(f: &File, data: &[u8]) -> std::io::Result<()> {
 fn fallocate_modes_and_preallocated_files() {
     let Some(m) = Mount::start() else { return };
     let p = m.path("pre.dat");
-    let rw = || OpenOptions::new().read(true).write(true).create(true).open(&p);
+    let rw = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+    };
     let f = m.ok(rw(), "create pre.dat");
     let size = |what: &str| m.ok(fs::metadata(&p), what).len();
 

@@ -54,6 +54,11 @@ impl Seg {
         };
         self.len += pos as u64;
         self.tail.drain(..pos);
+        if self.tail.is_empty() && eof {
+            // A settled segment may never be written again: its buffer (a write's size) goes
+            // now, or a thousand out-of-order blocks would keep a thousand of them.
+            self.tail = Vec::new();
+        }
         result
     }
 }
