@@ -23,6 +23,7 @@ use fybrk_store::{chunker, ChunkRef, ChunkWriter, Store};
 use crate::error::{FsError, FsResult};
 pub use crate::layout::Layout;
 use crate::layout::{holes, MAX_FILE_SIZE};
+use crate::stream::Stream;
 
 /// Staging stays in memory up to this file offset; past it, writes go to a temporary file.
 const MEM_STAGING_LIMIT: u64 = 1 << 20;
@@ -31,7 +32,7 @@ const MEM_STAGING_LIMIT: u64 = 1 << 20;
 /// committed as holes, not as zero chunks: a sparse file costs nothing until written. Shorter
 /// gaps are chunked like any content (a hole reference is as big as a chunk reference, and
 /// FastCDC cuts zeros into 256 KiB chunks that all dedup to one).
-const HOLE_MIN: u64 = 1 << 20;
+pub(crate) const HOLE_MIN: u64 = 1 << 20;
 
 /// Sorted, disjoint, non-adjacent byte ranges.
 #[derive(Debug, Default)]
@@ -153,39 +154,6 @@ impl Staging {
     }
 }
 
-/// A new file being written front to back: chunked as the data arrives, so neither a staging
-/// copy nor a full re-read at close is needed. Holds at most one chunk of look-ahead.
-struct Stream {
-    writer: ChunkWriter,
-    chunks: Vec<ChunkRef>,
-    /// Bytes covered by `chunks`.
-    len: u64,
-    /// Bytes after `len` whose cut point is not decided yet.
-    tail: Vec<u8>,
-}
-
-impl Stream {
-    /// Cuts every chunk that is decided (all of them at `eof`). A chunk the writer refuses (a
-    /// full disk) stays in `tail`, and those before it stay cut: the stream is consistent
-    /// either way, so a later attempt neither loses nor repeats a byte.
-    fn drain(&mut self, eof: bool) -> FsResult<()> {
-        let mut pos = 0;
-        let result = loop {
-            let Some(n) = chunker::first_cut(&self.tail[pos..], eof) else {
-                break Ok(());
-            };
-            match self.writer.add(&self.tail[pos..pos + n]) {
-                Ok(chunk) => self.chunks.push(chunk),
-                Err(e) => break Err(e.into()),
-            }
-            pos += n;
-        };
-        self.len += pos as u64;
-        self.tail.drain(..pos);
-        result
-    }
-}
-
 /// One open file's state, shared by all handles on the inode (so two descriptors see each
 /// other's writes, as POSIX wants).
 pub struct OpenFile {
@@ -254,19 +222,19 @@ impl OpenFile {
         }
         self.mtime_ns = now_ns;
         self.modified = true;
-        if self.stream.is_none() && self.size == 0 && offset == 0 && self.dirty.is_empty() {
-            self.stream = Some(Stream {
-                writer: store.writer(),
-                chunks: Vec::new(),
-                len: 0,
-                tail: Vec::new(),
-            });
+        if self.stream.is_none() && self.all_zeros() {
+            // Writes into zeros nobody wrote are chunked on arrival (see `stream`): a new file,
+            // and also one preallocated first (ftruncate or fallocate to the final size, as
+            // fio, databases and download managers do), in order or not.
+            self.stream = Some(Stream::new(
+                self.held.take().unwrap_or_else(|| store.writer()),
+            ));
         }
         if let Some(s) = &mut self.stream {
-            if offset == self.size {
-                s.tail.extend_from_slice(data);
-                self.size += data.len() as u64;
-                return s.drain(false);
+            let taken = s.write(offset, data);
+            self.size = self.size.max(s.end());
+            if taken.as_ref().map_or(true, |&t| t) {
+                return taken.map(|_| ());
             }
         }
         self.end_stream(staging_dir)?;
@@ -278,6 +246,12 @@ impl OpenFile {
         Ok(())
     }
 
+    /// True when the content is nothing but zeros nobody wrote: empty, or only grown by a
+    /// truncation or `fallocate`, or holes. Cheap: holes are one reference per 4 GiB.
+    fn all_zeros(&self) -> bool {
+        self.dirty.is_empty() && self.base.data_ranges(0, self.base_valid).next().is_none()
+    }
+
     /// Leaves streaming mode: the chunks cut so far become the base, the undecided tail becomes
     /// a written range, and random access works as usual from here on.
     pub fn end_stream(&mut self, staging_dir: &Path) -> FsResult<()> {
@@ -286,17 +260,23 @@ impl OpenFile {
         };
         // Readers go to the database for base chunks. If they cannot get there (a full disk),
         // the file stays a stream, with everything in it.
-        if let Err(e) = s.writer.flush() {
-            self.stream = Some(s);
-            return Err(e.into());
-        }
-        self.base = Arc::new(Layout::new(std::mem::take(&mut s.chunks)));
-        self.base_valid = s.len;
+        let parts = s
+            .base()
+            .and_then(|p| s.writer.flush().map(|()| p).map_err(Into::into));
+        let (chunks, valid, tail) = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                self.stream = Some(s);
+                return Err(e);
+            }
+        };
+        self.base = Arc::new(Layout::new(chunks));
+        self.base_valid = valid;
         self.dirty = RangeSet::default();
-        if !s.tail.is_empty() {
+        if let Some((at, tail)) = tail {
             let staging = self.staging.get_or_insert_with(|| Staging::Mem(Vec::new()));
-            staging.write_at(staging_dir, s.len, &s.tail)?;
-            self.dirty.insert(s.len, s.len + s.tail.len() as u64);
+            staging.write_at(staging_dir, at, &tail)?;
+            self.dirty.insert(at, at + tail.len() as u64);
         }
         self.held = Some(s.writer);
         Ok(())
@@ -306,7 +286,12 @@ impl OpenFile {
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
-        self.end_stream(staging_dir)?;
+        match &self.stream {
+            // Growing past what was streamed adds zeros after it: the stream goes on, and
+            // the zeros become holes (or zero chunks) when it is committed.
+            Some(s) if size >= s.end() => {}
+            _ => self.end_stream(staging_dir)?,
+        }
         if size < self.size {
             self.dirty.truncate(size);
             self.base_valid = self.base_valid.min(size);
@@ -360,8 +345,7 @@ impl OpenFile {
     /// as it was, so a failed commit can be retried.
     pub fn rechunk(&mut self, store: &Store) -> FsResult<(Vec<ChunkRef>, ChunkWriter)> {
         if let Some(s) = &mut self.stream {
-            s.drain(true)?;
-            let chunks = s.chunks.clone();
+            let chunks = s.chunks(self.size)?;
             let writer = std::mem::replace(&mut s.writer, store.writer());
             return Ok((chunks, writer));
         }
@@ -476,11 +460,11 @@ impl OpenFile {
     /// file's content so nothing written is lost and the next flush tries again.
     pub fn commit_failed(&mut self, chunks: Vec<ChunkRef>, writer: ChunkWriter) {
         match &mut self.stream {
-            // `rechunk` drained the whole stream into `chunks`, and left it in place: the
-            // writer goes back with the chunks it still holds. (Turning them into the base
-            // instead would make every read of a chunk not yet in the database an `EIO`.)
+            // `rechunk` cut the whole stream into `chunks`, and left it in place: the writer
+            // goes back with the chunks it still holds. (Turning them into the base instead
+            // would make every read of a chunk not yet in the database an `EIO`.)
             Some(s) => {
-                debug_assert!(s.tail.is_empty() && s.chunks == chunks);
+                drop(chunks);
                 s.writer = writer;
             }
             // Staging still holds everything: the next rechunk redoes the work.
@@ -576,6 +560,12 @@ mod tests {
         Write(u32, Vec<u8>),
         Append(Vec<u8>),
         Truncate(u32),
+        /// Empties the file, grows it to the first number, then writes the pieces in order
+        /// from 0 (ftruncate or fallocate first, then the content: the streaming path).
+        Preallocated(u32, Vec<Vec<u8>>),
+        /// Empties the file, then writes blocks of the given lengths (laid end to end from
+        /// the offset) in a shuffled order: the out-of-order streaming path.
+        Scattered(u32, Vec<u32>, u64),
         Commit,
     }
 
@@ -584,6 +574,8 @@ mod tests {
             4 => (0u32..600_000, proptest::collection::vec(any::<u8>(), 1..70_000)).prop_map(|(o, d)| Op::Write(o, d)),
             3 => proptest::collection::vec(any::<u8>(), 1..300_000).prop_map(Op::Append),
             1 => (0u32..700_000).prop_map(Op::Truncate),
+            1 => (0u32..2_500_000, proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..400_000), 0..4)).prop_map(|(n, p)| Op::Preallocated(n, p)),
+            1 => (0u32..600_000, proptest::collection::vec(prop_oneof![Just(300_000u32), 1u32..20_000], 1..6), any::<u64>()).prop_map(|(o, b, seed)| Op::Scattered(o, b, seed)),
             1 => Just(Op::Commit),
         ]
     }
@@ -610,6 +602,41 @@ mod tests {
                         model.extend_from_slice(&data);
                     }
                     Op::Truncate(n) => { f.truncate(dir.path(), u64::from(n), 1).unwrap(); model.resize(n as usize, 0); }
+                    Op::Scattered(from, lens, seed) => {
+                        f.truncate(dir.path(), 0, 1).unwrap();
+                        model.clear();
+                        let mut blocks = Vec::new();
+                        let mut at = u64::from(from);
+                        for (i, len) in lens.into_iter().enumerate() {
+                            let fill = (seed as u8).wrapping_add(i as u8) | 1;
+                            blocks.push((at, vec![fill; len as usize]));
+                            at += u64::from(len);
+                        }
+                        let mut x = seed | 1;
+                        for i in (1..blocks.len()).rev() {
+                            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                            blocks.swap(i, (x % (i as u64 + 1)) as usize);
+                        }
+                        for (off, data) in blocks {
+                            f.write(&store, dir.path(), off, &data, 1).unwrap();
+                            let end = off as usize + data.len();
+                            if model.len() < end { model.resize(end, 0); }
+                            model[off as usize..end].copy_from_slice(&data);
+                        }
+                    }
+                    Op::Preallocated(n, pieces) => {
+                        f.truncate(dir.path(), 0, 1).unwrap();
+                        f.truncate(dir.path(), u64::from(n), 1).unwrap();
+                        model.clear();
+                        model.resize(n as usize, 0);
+                        let mut at = 0usize;
+                        for p in pieces {
+                            f.write(&store, dir.path(), at as u64, &p, 1).unwrap();
+                            if model.len() < at + p.len() { model.resize(at + p.len(), 0); }
+                            model[at..at + p.len()].copy_from_slice(&p);
+                            at += p.len();
+                        }
+                    }
                     Op::Commit => {
                         let (chunks, mut w) = f.rechunk(&store).unwrap();
                         let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
@@ -626,6 +653,67 @@ mod tests {
             }
             prop_assert!(store.verify().unwrap().is_ok());
         }
+    }
+
+    /// ftruncate (or fallocate) to the final size, then the content in order: chunked as it
+    /// arrives, like a plain append, with the zeros past what was written left as a hole.
+    #[test]
+    fn preallocated_file_streams() {
+        let (dir, store) = store();
+        let mut f = OpenFile::new(&store, Vec::new(), 0);
+        f.truncate(dir.path(), 8 << 20, 1).unwrap();
+        let piece: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        for i in 0..5u64 {
+            f.write(&store, dir.path(), i << 20, &piece, 1).unwrap();
+            assert!(f.stream.is_some(), "write {i} left the stream");
+            assert!(f.staging.is_none());
+        }
+        assert_eq!(f.size, 8 << 20);
+        let (chunks, w) = f.rechunk(&store).unwrap();
+        let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(total, 8 << 20);
+        assert!(chunks.last().is_some_and(|c| c.is_hole()));
+        // As after a commit that failed: the stream carries on with its chunks.
+        f.commit_failed(chunks, w);
+        // Growing further keeps streaming; shrinking below what was streamed ends it.
+        f.truncate(dir.path(), 9 << 20, 1).unwrap();
+        assert!(f.stream.is_some());
+        f.truncate(dir.path(), 1 << 20, 1).unwrap();
+        assert!(f.stream.is_none());
+        assert_eq!(f.read(&store, dir.path(), 0, 2 << 20).unwrap(), piece);
+    }
+
+    /// 1 MiB blocks in a shuffled order into a new file: chunked as they arrive, nothing
+    /// staged, and the commit gives the bytes back.
+    #[test]
+    fn out_of_order_blocks_stream() {
+        let (dir, store) = store();
+        let mut f = OpenFile::new(&store, Vec::new(), 0);
+        let order = [3u64, 0, 5, 1, 4, 2];
+        let block = |i: u64| vec![i as u8 + 1; 1 << 20];
+        for &i in &order {
+            f.write(&store, dir.path(), i << 20, &block(i), 1).unwrap();
+            assert!(f.stream.is_some() && f.staging.is_none(), "block {i}");
+        }
+        let (chunks, mut w) = f.rechunk(&store).unwrap();
+        let mut r = fybrk_store::FileRecord::new("f", fybrk_store::Kind::File, 0o644, 1);
+        r.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(r.size, 6 << 20);
+        r.chunks = chunks.clone();
+        store.commit(vec![r], Some(&mut w), false).unwrap();
+        f.committed(&store, chunks);
+        let got = f.read(&store, dir.path(), 0, 7 << 20).unwrap();
+        let want: Vec<u8> = (0..6).flat_map(block).collect();
+        assert!(got == want);
+        // A small write away from the segments, or one overlapping them, goes to staging.
+        let mut g = OpenFile::new(&store, Vec::new(), 0);
+        g.write(&store, dir.path(), 1 << 20, &block(1), 1).unwrap();
+        g.write(&store, dir.path(), 5, b"small", 1).unwrap();
+        assert!(g.stream.is_none());
+        let got = g.read(&store, dir.path(), 0, 3 << 20).unwrap();
+        assert_eq!(got.len(), 2 << 20);
+        assert_eq!(&got[5..10], b"small");
+        assert!(got[1 << 20..] == block(1)[..]);
     }
 
     #[test]

@@ -388,7 +388,13 @@ impl Filesystem for FuseFs {
             match self.0.open(ino.0, OpenMode::from_flags(flags.0)) {
                 Ok(fh) => {
                     self.0.set_owner(fh, req.pid());
-                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                    // Pages the kernel cached at an earlier open are still right unless the
+                    // content changed since: rereading a file then costs no round trip.
+                    let flags = match self.0.keep_cache(ino.0) {
+                        true => FopenFlags::FOPEN_KEEP_CACHE,
+                        false => FopenFlags::empty(),
+                    };
+                    reply.opened(FileHandle(fh), flags)
                 }
                 Err(e) => reply.error(err(e)),
             }
@@ -427,6 +433,31 @@ impl Filesystem for FuseFs {
         guarded("write", || match self.0.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
+        });
+    }
+
+    /// Preallocation. Modes 0 and `FALLOC_FL_KEEP_SIZE` are offered (zeros are holes here, so
+    /// there is nothing to reserve, see [`Fs::fallocate`]); punching holes, zeroing, collapsing
+    /// or inserting ranges are not (`EOPNOTSUPP`, which programs take as "do it by hand").
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+                return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            }
+            let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+            match self.0.fallocate(fh.0, offset, length, keep_size) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(err(e)),
+            }
         });
     }
 

@@ -33,6 +33,9 @@ struct Node {
     opens: u64,
     /// Set once unlinked.
     detached: Option<Detached>,
+    /// The kernel's cached pages of this inode (if any) hold its current content: set at an
+    /// open (which made the kernel drop or keep them), cleared by any change of the content.
+    cached: bool,
 }
 
 /// Bidirectional map inode <-> path with kernel lookup counting.
@@ -52,6 +55,7 @@ impl Inodes {
                 lookups: 1,
                 opens: 0,
                 detached: None,
+                cached: false,
             },
         );
         let mut by_path = HashMap::new();
@@ -97,6 +101,7 @@ impl Inodes {
                         lookups: 0,
                         opens: 0,
                         detached: None,
+                        cached: false,
                     },
                 );
                 self.by_path.insert(path.to_owned(), ino);
@@ -146,6 +151,31 @@ impl Inodes {
             n.opens = n.opens.saturating_sub(1);
         }
         self.maybe_free(ino);
+    }
+
+    /// Whether an open of `ino` may let the kernel keep the pages it cached (`FOPEN_KEEP_CACHE`):
+    /// only when nothing changed the content since an earlier open. An open without it makes the
+    /// kernel drop them, so from here on what it caches is current, and the next open may keep.
+    pub fn keep_cache(&mut self, ino: u64) -> bool {
+        self.by_ino
+            .get_mut(&ino)
+            .is_some_and(|n| std::mem::replace(&mut n.cached, true))
+    }
+
+    /// The content of `ino` changed: the next open makes the kernel drop its cached pages.
+    /// Writes and truncations through the kernel keep its cache right by themselves; this is
+    /// belt and braces for those, and the only guard for changes it does not see.
+    pub fn content_changed(&mut self, ino: u64) {
+        if let Some(n) = self.by_ino.get_mut(&ino) {
+            n.cached = false;
+        }
+    }
+
+    /// Every inode's content may have changed (the store was swapped).
+    pub fn all_content_changed(&mut self) {
+        for n in self.by_ino.values_mut() {
+            n.cached = false;
+        }
     }
 
     /// The path was deleted: the inode lives on for its handles but has no name.
@@ -201,5 +231,19 @@ mod tests {
         t.closed(victim);
         t.forget(victim, 1);
         assert!(!t.by_ino.contains_key(&victim));
+    }
+
+    #[test]
+    fn the_kernel_keeps_its_cache_only_while_the_content_is_unchanged() {
+        let mut t = Inodes::new();
+        let f = t.get_or_insert("f", true);
+        assert!(!t.keep_cache(f), "first open: nothing known about the kernel's pages");
+        assert!(t.keep_cache(f));
+        t.content_changed(f);
+        assert!(!t.keep_cache(f));
+        assert!(t.keep_cache(f));
+        t.all_content_changed();
+        assert!(!t.keep_cache(f));
+        assert!(!t.keep_cache(12345), "unknown inode");
     }
 }

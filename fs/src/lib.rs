@@ -22,7 +22,10 @@ mod fs;
 pub mod fuse;
 mod inodes;
 mod layout;
+mod stream;
 pub mod metrics;
+#[cfg(test)]
+mod prealloc_tests;
 #[cfg(test)]
 mod remote_tests;
 #[cfg(test)]

@@ -134,6 +134,7 @@ impl Fs {
             self.with_open_file(ino, &r, |f| {
                 if let Some(size) = set.size {
                     f.truncate(&self.cfg.staging_dir, size, now_ns())?;
+                    self.content_changed(ino);
                 }
                 if let Some(t) = set.mtime_ns {
                     f.mtime_ns = t;

@@ -167,6 +167,7 @@ impl Fs {
             f.handles += 1;
             if mode.truncate && mode.write && f.size > 0 {
                 f.truncate(&self.cfg.staging_dir, 0, now_ns())?;
+                self.content_changed(ino);
             }
         }
         lock(&self.inodes).opened(ino);
@@ -220,14 +221,59 @@ impl Fs {
 
     /// Writes `data` at `offset` (at the end for O_APPEND handles). Buffered until flush.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let (_, mode, f) = self.handle(fh)?;
+        let (ino, mode, f) = self.handle(fh)?;
         if !mode.write {
             return Err(FsError::BadHandle);
         }
         let mut f = lock(&f);
         let at = if mode.append { f.size } else { offset };
-        f.write(&self.store(), &self.cfg.staging_dir, at, data, now_ns())?;
-        Ok(data.len() as u32)
+        let result = f.write(&self.store(), &self.cfg.staging_dir, at, data, now_ns());
+        // Even a failed write may have changed part of the content (a stream keeps its tail).
+        self.content_changed(ino);
+        result.map(|()| data.len() as u32)
+    }
+
+    /// `fallocate(2)` modes 0 and `FALLOC_FL_KEEP_SIZE` (`keep_size`) on `fh`: reserves
+    /// `[offset, offset + len)`. Nothing is reserved on disk: zeros nobody wrote are holes here
+    /// (they cost nothing until written), so mode 0 only grows the size to `offset + len`, and
+    /// `keep_size` only checks the range. Like `write`, it needs a handle open for writing.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, keep_size: bool) -> FsResult<()> {
+        if crate::travel::is_synthetic(fh) {
+            return Err(FsError::ReadOnly);
+        }
+        // fallocate(2): a zero length is EINVAL; past the largest file is EFBIG.
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > crate::layout::MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let (ino, mode, f) = self.handle(fh)?;
+        if !mode.write {
+            return Err(FsError::BadHandle);
+        }
+        let mut f = lock(&f);
+        if !keep_size && end > f.size {
+            f.truncate(&self.cfg.staging_dir, end, now_ns())?;
+            self.content_changed(ino);
+        }
+        Ok(())
+    }
+
+    /// Whether this open of `ino` may let the kernel keep the pages it cached before: yes when
+    /// nothing changed the content since an earlier open (see [`Inodes::keep_cache`]). A
+    /// peer's change gives the path a new inode, and [`Fs::changed_remotely`] clears the old
+    /// one too, so a file opened after one is read afresh.
+    ///
+    /// [`Inodes::keep_cache`]: crate::inodes::Inodes::keep_cache
+    pub fn keep_cache(&self, ino: u64) -> bool {
+        lock(&self.inodes).keep_cache(ino)
+    }
+
+    /// The content of `ino` changed here: the next open lets the kernel drop its cache.
+    pub(super) fn content_changed(&self, ino: u64) {
+        lock(&self.inodes).content_changed(ino);
     }
 
     /// Commits buffered writes (on every `close`).

@@ -38,6 +38,8 @@ impl Fs {
             return Ok(None);
         }
         lock(&self.subdirs).clear();
+        // Same paths, same inodes, other content: no open may keep the kernel's old pages.
+        lock(&self.inodes).all_content_changed();
         self.root_mtime.store(
             super::root_mtime_of(&new),
             std::sync::atomic::Ordering::Relaxed,
@@ -70,6 +72,9 @@ impl Fs {
                 store.get(path),
                 Ok(Some(r)) if r.is_live() && r.kind == Kind::Dir
             );
+            if let Some(i) = ino {
+                inodes.content_changed(i);
+            }
             if let (false, Some(i), false) = (still_dir, ino, path.is_empty()) {
                 inodes.unlink(path, None);
                 lock(&self.orphans).insert(i, Orphan::Was(path.clone()));
