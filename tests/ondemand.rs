@@ -168,6 +168,9 @@ fn an_on_demand_device_sees_everything_and_keeps_within_its_cache() {
     assert_eq!(pinned.pinned, vec!["f03.bin".to_string()]);
     assert_eq!(pinned.missing_chunks, 0, "{pinned:?}");
     assert_eq!(ls_state(&b, "f03.bin"), "local");
+    // The kernel keeps a file's pages across opens while it is unchanged (FOPEN_KEEP_CACHE):
+    // drop them, so these reads reach the daemon and fetch again.
+    drop_page_cache();
     for i in [0usize, 1, 2, 4, 5, 6, 7, 8] {
         std::fs::read(b.path(format!("f{i:02}.bin"))).unwrap();
     }
@@ -189,7 +192,9 @@ fn an_on_demand_device_sees_everything_and_keeps_within_its_cache() {
     a.down();
     let f03 = std::fs::read(b.path("f03.bin")).unwrap();
     assert!(f03 == data[3], "the pinned file read offline differs");
-    // An evicted file with A offline: a bounded failure with the documented errno.
+    // An evicted file with A offline: a bounded failure with the documented errno (once the
+    // kernel's copy of its pages from the read above is gone too).
+    drop_page_cache();
     let t = Instant::now();
     let e = errno_of(
         std::fs::read(b.path("f08.bin")),
@@ -269,4 +274,11 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         }
     }
     total
+}
+
+/// Drops the kernel's clean page cache (root, as every test here): reads then go to the mount.
+fn drop_page_cache() {
+    // `sync` first: only clean pages are dropped.
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", b"1").expect("drop the page cache (root)");
 }
