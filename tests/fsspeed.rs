@@ -53,7 +53,9 @@ fn fallocate_modes_and_preallocated_files() {
     m.check(fallocate(&f, 0, 0, 4 * MIB as i64) == Ok(()), || {
         "fallocate mode 0 failed".into()
     });
-    m.check(size("stat") == 4 * MIB as u64, || "size after fallocate".into());
+    m.check(size("stat") == 4 * MIB as u64, || {
+        "size after fallocate".into()
+    });
     let keep = libc::FALLOC_FL_KEEP_SIZE;
     m.check(fallocate(&f, keep, 0, 8 * MIB as i64) == Ok(()), || {
         "fallocate KEEP_SIZE failed".into()
@@ -114,18 +116,30 @@ fn out_of_order_blocks_read_back() {
         m.ok(f.write_all_at(piece, (i * MIB) as u64), "pwrite a block");
     }
     drop(f);
-    m.check(m.ok(fs::read(&p), "read ooo.dat") == data, || "ooo.dat".into());
+    m.check(m.ok(fs::read(&p), "read ooo.dat") == data, || {
+        "ooo.dat".into()
+    });
     let mut want = data.clone();
     let f = m.ok(File::create(m.path("mixed.dat")), "create mixed.dat");
-    m.ok(f.write_all_at(&data[3 * MIB..4 * MIB], 3 * MIB as u64), "block 3");
+    m.ok(
+        f.write_all_at(&data[3 * MIB..4 * MIB], 3 * MIB as u64),
+        "block 3",
+    );
     m.ok(f.write_all_at(b"tiny", 10), "small write");
-    m.ok(f.write_all_at(&data[..3 * MIB], 0), "blocks 0-2 over the small write");
+    m.ok(
+        f.write_all_at(&data[..3 * MIB], 0),
+        "blocks 0-2 over the small write",
+    );
     m.ok(f.write_all_at(&data[4 * MIB..], 4 * MIB as u64), "the rest");
     drop(f);
     want.truncate(data.len());
-    m.check(m.ok(fs::read(m.path("mixed.dat")), "read") == want, || "mixed.dat".into());
+    m.check(m.ok(fs::read(m.path("mixed.dat")), "read") == want, || {
+        "mixed.dat".into()
+    });
     m.remount();
-    m.check(m.ok(fs::read(&p), "read after remount") == data, || "remount".into());
+    m.check(m.ok(fs::read(&p), "read after remount") == data, || {
+        "remount".into()
+    });
 }
 
 /// Reads that may come from the kernel's cache see every local change: pwrite in the middle,
@@ -144,13 +158,21 @@ fn rereads_see_local_changes() {
     m.ok(f.write_all_at(b"TWO", 8), "pwrite");
     drop(f);
     let got = m.ok(fs::read(&p), "read");
-    m.check(got == b"version TWO, first", || format!("after pwrite: {got:?}"));
+    m.check(got == b"version TWO, first", || {
+        format!("after pwrite: {got:?}")
+    });
     let got = m.ok(fs::read(&p), "read again");
     m.check(got == b"version TWO, first", || format!("reread: {got:?}"));
     m.ok(write_file(&p, b"third!"), "rewrite with O_TRUNC");
     let got = m.ok(fs::read(&p), "read");
     m.check(got == b"third!", || format!("after O_TRUNC: {got:?}"));
-    m.ok(fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(2)), "truncate");
+    m.ok(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_len(2)),
+        "truncate",
+    );
     let got = m.ok(fs::read(&p), "read");
     m.check(got == b"th", || format!("after truncate: {got:?}"));
 }
@@ -172,21 +194,26 @@ fn rereads_see_a_peers_change() {
     a.ok(write_file(&a.path("shared.bin"), &one), "write on alpha");
     wait_file(&b, "shared.bin", &one, SYNC_TIMEOUT);
     for _ in 0..3 {
-        b.check(b.ok(fs::read(b.path("shared.bin")), "read on bravo") == one, || {
-            "bravo's rereads".into()
-        });
+        b.check(
+            b.ok(fs::read(b.path("shared.bin")), "read on bravo") == one,
+            || "bravo's rereads".into(),
+        );
     }
     // Also a descriptor held open across the change: it keeps reading the version it opened.
     let held = b.ok(File::open(b.path("shared.bin")), "open on bravo");
     a.ok(write_file(&a.path("shared.bin"), &two), "change on alpha");
     wait_file(&b, "shared.bin", &two, SYNC_TIMEOUT);
     for _ in 0..2 {
-        b.check(b.ok(fs::read(b.path("shared.bin")), "reread") == two, || {
-            "bravo reread the old bytes".into()
-        });
+        b.check(
+            b.ok(fs::read(b.path("shared.bin")), "reread") == two,
+            || "bravo reread the old bytes".into(),
+        );
     }
     let mut buf = vec![0u8; 10];
-    b.ok(held.read_exact_at(&mut buf, 150_000), "read the held descriptor");
+    b.ok(
+        held.read_exact_at(&mut buf, 150_000),
+        "read the held descriptor",
+    );
     b.check(buf == one[150_000..150_010], || {
         format!("held descriptor: {buf:?}")
     });

@@ -237,7 +237,10 @@ mod tests {
     fn the_kernel_keeps_its_cache_only_while_the_content_is_unchanged() {
         let mut t = Inodes::new();
         let f = t.get_or_insert("f", true);
-        assert!(!t.keep_cache(f), "first open: nothing known about the kernel's pages");
+        assert!(
+            !t.keep_cache(f),
+            "first open: nothing known about the kernel's pages"
+        );
         assert!(t.keep_cache(f));
         t.content_changed(f);
         assert!(!t.keep_cache(f));

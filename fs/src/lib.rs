@@ -22,7 +22,6 @@ mod fs;
 pub mod fuse;
 mod inodes;
 mod layout;
-mod stream;
 pub mod metrics;
 #[cfg(test)]
 mod prealloc_tests;
@@ -30,6 +29,7 @@ mod prealloc_tests;
 mod remote_tests;
 #[cfg(test)]
 mod robust_tests;
+mod stream;
 mod travel;
 #[cfg(test)]
 mod travel_tests;

@@ -99,7 +99,11 @@ impl Stream {
             return Ok(true);
         }
         let end = offset + data.len() as u64;
-        let prev = self.segs.range(..=offset).next_back().map(|(&s, g)| (s, g.end(s)));
+        let prev = self
+            .segs
+            .range(..=offset)
+            .next_back()
+            .map(|(&s, g)| (s, g.end(s)));
         let start = match prev {
             Some((_, e)) if e > offset => return Ok(false),
             Some((s, e)) if e == offset => s,
@@ -112,7 +116,11 @@ impl Stream {
         if self.active != Some(start) {
             self.settle()?;
         }
-        let Stream { writer, segs, active } = self;
+        let Stream {
+            writer,
+            segs,
+            active,
+        } = self;
         let seg = segs.entry(start).or_default();
         seg.tail.extend_from_slice(data);
         *active = Some(start);
@@ -122,7 +130,11 @@ impl Stream {
 
     /// Cuts the undecided tail of the segment written last, at its end.
     fn settle(&mut self) -> FsResult<()> {
-        let Stream { writer, segs, active } = self;
+        let Stream {
+            writer,
+            segs,
+            active,
+        } = self;
         if let Some(seg) = active.and_then(|a| segs.get_mut(&a)) {
             seg.drain(writer, true)?;
         }

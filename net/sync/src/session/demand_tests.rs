@@ -4,19 +4,20 @@
 use super::*;
 use std::time::Instant;
 
-const ME: ShortId = 1;
-const PEER: ShortId = 2;
-const FOLDER: [u8; 16] = [7; 16];
+pub(super) const ME: ShortId = 1;
+pub(super) const PEER: ShortId = 2;
+pub(super) const FOLDER: [u8; 16] = [7; 16];
 
 fn id(n: u8) -> ChunkId {
     ChunkId([n; 32])
 }
 
-fn drain(s: &mut Session) -> Vec<Message> {
+pub(super) fn drain(s: &mut Session) -> Vec<Message> {
     std::iter::from_fn(|| s.poll_outgoing()).collect()
 }
 
-fn open(now: Instant) -> Session {
+/// A session past the peer's `Hello`, nothing queued.
+pub(super) fn open(now: Instant) -> Session {
     let mut s = Session::new(ME, FOLDER, 0, 0, now);
     drain(&mut s);
     let hello = Message::Hello {

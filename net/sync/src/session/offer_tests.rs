@@ -1,34 +1,13 @@
 //! Offers of chunks a peer is still writing ([`Message::Offer`]), driven by hand.
 
+use super::demand_tests::{drain, open, FOLDER, ME, PEER};
 use super::*;
 use std::time::Instant;
-
-const ME: ShortId = 1;
-const PEER: ShortId = 2;
-const FOLDER: [u8; 16] = [7; 16];
 
 fn id(n: u32) -> ChunkId {
     let mut b = [0; 32];
     b[..4].copy_from_slice(&n.to_le_bytes());
     ChunkId(b)
-}
-
-fn drain(s: &mut Session) -> Vec<Message> {
-    std::iter::from_fn(|| s.poll_outgoing()).collect()
-}
-
-fn open(now: Instant) -> Session {
-    let mut s = Session::new(ME, FOLDER, 0, 0, now);
-    drain(&mut s);
-    let hello = Message::Hello {
-        device: PEER,
-        folder: FOLDER,
-        max_seq: 0,
-        seen_from_you: 0,
-    };
-    assert_eq!(s.handle_message(hello, now), vec![]);
-    drain(&mut s);
-    s
 }
 
 fn requests(msgs: &[Message]) -> Vec<(ChunkId, u32)> {
