@@ -1,6 +1,7 @@
 //! Offers of chunks a peer is still writing ([`Message::Offer`]), driven by hand.
 
 use super::demand_tests::{drain, open, FOLDER, ME, PEER};
+use super::tests::requests;
 use super::*;
 use std::time::Instant;
 
@@ -8,15 +9,6 @@ fn id(n: u32) -> ChunkId {
     let mut b = [0; 32];
     b[..4].copy_from_slice(&n.to_le_bytes());
     ChunkId(b)
-}
-
-fn requests(msgs: &[Message]) -> Vec<(ChunkId, u32)> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            Message::ChunkRequest { id, req_id } => Some((*id, *req_id)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

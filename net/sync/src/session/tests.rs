@@ -63,7 +63,7 @@ fn tokens(actions: &[Action]) -> Vec<RecordToken> {
         .collect()
 }
 
-fn requests(msgs: &[Message]) -> Vec<(ChunkId, u32)> {
+pub(super) fn requests(msgs: &[Message]) -> Vec<(ChunkId, u32)> {
     msgs.iter()
         .filter_map(|m| match m {
             Message::ChunkRequest { id, req_id } => Some((*id, *req_id)),

@@ -23,6 +23,11 @@ struct Device {
 }
 
 fn device(i: usize) -> Device {
+    device_with_budget(i, None)
+}
+
+/// Device `i`, on demand when `cache_budget` is set.
+fn device_with_budget(i: usize, cache_budget: Option<u64>) -> Device {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         dir.path(),
@@ -31,7 +36,7 @@ fn device(i: usize) -> Device {
             cache_bytes: 1 << 20,
             device: Some(IDS[i]),
             folder_id: None,
-            cache_budget: None,
+            cache_budget,
         },
     )
     .unwrap();
@@ -417,22 +422,7 @@ fn offered_chunks_arrive_before_their_record_and_survive_gc() {
 #[test]
 fn an_on_demand_device_ignores_offers() {
     let mut p = Pair::new();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &FolderKey::from_bytes([7; 32]),
-        StoreOptions {
-            cache_bytes: 1 << 20,
-            device: Some(IDS[1]),
-            folder_id: None,
-            cache_budget: Some(64 << 20),
-        },
-    )
-    .unwrap();
-    p.devices[1] = Device {
-        _dir: dir,
-        replica: StoreReplica::new(store),
-    };
+    p.devices[1] = device_with_budget(1, Some(64 << 20));
     p.reconnect();
     p.sync();
     let rec = write_file(p.store(0), "f.bin", &random(1 << 20, 8), 10);
