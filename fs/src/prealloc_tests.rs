@@ -3,35 +3,10 @@
 
 use std::ffi::OsStr;
 
-use fybrk_store::{FolderKey, Store, StoreOptions};
-
 use crate::error::FsError;
-use crate::fs::{Fs, FsConfig, OpenMode, SetAttr};
+use crate::fs::{OpenMode, SetAttr};
+use crate::travel_tests::{fs_in, RW};
 use crate::{MAX_FILE_SIZE, ROOT};
-
-fn fs_in(dir: &tempfile::TempDir) -> Fs {
-    let store = Store::open(
-        &dir.path().join("db"),
-        &FolderKey::from_bytes([7; 32]),
-        StoreOptions::default(),
-    )
-    .unwrap();
-    let staging = dir.path().join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let cfg = FsConfig {
-        staging_dir: staging,
-        uid: 0,
-        gid: 0,
-    };
-    Fs::new(store, cfg)
-}
-
-const RW: OpenMode = OpenMode {
-    write: true,
-    append: false,
-    truncate: false,
-    exclusive: false,
-};
 
 #[test]
 fn fallocate_grows_the_size_or_only_checks_the_range() {

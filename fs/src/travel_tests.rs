@@ -9,7 +9,8 @@ use crate::fs::{Fs, FsConfig, OpenMode};
 use crate::travel::is_synthetic;
 use crate::{when, FsError, ROOT};
 
-fn fs_in(dir: &tempfile::TempDir) -> Fs {
+/// A filesystem over a new store in `dir`, owned by root.
+pub(crate) fn fs_in(dir: &tempfile::TempDir) -> Fs {
     let store = Store::open(
         &dir.path().join("db"),
         &FolderKey::from_bytes([7; 32]),
@@ -28,7 +29,7 @@ fn fs_in(dir: &tempfile::TempDir) -> Fs {
     )
 }
 
-const RW: OpenMode = OpenMode {
+pub(crate) const RW: OpenMode = OpenMode {
     write: true,
     append: false,
     truncate: false,
