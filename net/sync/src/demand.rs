@@ -47,8 +47,10 @@ struct Want {
 #[derive(Debug, Default)]
 pub struct Demands {
     wants: HashMap<ChunkId, Want>,
-    /// Connected peers, in the order they connected.
-    peers: Vec<ShortId>,
+    /// Connected peers, in the order they connected, with their number of open sessions: for
+    /// a moment two connections to one peer may both be open (both sides dialled; one is
+    /// closed as a duplicate), and closing one must not take the peer away.
+    peers: Vec<(ShortId, u32)>,
 }
 
 impl Demands {
@@ -100,14 +102,24 @@ impl Demands {
 
     /// A replication session with `peer` is open and can be asked.
     pub fn connected(&mut self, peer: ShortId) {
-        if !self.peers.contains(&peer) {
-            self.peers.push(peer);
+        match self.peers.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, sessions)) => *sessions += 1,
+            None => self.peers.push((peer, 1)),
         }
     }
 
-    /// `peer`'s session ended: what it was asked goes to another peer.
+    /// One of `peer`'s sessions ended. What it was asked is asked again through the peer's
+    /// other session when it has one (which session was asked is not known: a chunk that
+    /// arrives twice is stored once); otherwise it goes to another peer.
     pub fn disconnected(&mut self, peer: ShortId) {
-        self.peers.retain(|p| *p != peer);
+        let Some(at) = self.peers.iter().position(|(p, _)| *p == peer) else {
+            return;
+        };
+        self.peers[at].1 -= 1;
+        let still = self.peers[at].1 > 0;
+        if !still {
+            self.peers.remove(at);
+        }
         let ids: Vec<ChunkId> = self
             .wants
             .iter()
@@ -115,7 +127,14 @@ impl Demands {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.failed(id, peer, "the device disconnected");
+            match still {
+                true => {
+                    if let Some(w) = self.wants.get_mut(&id) {
+                        w.asked = None;
+                    }
+                }
+                false => self.failed(id, peer, "the device disconnected"),
+            }
         }
     }
 
@@ -161,7 +180,7 @@ impl Demands {
         if !w.tried.contains(&peer) {
             w.tried.push(peer);
         }
-        if w.asked.is_none() && self.peers.iter().all(|p| w.tried.contains(p)) {
+        if w.asked.is_none() && self.peers.iter().all(|(p, _)| w.tried.contains(p)) {
             w.outcome = Outcome::Failed(format!("no connected device could supply it ({why})"));
             if w.waiters == 0 {
                 self.wants.remove(&id);

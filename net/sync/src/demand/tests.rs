@@ -63,6 +63,37 @@ fn offline_fails_at_once_and_a_disconnect_hands_over() {
 }
 
 #[test]
+fn closing_a_duplicate_connection_keeps_the_peer() {
+    // Both sides dialled: two sessions with peer 1 for a moment, then one is closed.
+    let t0 = Instant::now();
+    let mut d = Demands::default();
+    d.connected(1);
+    d.connected(1);
+    d.want(id(1), true, t0);
+    assert_eq!(d.next_for(1, 1), vec![id(1)]);
+    d.disconnected(1);
+    assert_eq!(d.outcome(&id(1)), Some(&Outcome::Pending));
+    assert_eq!(
+        d.next_for(1, 1),
+        vec![id(1)],
+        "asked again through the surviving session"
+    );
+    d.want(id(2), true, t0);
+    assert_eq!(
+        d.outcome(&id(2)),
+        Some(&Outcome::Pending),
+        "a read after the duplicate closed still has a peer to ask"
+    );
+    d.disconnected(1);
+    assert!(matches!(d.outcome(&id(1)), Some(Outcome::Failed(_))));
+    d.want(id(3), true, t0);
+    assert!(
+        matches!(d.outcome(&id(3)), Some(Outcome::Failed(_))),
+        "offline now"
+    );
+}
+
+#[test]
 fn a_silent_peer_fails_the_read_at_the_deadline() {
     let t0 = Instant::now();
     let mut d = Demands::default();
