@@ -218,3 +218,174 @@ fn rereads_see_a_peers_change() {
         format!("held descriptor: {buf:?}")
     });
 }
+
+/// `posix_fadvise(POSIX_FADV_RANDOM)` on `f`: the kernel reads no pages ahead, so any page
+/// cached besides those read came from the page fill.
+fn advise_random(f: &File) {
+    // SAFETY: a plain syscall on an open descriptor; no memory is passed.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(r, 0, "posix_fadvise");
+}
+
+/// `truncate(2)` by path: no descriptor, so the kernel sends a setattr without a handle.
+fn truncate_path(p: &std::path::Path, len: u64) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    match unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Which of the first `len` bytes' pages of `f` the kernel's page cache holds (`mincore(2)` on
+/// a read-only mapping; root may ask about any file).
+fn resident(f: &File, len: usize) -> Vec<bool> {
+    let pages = len.div_ceil(4096);
+    // SAFETY: maps `len` bytes of a file open for reading, read-only and shared; the mapping
+    // is only passed to mincore (never dereferenced) and unmapped before returning.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap");
+        let mut vec = vec![0u8; pages];
+        let r = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().map(|b| b & 1 == 1).collect()
+    }
+}
+
+/// Reads every 4 KiB block of `f` once, in random order, and compares it with `want`; then a
+/// read at the end returns nothing.
+fn check_random_order(f: &File, want: &[u8], g: &mut Gen) -> Result<(), String> {
+    let blocks = want.len().div_ceil(4096);
+    let mut order: Vec<usize> = (0..blocks).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, g.below(i as u64 + 1) as usize);
+    }
+    let mut buf = vec![0u8; 4096];
+    for b in order {
+        let at = b * 4096;
+        let n = 4096.min(want.len() - at);
+        f.read_exact_at(&mut buf[..n], at as u64)
+            .map_err(|e| format!("read at {at}: {e}"))?;
+        if buf[..n] != want[at..at + n] {
+            return Err(format!("stale or wrong bytes at {at}"));
+        }
+    }
+    match f.read_at(&mut buf, want.len() as u64) {
+        Ok(0) => Ok(()),
+        other => Err(format!("read at the end ({}): {other:?}", want.len())),
+    }
+}
+
+/// A 4 KiB random read decrypts its whole chunk; the rest of the chunk goes into the kernel's
+/// page cache (page fill), so the next reads of it never reach the daemon.
+#[test]
+fn a_random_read_fills_the_page_cache_with_its_chunk() {
+    let Some(m) = Mount::start() else { return };
+    let p = m.path("r.bin");
+    let data = Gen::new(31).bytes(8 * MIB);
+    m.ok(write_file(&p, &data), "write r.bin");
+    fybrk_tests::drop_page_cache();
+    let f = m.ok(File::open(&p), "open r.bin");
+    advise_random(&f);
+    let cached = |f: &File| resident(f, data.len()).iter().filter(|r| **r).count();
+    m.check(cached(&f) == 0, || "pages cached after dropping".into());
+    let mut buf = vec![0u8; 4096];
+    let at = 4 * MIB + 3 * 4096;
+    m.ok(f.read_exact_at(&mut buf, at as u64), "read 4 KiB");
+    m.check(buf == data[at..at + 4096], || "the read's bytes".into());
+    // The fill runs after the reply, on its own thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cached(&f) <= 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let n = cached(&f);
+    // Chunks are 16-256 KiB: at least 3 whole pages besides the one read, never the file.
+    m.check((4..=64).contains(&n), || {
+        format!("{n} pages cached after one 4 KiB read")
+    });
+    let res = resident(&f, data.len());
+    m.check(res[at / 4096], || "the page read is not cached".into());
+    // What the fill put there is the file's bytes (read from the cache, not the daemon).
+    for (page, _) in res.iter().enumerate().filter(|(_, r)| **r) {
+        let o = page * 4096;
+        m.ok(f.read_exact_at(&mut buf, o as u64), "read a filled page");
+        m.check(buf == data[o..o + 4096], || format!("filled page at {o}"));
+    }
+    m.check(
+        check_random_order(&f, &data, &mut Gen::new(32)).is_ok(),
+        || "random-order read of r.bin".into(),
+    );
+}
+
+/// The page fill races every change of the file: pwrite through another descriptor, truncation
+/// by path, O_TRUNC rewrites, while a second thread reads at random (so fills are in flight).
+/// A descriptor held open throughout and a fresh one both read exactly the current bytes.
+#[test]
+fn the_page_fill_never_shows_stale_bytes() {
+    let Some(m) = Mount::start() else { return };
+    let p = m.path("s.bin");
+    let mut g = Gen::new(41);
+    let mut model = g.bytes(2 * MIB);
+    m.ok(write_file(&p, &model), "write s.bin");
+    let held = m.ok(File::open(&p), "open s.bin");
+    advise_random(&held);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut g = Gen::new(43);
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Fresh descriptors too: an open while nothing changes keeps the cache.
+                let Ok(f) = File::open(&p) else { continue };
+                advise_random(&f);
+                for _ in 0..32 {
+                    let _ = f.read_at(&mut buf, g.below(3 * MIB as u64) & !4095);
+                }
+            }
+        })
+    };
+    for round in 0..18 {
+        match round % 3 {
+            0 => {
+                let f = m.ok(OpenOptions::new().write(true).open(&p), "open for write");
+                for _ in 0..8 {
+                    let at = g.below(model.len() as u64) as usize;
+                    let len = (g.range(1, 70_000) as usize).min(model.len() - at);
+                    let patch = g.bytes(len);
+                    m.ok(f.write_all_at(&patch, at as u64), "pwrite");
+                    model[at..at + len].copy_from_slice(&patch);
+                }
+            }
+            1 => {
+                let len = g.range(MIB as u64 / 2, 3 * MIB as u64) as usize;
+                m.ok(truncate_path(&p, len as u64), "truncate by path");
+                model.resize(len, 0);
+            }
+            _ => {
+                let len = g.range(MIB as u64, 3 * MIB as u64) as usize;
+                model = g.bytes(len);
+                m.ok(write_file(&p, &model), "rewrite with O_TRUNC");
+            }
+        }
+        let fresh = m.ok(File::open(&p), "open s.bin again");
+        for (what, f) in [("held", &held), ("fresh", &fresh)] {
+            if let Err(e) = check_random_order(f, &model, &mut g) {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                m.check(false, || format!("round {round}, {what} descriptor: {e}"));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+}

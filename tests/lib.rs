@@ -771,6 +771,13 @@ impl Gen {
     }
 }
 
+/// Drops the kernel's clean page cache (root, as every mount test): reads then go to the mount.
+pub fn drop_page_cache() {
+    // `sync` first: only clean pages are dropped.
+    let _ = std::process::Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", b"1").expect("drop the page cache (root)");
+}
+
 /// A seed from the clock, for tests that print it and accept a replay seed from the env.
 pub fn seed_from_env(var: &str) -> u64 {
     match std::env::var(var) {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use fybrk_control::{FreeReply, LsReply, PinReply, StatusReply};
 use fybrk_tests::{
-    describe, errno_of, pair, store_dir, wait_connected, wait_file, wait_for, write_file, Gen,
-    Peer, CONNECT_TIMEOUT, SYNC_TIMEOUT,
+    describe, drop_page_cache, errno_of, pair, store_dir, wait_connected, wait_file, wait_for,
+    write_file, Gen, Peer, CONNECT_TIMEOUT, SYNC_TIMEOUT,
 };
 
 const MIB: u64 = 1 << 20;
@@ -274,11 +274,4 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         }
     }
     total
-}
-
-/// Drops the kernel's clean page cache (root, as every test here): reads then go to the mount.
-fn drop_page_cache() {
-    // `sync` first: only clean pages are dropped.
-    let _ = std::process::Command::new("sync").status();
-    std::fs::write("/proc/sys/vm/drop_caches", b"1").expect("drop the page cache (root)");
 }

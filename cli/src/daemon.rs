@@ -323,6 +323,7 @@ impl Daemon {
                 })?;
         }
 
+        fybrk_fs::fuse::start_page_fill(self.fs.clone(), self.session.notifier())?;
         {
             let notifier = self.session.notifier();
             let fs = self.fs.clone();

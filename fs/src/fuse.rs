@@ -26,6 +26,26 @@ const TTL: Duration = Duration::from_secs(1);
 /// sequential writes.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// Starts the page fill (see `crate::fill`): a thread that puts the rest of each chunk a
+/// random read opened into the kernel's page cache through `notifier`. Runs as long as the
+/// process; without it reads work the same, only without the fill.
+pub fn start_page_fill(fs: Arc<Fs>, notifier: fuser::Notifier) -> std::io::Result<()> {
+    let jobs = fs.fill.start();
+    std::thread::Builder::new()
+        .name("page-fill".into())
+        .spawn(move || {
+            for job in jobs {
+                fs.fill.push(&job, |j| {
+                    // ENOENT: the kernel forgot the inode meanwhile; nothing to fill.
+                    if let Err(e) = notifier.store(INodeNo(j.ino), j.offset, j.bytes()) {
+                        tracing::debug!(ino = j.ino, error = %e, "page fill refused");
+                    }
+                });
+            }
+        })?;
+    Ok(())
+}
+
 /// The answer to the xattr calls. `ENOSYS` (not `ENOTSUP`) makes the kernel remember that this
 /// filesystem has no xattrs and answer `EOPNOTSUPP` (= `ENOTSUP`) itself from then on: otherwise
 /// every `write` costs an extra `GETXATTR security.capability` round trip (a tenth of a small
@@ -237,7 +257,11 @@ impl Filesystem for FuseFs {
                 mtime_ns: mtime.map(time_ns),
             };
             match self.0.setattr(ino.0, set) {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                // A page fill of the old content under way lands first (see `crate::fill`).
+                Ok(a) => self
+                    .0
+                    .fill
+                    .when_settled(ino.0, Box::new(move || reply.attr(&TTL, &file_attr(&a)))),
                 Err(e) => reply.error(err(e)),
             }
         });
@@ -385,7 +409,8 @@ impl Filesystem for FuseFs {
             if let Err(e) = self.allowed(req, ino, open_mask(flags.0)) {
                 return reply.error(e);
             }
-            match self.0.open(ino.0, OpenMode::from_flags(flags.0)) {
+            let mode = OpenMode::from_flags(flags.0);
+            match self.0.open(ino.0, mode) {
                 Ok(fh) => {
                     self.0.set_owner(fh, req.pid());
                     // Pages the kernel cached at an earlier open are still right unless the
@@ -394,7 +419,12 @@ impl Filesystem for FuseFs {
                         true => FopenFlags::FOPEN_KEEP_CACHE,
                         false => FopenFlags::empty(),
                     };
-                    reply.opened(FileHandle(fh), flags)
+                    let reply = move || reply.opened(FileHandle(fh), flags);
+                    match mode.write {
+                        // Nothing is written before a page fill under way has landed.
+                        true => self.0.fill.when_settled(ino.0, Box::new(reply)),
+                        false => reply(),
+                    }
                 }
                 Err(e) => reply.error(err(e)),
             }
@@ -668,13 +698,18 @@ impl Filesystem for FuseFs {
             {
                 Ok((a, fh)) => {
                     self.0.set_owner(fh, req.pid());
-                    reply.created(
-                        &TTL,
-                        &file_attr(&a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
+                    let ino = a.ino;
+                    let reply = move || {
+                        reply.created(
+                            &TTL,
+                            &file_attr(&a),
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                        )
+                    };
+                    // An existing file opened for writing: as in `open`.
+                    self.0.fill.when_settled(ino, Box::new(reply));
                 }
                 Err(e) => reply.error(err(e)),
             }

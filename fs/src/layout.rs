@@ -96,6 +96,17 @@ impl Layout {
         Ok(())
     }
 
+    /// The chunks that overlap `[start, end)`, with their start offsets, in order.
+    pub fn chunks_in(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, &ChunkRef)> + '_ {
+        let first = self.index_of(start);
+        self.starts
+            .iter()
+            .zip(&self.chunks)
+            .skip(first)
+            .take_while(move |(s, _)| **s < end)
+            .map(|(s, c)| (*s, c))
+    }
+
     /// The byte ranges of `[start, end)` that are stored chunks (not holes), in order.
     pub fn data_ranges(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let first = self.index_of(start);

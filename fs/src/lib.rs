@@ -18,6 +18,9 @@
 
 mod content;
 mod error;
+mod fill;
+#[cfg(test)]
+mod fill_tests;
 mod fs;
 pub mod fuse;
 mod inodes;

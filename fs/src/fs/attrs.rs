@@ -144,6 +144,10 @@ impl Fs {
         } else {
             self.commit_file(ino, None, false, edit)?;
         }
+        if set.size.is_some() {
+            // Before the kernel hears of the new size: no page fill of the old content after.
+            self.fill.changed(ino);
+        }
         self.getattr(ino)
     }
 }

@@ -10,6 +10,7 @@ use fybrk_store::{ChunkRef, ChunkWriter, FileRecord, Kind, VersionVector};
 use super::{live, lock, now_ns, Fs, Handle, OpenMode, Orphan};
 use crate::content::OpenFile;
 use crate::error::{FsError, FsResult};
+use crate::layout::Layout;
 
 impl Fs {
     /// Fresh open state for the file `r`.
@@ -149,6 +150,19 @@ impl Fs {
         if crate::travel::is_synthetic(ino) {
             return self.past_open(ino, mode.write || mode.truncate);
         }
+        if !mode.write {
+            return self.open_file_handle(ino, mode);
+        }
+        // Before anything can be written: no page fill from here until the handle closes.
+        self.fill.writer_opened(ino);
+        let opened = self.open_file_handle(ino, mode);
+        if opened.is_err() {
+            self.fill.writer_closed(ino);
+        }
+        opened
+    }
+
+    fn open_file_handle(&self, ino: u64, mode: OpenMode) -> FsResult<u64> {
         let (r, _) = self.record_for(ino)?;
         match r.kind {
             Kind::File => {}
@@ -201,6 +215,12 @@ impl Fs {
         let result = if !f.is_clean() {
             f.read(&self.store(), &self.cfg.staging_dir, offset, size as usize)
         } else {
+            // A random read may fill the kernel's cache with the rest of its chunks; the
+            // ticket is taken before the content is looked at (see `crate::fill`).
+            let ticket = match sequential {
+                true => None,
+                false => self.fill.ticket(ino),
+            };
             // Committed content only: read the chunks without holding the file lock.
             let base = f.base.clone();
             drop(f);
@@ -210,13 +230,35 @@ impl Fs {
             }
             self.read_ahead(&base, offset, end, sequential);
             let mut out = vec![0u8; (end - offset) as usize];
-            base.read_at(&self.store(), offset, &mut out).map(|()| out)
+            let read = base.read_at(&self.store(), offset, &mut out).map(|()| out);
+            if let (Ok(_), Some(ticket)) = (&read, ticket) {
+                self.fill_pages(ino, ticket, &base, offset, end);
+            }
+            read
         };
         match &result {
             Ok(_) => self.note_readable(ino),
             Err(e) => self.note_unreadable(ino, e),
         }
         result
+    }
+
+    /// Offers the chunks of `base` that `[offset, end)` touched, just read and so in the
+    /// decrypted-chunk cache, to the page fill.
+    fn fill_pages(&self, ino: u64, ticket: u64, base: &Layout, offset: u64, end: u64) {
+        let store = self.store();
+        for (start, c) in base.chunks_in(offset, end) {
+            if c.is_hole() {
+                continue;
+            }
+            // A hit unless another reader pushed it out meanwhile: then no fill, no new read.
+            if let Some(plain) = store
+                .cached_chunk(&c.id)
+                .filter(|p| p.len() == c.len as usize)
+            {
+                self.fill.offer(ino, ticket, start, plain, base.len());
+            }
+        }
     }
 
     /// Writes `data` at `offset` (at the end for O_APPEND handles). Buffered until flush.
@@ -338,6 +380,9 @@ impl Fs {
             }
         }
         drop(files);
+        if h.mode.write {
+            self.fill.writer_closed(h.ino);
+        }
         lock(&self.inodes).closed(h.ino);
         result
     }

@@ -88,6 +88,9 @@ pub struct Fs {
     past_files: Mutex<HashMap<u64, (Layout, Pins)>>,
     /// Files whose content could not be fetched lately (on-demand devices).
     unreadable: Mutex<ondemand::UnreadableList>,
+    /// What of a chunk a random read opened goes into the kernel's page cache (see
+    /// `crate::fill`).
+    pub(crate) fill: crate::fill::PageFill,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl Fs {
             travel: Mutex::new(Table::new()),
             past_files: Mutex::new(HashMap::new()),
             unreadable: Mutex::new(Default::default()),
+            fill: Default::default(),
         }
     }
 

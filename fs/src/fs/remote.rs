@@ -40,6 +40,8 @@ impl Fs {
         lock(&self.subdirs).clear();
         // Same paths, same inodes, other content: no open may keep the kernel's old pages.
         lock(&self.inodes).all_content_changed();
+        self.fill.all_changed();
+        self.fill.wait_settled(None);
         self.root_mtime.store(
             super::root_mtime_of(&new),
             std::sync::atomic::Ordering::Relaxed,
@@ -55,6 +57,7 @@ impl Fs {
         let _ns = lock(&self.ns);
         let store = self.store();
         let mut out = Vec::with_capacity(paths.len());
+        let mut changed = Vec::new();
         let mut subdirs = lock(&self.subdirs);
         let mut inodes = lock(&self.inodes);
         // Forget orphans the kernel has forgotten.
@@ -74,6 +77,7 @@ impl Fs {
             );
             if let Some(i) = ino {
                 inodes.content_changed(i);
+                changed.push(i);
             }
             if let (false, Some(i), false) = (still_dir, ino, path.is_empty()) {
                 inodes.unlink(path, None);
@@ -86,6 +90,12 @@ impl Fs {
             });
         }
         drop((inodes, subdirs));
+        // No page fill of the old content from here, and what is under way lands before the
+        // kernel is told (this runs on the invalidation thread, never a FUSE worker).
+        for i in &changed {
+            self.fill.changed(*i);
+        }
+        self.fill.wait_settled(Some(&changed));
         // The directories holding changed entries: the root has no record, so its stored time
         // moves; the others are reported at least this new (see `remote_entries`).
         let now = now_ns();
