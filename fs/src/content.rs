@@ -164,6 +164,8 @@ pub struct OpenFile {
     base_valid: u64,
     pub size: u64,
     pub mtime_ns: i64,
+    /// Permission bits set while writes were pending, committed with them (see `Fs::setattr`).
+    pub mode: Option<u32>,
     /// Something changed since the last commit.
     pub modified: bool,
     pub handles: u32,
@@ -192,6 +194,7 @@ impl OpenFile {
             dirty: RangeSet::default(),
             size,
             mtime_ns,
+            mode: None,
             modified: false,
             handles: 0,
             stream: None,

@@ -16,6 +16,8 @@
 //! entries. A request whose handler fails answers `EIO` and logs; a panic in one is caught
 //! the same way, so the mount keeps serving.
 
+#[cfg(test)]
+mod attrs_tests;
 mod content;
 mod error;
 mod fill;

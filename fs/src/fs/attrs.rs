@@ -13,11 +13,13 @@ impl Fs {
     pub(super) fn attr(&self, ino: u64, r: &FileRecord, linked: bool) -> FsResult<Attr> {
         let mut size = r.size;
         let mut mtime_ns = r.mtime_ns;
+        let mut mode = r.mode;
         if r.kind == Kind::File {
             if let Some(f) = self.open_file(ino) {
                 let f = lock(&f);
                 size = f.size;
                 mtime_ns = f.mtime_ns;
+                mode = f.mode.unwrap_or(mode);
             }
         }
         if r.kind == Kind::Dir {
@@ -35,7 +37,7 @@ impl Fs {
             ino,
             kind: r.kind,
             size,
-            perm: (r.mode & 0o7777) as u16,
+            perm: (mode & 0o7777) as u16,
             mtime_ns,
             nlink,
             uid: self.cfg.uid,
@@ -86,7 +88,15 @@ impl Fs {
         }
         let (r, _) = self.record_for(ino)?;
         let owner = (self.cfg.uid, self.cfg.gid);
-        match permits(r.kind, r.mode, owner, (uid, gid), mask) {
+        // A mode set while writes are pending counts at once, though committed at the close.
+        let mode = match r.kind {
+            Kind::File => self
+                .open_file(ino)
+                .and_then(|f| lock(&f).mode)
+                .unwrap_or(r.mode),
+            _ => r.mode,
+        };
+        match permits(r.kind, mode, owner, (uid, gid), mask) {
             true => Ok(()),
             false => Err(FsError::Denied),
         }
@@ -100,6 +110,11 @@ impl Fs {
         if set.uid.is_some_and(|u| u != self.cfg.uid) || set.gid.is_some_and(|g| g != self.cfg.gid)
         {
             return Err(FsError::NotPermitted);
+        }
+        if set.mode.is_none() && set.size.is_none() && set.mtime_ns.is_none() {
+            // A chown to the owner there is (`cp -a`, `rsync -o` on every file): nothing to
+            // record. Committing a new version for it cost a sixth of a tree copy.
+            return self.getattr(ino);
         }
         let path = self.path_of(ino)?;
         if path.is_empty() {
@@ -138,6 +153,15 @@ impl Fs {
                 }
                 if let Some(t) = set.mtime_ns {
                     f.mtime_ns = t;
+                }
+                if f.handles > 0 && f.modified {
+                    // Writes are pending on an open handle: the commit at its close takes the
+                    // new size, time and mode with them (`cp -a` sets the times and mode of
+                    // each file it copies before closing it: two more commits per file).
+                    if let Some(m) = set.mode {
+                        f.mode = Some(m & 0o7777);
+                    }
+                    return Ok(());
                 }
                 self.commit_file(ino, Some(f), false, edit)
             })?;

@@ -48,14 +48,23 @@ impl Fs {
             Some(f) if f.modified => Some(f.rechunk(&self.store())?),
             _ => None,
         };
+        let pending_mode = f.as_deref().and_then(|f| f.mode);
         let result = self.commit_record(
             ino,
             &mut content,
             f.as_deref().map(|f| (f.mtime_ns, &f.version)),
             sync,
-            edit,
+            |rec| {
+                if let Some(m) = pending_mode {
+                    rec.mode = m;
+                }
+                edit(rec)
+            },
         );
         if let Some(f) = f {
+            if result.is_ok() {
+                f.mode = None;
+            }
             match (result, content) {
                 (Ok(Some((mtime, version))), Some((chunks, _writer))) => {
                     f.committed(&self.store(), chunks);
