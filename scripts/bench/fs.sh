@@ -33,8 +33,8 @@
 #                  --fallocate=native); "-" and the error where fallocate is not supported
 #   ftrunc write   the same into a file ftruncate(2)d to SIZE first (fio --fallocate=truncate)
 #   rand write     fio randwrite of SIZE, bs=1M: every block once, in random order, end_fsync=1
-# plus the fybrk daemon's peak RSS (/proc/PID/status VmHWM; VmRSS sampled every 0.2 s during the
-# sequential write), passthrough_hp's beside it. Targets are those of issue 15, as fybrk against
+# plus the fybrk daemon's peak RSS (/proc/PID/status VmHWM; VmRSS, RssAnon, RssFile sampled every 0.2 s
+# during the sequential write), passthrough_hp's beside it. Targets are those of issue 15, as fybrk against
 # passthrough_hp (or native, for the tree copy). A case that fails on one side records "-" and
 # its error, and the run goes on.
 #
@@ -346,10 +346,12 @@ for side in "${SIDES[@]}"; do
     # From a synced, dropped cache: the previous side's writeback is not charged to this one.
     drop_caches
     if [[ $side == fybrk && -n $DAEMON_PID ]]; then
-        # Background sampler: VmHWM only gives the lifetime peak; this shows what the write costs.
+        # Background sampler: VmHWM only gives the lifetime peak; this shows what the write costs,
+        # split into heap (RssAnon) and mapped files (RssFile: the binary's text, libraries),
+        # which no allocation change can shrink.
         : >"$RSS_SAMPLES"
         (while kill -0 "$DAEMON_PID" 2>/dev/null; do
-            proc_kib "$DAEMON_PID" VmRSS >>"$RSS_SAMPLES"
+            echo "$(proc_kib "$DAEMON_PID" VmRSS) $(proc_kib "$DAEMON_PID" RssAnon) $(proc_kib "$DAEMON_PID" RssFile)" >>"$RSS_SAMPLES"
             sleep 0.2
         done) &
         SAMPLER_PID=$!
@@ -359,8 +361,10 @@ for side in "${SIDES[@]}"; do
         kill "$SAMPLER_PID" 2>/dev/null || true
         wait "$SAMPLER_PID" 2>/dev/null || true
         SAMPLER_PID=""
-        max=$(sort -n "$RSS_SAMPLES" | tail -n 1)
-        [[ -n $max ]] && R[rss_write_$side]=$(kib_to_mib "$max")
+        read -r max anon file < <(grep -E '^[0-9]+ [0-9]+ [0-9]+$' "$RSS_SAMPLES" | sort -n | tail -n 1)
+        [[ -n ${max:-} ]] && R[rss_write_$side]=$(kib_to_mib "$max")
+        [[ -n ${anon:-} ]] && R[rss_anon_$side]=$(kib_to_mib "$anon")
+        [[ -n ${file:-} ]] && R[rss_file_$side]=$(kib_to_mib "$file")
     fi
     pid=$(pid_of "$side")
     if [[ -n $pid ]]; then
@@ -549,6 +553,8 @@ rows += [
     row("daemon peak RSS (VmHWM after seq write)", "MiB", "rss_hwm", "<= 40 MiB",
         lambda fy, ratio, ratio_hp: fy <= 40),
     row("daemon max VmRSS during seq write", "MiB", "rss_write", "-", None),
+    row("  of which heap (RssAnon)", "MiB", "rss_anon", "-", None),
+    row("  of which mapped files: binary, libraries (RssFile)", "MiB", "rss_file", "-", None),
     row("daemon peak RSS (VmHWM at end)", "MiB", "rss_end", "-", None),
 ]
 def fmt(v, nd=1):
