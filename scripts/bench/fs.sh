@@ -33,10 +33,10 @@
 #                  --fallocate=native); "-" and the error where fallocate is not supported
 #   ftrunc write   the same into a file ftruncate(2)d to SIZE first (fio --fallocate=truncate)
 #   rand write     fio randwrite of SIZE, bs=1M: every block once, in random order, end_fsync=1
-# plus the fybrk daemon's peak RSS (/proc/PID/status VmHWM; VmRSS, RssAnon, RssFile sampled every 0.2 s
-# during the sequential write), passthrough_hp's beside it. Targets are those of issue 15, as fybrk against
-# passthrough_hp (or native, for the tree copy). A case that fails on one side records "-" and
-# its error, and the run goes on.
+# plus the fybrk daemon's peak RSS (/proc/PID/status VmHWM; VmRSS, RssAnon and RssFile sampled
+# every 0.2 s during the sequential write), passthrough_hp's beside it. Targets are those of
+# issue 15, as fybrk against passthrough_hp (or native, for the tree copy). A case that fails on
+# one side records "-" and its error, and the run goes on.
 #
 # Run as root: dropping caches needs it (without root it goes on, reads may then be warm), and so
 # does building passthrough_hp the first time (apt-get).
@@ -351,7 +351,9 @@ for side in "${SIDES[@]}"; do
         # which no allocation change can shrink.
         : >"$RSS_SAMPLES"
         (while kill -0 "$DAEMON_PID" 2>/dev/null; do
-            echo "$(proc_kib "$DAEMON_PID" VmRSS) $(proc_kib "$DAEMON_PID" RssAnon) $(proc_kib "$DAEMON_PID" RssFile)" >>"$RSS_SAMPLES"
+            # One read of status per sample, so the three figures are of the same moment.
+            awk '$1 == "VmRSS:" {r = $2} $1 == "RssAnon:" {a = $2} $1 == "RssFile:" {f = $2}
+                END {if (r != "") print r, a, f}' "/proc/$DAEMON_PID/status" 2>/dev/null >>"$RSS_SAMPLES" || true
             sleep 0.2
         done) &
         SAMPLER_PID=$!
@@ -361,10 +363,11 @@ for side in "${SIDES[@]}"; do
         kill "$SAMPLER_PID" 2>/dev/null || true
         wait "$SAMPLER_PID" 2>/dev/null || true
         SAMPLER_PID=""
-        read -r max anon file < <(grep -E '^[0-9]+ [0-9]+ [0-9]+$' "$RSS_SAMPLES" | sort -n | tail -n 1)
-        [[ -n ${max:-} ]] && R[rss_write_$side]=$(kib_to_mib "$max")
-        [[ -n ${anon:-} ]] && R[rss_anon_$side]=$(kib_to_mib "$anon")
-        [[ -n ${file:-} ]] && R[rss_file_$side]=$(kib_to_mib "$file")
+        max="" anon="" file=""
+        read -r max anon file < <(grep -E '^[0-9]+ [0-9]+ [0-9]+$' "$RSS_SAMPLES" | sort -n | tail -n 1) || true
+        [[ -n $max ]] && R[rss_write_$side]=$(kib_to_mib "$max")
+        [[ -n $anon ]] && R[rss_anon_$side]=$(kib_to_mib "$anon")
+        [[ -n $file ]] && R[rss_file_$side]=$(kib_to_mib "$file")
     fi
     pid=$(pid_of "$side")
     if [[ -n $pid ]]; then
