@@ -7,6 +7,11 @@
 //! it to the next peer not tried yet. It fails when every connected peer was tried, when no
 //! peer is connected at all (at once: reading a folder offline must not cost seconds per
 //! file), or at its deadline.
+//!
+//! Except for a moment after the last peer left: a connection is replaced (both sides dialled
+//! after a restart, or a better path was found) by closing the old one before the new one's
+//! session is up, and a link flaps when a network changes. Reads in that moment
+//! ([`RECONNECT_GRACE`]) wait for a peer to come back instead of failing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +23,12 @@ pub mod hub;
 
 /// How long a read waits for a chunk before it fails: within the 10 s the README promises.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long after the last peer left a read still waits for one to (re)connect.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a read fails when no peer is there to ask.
+const NO_PEER: &str = "no device that could have it is connected";
 
 /// The state of one wanted chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,12 +62,15 @@ pub struct Demands {
     /// a moment two connections to one peer may both be open (both sides dialled; one is
     /// closed as a duplicate), and closing one must not take the peer away.
     peers: Vec<(ShortId, u32)>,
+    /// When the last peer left (`None` while one is connected, or if none ever was): until
+    /// [`RECONNECT_GRACE`] after it, reads wait for a peer instead of failing.
+    last_left: Option<Instant>,
 }
 
 impl Demands {
     /// A read (`wait`) or read-ahead wants chunk `id`.
     pub fn want(&mut self, id: ChunkId, wait: bool, now: Instant) {
-        let no_peer = self.peers.is_empty();
+        let no_peer = self.peers.is_empty() && !self.in_grace(now);
         let w = self.wants.entry(id).or_insert_with(|| Want {
             deadline: now + FETCH_TIMEOUT,
             asked: None,
@@ -78,7 +92,7 @@ impl Demands {
             w.waiters += 1;
         }
         if no_peer && w.outcome == Outcome::Pending {
-            w.outcome = Outcome::Failed("no device that could have it is connected".into());
+            w.outcome = Outcome::Failed(NO_PEER.into());
         }
         if w.waiters == 0 && w.outcome != Outcome::Pending {
             self.wants.remove(&id);
@@ -100,8 +114,15 @@ impl Demands {
         }
     }
 
+    /// Whether reads wait for a peer that just left (see [`RECONNECT_GRACE`]).
+    fn in_grace(&self, now: Instant) -> bool {
+        self.last_left
+            .is_some_and(|t| now < t + RECONNECT_GRACE)
+    }
+
     /// A replication session with `peer` is open and can be asked.
     pub fn connected(&mut self, peer: ShortId) {
+        self.last_left = None;
         match self.peers.iter_mut().find(|(p, _)| *p == peer) {
             Some((_, sessions)) => *sessions += 1,
             None => self.peers.push((peer, 1)),
@@ -110,8 +131,9 @@ impl Demands {
 
     /// One of `peer`'s sessions ended. What it was asked is asked again through the peer's
     /// other session when it has one (which session was asked is not known: a chunk that
-    /// arrives twice is stored once); otherwise it goes to another peer.
-    pub fn disconnected(&mut self, peer: ShortId) {
+    /// arrives twice is stored once); otherwise it goes to another peer, or, when it was the
+    /// last peer, waits [`RECONNECT_GRACE`] for one to connect (the same peer again, too).
+    pub fn disconnected(&mut self, peer: ShortId, now: Instant) {
         let Some(at) = self.peers.iter().position(|(p, _)| *p == peer) else {
             return;
         };
@@ -120,6 +142,10 @@ impl Demands {
         if !still {
             self.peers.remove(at);
         }
+        let last = self.peers.is_empty();
+        if last {
+            self.last_left = Some(now);
+        }
         let ids: Vec<ChunkId> = self
             .wants
             .iter()
@@ -127,7 +153,7 @@ impl Demands {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            match still {
+            match still || last {
                 true => {
                     if let Some(w) = self.wants.get_mut(&id) {
                         w.asked = None;
@@ -192,13 +218,23 @@ impl Demands {
     /// driver must call again.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
+        // With no peer, pending reads end with the grace (or at once if it is over).
+        let offline = self.peers.is_empty();
+        let grace_end = self.last_left.map(|t| t + RECONNECT_GRACE);
+        let orphaned = offline && grace_end.is_none_or(|end| now >= end);
         self.wants.retain(|_, w| {
             if w.outcome == Outcome::Pending {
                 if now >= w.deadline {
                     w.outcome =
                         Outcome::Failed(format!("no answer within {} s", FETCH_TIMEOUT.as_secs()));
+                } else if orphaned {
+                    w.outcome = Outcome::Failed(NO_PEER.into());
                 } else {
-                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    let due = match (offline, grace_end) {
+                        (true, Some(end)) => w.deadline.min(end),
+                        _ => w.deadline,
+                    };
+                    next = Some(next.map_or(due, |n| n.min(due)));
                 }
             }
             w.outcome == Outcome::Pending || w.waiters > 0

@@ -50,10 +50,11 @@ impl DemandHub {
         self.bump();
     }
 
-    /// `peer`'s session ended; what it was asked goes to other peers, or fails.
+    /// `peer`'s session ended; what it was asked goes to other peers, or waits a moment for
+    /// one to connect.
     pub fn disconnected(&self, peer: ShortId) {
         let mut st = self.lock();
-        st.disconnected(peer);
+        st.disconnected(peer, Instant::now());
         let more = st.has_unasked();
         drop(st);
         self.settled.notify_all();
