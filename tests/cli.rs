@@ -433,13 +433,13 @@ fn verify_passes_on_a_clean_store_and_fails_on_damage() {
     let mut candidates = Vec::new();
     files_with_ext(
         &fybrk_tests::store_dir(&m.state),
-        &["blob", "sst"],
+        &["blob", "sst", "chunks"],
         &mut candidates,
     );
     candidates.sort();
     let Some((len, victim)) = candidates.pop() else {
         let mut all = Vec::new();
-        files_with_ext(&m.state, &["blob", "sst", "log"], &mut all);
+        files_with_ext(&m.state, &["blob", "sst", "log", "chunks"], &mut all);
         m.fail(&format!(
             "no .blob/.sst files under STATE/db after 128 MiB written and an unmount: {all:?}"
         ));

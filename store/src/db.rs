@@ -2,7 +2,8 @@
 //!
 //! | column family | key | value |
 //! | --- | --- | --- |
-//! | `chunks` | chunk id | sealed chunk (blob files) |
+//! | `chunks` | chunk id | sealed chunk (blob files): small files' chunks, and every chunk of stores from before the chunk log |
+//! | `places` | chunk id | [`crate::chunklog::Location`]: where a chunk lies in the chunk log |
 //! | `refs` | chunk id | [`RefEntry`]: reference count + sealed length (+ the key it is sealed under, when not the first) (+ flags: not held here, held by a peer) |
 //! | `orphans` | chunk id | empty: the chunk's count reached 0, GC should look at it |
 //! | `records` | [`crate::record::path_key`] | postcard [`crate::FileRecord`] |
@@ -18,6 +19,7 @@ use crate::keys::{KeyId, FIRST_KEY};
 use crate::Result;
 
 pub(crate) const CHUNKS: &str = "chunks";
+pub(crate) const PLACES: &str = "places";
 pub(crate) const REFS: &str = "refs";
 pub(crate) const ORPHANS: &str = "orphans";
 pub(crate) const RECORDS: &str = "records";
@@ -92,7 +94,8 @@ impl RefEntry {
 }
 
 /// Opens (or creates) the database with memory bounded for a desktop daemon: the chunk
-/// memtables hold whole chunk values until they are flushed to blob files, so they are kept small.
+/// memtables hold whole chunk values (small files') until they are flushed to blob files, so
+/// they are kept small.
 pub(crate) fn open(dir: &Path) -> Result<DB> {
     let cache = Cache::new_lru_cache(4 << 20);
     let mut table = BlockBasedOptions::default();
@@ -123,6 +126,7 @@ pub(crate) fn open(dir: &Path) -> Result<DB> {
 
     let cfs = vec![
         ColumnFamilyDescriptor::new(CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(PLACES, small(2 << 20)),
         ColumnFamilyDescriptor::new(REFS, small(4 << 20)),
         ColumnFamilyDescriptor::new(ORPHANS, small(1 << 20)),
         ColumnFamilyDescriptor::new(RECORDS, small(4 << 20)),

@@ -18,6 +18,7 @@
 
 mod cache;
 pub mod chunker;
+mod chunklog;
 pub mod crypto;
 mod db;
 mod error;
@@ -43,6 +44,8 @@ pub use store::{
     ChunkWriter, CommitWatcher, Committed, EvictReport, FreshChunks, Locality, Pins, Stats, Store,
     StoreOptions, Versioning,
 };
+#[cfg(test)]
+mod chunklog_store_tests;
 #[cfg(test)]
 mod ondemand_tests;
 #[cfg(test)]

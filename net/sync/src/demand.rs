@@ -116,8 +116,7 @@ impl Demands {
 
     /// Whether reads wait for a peer that just left (see [`RECONNECT_GRACE`]).
     fn in_grace(&self, now: Instant) -> bool {
-        self.last_left
-            .is_some_and(|t| now < t + RECONNECT_GRACE)
+        self.last_left.is_some_and(|t| now < t + RECONNECT_GRACE)
     }
 
     /// A replication session with `peer` is open and can be asked.

@@ -10,7 +10,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use super::writer::NewChunk;
 use super::{lock, ChunkWriter, Committed, Stats, Store};
 use crate::crypto::SEAL_OVERHEAD;
-use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, META, ORPHANS, RECORDS, REFS};
+use crate::db::{RefEntry, CHUNKS, HISTORY, LOG, META, ORPHANS, PLACES, RECORDS, REFS};
 use crate::history::{self, Version};
 use crate::record::path_key;
 use crate::{ChunkId, FileRecord, Kind, Result, StoreError};
@@ -126,11 +126,18 @@ impl Store {
         let mut stats = st.stats;
         let mut seq = st.seq;
         if st.unlogged {
-            self.inner.db.flush_cf(self.cf(CHUNKS))?;
+            // The chunk log's bytes before the index entries that point at them.
+            self.inner.log.sync()?;
+            self.inner.db.flush_cf(self.cf(PLACES))?;
             st.unlogged = false;
         }
+        if sync {
+            // Earlier batches that were logged (fetched content) point into it too.
+            self.inner.log.sync()?;
+        }
         if let Some(w) = writer.as_deref() {
-            self.stage_chunks(&mut batch, &mut refs, &mut stats, &w.pending)?;
+            // The last part of a file, inline: it commits in this one logged batch.
+            self.stage_chunks(&mut batch, &mut refs, &mut stats, &w.pending, false)?;
         }
 
         let remote = restore
@@ -339,25 +346,33 @@ impl Store {
         }))
     }
 
-    /// Adds new chunks to `batch` unless the store already has them. Caller holds the write lock.
+    /// Adds new chunks to `batch` unless the store already has them: their bytes appended to
+    /// the chunk log (`to_log`) with their locations in the batch, or the bytes themselves in
+    /// the batch. Caller holds the write lock (appends and index entries then land in the
+    /// same order, which compaction relies on).
     /// Returns true when some chunk was referenced already (the bytes of content held
-    /// elsewhere arrived): such a batch must be logged, as a record's commit is.
+    /// elsewhere arrived): such a batch must be logged, as a record's commit is, and its bytes
+    /// go in the batch whatever `to_log` says (a logged index entry must not point at log
+    /// bytes that a crash of the machine could lose).
     pub(super) fn stage_chunks(
         &self,
         batch: &mut WriteBatch,
         refs: &mut HashMap<ChunkId, RefEntry>,
         stats: &mut Stats,
         chunks: &[NewChunk],
+        to_log: bool,
     ) -> Result<bool> {
         let mut referenced = false;
-        for NewChunk {
-            id,
-            data,
-            sealed,
-            key,
-            from_peer,
-        } in chunks
-        {
+        // (chunk, its new entry, whether the store knew it at all)
+        let mut staged: Vec<(&NewChunk, RefEntry, bool)> = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let NewChunk {
+                id,
+                data,
+                sealed,
+                key,
+                from_peer,
+            } = c;
             debug_assert!(*sealed, "chunks are sealed before the write lock is taken");
             let (id, sealed) = (*id, data);
             let known = match refs.get(&id) {
@@ -375,27 +390,41 @@ impl Store {
                     e.key = *key;
                     e
                 }
-                None => {
-                    // Unreferenced until a record commits: if we crash before that, GC finds it.
-                    batch.put_cf(self.cf(ORPHANS), id.0, []);
-                    RefEntry {
-                        count: 0,
-                        sealed_len: sealed.len() as u32,
-                        key: *key,
-                        flags: 0,
-                    }
-                }
+                None => RefEntry {
+                    count: 0,
+                    sealed_len: sealed.len() as u32,
+                    key: *key,
+                    flags: 0,
+                },
             };
             let entry = RefEntry {
                 flags: entry.flags | if *from_peer { RefEntry::ELSEWHERE } else { 0 },
                 ..entry
             };
-            stats.chunks += 1;
-            stats.stored_bytes += sealed.len() as u64;
-            batch.put_cf(self.cf(CHUNKS), id.0, sealed);
-            batch.put_cf(self.cf(REFS), id.0, entry.encode());
+            // In `refs` now, so a second copy of it in this batch is skipped above.
             refs.insert(id, entry);
-            self.residency_added(&id, entry.sealed_len);
+            staged.push((c, entry, known.is_none()));
+        }
+        let locations = match to_log && !referenced && !staged.is_empty() {
+            true => {
+                let bytes: Vec<&[u8]> = staged.iter().map(|(c, ..)| c.data.as_slice()).collect();
+                Some(self.inner.log.append(&bytes)?)
+            }
+            false => None,
+        };
+        for (i, (c, entry, new)) in staged.into_iter().enumerate() {
+            if new {
+                // Unreferenced until a record commits: if we crash before that, GC finds it.
+                batch.put_cf(self.cf(ORPHANS), c.id.0, []);
+            }
+            stats.chunks += 1;
+            stats.stored_bytes += c.data.len() as u64;
+            match locations.as_ref().and_then(|l| l.get(i)) {
+                Some(loc) => batch.put_cf(self.cf(PLACES), c.id.0, loc.encode()),
+                None => batch.put_cf(self.cf(CHUNKS), c.id.0, &c.data),
+            }
+            batch.put_cf(self.cf(REFS), c.id.0, entry.encode());
+            self.residency_added(&c.id, entry.sealed_len);
         }
         Ok(referenced)
     }
@@ -492,25 +521,28 @@ impl Store {
         for c in chunks.iter_mut() {
             c.seal(&self.inner.keys)?;
         }
-        // Sized up front: growing a 1 MiB batch by doubling copied it several times over.
-        let bytes: usize = chunks.iter().map(|c| c.data.len() + 3 * 64).sum();
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         self.ensure_room(bytes as u64)?;
         let mut st = lock(&self.inner.write);
-        let mut batch = WriteBatch::with_capacity_bytes(bytes + 256);
+        // Locations and refs entries: about 120 bytes a chunk (fetched content, written
+        // inline, grows it).
+        let mut batch = WriteBatch::with_capacity_bytes(chunks.len() * 128 + 256);
         let mut stats = st.stats;
-        let referenced = self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks)?;
+        let referenced =
+            self.stage_chunks(&mut batch, &mut HashMap::new(), &mut stats, chunks, true)?;
         batch.put_cf(
             self.cf(META),
             b"stats",
             postcard::to_allocvec(&stats).unwrap_or_default(),
         );
-        // Bulk chunk data skips the write-ahead log: with blob files, the WAL would write every
-        // byte a second time (it was a third of the time of a 1 GiB write). Nothing references
-        // these chunks yet, so losing them in a crash loses nothing committed; and every commit
-        // flushes them to their blob files first (below), so no committed record ever points at
-        // a chunk that only the lost memtable held.
+        // The batch's bytes went to the chunk log; their index entries skip the write-ahead
+        // log. Nothing references these chunks yet, so losing them in a crash loses nothing
+        // committed; and every commit syncs the chunk log and flushes these entries first (see
+        // `commit_inner`), so no committed record ever points at a chunk that only the lost
+        // memtable knew.
         // Except bytes that records here already reference (an on-demand device's fetched
-        // content): losing those would leave a record pointing at nothing, so they are logged.
+        // content): losing those would leave a record pointing at nothing, so they are written
+        // inline and logged.
         let mut opts = WriteOptions::default();
         opts.disable_wal(!referenced);
         self.inner.db.write_opt(batch, &opts)?;

@@ -15,7 +15,7 @@ use rocksdb::{IteratorMode, WriteBatch};
 use serde::Serialize;
 
 use super::{lock, Store};
-use crate::db::{RefEntry, CHUNKS, META, REFS};
+use crate::db::{RefEntry, CHUNKS, META, PLACES, REFS};
 use crate::{ChunkId, FileRecord, Kind, Result};
 
 /// Candidates looked at per eviction pass: bounds how long a pass holds the write lock.
@@ -267,6 +267,7 @@ impl Store {
                 } else {
                     e.flags |= RefEntry::ABSENT;
                     batch.delete_cf(self.cf(CHUNKS), id.0);
+                    batch.delete_cf(self.cf(PLACES), id.0);
                     batch.put_cf(self.cf(REFS), id.0, e.encode());
                     stats.chunks = stats.chunks.saturating_sub(1);
                     stats.stored_bytes = stats.stored_bytes.saturating_sub(u64::from(e.sealed_len));

@@ -25,6 +25,7 @@ use crate::record::ShortId;
 use crate::{ChunkId, Crypto, FolderKey, Result, StoreError};
 
 mod commit;
+mod compact;
 mod evict;
 mod pins;
 mod read;
@@ -39,6 +40,9 @@ pub use pins::Pins;
 pub(crate) use read::decode_record;
 pub use stats::Stats;
 pub use writer::ChunkWriter;
+
+/// The chunk log's directory inside the store's (RocksDB ignores a directory it did not make).
+const LOG_DIR: &str = "chunks";
 
 /// Tuning knobs of a store.
 #[derive(Clone, Debug)]
@@ -81,6 +85,10 @@ struct WriteState {
 
 pub(crate) struct Inner {
     pub(crate) db: DB,
+    /// Where large writes' chunks live (see [`crate::chunklog`]).
+    pub(crate) log: crate::chunklog::ChunkLog,
+    /// One compaction of the chunk log at a time.
+    pub(crate) compacting: Mutex<()>,
     pub(crate) keys: Keys,
     device: ShortId,
     folder_id: [u8; 16],
@@ -200,9 +208,12 @@ impl Store {
             })?,
             None => Stats::default(),
         };
+        let log = crate::chunklog::ChunkLog::open(&dir.join(LOG_DIR))?;
         let store = Store {
             inner: Arc::new(Inner {
                 db,
+                log,
+                compacting: Mutex::new(()),
                 keys: Keys::new(crypto),
                 device,
                 folder_id,
@@ -346,8 +357,10 @@ impl Store {
             .expect("all column families are created at open")
     }
 
-    /// Makes everything written so far durable (fsync of the write-ahead log).
+    /// Makes everything written so far durable (fsync of the chunk log, then of the
+    /// write-ahead log that may point into it).
     pub fn sync(&self) -> Result<()> {
+        self.inner.log.sync()?;
         Ok(self.inner.db.flush_wal(true)?)
     }
 
@@ -355,8 +368,10 @@ impl Store {
     /// closing the database (threads still hold handles), and what was written without the
     /// log (chunk batches) must not depend on it.
     pub fn flush_to_disk(&self) -> Result<()> {
+        self.inner.log.sync()?;
         for name in [
             crate::db::CHUNKS,
+            crate::db::PLACES,
             crate::db::REFS,
             crate::db::ORPHANS,
             crate::db::RECORDS,

@@ -6,12 +6,31 @@ use std::sync::Arc;
 use rocksdb::{Direction, IteratorMode};
 
 use super::{lock, Store};
-use crate::db::{RefEntry, CHUNKS, LOG, RECORDS, REFS};
+use crate::chunklog::Location;
+use crate::db::{RefEntry, CHUNKS, LOG, PLACES, RECORDS, REFS};
 use crate::record::{children_prefix, path_key, peek_live_dir};
 use crate::{ChunkId, FileRecord, Result, StoreError};
 
 /// A raw RocksDB key and value.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// A chunk's sealed bytes: in the index itself (small files, stores from before the chunk
+/// log) or read from the chunk log.
+pub(crate) enum Sealed<'a> {
+    Inline(rocksdb::DBPinnableSlice<'a>),
+    Logged(Vec<u8>),
+}
+
+impl std::ops::Deref for Sealed<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Sealed::Inline(s) => s,
+            Sealed::Logged(v) => v,
+        }
+    }
+}
 
 impl Store {
     /// The record at `path`, tombstones included.
@@ -171,16 +190,46 @@ impl Store {
         Ok(sealed.map(|s| crate::keys::envelope(key, &s)))
     }
 
-    /// The sealed bytes of chunk `id` as stored, without RocksDB's CRC of the blob: whoever
-    /// reads them authenticates them (the GCM tag here, the tag and the hash at a peer), which
-    /// catches all the CRC would, so checking both cost 3 % of a read's CPU for nothing.
-    fn get_sealed(&self, id: &ChunkId) -> Result<Option<rocksdb::DBPinnableSlice<'_>>> {
+    /// The sealed bytes of chunk `id` as stored, from the chunk log or inline, without RocksDB's
+    /// CRC of a blob: whoever reads them authenticates them (the GCM tag here, the tag and the
+    /// hash at a peer), which catches all the CRC would, so checking both cost 3 % of a read's
+    /// CPU for nothing.
+    pub(crate) fn get_sealed(&self, id: &ChunkId) -> Result<Option<Sealed<'_>>> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_verify_checksums(false);
-        Ok(self
-            .inner
-            .db
-            .get_pinned_cf_opt(self.cf(CHUNKS), id.0, &opts)?)
+        // Compaction may move the chunk and delete its file between the lookup and the read:
+        // then the index names the new place.
+        for _ in 0..3 {
+            let Some(place) = self.inner.db.get_pinned_cf(self.cf(PLACES), id.0)? else {
+                let inline = self
+                    .inner
+                    .db
+                    .get_pinned_cf_opt(self.cf(CHUNKS), id.0, &opts)?;
+                return Ok(inline.map(Sealed::Inline));
+            };
+            let loc = Location::decode(&place).ok_or(StoreError::CorruptChunk(
+                *id,
+                "its place in the chunk log is malformed",
+            ))?;
+            match self.read_logged(id, &loc) {
+                Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => return other.map(|b| Some(Sealed::Logged(b))),
+            }
+        }
+        Err(StoreError::CorruptChunk(
+            *id,
+            "the chunk log file that holds it is missing",
+        ))
+    }
+
+    /// The bytes at `loc` in the chunk log; a file cut short is damage to chunk `id`.
+    pub(crate) fn read_logged(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        self.inner.log.read(loc).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                StoreError::CorruptChunk(*id, "the chunk log file that holds it is cut short")
+            }
+            _ => StoreError::Io(e),
+        })
     }
 
     /// The whole content of the live file at `path` (`None` if there is none), in memory: for

@@ -84,8 +84,16 @@ fn a_read_while_a_connection_is_replaced_waits_for_the_new_one() {
     assert_eq!(d.next_for(1, 1), vec![id(1)]);
     d.disconnected(1, t0);
     d.want(id(2), true, t1);
-    assert_eq!(d.outcome(&id(1)), Some(&Outcome::Pending), "asked, in flight");
-    assert_eq!(d.outcome(&id(2)), Some(&Outcome::Pending), "asked in the gap");
+    assert_eq!(
+        d.outcome(&id(1)),
+        Some(&Outcome::Pending),
+        "asked, in flight"
+    );
+    assert_eq!(
+        d.outcome(&id(2)),
+        Some(&Outcome::Pending),
+        "asked in the gap"
+    );
     assert_eq!(d.handle_timeout(t1), Some(t0 + RECONNECT_GRACE));
     d.connected(1);
     let mut asked = d.next_for(1, 5);
