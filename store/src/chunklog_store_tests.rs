@@ -2,31 +2,14 @@
 
 use std::path::Path;
 
-use rand::{RngCore, SeedableRng};
-
 use crate::db::{CHUNKS, PLACES};
+use crate::tests::{delete, forget_history, random};
 use crate::*;
 
 const MIB: usize = 1 << 20;
 
 fn open(dir: &Path) -> Store {
-    Store::open(
-        dir,
-        &FolderKey::from_bytes([2; 32]),
-        StoreOptions {
-            cache_bytes: 1 << 20,
-            device: Some(0xbeef),
-            folder_id: None,
-            cache_budget: None,
-        },
-    )
-    .unwrap()
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
+    crate::tests::open_at(dir)
 }
 
 /// The chunk log's files: (number, size).
@@ -36,22 +19,6 @@ fn log_files(store: &Store) -> Vec<(u32, u64)> {
 
 fn log_bytes(store: &Store) -> u64 {
     log_files(store).iter().map(|(_, s)| s).sum()
-}
-
-fn delete(store: &Store, path: &str) {
-    let mut r = store.get(path).unwrap().unwrap();
-    r.deleted = true;
-    store.commit(vec![r], None, false).unwrap();
-}
-
-/// Lets every old version go, so GC frees what the live files do not use.
-fn forget_history(store: &Store) {
-    let later = crate::history::now_ns() + 2 * 3_600_000_000_000;
-    let none = crate::history::Retention {
-        max_age: std::time::Duration::ZERO,
-        max_bytes: None,
-    };
-    store.apply_retention(&none, later).unwrap();
 }
 
 #[test]

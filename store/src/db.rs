@@ -116,8 +116,9 @@ pub(crate) fn open(dir: &Path) -> Result<DB> {
     // Chunks are tens of KiB: integrated blob files keep them out of LSM compaction, which would
     // otherwise rewrite every chunk several times. Blob GC stays off in normal operation: with it
     // on, every background compaction relocated the live blobs of the oldest files, and that
-    // rewriting took 70 % of the daemon's CPU during a 1 GiB write. `Store::gc` turns it on for
-    // one manual compaction after it has deleted chunks.
+    // rewriting took 70 % of the daemon's CPU during a 1 GiB write. A blob file goes once all of
+    // its chunks are deleted. Large writes' chunks do not come here at all (the chunk log,
+    // `crate::chunklog`, which compacts itself).
     chunks.set_enable_blob_files(true);
     chunks.set_min_blob_size(4096);
     chunks.set_blob_file_size(128 << 20);

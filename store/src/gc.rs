@@ -149,61 +149,43 @@ impl Store {
         let snap = db.snapshot();
         let mut report = VerifyReport::default();
         let mut stored: HashMap<ChunkId, u64> = HashMap::new();
-        for item in snap.iterator_cf(self.cf(CHUNKS), IteratorMode::Start) {
-            let (key, sealed) = match item {
-                Ok(kv) => kv,
-                // RocksDB's own checksums caught damage (e.g. a blob file): report, don't abort.
-                Err(e) => {
+        // Inline chunks, then the chunk log's (read through the index as it is now: compaction
+        // may have moved one since the snapshot; one deleted since then is not checked).
+        for (cf, what) in [
+            (CHUNKS, "the chunk store"),
+            (PLACES, "the chunk log's index"),
+        ] {
+            for item in snap.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (key, value) = match item {
+                    Ok(kv) => kv,
+                    // RocksDB's own checksums caught damage (e.g. a blob file): report, go on.
+                    Err(e) => {
+                        report.problems.push(format!("{what} is damaged: {e}"));
+                        break;
+                    }
+                };
+                report.chunks_checked += 1;
+                tick(&report);
+                let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
                     report
                         .problems
-                        .push(format!("the chunk store is damaged: {e}"));
-                    break;
+                        .push(format!("chunk key of {} bytes is malformed", key.len()));
+                    continue;
+                };
+                let id = ChunkId(raw);
+                let checked = match cf {
+                    CHUNKS => self.check_sealed(&id, &value),
+                    _ => match self.get_sealed(&id) {
+                        Ok(Some(sealed)) => self.check_sealed(&id, &sealed),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = checked {
+                    report.problems.push(e.to_string());
                 }
-            };
-            report.chunks_checked += 1;
-            tick(&report);
-            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
-                report
-                    .problems
-                    .push(format!("chunk key of {} bytes is malformed", key.len()));
-                continue;
-            };
-            let id = ChunkId(raw);
-            if let Err(e) = self.check_sealed(&id, &sealed) {
-                report.problems.push(e.to_string());
+                stored.insert(id, 0);
             }
-            stored.insert(id, 0);
-        }
-        // Chunks in the chunk log: read through the index as it is now (compaction may have
-        // moved one since the snapshot; a chunk deleted since then is not checked).
-        for item in snap.iterator_cf(self.cf(PLACES), IteratorMode::Start) {
-            let (key, _) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    report
-                        .problems
-                        .push(format!("the chunk log's index is damaged: {e}"));
-                    break;
-                }
-            };
-            report.chunks_checked += 1;
-            tick(&report);
-            let Ok(raw) = <[u8; 32]>::try_from(&key[..]) else {
-                report
-                    .problems
-                    .push(format!("chunk key of {} bytes is malformed", key.len()));
-                continue;
-            };
-            let id = ChunkId(raw);
-            let checked = match self.get_sealed(&id) {
-                Ok(Some(sealed)) => self.check_sealed(&id, &sealed),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = checked {
-                report.problems.push(e.to_string());
-            }
-            stored.insert(id, 0);
         }
         // Content an on-demand device references but holds elsewhere is not missing.
         for (key, value) in snap

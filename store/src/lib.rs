@@ -1,8 +1,10 @@
 //! fybrk's storage: content-defined chunks, encrypted and stored once, and the folder index.
 //!
-//! This crate owns everything fybrk keeps on disk for one folder, in one RocksDB database:
+//! This crate owns everything fybrk keeps on disk for one folder, in one RocksDB database and
+//! the chunk log beside it:
 //!
 //! - [`chunker`]: FastCDC cut points (16 / 64 / 256 KiB).
+//! - `chunklog`: the files large writes' sealed chunks are appended to, beside the database.
 //! - [`crypto`]: the folder key, keyed-BLAKE3 chunk ids and AES-256-GCM sealing.
 //! - [`keyfile`]: `folder.key`, the folder's id and every key it has had.
 //! - [`keys`]: the folder's keys over time (one more per removed member) and chunk envelopes.

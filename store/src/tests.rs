@@ -9,8 +9,12 @@ use crate::db::CHUNKS;
 use crate::*;
 
 fn open(dir: &tempfile::TempDir) -> Store {
+    open_at(dir.path())
+}
+
+pub(crate) fn open_at(dir: &std::path::Path) -> Store {
     Store::open(
-        dir.path(),
+        dir,
         &FolderKey::from_bytes([1; 32]),
         StoreOptions {
             cache_bytes: 1 << 20,
@@ -22,7 +26,7 @@ fn open(dir: &tempfile::TempDir) -> Store {
     .unwrap()
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
     v
@@ -39,7 +43,7 @@ fn read_file(store: &Store, path: &str) -> Vec<u8> {
 
 /// Lets every version but the newest of each path go, as retention would two hours from now
 /// with a zero maximum age: what is left is what GC may not free.
-fn forget_history(store: &Store) {
+pub(crate) fn forget_history(store: &Store) {
     let later = crate::history::now_ns() + 2 * 3_600_000_000_000;
     let none = crate::history::Retention {
         max_age: std::time::Duration::ZERO,
@@ -48,7 +52,7 @@ fn forget_history(store: &Store) {
     store.apply_retention(&none, later).unwrap();
 }
 
-fn delete(store: &Store, path: &str) {
+pub(crate) fn delete(store: &Store, path: &str) {
     let mut r = store.get(path).unwrap().unwrap();
     r.deleted = true;
     store.commit(vec![r], None, false).unwrap();

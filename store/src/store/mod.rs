@@ -7,6 +7,7 @@
 //! - `commit`: the one write path: records, new chunks, reference counts and change-log entries
 //!   in one RocksDB batch, and how versions are assigned ([`Versioning`]).
 //! - `writer`: the [`ChunkWriter`] that streams new chunks in bounded batches.
+//! - `compact`: gives the chunk log's dead bytes back.
 //! - `pins`: chunks garbage collection must not free yet ([`Pins`]).
 //! - `stats`: the totals kept up to date by every commit ([`Stats`]).
 //!
