@@ -203,13 +203,9 @@ impl ChunkLog {
         Ok(buf)
     }
 
+    /// An open file to read `number` from; the active one too is opened again for reading, so
+    /// reads never wait for an append in flight.
     fn reader(&self, number: u32) -> io::Result<Arc<File>> {
-        {
-            let a = lock(&self.active);
-            if a.number == number {
-                return Ok(a.file.clone());
-            }
-        }
         let mut readers = lock(&self.readers);
         if let Some(f) = readers.get(&number) {
             return Ok(f.clone());

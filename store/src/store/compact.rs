@@ -14,7 +14,7 @@
 //! - A reader that looked up the old place and finds the file gone looks up again
 //!   (`Store::get_sealed`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
@@ -43,55 +43,52 @@ impl Store {
     pub(crate) fn compact_log(&self) -> Result<LogCompaction> {
         let _one = lock(&self.inner.compacting);
         let mut report = LogCompaction::default();
-        let mut rolled = false;
-        loop {
-            let (active, live) = self.live_log_bytes()?;
-            let files = self.inner.log.files()?;
-            // The active file, mostly dead, is sealed so the next pass can reclaim it (it is
-            // not touched in this one: appends may have landed after the snapshot).
-            let active_dead = files.iter().any(|&(n, size)| {
-                n == active
-                    && size >= FILE_BYTES / 4
-                    && live.get(&n).copied().unwrap_or(0) * 2 < size
-            });
-            if active_dead && !rolled {
-                self.inner.log.roll_now()?;
-                rolled = true;
-                continue;
+        let (mut active, mut live) = self.live_log_bytes()?;
+        let mut files = self.inner.log.files()?;
+        // The active file, mostly dead, is sealed and everything looked at again, so it can be
+        // reclaimed like any sealed file (appends may have landed after the first snapshot).
+        let live_of = |live: &HashMap<u32, u64>, n: u32| live.get(&n).copied().unwrap_or(0);
+        if files
+            .iter()
+            .any(|&(n, size)| n == active && size >= FILE_BYTES / 4 && live_of(&live, n) * 2 < size)
+        {
+            self.inner.log.roll_now()?;
+            (active, live) = self.live_log_bytes()?;
+            files = self.inner.log.files()?;
+        }
+        let mut rewrite = Vec::new();
+        for (n, size) in files.into_iter().filter(|&(n, _)| n < active) {
+            let live = live_of(&live, n);
+            if live == 0 {
+                self.inner.log.remove(n)?;
+                report.files_removed += 1;
+                report.bytes_removed += size;
+            } else if live * 2 < size {
+                rewrite.push((n, size));
             }
-            let mut rewrite = Vec::new();
-            for (n, size) in files.into_iter().filter(|&(n, _)| n < active) {
-                let live = live.get(&n).copied().unwrap_or(0);
-                if live == 0 {
+        }
+        let mut chunks = self.chunks_in(rewrite.iter().map(|&(n, _)| n).collect())?;
+        for (n, size) in rewrite {
+            match self.move_chunks(chunks.remove(&n).unwrap_or_default()) {
+                Ok(moved) => {
+                    report.bytes_moved += moved;
                     self.inner.log.remove(n)?;
                     report.files_removed += 1;
                     report.bytes_removed += size;
-                } else if live * 2 < size {
-                    rewrite.push((n, size));
                 }
+                // A damaged chunk cannot be copied (verify names it); the file stays, the
+                // others are still compacted.
+                Err(e) => tracing::warn!(
+                    file = n,
+                    error = %e,
+                    "cannot move the live chunks out of a chunk log file; it stays"
+                ),
             }
-            for (n, size) in rewrite {
-                match self.move_out_of(n) {
-                    Ok(moved) => {
-                        report.bytes_moved += moved;
-                        self.inner.log.remove(n)?;
-                        report.files_removed += 1;
-                        report.bytes_removed += size;
-                    }
-                    // A damaged chunk cannot be copied (verify names it); the file stays,
-                    // the others are still compacted.
-                    Err(e) => tracing::warn!(
-                        file = n,
-                        error = %e,
-                        "cannot move the live chunks out of a chunk log file; it stays"
-                    ),
-                }
-            }
-            if report != LogCompaction::default() {
-                tracing::debug!(?report, "compacted the chunk log");
-            }
-            return Ok(report);
         }
+        if report != LogCompaction::default() {
+            tracing::debug!(?report, "compacted the chunk log");
+        }
+        Ok(report)
     }
 
     /// The active file's number and the live bytes of every log file, from one snapshot
@@ -111,10 +108,13 @@ impl Store {
         Ok((active, live))
     }
 
-    /// Copies the live chunks of sealed log file `file` to the active one and points the
-    /// index at the copies; returns the bytes copied. Afterwards nothing points into `file`.
-    fn move_out_of(&self, file: u32) -> Result<u64> {
-        let mut chunks: Vec<(ChunkId, Location)> = Vec::new();
+    /// The chunks that lie in each of the sealed log `files`, in file order (one pass over
+    /// the index for all of them).
+    fn chunks_in(&self, files: HashSet<u32>) -> Result<HashMap<u32, Vec<(ChunkId, Location)>>> {
+        let mut out: HashMap<u32, Vec<(ChunkId, Location)>> = HashMap::new();
+        if files.is_empty() {
+            return Ok(out);
+        }
         let snap = self.inner.db.snapshot();
         for item in snap.iterator_cf(self.cf(PLACES), IteratorMode::Start) {
             let (key, value) = item?;
@@ -122,28 +122,39 @@ impl Store {
             else {
                 continue;
             };
-            if loc.file == file {
-                chunks.push((ChunkId(raw), loc));
+            if files.contains(&loc.file) {
+                out.entry(loc.file).or_default().push((ChunkId(raw), loc));
             }
         }
-        drop(snap);
-        chunks.sort_by_key(|(_, l)| l.offset);
+        for chunks in out.values_mut() {
+            chunks.sort_by_key(|(_, l)| l.offset);
+        }
+        Ok(out)
+    }
+
+    /// Copies `chunks` (all of one sealed file) to the active file in steps of
+    /// [`MOVE_STEP`] and points the index at the copies; returns the bytes copied.
+    /// Afterwards nothing points into their file.
+    fn move_chunks(&self, chunks: Vec<(ChunkId, Location)>) -> Result<u64> {
         let mut moved = 0;
-        let mut step = 0;
-        while step < chunks.len() {
-            let mut end = step;
-            let mut bytes = 0;
-            while end < chunks.len() && (end == step || bytes < MOVE_STEP) {
-                bytes += u64::from(chunks[end].1.len);
-                end += 1;
+        let mut step = Vec::new();
+        let mut bytes = 0;
+        for c in chunks {
+            bytes += u64::from(c.1.len);
+            step.push(c);
+            if bytes >= MOVE_STEP {
+                moved += self.move_step(&step)?;
+                step.clear();
+                bytes = 0;
             }
-            moved += self.move_step(&chunks[step..end])?;
-            step = end;
+        }
+        if !step.is_empty() {
+            moved += self.move_step(&step)?;
         }
         Ok(moved)
     }
 
-    /// Moves one step of chunks (see [`Store::move_out_of`]).
+    /// Moves one step of chunks (see the module doc).
     fn move_step(&self, chunks: &[(ChunkId, Location)]) -> Result<u64> {
         let mut copies = Vec::with_capacity(chunks.len());
         for (id, loc) in chunks {
