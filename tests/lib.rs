@@ -432,10 +432,13 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// A `fybrk --state STATE ARGS...` command, not yet run.
+    /// A `fybrk --state STATE ARGS...` command, not yet run. These mounts live in the host's
+    /// own network namespace, so discovery that leaves the machine is off: no DHT (a paired
+    /// pair would ask the public bootstrap nodes) and no LAN announcements.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(checked_bin());
         c.arg("--state").arg(&self.state).args(args);
+        c.env("FYBRK_NO_DHT", "1").env("FYBRK_NO_LAN_DISCOVERY", "1");
         c
     }
 

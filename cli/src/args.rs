@@ -61,8 +61,8 @@ pub struct NetArgs {
     #[arg(long, value_name = "URL", env = "FYBRK_TURN", hide_env_values = true)]
     pub turn: Option<String>,
     /// Do not announce this device on the LAN nor listen for paired devices' announcements
-    /// (also the config file's `lan_discovery = false`).
-    #[arg(long)]
+    /// (also FYBRK_NO_LAN_DISCOVERY=1, or the config file's `lan_discovery = false`).
+    #[arg(long, env = "FYBRK_NO_LAN_DISCOVERY", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_lan_discovery: bool,
     /// UDP port of LAN discovery (also the config file's `lan_discovery_port`). Default 22102;
     /// every device of a LAN must use the same.

@@ -61,6 +61,60 @@ impl Seg {
         }
         result
     }
+
+    /// Appends `data` and cuts every chunk that is decided, like pushing it onto `tail` and
+    /// [`Seg::drain`] but without copying all of it: only the chunks that start in the undecided
+    /// tail are cut from a joined copy (at most a chunk's worth of `data` each); from the first
+    /// chunk that starts in `data` on, chunks are cut from `data` itself, and only what is left
+    /// undecided at its end is kept. (Copying every write into `tail` first was a full extra
+    /// pass over a sequential write.) On an error, everything not cut is in `tail`, as with
+    /// `drain`.
+    fn push(&mut self, writer: &mut ChunkWriter, data: &[u8]) -> FsResult<()> {
+        let max = MAX_CHUNK as usize;
+        // Bytes of `data` cut into chunks so far.
+        let mut used = 0;
+        while !self.tail.is_empty() {
+            let old = self.tail.len();
+            let take = max.saturating_sub(old).min(data.len() - used);
+            self.tail.extend_from_slice(&data[used..used + take]);
+            let Some(n) = chunker::first_cut(&self.tail, false) else {
+                // Fewer than a chunk's worth in all: undecided, and all of it is in `tail`.
+                return Ok(());
+            };
+            match writer.add(&self.tail[..n]) {
+                Ok(chunk) => self.chunks.push(chunk),
+                Err(e) => {
+                    self.tail.extend_from_slice(&data[used + take..]);
+                    return Err(e.into());
+                }
+            }
+            self.len += n as u64;
+            if n >= old {
+                // The next chunk starts in `data`: the copied bytes after the cut are dropped
+                // (they are still in `data`).
+                used += n - old;
+                self.tail.clear();
+            } else {
+                // The next chunk still starts in the old tail: undo the copy and go again.
+                self.tail.truncate(old);
+                self.tail.drain(..n);
+            }
+        }
+        let mut pos = used;
+        while let Some(n) = chunker::first_cut(&data[pos..], false) {
+            match writer.add(&data[pos..pos + n]) {
+                Ok(chunk) => self.chunks.push(chunk),
+                Err(e) => {
+                    self.tail.extend_from_slice(&data[pos..]);
+                    return Err(e.into());
+                }
+            }
+            self.len += n as u64;
+            pos += n;
+        }
+        self.tail.extend_from_slice(&data[pos..]);
+        Ok(())
+    }
 }
 
 /// A stream's content as a base to read from: the chunk list, its length, and the undecided
@@ -122,9 +176,8 @@ impl Stream {
             active,
         } = self;
         let seg = segs.entry(start).or_default();
-        seg.tail.extend_from_slice(data);
         *active = Some(start);
-        seg.drain(writer, false)?;
+        seg.push(writer, data)?;
         Ok(true)
     }
 
@@ -192,4 +245,45 @@ fn zeros(writer: &mut ChunkWriter, out: &mut Vec<ChunkRef>, len: u64) -> FsResul
         left -= n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fybrk_store::{FolderKey, Store, StoreOptions};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Appends of any sizes cut exactly where one pass over the whole content cuts (the
+        /// chunk ids, and with them deduplication, do not depend on how the file was written),
+        /// whether a write lands in the undecided tail, spans several chunks or both.
+        #[test]
+        fn appends_cut_like_one_pass(
+            seed in any::<u64>(),
+            sizes in proptest::collection::vec(prop_oneof![1usize..600, 1usize..70_000, 200_000usize..1_100_000], 1..12),
+            low_entropy in any::<bool>(),
+        ) {
+            let total: usize = sizes.iter().sum();
+            let mut x = seed | 1;
+            let data: Vec<u8> = (0..total)
+                .map(|i| {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    // Runs of one byte find no cut point: forced cuts at MAX_CHUNK.
+                    if low_entropy && (i / 300_000) % 2 == 1 { 7 } else { x as u8 }
+                })
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("db"), &FolderKey::from_bytes([9; 32]), StoreOptions::default()).unwrap();
+            let mut stream = Stream::new(store.writer());
+            let mut at = 0;
+            for n in sizes {
+                prop_assert!(stream.write(at as u64, &data[at..at + n]).unwrap());
+                at += n;
+            }
+            let got: Vec<u32> = stream.chunks(total as u64).unwrap().iter().map(|c| c.len).collect();
+            let want: Vec<u32> = chunker::chunks(&data[..]).map(|c| c.unwrap().length as u32).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 }

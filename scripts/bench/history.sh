@@ -11,6 +11,8 @@
 #   scripts/bench/history.sh            (needs root and /dev/fuse; builds nothing: set FYBRK_BIN
 #                                        or run `cargo build --release -p fybrk` first)
 set -euo pipefail
+# Daemons stay on this machine: no DHT, no LAN announcements.
+export FYBRK_NO_DHT=1 FYBRK_NO_LAN_DISCOVERY=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${FYBRK_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fybrk}
 [[ -x $BIN ]] || { echo "no fybrk binary at $BIN: cargo build --release -p fybrk" >&2; exit 1; }

@@ -15,6 +15,8 @@
 # leaves the machine. Needs root and /dev/fuse; builds nothing (set FYBRK_BIN or run
 # `cargo build --release -p fybrk` first). Check `uptime` first: a busy machine measures itself.
 set -euo pipefail
+# Daemons stay on this machine: no DHT, no LAN announcements.
+export FYBRK_NO_DHT=1 FYBRK_NO_LAN_DISCOVERY=1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${FYBRK_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/fybrk}
 SIZE_MIB=1024

@@ -147,6 +147,17 @@ def proc_kib(pid, field):
     return None
 
 
+def cpu_s(pid):
+    """CPU seconds (user + system, all threads) the process has used so far, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces: split after its closing parenthesis.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
 def nft_counter(table, name):
     out = subprocess.run(["nft", "-j", "list", "counter", "inet", table, name],
                          check=True, capture_output=True, text=True).stdout
@@ -461,6 +472,9 @@ def measure(a):
     digests, whole = a.large_digests
     big_a, big_b = os.path.join(a.dir_a, f"large-{token}.bin"), os.path.join(a.dir_b, f"large-{token}.bin")
     size = a.size_mib * MIB
+    # CPU seconds each daemon spends on the large file: with both on this machine's cores, their
+    # sum against cores x elapsed says whether the transfer is bound by CPU.
+    cpu0 = {side: cpu_s(pid) for side, pid in (("a", a.pid_a), ("b", a.pid_b))}
     t0 = time.perf_counter()
     dd = subprocess.Popen(["dd", f"if={a.large}", f"of={big_a}", "bs=1M", "status=none"])
     dd_done = []
@@ -473,6 +487,12 @@ def measure(a):
         res["large_total_s"] = t1 - t0
         res["large_mibs"] = a.size_mib / (t1 - t0)
         log(f"verified on B after {t1 - t0:.2f} s: {res['large_mibs']:.1f} MiB/s")
+        for side, pid in (("a", a.pid_a), ("b", a.pid_b)):
+            c1 = cpu_s(pid)
+            res[f"large_cpu_{side}_s"] = None if c1 is None or cpu0[side] is None else c1 - cpu0[side]
+        if res["large_cpu_a_s"] is not None and res["large_cpu_b_s"] is not None:
+            log(f"daemon CPU over the large file: A {res['large_cpu_a_s']:.2f} s, "
+                f"B {res['large_cpu_b_s']:.2f} s ({os.cpu_count()} cores x {t1 - t0:.2f} s elapsed)")
         if file_sha256(big_b) != whole:
             res["errors"].append("large: whole-file sha256 on B differs after chunk verification")
     except Timeout as e:
@@ -590,6 +610,10 @@ def report(a):
         # Replication while writing: what is left after A's last write (the record, the tail,
         # and B's read of the whole file to verify it).
         ("  verified on B, after the write ended", "s", tail_s, "-", None),
+        ("  CPU time of daemon A (user + system) meanwhile", "s",
+         lambda r: get(r, "large_cpu_a_s"), "-", None),
+        ("  CPU time of daemon B (user + system) meanwhile", "s",
+         lambda r: get(r, "large_cpu_b_s"), "-", None),
         (f"1 MiB insert into {base_mib} MiB: wire bytes A<->B", "MiB",
          lambda r: get(r, "insert_total", inv), "<= 4 MiB", lambda v: v <= 4),
         ("  of which A->B (nft, IP bytes on lo)", "MiB", lambda r: get(r, "insert_a2b", inv), "-", None),

@@ -38,9 +38,11 @@ const READ_BUF: usize = 64 << 10;
 /// Answers waiting to be written (encoded, or chunk responses still queued in the session) after
 /// which we stop reading from the peer. Reading produces answers (chunk responses of up to
 /// 256 KiB each); when the peer does not read ours, not reading theirs is the back-pressure that
-/// keeps our buffers bounded. 8 MiB holds the responses to a full window of chunk requests at
-/// the average chunk size with room to spare.
-const MAX_UNSENT: usize = 8 << 20;
+/// keeps our buffers bounded. What is in flight is QUIC's send buffer, sized to the path by the
+/// flow tuner; this queue only has to keep that buffer fed between two wake-ups, so 2 MiB
+/// (eight of the largest responses) is enough on any path (8 MiB only raised the sender's peak
+/// memory).
+const MAX_UNSENT: usize = 2 << 20;
 
 /// Encoded bytes kept ahead of what the stream has taken. The session's queue holds the rest as
 /// messages: encoding all of it at once made one buffer of every queued chunk response (a
