@@ -128,7 +128,7 @@ pub fn run(
     options: Result<MountOptions, crate::config::ConfigError>,
     notify_ready: bool,
 ) -> Result<()> {
-    tune_malloc();
+    limit_malloc_arenas();
     // Block the shutdown signals before any thread starts, so only the signal thread gets them.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -160,22 +160,14 @@ pub fn run(
     daemon.serve(signals)
 }
 
-/// Two glibc malloc settings, both for peak RSS:
-///
-/// - glibc gives each thread that allocates its own arena; with 4 FUSE workers each handling
-///   1 MiB writes, the daemon's peak RSS doubled (100 -> 200 MiB for a 1 GiB write) from memory
-///   parked in idle arenas. One arena measured both leaner and no slower here.
-/// - Blocks of 128 KiB and more come from their own mapping, returned to the kernel on free.
-///   glibc's default threshold starts there but rises to the size of each such block freed,
-///   so after the first 512 KiB write batch every batch buffer came from the heap, whose free
-///   memory stayed resident: 21 MiB of heap after a 1 GiB write, 15 MiB with the threshold
-///   fixed, at the same write speed (one mmap and munmap per batch is noise beside its I/O).
-fn tune_malloc() {
-    // SAFETY: mallopt only sets glibc tunables; it takes no pointers and is called here before
+/// glibc gives each thread that allocates its own arena; with 4 FUSE workers each handling
+/// 1 MiB writes, the daemon's peak RSS doubled (100 -> 200 MiB for a 1 GiB write) from memory
+/// parked in idle arenas. One arena measured both leaner and no slower here.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a glibc tunable; it takes no pointers and is called here before
     // this process starts any thread, so nothing allocates concurrently.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
