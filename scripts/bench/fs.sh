@@ -234,6 +234,18 @@ run_fio() {
 # proc_kib PID FIELD: a /proc/PID/status field such as VmRSS or VmHWM, in KiB (empty if gone).
 proc_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 kib_to_mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+# cpu_ticks PID: user + system clock ticks of every thread of PID so far (empty if it is gone).
+# The command name (field 2) may hold spaces: the fields are counted after its ')'.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || true; }
+# cpu_record KEY SIDE BEFORE: R[KEY_SIDE] = seconds of the side's daemon CPU since BEFORE ticks.
+cpu_record() {
+    local pid after
+    pid=$(pid_of "$2")
+    [[ -n $pid && -n $3 ]] || return 0
+    after=$(cpu_ticks "$pid")
+    [[ -n $after ]] && R[$1_$2]=$(awk -v a="$after" -v b="$3" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.2f", (a - b) / hz}')
+}
 
 declare -A R # results: R[case_side] = value
 declare -A E # errors:  E[case_side] = one line saying why there is no value
@@ -358,7 +370,11 @@ for side in "${SIDES[@]}"; do
         done) &
         SAMPLER_PID=$!
     fi
+    pid=$(pid_of "$side")
+    before=""
+    if [[ -n $pid ]]; then before=$(cpu_ticks "$pid"); fi
     fio_case seq_write "$side" write_mibs seqwrite "$dir/seq.dat" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
+    cpu_record cpu_write "$side" "$before"
     if [[ -n $SAMPLER_PID ]]; then
         kill "$SAMPLER_PID" 2>/dev/null || true
         wait "$SAMPLER_PID" 2>/dev/null || true
@@ -406,8 +422,12 @@ done
 for side in "${SIDES[@]}"; do
     dir=$(dir_of "$side")
     say "create $FILES files of 1 KiB: $side"
+    pid=$(pid_of "$side")
+    before=""
+    if [[ -n $pid ]]; then before=$(cpu_ticks "$pid"); fi
     if v=$(create_rate "$dir/creates" "$FILES" 2>"$WORK/creates-$side.err"); then
         R[creates_$side]=$v
+        cpu_record cpu_creates "$side" "$before"
     else
         failed creates "$side" "$WORK/creates-$side.err"
     fi
@@ -542,6 +562,9 @@ rows = [
         hp_at_least(0.70)),
     row(f"create {files} x 1 KiB", "files/s", "creates", ">= 2x passthrough_hp",
         hp_at_least(2.0)),
+    # Where the time goes: the FUSE daemon's own CPU (all threads, user + system) during a case.
+    row("  daemon CPU during the seq write", "s", "cpu_write", "-", None),
+    row("  daemon CPU during the creates", "s", "cpu_creates", "-", None),
 ]
 if quick != "1":
     rows += [
