@@ -362,3 +362,34 @@ fn a_peers_new_entry_moves_its_directorys_time_here() {
     fs.setattr(d, set).unwrap();
     assert_eq!(mtime(&fs, d), 5);
 }
+
+/// `close` returns before the kernel sends `release`, so a program that closes a file and opens
+/// it again races its own release: the new handle must always find the file's open state (reads
+/// failed with EBADF when the release dropped it between the open's lookup and its count).
+#[test]
+fn an_open_racing_the_last_release_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = fs_in(&dir);
+    let (a, fh) = fs.create(ROOT, name("f"), 0o644, RW).unwrap();
+    fs.write(fh, 0, b"hello").unwrap();
+    fs.release(fh).unwrap();
+    let ro = OpenMode {
+        write: false,
+        ..RW
+    };
+    let rounds = 20_000;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..rounds {
+                let fh = fs.open(a.ino, ro).unwrap();
+                fs.release(fh).unwrap();
+            }
+        });
+        for i in 0..rounds {
+            let fh = fs.open(a.ino, ro).unwrap();
+            let got = fs.read(fh, 0, 5);
+            fs.release(fh).unwrap();
+            assert_eq!(got.as_deref().ok(), Some(&b"hello"[..]), "round {i}: {got:?}");
+        }
+    });
+}

@@ -179,15 +179,20 @@ impl Fs {
             Kind::Symlink => return Err(FsError::Invalid),
         }
         let f = {
+            // The count goes up under the map's lock: a `release` of the last other handle
+            // (the kernel sends it after `close` returns, so it races the next `open`) takes
+            // that lock too, and would otherwise drop the entry between our lookup and our
+            // count, leaving this handle without open state (reads failed with EBADF).
             let mut files = lock(&self.open_files);
-            files
+            let f = files
                 .entry(ino)
                 .or_insert_with(|| Arc::new(Mutex::new(self.open_state(&r))))
-                .clone()
+                .clone();
+            lock(&f).handles += 1;
+            f
         };
         {
             let mut f = lock(&f);
-            f.handles += 1;
             if mode.truncate && mode.write && f.size > 0 {
                 f.truncate(&self.cfg.staging_dir, 0, now_ns())?;
                 self.content_changed(ino);
