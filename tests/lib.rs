@@ -438,7 +438,8 @@ impl Mount {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(checked_bin());
         c.arg("--state").arg(&self.state).args(args);
-        c.env("FYBRK_NO_DHT", "1").env("FYBRK_NO_LAN_DISCOVERY", "1");
+        c.env("FYBRK_NO_DHT", "1")
+            .env("FYBRK_NO_LAN_DISCOVERY", "1");
         c
     }
 

@@ -94,7 +94,8 @@ fn mode_bits_are_enforced_for_the_owner() {
         let mut c = as_nobody();
         c.arg(&bin).arg("--state").arg(&m.state).args(args);
         // The host's network namespace: nothing may leave the machine (see `Mount::cmd`).
-        c.env("FYBRK_NO_DHT", "1").env("FYBRK_NO_LAN_DISCOVERY", "1");
+        c.env("FYBRK_NO_DHT", "1")
+            .env("FYBRK_NO_LAN_DISCOVERY", "1");
         c
     };
     let out = run_timeout(

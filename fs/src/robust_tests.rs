@@ -373,10 +373,7 @@ fn an_open_racing_the_last_release_keeps_its_state() {
     let (a, fh) = fs.create(ROOT, name("f"), 0o644, RW).unwrap();
     fs.write(fh, 0, b"hello").unwrap();
     fs.release(fh).unwrap();
-    let ro = OpenMode {
-        write: false,
-        ..RW
-    };
+    let ro = OpenMode { write: false, ..RW };
     let rounds = 20_000;
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -389,7 +386,11 @@ fn an_open_racing_the_last_release_keeps_its_state() {
             let fh = fs.open(a.ino, ro).unwrap();
             let got = fs.read(fh, 0, 5);
             fs.release(fh).unwrap();
-            assert_eq!(got.as_deref().ok(), Some(&b"hello"[..]), "round {i}: {got:?}");
+            assert_eq!(
+                got.as_deref().ok(),
+                Some(&b"hello"[..]),
+                "round {i}: {got:?}"
+            );
         }
     });
 }
