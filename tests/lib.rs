@@ -299,6 +299,14 @@ pub fn lazy_umount(path: &Path) {
     }
 }
 
+/// For a fybrk command run in the host's own network namespace: discovery that leaves the
+/// machine is off, no DHT (a paired pair would ask the public bootstrap nodes) and no LAN
+/// announcements.
+pub fn host_local(c: &mut Command) -> &mut Command {
+    c.env("FYBRK_NO_DHT", "1")
+        .env("FYBRK_NO_LAN_DISCOVERY", "1")
+}
+
 /// Unmounts `path` lazily on drop if it is mounted: for mount points a test did not expect to
 /// become mounts (e.g. a second mount that should have been refused).
 pub struct MountPointGuard(pub PathBuf);
@@ -432,14 +440,12 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// A `fybrk --state STATE ARGS...` command, not yet run. These mounts live in the host's
-    /// own network namespace, so discovery that leaves the machine is off: no DHT (a paired
-    /// pair would ask the public bootstrap nodes) and no LAN announcements.
+    /// A `fybrk --state STATE ARGS...` command, not yet run, kept off the network outside
+    /// the machine ([`host_local`]).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(checked_bin());
         c.arg("--state").arg(&self.state).args(args);
-        c.env("FYBRK_NO_DHT", "1")
-            .env("FYBRK_NO_LAN_DISCOVERY", "1");
+        host_local(&mut c);
         c
     }
 

@@ -93,9 +93,7 @@ fn mode_bits_are_enforced_for_the_owner() {
     let fybrk = |args: &[&str]| {
         let mut c = as_nobody();
         c.arg(&bin).arg("--state").arg(&m.state).args(args);
-        // The host's network namespace: nothing may leave the machine (see `Mount::cmd`).
-        c.env("FYBRK_NO_DHT", "1")
-            .env("FYBRK_NO_LAN_DISCOVERY", "1");
+        fybrk_tests::host_local(&mut c);
         c
     };
     let out = run_timeout(

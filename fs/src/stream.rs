@@ -71,12 +71,12 @@ impl Seg {
     /// `drain`.
     fn push(&mut self, writer: &mut ChunkWriter, data: &[u8]) -> FsResult<()> {
         let max = MAX_CHUNK as usize;
-        // Bytes of `data` cut into chunks so far.
-        let mut used = 0;
+        // Where in `data` the next chunk starts, once it starts there.
+        let mut pos = 0;
         while !self.tail.is_empty() {
             let old = self.tail.len();
-            let take = max.saturating_sub(old).min(data.len() - used);
-            self.tail.extend_from_slice(&data[used..used + take]);
+            let take = max.saturating_sub(old).min(data.len());
+            self.tail.extend_from_slice(&data[..take]);
             let Some(n) = chunker::first_cut(&self.tail, false) else {
                 // Fewer than a chunk's worth in all: undecided, and all of it is in `tail`.
                 return Ok(());
@@ -84,7 +84,7 @@ impl Seg {
             match writer.add(&self.tail[..n]) {
                 Ok(chunk) => self.chunks.push(chunk),
                 Err(e) => {
-                    self.tail.extend_from_slice(&data[used + take..]);
+                    self.tail.extend_from_slice(&data[take..]);
                     return Err(e.into());
                 }
             }
@@ -92,7 +92,7 @@ impl Seg {
             if n >= old {
                 // The next chunk starts in `data`: the copied bytes after the cut are dropped
                 // (they are still in `data`).
-                used += n - old;
+                pos = n - old;
                 self.tail.clear();
             } else {
                 // The next chunk still starts in the old tail: undo the copy and go again.
@@ -100,7 +100,6 @@ impl Seg {
                 self.tail.drain(..n);
             }
         }
-        let mut pos = used;
         while let Some(n) = chunker::first_cut(&data[pos..], false) {
             match writer.add(&data[pos..pos + n]) {
                 Ok(chunk) => self.chunks.push(chunk),

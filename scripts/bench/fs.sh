@@ -237,14 +237,19 @@ kib_to_mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 # cpu_ticks PID: user + system clock ticks of every thread of PID so far (empty if it is gone).
 # The command name (field 2) may hold spaces: the fields are counted after its ')'.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || true; }
+# cpu_now SIDE: cpu_ticks of the side's FUSE daemon (empty for native or when unknown).
+cpu_now() {
+    local pid
+    pid=$(pid_of "$1")
+    if [[ -n $pid ]]; then cpu_ticks "$pid"; fi
+}
 # cpu_record KEY SIDE BEFORE: R[KEY_SIDE] = seconds of the side's daemon CPU since BEFORE ticks.
 cpu_record() {
-    local pid after
-    pid=$(pid_of "$2")
-    [[ -n $pid && -n $3 ]] || return 0
-    after=$(cpu_ticks "$pid")
-    [[ -n $after ]] && R[$1_$2]=$(awk -v a="$after" -v b="$3" -v hz="$(getconf CLK_TCK)" \
+    local after
+    after=$(cpu_now "$2")
+    [[ -n $after && -n $3 ]] && R[$1_$2]=$(awk -v a="$after" -v b="$3" -v hz="$(getconf CLK_TCK)" \
         'BEGIN {printf "%.2f", (a - b) / hz}')
+    return 0
 }
 
 declare -A R # results: R[case_side] = value
@@ -370,9 +375,7 @@ for side in "${SIDES[@]}"; do
         done) &
         SAMPLER_PID=$!
     fi
-    pid=$(pid_of "$side")
-    before=""
-    if [[ -n $pid ]]; then before=$(cpu_ticks "$pid"); fi
+    before=$(cpu_now "$side")
     fio_case seq_write "$side" write_mibs seqwrite "$dir/seq.dat" --rw=write --bs=1M --size="$SIZE" --end_fsync=1
     cpu_record cpu_write "$side" "$before"
     if [[ -n $SAMPLER_PID ]]; then
@@ -422,9 +425,7 @@ done
 for side in "${SIDES[@]}"; do
     dir=$(dir_of "$side")
     say "create $FILES files of 1 KiB: $side"
-    pid=$(pid_of "$side")
-    before=""
-    if [[ -n $pid ]]; then before=$(cpu_ticks "$pid"); fi
+    before=$(cpu_now "$side")
     if v=$(create_rate "$dir/creates" "$FILES" 2>"$WORK/creates-$side.err"); then
         R[creates_$side]=$v
         cpu_record cpu_creates "$side" "$before"
