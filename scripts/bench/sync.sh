@@ -2,9 +2,12 @@
 # Sync benchmark: two fybrk devices vs two Syncthing instances on loopback, side by side in one run.
 # A benchmark, not a test: it always exits 0 once it has measured; read the PASS/MISS column.
 #
-#   scripts/bench/sync.sh [--size-mib N] [--only fybrk|syncthing] [--files N] [--base-mib N]
+#   scripts/bench/sync.sh [--size-mib N] [--large-runs N] [--only fybrk|syncthing] [--files N]
+#                         [--base-mib N]
 #
 #   --size-mib N   large-file size in MiB (shrink it for a quick run)                [1024]
+#   --large-runs N runs of the large-file case per pair, each of new random data;
+#                  the median run is reported                                        [3]
 #   --only WHAT    measure only fybrk, or only Syncthing (both watcher settings)     [both]
 #   --files N      number of 1 KiB files for the latency test (at least 20 to count) [20]
 #   --base-mib N   size of the file the 1 MiB insertion goes into                     [256]
@@ -25,12 +28,19 @@
 #      the right content (polled every 5 ms); median and p90.
 #   2. throughput: --size-mib MiB of random data written on A (dd bs=1M) until every byte reads
 #      back right on B (sha256 per MiB as it arrives, then a whole-file sha256); MiB/s from the
-#      start of the write to verified on B.
+#      start of the write to verified on B. --large-runs times, each with data of its own and
+#      after dropping the page cache; the median run is reported (see "Why several runs").
 #   3. insertion: a synced --base-mib MiB file rewritten on A as head + 1 MiB random + tail;
 #      bytes on the wire from nftables counters on lo for the pair's ports (per direction, IP
 #      bytes), next to what the programs report (fybrk status peers[].bytes_out/bytes_in,
 #      Syncthing /rest/system/connections out/inBytesTotal).
 #   4. peak RSS (VmHWM) of each daemon at the end of its pair's run.
+#
+# Why several runs: on a VM whose host takes back the memory its guest frees, writing into
+# memory the host must back again is several times slower than into memory just recycled, and
+# the first large run after a quiet spell pays for it. A single run charged that to whichever
+# pair came first (fybrk measured 83 and 110 MiB/s in two runs an hour apart, Syncthing 100
+# and 104). Dropping the cache before each run and taking the median evens it out.
 #
 # Run as root: the network namespace, nftables and FUSE mounts need it.
 set -euo pipefail
@@ -38,9 +48,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HELPER="$ROOT/scripts/bench/sync_bench.py"
 
-usage() { sed -n '2,35s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,45s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 SIZE_MIB=1024
+LARGE_RUNS=3
 ONLY=""
 FILES=20
 BASE_MIB=256
@@ -48,6 +59,7 @@ ARGS=("$@")
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --size-mib) SIZE_MIB=${2:?--size-mib needs a value}; shift 2 ;;
+        --large-runs) LARGE_RUNS=${2:?--large-runs needs a value}; shift 2 ;;
         --only) ONLY=${2:?--only needs a value}; shift 2 ;;
         --files) FILES=${2:?--files needs a value}; shift 2 ;;
         --base-mib) BASE_MIB=${2:?--base-mib needs a value}; shift 2 ;;
@@ -55,7 +67,7 @@ while [[ $# -gt 0 ]]; do
         *) echo "sync.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
-for v in SIZE_MIB FILES BASE_MIB; do
+for v in SIZE_MIB LARGE_RUNS FILES BASE_MIB; do
     [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || { echo "sync.sh: ${v,,} must be a positive integer" >&2; exit 2; }
 done
 [[ $BASE_MIB -ge 2 ]] || { echo "sync.sh: --base-mib must be at least 2" >&2; exit 2; }
@@ -218,7 +230,9 @@ nft_pair() { # PREFIX PORT_A PORT_B
     nft add rule inet "$NFT_TABLE" out oif lo meta l4proto '{ tcp, udp }' th dport "$pa" counter name "${p}_b2a" accept
 }
 
-measure_common=(--large "$SRC/large.bin" --base "$SRC/base.bin" --insert "$SRC/insert.bin"
+LARGE_ARGS=()
+for ((i = 1; i <= LARGE_RUNS; i++)); do LARGE_ARGS+=(--large "$SRC/large-$i.bin"); done
+measure_common=("${LARGE_ARGS[@]}" --base "$SRC/base.bin" --insert "$SRC/insert.bin"
     --files "$FILES" --size-mib "$SIZE_MIB" --base-mib "$BASE_MIB" --nft-table "$NFT_TABLE")
 
 # --- Syncthing -------------------------------------------------------------------------------
@@ -332,8 +346,8 @@ load_check "before"
 [[ $RUN_FYBRK -eq 1 ]] && say "fybrk: $FYBRK ($("$FYBRK" --version 2>/dev/null || echo '?'))"
 [[ $RUN_ST -eq 1 ]] && say "syncthing: $(syncthing --version | head -n 1)"
 
-say "generating random data: $SIZE_MIB MiB large file, $BASE_MIB MiB base file, 1 MiB insert"
-helper gen-data "$SRC/large.bin" "$SIZE_MIB"
+say "generating random data: $LARGE_RUNS x $SIZE_MIB MiB large files, $BASE_MIB MiB base file, 1 MiB insert"
+for ((i = 1; i <= LARGE_RUNS; i++)); do helper gen-data "$SRC/large-$i.bin" "$SIZE_MIB"; done
 helper gen-data "$SRC/base.bin" "$BASE_MIB"
 helper gen-data "$SRC/insert.bin" 1
 

@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fybrk_store::{chunker, Crypto, FolderKey, Store, StoreOptions};
+use fybrk_store::{chunker, Crypto, FileRecord, FolderKey, Kind, Store, StoreOptions};
 
 fn data(len: usize) -> Vec<u8> {
     let mut x = 0x9e3779b97f4a7c15u64;
@@ -63,13 +63,65 @@ fn bench(c: &mut Criterion) {
                 .expect("write")
         })
     });
-    let rec = store.get("f1").expect("get").expect("written above");
+    // Written here too: a filter may have skipped the benchmark above.
+    store.write_file("f0", &input, 0o644, 0).expect("write");
+    let rec = store.get("f0").expect("get").expect("written above");
     g.bench_function("read_16m_file", |b| {
         b.iter(|| {
             rec.chunks
                 .iter()
                 .map(|c| store.read_chunk(&c.id).expect("read").len())
                 .sum::<usize>()
+        })
+    });
+    g.finish();
+
+    // What one small file costs the store, in the steps a create + write + close makes.
+    let mut g = c.benchmark_group("small_file");
+    g.sample_size(20);
+    store
+        .commit(vec![FileRecord::new("d", Kind::Dir, 0o755, 0)], None, false)
+        .expect("dir");
+    let small = data(1024);
+    let mut i = 0u64;
+    let mut next = || {
+        i += 1;
+        (format!("d/s{i}"), i as i64)
+    };
+    g.bench_function("create_empty_and_dir", |b| {
+        b.iter(|| {
+            let (p, t) = next();
+            let mut dir = store.get("d").expect("get").expect("dir");
+            dir.mtime_ns = t;
+            dir.version = Default::default();
+            store
+                .commit(
+                    vec![FileRecord::new(&p, Kind::File, 0o644, t), dir],
+                    None,
+                    false,
+                )
+                .expect("commit")
+        })
+    });
+    g.bench_function("create_empty", |b| {
+        b.iter(|| {
+            let (p, t) = next();
+            store
+                .commit(vec![FileRecord::new(&p, Kind::File, 0o644, t)], None, false)
+                .expect("commit")
+        })
+    });
+    g.bench_function("content_1k", |b| {
+        b.iter(|| {
+            let (p, t) = next();
+            let mut data = small.clone();
+            data[..8].copy_from_slice(&t.to_le_bytes());
+            let mut w = store.writer();
+            let c = w.add(&data).expect("add");
+            let mut r = FileRecord::new(&p, Kind::File, 0o644, t);
+            r.size = 1024;
+            r.chunks = vec![c];
+            store.commit(vec![r], Some(&mut w), false).expect("commit")
         })
     });
     g.finish();
