@@ -275,7 +275,16 @@ impl Node {
             .build()
             .context("cannot start the network runtime")?;
         let socket = bind(listen, state)?;
-        grow_buffers(&socket);
+        let receive_buffer = grow_buffers(&socket);
+        let largest_datagram = fybrk_net::transport::largest_datagram(receive_buffer);
+        if largest_datagram == fybrk_net::transport::ETHERNET_DATAGRAM {
+            tracing::info!(
+                receive_buffer,
+                "UDP receive buffer below {} bytes (net.core.rmem_max): QUIC datagrams stay \
+                 within Ethernet's MTU",
+                fybrk_net::transport::LARGE_DATAGRAM_BUFFER
+            );
+        }
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));
         let listen_addr = socket.local_addr()?;
@@ -286,7 +295,7 @@ impl Node {
             let quinn = mux
                 .quinn_socket()
                 .context("cannot start the QUIC endpoint")?;
-            let transport = Transport::bind_with(quinn, device, allow.clone())
+            let transport = Transport::bind_with(quinn, device, allow.clone(), largest_datagram)
                 .context("cannot start the QUIC endpoint")?;
             (mux, transport)
         };

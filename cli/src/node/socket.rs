@@ -72,13 +72,15 @@ pub(super) fn bind(listen: Listen, state: &StateDir) -> Result<UdpSocket> {
 }
 
 /// Socket buffer the daemon asks for, each way. The kernel default (208 KiB) overflowed while
-/// a peer sent a large file (hundreds of datagrams dropped per GiB, each a QUIC retransmission).
-const SOCKET_BUFFER: usize = 4 << 20;
+/// a peer sent a large file (hundreds of datagrams dropped per GiB, each a QUIC retransmission),
+/// and large datagrams need it (see `fybrk_net::transport::largest_datagram`).
+const SOCKET_BUFFER: usize = fybrk_net::transport::LARGE_DATAGRAM_BUFFER;
 
 /// Raises the socket's receive and send buffers (the kernel caps them at `net.core.rmem_max`
-/// and `wmem_max`; as root the cap does not apply).
-pub(super) fn grow_buffers(socket: &UdpSocket) {
-    use nix::sys::socket::{setsockopt, sockopt};
+/// and `wmem_max`; as root the cap does not apply). Returns the receive buffer the socket has
+/// now, as the kernel reports it (0 if it cannot say).
+pub(super) fn grow_buffers(socket: &UdpSocket) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     for (name, r) in [
         (
             "receive",
@@ -95,4 +97,5 @@ pub(super) fn grow_buffers(socket: &UdpSocket) {
             tracing::debug!(error = %e, "cannot raise the UDP {name} buffer");
         }
     }
+    getsockopt(socket, sockopt::RcvBuf).unwrap_or(0)
 }

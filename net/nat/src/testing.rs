@@ -228,6 +228,8 @@ pub(crate) struct Node {
     pub(crate) key: std::sync::Arc<crate::identity::DeviceKey>,
     pub(crate) allow: std::sync::Arc<crate::tls::AllowList>,
     pub(crate) transport: std::sync::Arc<crate::transport::Transport>,
+    /// How far its MTU discovery may go: the daemon's rule for the buffer its socket got.
+    pub(crate) largest_datagram: u16,
 }
 
 impl Node {
@@ -238,20 +240,33 @@ impl Node {
 
     /// A node whose socket is bound on `addr`. Must be called inside a tokio runtime.
     pub(crate) fn on(addr: SocketAddr) -> Node {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
         use std::sync::Arc;
-        let mux = crate::mux::MuxSocket::bind(addr).expect("bind");
+        // The daemon's socket buffers (`cli/src/node/socket.rs`), which decide how large its
+        // datagrams may be.
+        let udp = UdpSocket::bind(addr).expect("bind");
+        let want = crate::transport::LARGE_DATAGRAM_BUFFER;
+        let _ = setsockopt(&udp, sockopt::RcvBufForce, &want)
+            .or_else(|_| setsockopt(&udp, sockopt::RcvBuf, &want));
+        let _ = setsockopt(&udp, sockopt::SndBufForce, &want)
+            .or_else(|_| setsockopt(&udp, sockopt::SndBuf, &want));
+        let largest_datagram =
+            crate::transport::largest_datagram(getsockopt(&udp, sockopt::RcvBuf).unwrap_or(0));
+        let mux = crate::mux::MuxSocket::from_std(udp).expect("mux");
         let key = Arc::new(crate::identity::DeviceKey::generate().expect("key"));
         let allow = Arc::new(crate::tls::AllowList::new());
         let policy: Arc<dyn crate::tls::PeerPolicy> = allow.clone();
         let socket = mux.quinn_socket().expect("attach quinn");
         let transport = Arc::new(
-            crate::transport::Transport::bind_with(socket, &key, policy).expect("transport"),
+            crate::transport::Transport::bind_with(socket, &key, policy, largest_datagram)
+                .expect("transport"),
         );
         Node {
             mux,
             key,
             allow,
             transport,
+            largest_datagram,
         }
     }
 }

@@ -15,6 +15,12 @@ use super::indication::{push_send_indication, SEND_OVERHEAD};
 use super::routes::{is_relay_alias, RelayRoute};
 use super::{bump, Shared};
 
+/// The most one UDP send carries: the 16-bit datagram length less the IPv4 and UDP headers. A
+/// GSO batch is bounded by it as a whole, and quinn batches up to ten datagrams of the path's
+/// MTU, which passes it once MTU discovery finds a path above 6.5 KB (loopback, jumbo frames):
+/// the kernel refuses such a batch (`EMSGSIZE`), and quinn-udp takes that as a lost batch.
+pub(super) const MAX_SEND: usize = 65_507;
+
 /// How a send treats tokio's readiness tracking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reactor {
@@ -57,6 +63,26 @@ impl Shared {
             };
             &mapped
         };
+        match transmit.segment_size {
+            Some(segment)
+                if transmit.contents.len() > MAX_SEND && (1..=MAX_SEND).contains(&segment) =>
+            {
+                // In parts of whole datagrams. Should a later part find the socket full, quinn
+                // sends the whole batch again: the receiver drops the packets it already has.
+                for part in transmit.contents.chunks(MAX_SEND / segment * segment) {
+                    let part = Transmit {
+                        contents: part,
+                        ..transmit.clone()
+                    };
+                    self.send_one(&part, reactor)?;
+                }
+                Ok(())
+            }
+            _ => self.send_one(transmit, reactor),
+        }
+    }
+
+    fn send_one(&self, transmit: &Transmit<'_>, reactor: Reactor) -> io::Result<()> {
         match reactor {
             Reactor::Track => self.io.try_io(Interest::WRITABLE, || {
                 self.udp.send((&self.io).into(), transmit)
