@@ -21,6 +21,18 @@ use super::{bump, Shared};
 /// the kernel refuses such a batch (`EMSGSIZE`), and quinn-udp takes that as a lost batch.
 pub(super) const MAX_SEND: usize = 65_507;
 
+/// The largest datagram sent through a TURN relay: quinn's Ethernet-safe default. A relayed
+/// path crosses two networks, and a relay's sockets have the kernel's default buffers, which a
+/// burst of large datagrams overflows at once (a 4 MiB transfer through a coturn on loopback
+/// stalled when MTU discovery, searching up to 65,527 bytes, had found about 60 KB). Larger
+/// datagrams are dropped as lost, so discovery on a relayed path settles at this size, and a
+/// connection whose route moves to a relay falls back through quinn's black hole detection.
+/// (With the 4 bytes of ChannelData in front it still fits a 1500-byte IPv4 path.)
+pub(super) const RELAYED_DATAGRAM: usize = 1452;
+
+// Every relayed datagram, wrapped, fits a STUN message's 16-bit length.
+const _: () = assert!(RELAYED_DATAGRAM + SEND_OVERHEAD <= u16::MAX as usize);
+
 /// How a send treats tokio's readiness tracking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reactor {
@@ -108,10 +120,15 @@ impl Shared {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
-        if segment + SEND_OVERHEAD > usize::from(u16::MAX) {
-            // Cannot happen with quinn's packet sizes; dropped like quinn-udp drops a datagram
-            // the OS refuses, since an error here would end the connection.
-            debug!(peer = %transmit.destination, "datagram too large for a TURN relay");
+        if segment > RELAYED_DATAGRAM {
+            // Dropped like quinn-udp drops a datagram the OS refuses (an error here would end
+            // the connection): to quinn it is lost, and its MTU discovery or black hole
+            // detection settles below this size.
+            debug!(peer = %transmit.destination, segment, "datagram too large for a TURN relay");
+            bump(
+                &self.stats.dropped,
+                transmit.contents.len().div_ceil(segment) as u64,
+            );
             return Ok(());
         }
         let Some(channel) = route.channel else {
