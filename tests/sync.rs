@@ -491,7 +491,10 @@ fn peers_survive_a_remount_and_unpair_stops_sync() {
     );
     let e = b.status_peer(&a);
     b.check(e.as_ref().is_none_or(|e| !e.connected), || {
-        format!("bravo shows alpha connected after alpha unpaired it: {e:?}")
+        format!(
+            "bravo shows alpha connected after alpha unpaired it: {e:?}\n(alpha's side) {}",
+            a.log_tail()
+        )
     });
 }
 

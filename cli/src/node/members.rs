@@ -453,25 +453,29 @@ impl Shared {
 
     /// Lets members connect and shuts removed devices out.
     fn apply_members(&self) {
-        let (members, removed): (Vec<DeviceId>, Vec<DeviceId>) = {
+        let removed: Vec<DeviceId> = {
+            // The allow list changes under the list's lock: two changes applied at once (a
+            // removal here, entries merged from a peer there) must land in the list's order, or
+            // the older one re-admits a device just removed (a dial still in flight then brings
+            // its link back).
             let log = lock(&self.members);
-            let members = log
-                .members()
-                .iter()
-                .map(|m| DeviceId::from_bytes(m.device))
-                .collect();
+            for m in log.members() {
+                let id = DeviceId::from_bytes(m.device);
+                if id != self.id {
+                    self.allow.add(id);
+                }
+            }
             let book: Vec<DeviceId> = lock(&self.book).iter().map(|(id, _)| *id).collect();
-            let removed = book
+            let removed: Vec<DeviceId> = book
                 .into_iter()
                 .filter(|id| log.is_removed(id.as_bytes()))
                 .collect();
-            (members, removed)
+            for id in &removed {
+                self.allow.remove(id);
+            }
+            removed
         };
-        for id in members.iter().filter(|id| **id != self.id) {
-            self.allow.add(*id);
-        }
         for id in removed {
-            self.allow.remove(&id);
             if let Some(peer) = lock(&self.book).remove(&id) {
                 tracing::warn!(peer = %id, name = %peer.name, "removed from the folder: no longer accepted");
             }
