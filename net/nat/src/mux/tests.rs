@@ -404,15 +404,7 @@ async fn quic_finds_a_path_mtu_above_ethernet_and_uses_it() {
     a.allow.add(b.key.id());
     b.allow.add(a.key.id());
     let a_addr = a.mux.local_addr().expect("addr");
-    let server = Arc::clone(&a.transport);
-    let accept = tokio::spawn(async move {
-        let accepted = server.accept().await.expect("accepted");
-        let (mut send, mut recv) = accepted.connection.accept_bi().await.expect("bi");
-        let msg = recv.read_to_end(64 << 20).await.expect("read");
-        send.write_all(&msg).await.expect("echo");
-        send.finish().expect("finish");
-        accepted.connection.closed().await;
-    });
+    let accept = echo_once(&a.transport, 64 << 20);
     let (conn, _) = b
         .transport
         .connect(a_addr, a.key.id())
@@ -449,6 +441,23 @@ async fn quic_finds_a_path_mtu_above_ethernet_and_uses_it() {
         .expect("server task");
 }
 
+/// Accepts one connection on `transport` and echoes its first bidirectional stream (up to
+/// `limit` bytes), then keeps the connection until the client closes it.
+fn echo_once(
+    transport: &Arc<crate::transport::Transport>,
+    limit: usize,
+) -> tokio::task::JoinHandle<()> {
+    let server = Arc::clone(transport);
+    tokio::spawn(async move {
+        let accepted = server.accept().await.expect("accepted");
+        let (mut send, mut recv) = accepted.connection.accept_bi().await.expect("bi");
+        let msg = recv.read_to_end(limit).await.expect("read");
+        send.write_all(&msg).await.expect("echo");
+        send.finish().expect("finish");
+        accepted.connection.closed().await;
+    })
+}
+
 #[tokio::test]
 async fn quic_and_rendezvous_share_the_socket() {
     let a = Node::new();
@@ -458,15 +467,7 @@ async fn quic_and_rendezvous_share_the_socket() {
     let mut rendezvous = a.mux.take_rendezvous_receiver().expect("receiver");
     let a_addr = a.mux.local_addr().expect("addr");
 
-    let server = Arc::clone(&a.transport);
-    let accept = tokio::spawn(async move {
-        let accepted = server.accept().await.expect("accepted");
-        let (mut send, mut recv) = accepted.connection.accept_bi().await.expect("bi");
-        let msg = recv.read_to_end(1 << 20).await.expect("read");
-        send.write_all(&msg).await.expect("echo");
-        send.finish().expect("finish");
-        accepted.connection.closed().await;
-    });
+    let accept = echo_once(&a.transport, 1 << 20);
     let (conn, _) = b
         .transport
         .connect(a_addr, a.key.id())
