@@ -91,7 +91,7 @@ pub use lan::LanOptions;
 use links::Link;
 use pairing::{Invite, InviteOutcome};
 pub use portmap::protocols as port_mapping_protocols;
-use socket::{bind, grow_buffers};
+use socket::{bind, grow_buffers, link_mtu};
 use traversal::start_traversal;
 
 /// The UDP port fybrk listens on unless told otherwise (QUIC; STUN and TURN share it later).
@@ -276,14 +276,18 @@ impl Node {
             .context("cannot start the network runtime")?;
         let socket = bind(listen, state)?;
         let receive_buffer = grow_buffers(&socket);
-        let largest_datagram = fybrk_net::transport::largest_datagram(receive_buffer);
-        if largest_datagram == fybrk_net::transport::ETHERNET_DATAGRAM {
+        let link_mtu = link_mtu(socket.local_addr()?.ip());
+        let largest_datagram = fybrk_net::transport::largest_datagram(receive_buffer, link_mtu);
+        if receive_buffer < fybrk_net::transport::LARGE_DATAGRAM_BUFFER {
             tracing::info!(
                 receive_buffer,
+                largest_datagram,
                 "UDP receive buffer below {} bytes (net.core.rmem_max): QUIC datagrams stay \
                  within Ethernet's MTU",
                 fybrk_net::transport::LARGE_DATAGRAM_BUFFER
             );
+        } else {
+            tracing::debug!(link_mtu, largest_datagram, "QUIC MTU discovery bound");
         }
         let book = PeerBook::load(&state.peers())?;
         let allow = Arc::new(AllowList::with_ids(book.iter().map(|(id, _)| *id)));

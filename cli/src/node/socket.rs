@@ -1,7 +1,9 @@
 //! The one UDP socket: binding it (dual stack by default, IPv4 where the host has no IPv6; a
-//! remembered port when the default is busy) and growing its buffers.
+//! remembered port when the default is busy), growing its buffers, and the MTU of the
+//! interfaces it sends through.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use fybrk_net::mux::{bind_udp, is_no_ipv6};
@@ -98,4 +100,123 @@ pub(super) fn grow_buffers(socket: &UdpSocket) -> usize {
         }
     }
     getsockopt(socket, sockopt::RcvBuf).unwrap_or(0)
+}
+
+/// An interface as `/sys/class/net` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Interface {
+    up: bool,
+    loopback: bool,
+    mtu: u32,
+}
+
+/// `IFF_UP` and `IFF_LOOPBACK` of `<linux/if.h>`, as `/sys/class/net/*/flags` shows them.
+const IFF_UP: u32 = 0x1;
+const IFF_LOOPBACK: u32 = 0x8;
+
+/// The MTU a 1500-byte Ethernet has: what is assumed when the host cannot say.
+const ETHERNET_MTU: u32 = 1500;
+
+/// The largest MTU of the interfaces a socket bound to `ip` sends through (the bound of QUIC's
+/// MTU discovery, see `fybrk_net::transport::largest_datagram`): loopback's for a loopback
+/// address; otherwise the largest among the up interfaces other than loopback, or loopback's
+/// where there is none (a network namespace of its own). Two daemons on one host talking over
+/// a wildcard socket's loopback stay at the other interfaces' MTU: the uncommon case pays a
+/// little CPU so that peers across the network are never probed with datagrams that cannot leave.
+pub(super) fn link_mtu(ip: IpAddr) -> u32 {
+    pick_link_mtu(&interfaces(Path::new("/sys/class/net")), ip.is_loopback())
+}
+
+fn pick_link_mtu(interfaces: &[Interface], loopback_only: bool) -> u32 {
+    let up = interfaces.iter().filter(|i| i.up);
+    let (lo, other): (Vec<&Interface>, Vec<&Interface>) = up.partition(|i| i.loopback);
+    let largest = |v: &[&Interface]| v.iter().map(|i| i.mtu).max();
+    let found = if loopback_only {
+        largest(&lo)
+    } else {
+        largest(&other).or_else(|| largest(&lo))
+    };
+    found.unwrap_or(ETHERNET_MTU)
+}
+
+/// The interfaces under `dir` (`/sys/class/net`); those whose files cannot be read are left out.
+fn interfaces(dir: &Path) -> Vec<Interface> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok();
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let flags = parse_flags(&read(e.path().join("flags"))?)?;
+            let mtu = read(e.path().join("mtu"))?.trim().parse().ok()?;
+            Some(Interface {
+                up: flags & IFF_UP != 0,
+                loopback: flags & IFF_LOOPBACK != 0,
+                mtu,
+            })
+        })
+        .collect()
+}
+
+/// `0x1003` -> 0x1003.
+fn parse_flags(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim().strip_prefix("0x")?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(up: bool, loopback: bool, mtu: u32) -> Interface {
+        Interface { up, loopback, mtu }
+    }
+
+    #[test]
+    fn the_largest_up_interface_other_than_loopback_counts() {
+        let host = [
+            iface(true, true, 65_536),
+            iface(true, false, 1400),
+            iface(false, false, 9000), // down
+            iface(true, false, 1500),
+        ];
+        assert_eq!(pick_link_mtu(&host, false), 1500);
+        assert_eq!(pick_link_mtu(&host, true), 65_536);
+        // A namespace with loopback only.
+        assert_eq!(pick_link_mtu(&[iface(true, true, 65_536)], false), 65_536);
+        // Nothing readable: assume Ethernet.
+        assert_eq!(pick_link_mtu(&[], false), ETHERNET_MTU);
+        assert_eq!(
+            pick_link_mtu(&[iface(true, false, 1500)], true),
+            ETHERNET_MTU
+        );
+    }
+
+    #[test]
+    fn sysfs_is_read_as_the_kernel_writes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, flags, mtu) in [
+            ("lo", "0x9\n", "65536\n"),
+            ("eth0", "0x1003\n", "1400\n"),
+            ("ifb0", "0x82\n", "1500\n"),
+            ("bad", "1003\n", "1500\n"),
+        ] {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).expect("mkdir");
+            std::fs::write(d.join("flags"), flags).expect("flags");
+            std::fs::write(d.join("mtu"), mtu).expect("mtu");
+        }
+        let mut got = interfaces(dir.path());
+        got.sort_by_key(|i| i.mtu);
+        assert_eq!(
+            got,
+            vec![
+                iface(true, false, 1400),
+                iface(false, false, 1500),
+                iface(true, true, 65_536)
+            ]
+        );
+        assert_eq!(pick_link_mtu(&got, false), 1400);
+        assert!(interfaces(&dir.path().join("missing")).is_empty());
+    }
 }

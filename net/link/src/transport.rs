@@ -26,10 +26,14 @@ use crate::tls::{self, PeerPolicy, TlsError, TlsIdentity};
 
 mod accept;
 mod addr;
+mod datagram;
 
 use accept::{handshake, AcceptError, Sources, MAX_PENDING_HANDSHAKES};
 pub use accept::{Accepted, Admission};
 pub use addr::{canonical, canonical_ip, peer_addr};
+pub use datagram::{
+    largest_datagram, ETHERNET_DATAGRAM, LARGEST_DATAGRAM, LARGE_DATAGRAM_BUFFER, SMALLEST_DATAGRAM,
+};
 
 /// Keep-alive interval. Common NATs drop an idle UDP mapping after 30 s or more (RFC 4787 asks
 /// for at least 2 minutes, many home routers use 30-60 s); a packet every 10 s keeps the mapping,
@@ -409,40 +413,6 @@ fn transport_config(largest_datagram: u16) -> TransportConfig {
     mtud.upper_bound(largest_datagram);
     t.mtu_discovery_config(Some(mtud));
     t
-}
-
-/// quinn's default bound for MTU discovery: a datagram that fits Ethernet's 1500-byte MTU over
-/// IPv4 and IPv6.
-pub const ETHERNET_DATAGRAM: u16 = 1452;
-
-/// The largest UDP payload (over IPv6; IPv4 takes 20 bytes less, which discovery finds).
-pub const LARGEST_DATAGRAM: u16 = 65_527;
-
-/// A receive buffer that holds a burst of large datagrams: what the daemon asks for.
-pub const LARGE_DATAGRAM_BUFFER: usize = 4 << 20;
-
-/// How far MTU discovery may search on a socket whose receive buffer is `receive_buffer` bytes
-/// (as `getsockopt(SO_RCVBUF)` reports it).
-///
-/// Each packet costs the same CPU whatever its size (header protection, AEAD set-up, a system
-/// call's share, acknowledgements), so a path that takes larger datagrams than Ethernet
-/// (loopback, jumbo-frame LANs, some virtual networks) should carry them: between two daemons
-/// on loopback, a 1 GiB sync took 5.7 + 8.0 -> 3.8 + 4.4 CPU-seconds (sender + receiver) and
-/// ran 116 -> 173 MiB/s (`scripts/bench/sync.sh`, median of 3). On an ordinary 1500-byte path
-/// the search costs a few lost probes (not counted as loss, not retransmitted) and settles
-/// where quinn's default does.
-///
-/// But a large datagram fills a small receive buffer at once: with Linux's default 208 KiB, a
-/// 16 MiB transfer on loopback lost a quarter of its bytes at 58 KB datagrams against 3 % at
-/// 1452. So the search goes past Ethernet only where the socket got the buffer the daemon asks
-/// for (root, or `net.core.rmem_max` at least [`LARGE_DATAGRAM_BUFFER`]).
-pub fn largest_datagram(receive_buffer: usize) -> u16 {
-    // The kernel reports twice what was set (its bookkeeping share); either way this many.
-    if receive_buffer >= LARGE_DATAGRAM_BUFFER {
-        LARGEST_DATAGRAM
-    } else {
-        ETHERNET_DATAGRAM
-    }
 }
 
 /// The settings an incoming connection starts with: a pairing-sized budget, raised for paired

@@ -228,7 +228,7 @@ pub(crate) struct Node {
     pub(crate) key: std::sync::Arc<crate::identity::DeviceKey>,
     pub(crate) allow: std::sync::Arc<crate::tls::AllowList>,
     pub(crate) transport: std::sync::Arc<crate::transport::Transport>,
-    /// How far its MTU discovery may go: the daemon's rule for the buffer its socket got.
+    /// How far its MTU discovery may go: the daemon's rule for its buffer and interface.
     pub(crate) largest_datagram: u16,
 }
 
@@ -250,8 +250,17 @@ impl Node {
             .or_else(|_| setsockopt(&udp, sockopt::RcvBuf, &want));
         let _ = setsockopt(&udp, sockopt::SndBufForce, &want)
             .or_else(|_| setsockopt(&udp, sockopt::SndBuf, &want));
-        let largest_datagram =
-            crate::transport::largest_datagram(getsockopt(&udp, sockopt::RcvBuf).unwrap_or(0));
+        // The daemon's interface rule (`cli/src/node/socket.rs`, `link_mtu`) for these sockets:
+        // Linux's loopback MTU on loopback, Ethernet's elsewhere.
+        let link_mtu = if addr.ip().is_loopback() {
+            65_536
+        } else {
+            1500
+        };
+        let largest_datagram = crate::transport::largest_datagram(
+            getsockopt(&udp, sockopt::RcvBuf).unwrap_or(0),
+            link_mtu,
+        );
         let mux = crate::mux::MuxSocket::from_std(udp).expect("mux");
         let key = Arc::new(crate::identity::DeviceKey::generate().expect("key"));
         let allow = Arc::new(crate::tls::AllowList::new());
