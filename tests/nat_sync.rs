@@ -220,6 +220,51 @@ fn symmetric_and_home_sync_directly() {
     }
 }
 
+/// `pair-with` outlasts a network that drops everything for a while (a Wi-Fi coming back): its
+/// first round of dials (the inviter's addresses, then an introduction) fails, a later round
+/// gets through, and the two are paired.
+#[test]
+fn pairing_outlasts_a_network_that_drops_everything_for_seconds() {
+    /// Longer than one round of dials (3 s per address, then up to 10 s for an introduction),
+    /// well within `pair-with`'s 30 s of trying.
+    const OUTAGE: Duration = Duration::from_secs(15);
+    if !lab::ready() {
+        return;
+    }
+    let lab = Lab::new("po");
+    let coturn = lab.start_coturn("u", "p");
+    let _rdv = lab.start_rendezvous();
+    let dev_a = lab.add_device(RouterKind::Home);
+    let dev_b = lab.add_device(RouterKind::Home);
+    let (Some(mut a), Some(mut b)) = (Mount::prepare(), Mount::prepare()) else {
+        return;
+    };
+    mount_in(&dev_a, &mut a, "alpha", coturn.addr, &[]);
+    mount_in(&dev_b, &mut b, "bravo", coturn.addr, &[]);
+    let p = a.invite_payload();
+    dev_b.set_loss(100);
+    let started = std::time::Instant::now();
+    let lift = std::thread::spawn({
+        let dev_b = dev_b.clone();
+        move || {
+            std::thread::sleep(OUTAGE);
+            dev_b.set_loss(0);
+        }
+    });
+    let out = b.run(&["pair-with", "--yes", &p], Duration::from_secs(120));
+    lift.join().unwrap();
+    b.check(out.status.success(), || {
+        format!(
+            "pair-with across a {OUTAGE:?} outage failed after {:?}\n{}",
+            started.elapsed(),
+            describe(&out)
+        )
+    });
+    b.check(started.elapsed() >= OUTAGE, || {
+        "paired while the network dropped everything".into()
+    });
+}
+
 /// 5 % of datagrams dropped each way on both routers: pairing and a 4 MiB file still get
 /// through intact (QUIC retransmits).
 #[test]

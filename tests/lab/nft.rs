@@ -164,7 +164,12 @@ pub(super) fn loss(percent: u8, on_router: bool) -> String {
     if percent == 0 {
         return s;
     }
-    let rule = format!("numgen random mod 100 < {percent} drop");
+    // nftables takes no `< 100` against a value of 0-99: everything is a plain drop.
+    let rule = if percent == 100 {
+        "drop".to_string()
+    } else {
+        format!("numgen random mod 100 < {percent} drop")
+    };
     s.push_str("table ip lab_loss {\n");
     // Before the router's own filter chains, so a dropped packet never creates NAT state.
     if on_router {

@@ -28,6 +28,13 @@ use super::{lock, unix_now, Node, Shared};
 /// ends the wait sooner (it says how long in `Reply::Pending`); this bounds a broken inviter.
 const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(3600);
 
+/// How long `pair-with` keeps trying to reach the inviting device (see `dial_inviter`).
+const JOIN_DIAL_FOR: Duration = Duration::from_secs(30);
+
+/// The pause between two rounds of dialling the inviter (a round whose addresses all failed at
+/// once, e.g. "network unreachable", must not spin).
+const JOIN_DIAL_PAUSE: Duration = Duration::from_millis(500);
+
 /// A join in progress or finished, for `pair_with_wait`.
 #[derive(Clone, Debug)]
 pub(super) enum JoinState {
@@ -110,29 +117,27 @@ impl Shared {
         Ok(())
     }
 
-    /// Dials the inviter (its addresses, then an introduction through the rendezvous server).
+    /// Dials the inviter: its addresses, then an introduction through the rendezvous server, in
+    /// rounds for up to [`JOIN_DIAL_FOR`] while nothing refused. One round gives each address
+    /// one handshake of [`DIAL_TIMEOUT`] (3 s, in which a lost handshake packet is resent once),
+    /// so on a lossy network (Wi-Fi, a long path) a single round fails now and then; the next
+    /// one usually gets through.
     async fn dial_inviter(self: &Arc<Self>, inv: &Invitation) -> Result<quinn::Connection> {
-        let inviter = DeviceId::from_bytes(inv.inviter);
+        let deadline = Instant::now() + JOIN_DIAL_FOR;
         let mut last_err = None;
-        for addr in inv.addrs.iter().filter(|a| self.mux.reaches(**a)) {
-            match self
-                .transport
-                .connect_timeout(*addr, inviter, DIAL_TIMEOUT)
-                .await
-            {
-                Ok((c, _)) => return Ok(c),
-                Err(e) => {
-                    tracing::info!(%addr, "cannot reach the inviter: {e}");
-                    last_err = Some(e);
-                }
-            }
-        }
-        // Not reachable directly: ask the rendezvous server to introduce us (the inviter is
-        // registered there while its invitation is open).
-        if inv.rendezvous.is_some() {
-            if let Some(c) = self.introduce(inviter, false).await {
+        loop {
+            if let Some(c) = self.dial_inviter_once(inv, &mut last_err).await {
                 return Ok(c);
             }
+            let refused = matches!(
+                last_err,
+                Some(fybrk_net::transport::ConnectError::Refused { .. })
+            );
+            if refused || Instant::now() + JOIN_DIAL_PAUSE >= deadline {
+                break;
+            }
+            tracing::info!("the inviting device did not answer yet: trying again");
+            tokio::time::sleep(JOIN_DIAL_PAUSE).await;
         }
         match last_err {
             Some(fybrk_net::transport::ConnectError::Refused { .. }) => bail!(
@@ -151,6 +156,34 @@ impl Shared {
                 e.map_or_else(|| "no answer".to_string(), |e| e.to_string())
             ),
         }
+    }
+
+    /// One round of [`dial_inviter`](Self::dial_inviter); the last failure goes to `last_err`.
+    async fn dial_inviter_once(
+        self: &Arc<Self>,
+        inv: &Invitation,
+        last_err: &mut Option<fybrk_net::transport::ConnectError>,
+    ) -> Option<quinn::Connection> {
+        let inviter = DeviceId::from_bytes(inv.inviter);
+        for addr in inv.addrs.iter().filter(|a| self.mux.reaches(**a)) {
+            match self
+                .transport
+                .connect_timeout(*addr, inviter, DIAL_TIMEOUT)
+                .await
+            {
+                Ok((c, _)) => return Some(c),
+                Err(e) => {
+                    tracing::info!(%addr, "cannot reach the inviter: {e}");
+                    *last_err = Some(e);
+                }
+            }
+        }
+        // Not reachable directly: ask the rendezvous server to introduce us (the inviter is
+        // registered there while its invitation is open).
+        if inv.rendezvous.is_some() {
+            return self.introduce(inviter, false).await;
+        }
+        None
     }
 
     /// Joiner side of pairing: the whole exchange, then adopting the folder. Sends the first
