@@ -124,6 +124,9 @@ impl Shared {
     /// one usually gets through.
     async fn dial_inviter(self: &Arc<Self>, inv: &Invitation) -> Result<quinn::Connection> {
         let deadline = Instant::now() + JOIN_DIAL_FOR;
+        // Nothing to try again when no address fits this socket's family and there is no
+        // rendezvous server: that will not change by waiting.
+        let can_try = inv.rendezvous.is_some() || inv.addrs.iter().any(|a| self.mux.reaches(*a));
         let mut last_err = None;
         loop {
             if let Some(c) = self.dial_inviter_once(inv, &mut last_err).await {
@@ -133,7 +136,7 @@ impl Shared {
                 last_err,
                 Some(fybrk_net::transport::ConnectError::Refused { .. })
             );
-            if refused || Instant::now() + JOIN_DIAL_PAUSE >= deadline {
+            if refused || !can_try || Instant::now() + JOIN_DIAL_PAUSE >= deadline {
                 break;
             }
             tracing::info!("the inviting device did not answer yet: trying again");
