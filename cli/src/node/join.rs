@@ -14,7 +14,7 @@ use fybrk_control::{PairWithReply, PeerRef};
 use fybrk_net::identity::DeviceId;
 use fybrk_net::tls::channel_binding;
 use fybrk_net::transport::peer_addr;
-use fybrk_net::transport::CLOSE_SHUTDOWN;
+use fybrk_net::transport::{ConnectError, CLOSE_SHUTDOWN};
 use fybrk_pair::{Invitation, JoinerSession, Reply};
 use fybrk_store::FolderKeys;
 use tokio::sync::oneshot;
@@ -132,10 +132,7 @@ impl Shared {
             if let Some(c) = self.dial_inviter_once(inv, &mut last_err).await {
                 return Ok(c);
             }
-            let refused = matches!(
-                last_err,
-                Some(fybrk_net::transport::ConnectError::Refused { .. })
-            );
+            let refused = matches!(last_err, Some(ConnectError::Refused { .. }));
             if refused || !can_try || Instant::now() + JOIN_DIAL_PAUSE >= deadline {
                 break;
             }
@@ -143,7 +140,7 @@ impl Shared {
             tokio::time::sleep(JOIN_DIAL_PAUSE).await;
         }
         match last_err {
-            Some(fybrk_net::transport::ConnectError::Refused { .. }) => bail!(
+            Some(ConnectError::Refused { .. }) => bail!(
                 "{} refused the connection: the invitation was already used, has expired or \
                  ended on that device, or was cancelled. Ask for a new one with `fybrk pair`",
                 inv.inviter_name
@@ -165,7 +162,7 @@ impl Shared {
     async fn dial_inviter_once(
         self: &Arc<Self>,
         inv: &Invitation,
-        last_err: &mut Option<fybrk_net::transport::ConnectError>,
+        last_err: &mut Option<ConnectError>,
     ) -> Option<quinn::Connection> {
         let inviter = DeviceId::from_bytes(inv.inviter);
         for addr in inv.addrs.iter().filter(|a| self.mux.reaches(**a)) {

@@ -128,13 +128,17 @@ pub(super) fn link_mtu(ip: IpAddr) -> u32 {
 }
 
 fn pick_link_mtu(interfaces: &[Interface], loopback_only: bool) -> u32 {
-    let up = interfaces.iter().filter(|i| i.up);
-    let (lo, other): (Vec<&Interface>, Vec<&Interface>) = up.partition(|i| i.loopback);
-    let largest = |v: &[&Interface]| v.iter().map(|i| i.mtu).max();
+    let largest = |loopback: bool| {
+        interfaces
+            .iter()
+            .filter(|i| i.up && i.loopback == loopback)
+            .map(|i| i.mtu)
+            .max()
+    };
     let found = if loopback_only {
-        largest(&lo)
+        largest(true)
     } else {
-        largest(&other).or_else(|| largest(&lo))
+        largest(false).or_else(|| largest(true))
     };
     found.unwrap_or(ETHERNET_MTU)
 }
